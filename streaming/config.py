@@ -1,0 +1,151 @@
+"""Frozen option dataclasses for the streaming core, validated at construction.
+
+Every duration is in samples at 16 kHz (``SAMPLE_RATE``); use :func:`ms` to write them readably. A bad value raises
+``ValueError`` with a message that names the field and the fix. The server's CLI only fills these in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+SAMPLE_RATE = 16000
+VAD_CHUNK = 512  # Silero VAD's chunk at 16 kHz (32 ms)
+
+
+def ms(milliseconds: float) -> int:
+    """Milliseconds → samples at 16 kHz."""
+    return int(round(milliseconds * SAMPLE_RATE / 1000))
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class VadOptions:
+    """Endpointing on Silero VAD probabilities (one per 512-sample chunk).
+
+    threshold: speech starts when a chunk's probability reaches it.
+    neg_threshold: speech ends only after probabilities stay below it (hysteresis); default ``threshold - 0.15``.
+    min_speech: shorter bursts are discarded as noise.
+    min_silence: this much silence closes an utterance (about 500 ms: shorter pauses stay inside it).
+    speech_pad: padding added on both sides of an utterance (never beyond neighbouring audio).
+    max_utterance: longer speech is cut at the quietest point of its last ``cut_search`` samples
+        (GigaAM refuses more than 25 s).
+    """
+
+    threshold: float = 0.5
+    neg_threshold: Optional[float] = None
+    min_speech: int = ms(250)
+    min_silence: int = ms(500)
+    speech_pad: int = ms(100)
+    max_utterance: int = ms(20_000)
+    cut_search: int = ms(3_000)
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.threshold < 1.0, "VadOptions.threshold must be in (0, 1); 0.5 is a good default")
+        if self.neg_threshold is None:
+            object.__setattr__(self, "neg_threshold", max(0.01, self.threshold - 0.15))
+        _check(0.0 < self.neg_threshold <= self.threshold,  # type: ignore[operator]
+               "VadOptions.neg_threshold must be in (0, threshold]; leave it unset for threshold - 0.15")
+        _check(self.min_speech >= 0, "VadOptions.min_speech must be >= 0 samples")
+        _check(self.min_silence >= VAD_CHUNK, f"VadOptions.min_silence must be >= {VAD_CHUNK} samples (32 ms)")
+        _check(self.speech_pad >= 0, "VadOptions.speech_pad must be >= 0 samples")
+        _check(ms(1_000) <= self.max_utterance <= ms(25_000),
+               "VadOptions.max_utterance must be between 1 s and 25 s (GigaAM refuses longer input)")
+        _check(0 < self.cut_search < self.max_utterance,
+               "VadOptions.cut_search must be positive and shorter than max_utterance")
+
+
+@dataclass(frozen=True)
+class PartialOptions:
+    """How partial transcripts are produced while an utterance is open.
+
+    cadence: minimum new audio between two partials (default 0.5 s).
+    left_context: audio re-encoded before the committed prefix's end, for acoustic context.
+    max_window: the longest audio one partial decode may encode; older words are committed.
+    budget_ratio: total partial encoding is kept under ``budget_ratio`` × the utterance's length, so the cost of
+        partials is linear in utterance length (cadence stretches when windows are long).
+    """
+
+    enabled: bool = True
+    cadence: int = ms(500)
+    left_context: int = ms(1_000)
+    max_window: int = ms(4_000)
+    budget_ratio: float = 1.5
+
+    def __post_init__(self) -> None:
+        _check(self.cadence >= ms(100), "PartialOptions.cadence must be >= 100 ms")
+        _check(self.left_context >= 0, "PartialOptions.left_context must be >= 0")
+        _check(self.max_window > self.left_context + self.cadence,
+               "PartialOptions.max_window must exceed left_context + cadence")
+        _check(self.budget_ratio > 0, "PartialOptions.budget_ratio must be > 0 (1.5 keeps partials under 1.5x a final)")
+
+
+@dataclass(frozen=True)
+class DiarizationOptions:
+    """Windowed segmentation + embedding tracking.
+
+    window: segmentation window (PyanNet: 5 s). step: a new window every step.
+    latency: how far behind the newest audio a speaker turn becomes final (≤ step + 1 s).
+    tau_active: a local speaker is active in a frame when its score exceeds this.
+    min_embedding_speech: a local speaker needs this much clean speech in a window for an embedding.
+    new_speaker_threshold: cosine distance above which a local speaker starts a new global speaker.
+    centroid_rate: weight of a new embedding in its centroid's running mean (0 = plain mean).
+    max_speakers: upper bound on global speakers (None = unbounded, capped at 32).
+    """
+
+    window: int = ms(5_000)
+    step: int = ms(500)
+    latency: int = ms(1_500)
+    tau_active: float = 0.5
+    min_embedding_speech: int = ms(500)
+    new_speaker_threshold: float = 0.6
+    centroid_rate: float = 0.0
+    max_speakers: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        _check(ms(500) <= self.window <= ms(30_000), "DiarizationOptions.window must be 0.5-30 s (PyanNet: 5 s)")
+        _check(ms(100) <= self.step <= self.window, "DiarizationOptions.step must be >= 100 ms and <= window")
+        _check(self.step <= self.latency <= self.step + ms(1_000) or self.latency >= self.window,
+               "DiarizationOptions.latency must be between step and step + 1 s (or at least the window)")
+        _check(0.0 < self.tau_active < 1.0, "DiarizationOptions.tau_active must be in (0, 1)")
+        _check(self.min_embedding_speech >= 0, "DiarizationOptions.min_embedding_speech must be >= 0")
+        _check(0.0 < self.new_speaker_threshold < 2.0, "DiarizationOptions.new_speaker_threshold must be in (0, 2)")
+        _check(0.0 <= self.centroid_rate < 1.0, "DiarizationOptions.centroid_rate must be in [0, 1)")
+        _check(self.max_speakers is None or 1 <= self.max_speakers <= 32,
+               "DiarizationOptions.max_speakers must be 1-32 or None")
+
+
+@dataclass(frozen=True)
+class AudioFormat:
+    """What the client sends. Validated by ``streaming.audio`` (raises ``UnsupportedFormat``)."""
+
+    encoding: str = "pcm_s16le"
+    sample_rate: int = 16000
+    channels: int = 1
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """Everything one :class:`~streaming.session.Session` needs.
+
+    multichannel: transcribe each channel on its own, labelled ``ch0``, ``ch1``…; no diarization compute.
+    max_pending_audio: bound on audio received but not yet through VAD (backpressure); beyond it the oldest
+        audio is dropped and the client is warned with the dropped seconds.
+    """
+
+    audio: AudioFormat = field(default_factory=AudioFormat)
+    multichannel: bool = False
+    diarization: bool = True
+    interim_results: bool = True
+    speaker_turns: bool = False
+    vad: VadOptions = field(default_factory=VadOptions)
+    partials: PartialOptions = field(default_factory=PartialOptions)
+    diarizer: DiarizationOptions = field(default_factory=DiarizationOptions)
+    max_pending_audio: int = ms(30_000)
+
+    def __post_init__(self) -> None:
+        _check(self.max_pending_audio >= ms(1_000), "SessionConfig.max_pending_audio must be >= 1 s")
