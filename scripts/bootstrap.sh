@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what rechka needs on a fresh Debian machine with Python 3.11: apt packages, uv, the locked venv.
+# Idempotent: each step is skipped when already done. Used by scripts/serve.sh, scripts/test.sh and .ci/run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+for tool in espeak-ng:espeak-ng sox:sox ffmpeg:ffmpeg; do
+  command -v "${tool%%:*}" >/dev/null 2>&1 || need_apt+=("${tool#*:}")
+done
+if [ "${RECHKA_WITH_BROWSER:-0}" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
+  need_apt+=(chromium chromium-driver)
+fi
+if [ ${#need_apt[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  echo "bootstrap: installing ${need_apt[*]} with apt-get" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+if ! command -v uv >/dev/null 2>&1 && [ ! -x "$HOME/.local/bin/uv" ]; then
+  echo "bootstrap: installing uv" >&2
+  python3 -m pip install -q --user uv 2>/dev/null || python3 -m pip install -q uv
+fi
+export PATH="$HOME/.local/bin:$PATH"
+uv sync --frozen --quiet
