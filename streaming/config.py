@@ -68,6 +68,12 @@ class PartialOptions:
     max_window: the longest audio one partial decode may encode; older words are committed.
     budget_ratio: total partial encoding is kept under ``budget_ratio`` × the utterance's length, so the cost of
         partials is linear in utterance length (cadence stretches when windows are long).
+    agreement_tolerance: two consecutive decodes agree on a word when its text is equal and both its start and its
+        end moved by at most this much.
+    fresh_tail: words ending in the last ``fresh_tail`` samples of a decode window are never committed (the audio
+        may cut them off).
+    max_lag: partials are skipped while more audio than this waits for the VAD (the session is behind).
+    max_pending_requests: partials are also skipped while the session has more model requests than this in flight.
     """
 
     enabled: bool = True
@@ -75,6 +81,10 @@ class PartialOptions:
     left_context: int = ms(1_000)
     max_window: int = ms(4_000)
     budget_ratio: float = 1.5
+    agreement_tolerance: int = ms(200)
+    fresh_tail: int = ms(500)
+    max_lag: int = ms(2_000)
+    max_pending_requests: int = 8
 
     def __post_init__(self) -> None:
         _check(self.cadence >= ms(100), "PartialOptions.cadence must be >= 100 ms")
@@ -82,6 +92,10 @@ class PartialOptions:
         _check(self.max_window > self.left_context + self.cadence,
                "PartialOptions.max_window must exceed left_context + cadence")
         _check(self.budget_ratio > 0, "PartialOptions.budget_ratio must be > 0 (1.5 keeps partials under 1.5x a final)")
+        _check(self.agreement_tolerance >= 0, "PartialOptions.agreement_tolerance must be >= 0 samples")
+        _check(0 <= self.fresh_tail < self.max_window, "PartialOptions.fresh_tail must be >= 0 and below max_window")
+        _check(self.max_lag >= VAD_CHUNK, f"PartialOptions.max_lag must be >= {VAD_CHUNK} samples (one VAD chunk)")
+        _check(self.max_pending_requests >= 1, "PartialOptions.max_pending_requests must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -95,6 +109,11 @@ class DiarizationOptions:
     new_speaker_threshold: cosine distance above which a local speaker starts a new global speaker.
     centroid_rate: weight of a new embedding in its centroid's running mean (0 = plain mean).
     max_speakers: upper bound on global speakers (None = unbounded, capped at 32).
+    update_threshold: a centroid only learns from embeddings closer than this cosine distance (default: the
+        new-speaker threshold), so borderline or forced matches do not drag it towards another voice.
+    continuity_threshold: a local speaker without an embedding (too little clean speech) joins the global speaker
+        whose activity in the previous window matches its own on the frames both windows cover with at least this
+        intersection over union; below it, the local speaker is left out of that window.
     """
 
     window: int = ms(5_000)
@@ -105,8 +124,12 @@ class DiarizationOptions:
     new_speaker_threshold: float = 0.6
     centroid_rate: float = 0.0
     max_speakers: Optional[int] = None
+    update_threshold: Optional[float] = None
+    continuity_threshold: float = 0.5
 
     def __post_init__(self) -> None:
+        if self.update_threshold is None:
+            object.__setattr__(self, "update_threshold", self.new_speaker_threshold)
         _check(ms(500) <= self.window <= ms(30_000), "DiarizationOptions.window must be 0.5-30 s (PyanNet: 5 s)")
         _check(ms(100) <= self.step <= self.window, "DiarizationOptions.step must be >= 100 ms and <= window")
         _check(self.step <= self.latency <= self.step + ms(1_000) or self.latency >= self.window,
@@ -117,6 +140,10 @@ class DiarizationOptions:
         _check(0.0 <= self.centroid_rate < 1.0, "DiarizationOptions.centroid_rate must be in [0, 1)")
         _check(self.max_speakers is None or 1 <= self.max_speakers <= 32,
                "DiarizationOptions.max_speakers must be 1-32 or None")
+        _check(0.0 < self.update_threshold <= 2.0,  # type: ignore[operator]
+               "DiarizationOptions.update_threshold must be in (0, 2]; leave it unset for new_speaker_threshold")
+        _check(0.0 < self.continuity_threshold <= 1.0,
+               "DiarizationOptions.continuity_threshold must be in (0, 1]; 0.5 means most of the activity agrees")
 
 
 @dataclass(frozen=True)

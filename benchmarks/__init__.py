@@ -1,0 +1,1 @@
+"""Benchmarks: load, long sessions, partials, diarization (run as ``python -m benchmarks.<name>``)."""

@@ -1,0 +1,254 @@
+"""Diarization error of rechka's streaming diarizer, side by side with offline clustering and diart.
+
+Datasets (each skipped when absent): pyannote's shipped ``sample.wav``; the AMI snippets and the 60 s AMI excerpt in
+``/work/shared/speech/conv/``; conversations composed by :mod:`benchmarks.compose` (espeak-ng voices, and real
+voices from ``/work/shared/speech/speakers/``), created on first use in ``benchmarks/out/composed``.
+
+Systems, all on the same segmentation (PyanNet from the whisperx wheel) and embedding (resemblyzer) models:
+
+- ``rechka``: :class:`streaming.diarization.StreamingDiarizer` fed 1 s chunks, its final turns;
+- ``offline``: pyannote.audio's ``SpeakerDiarization`` pipeline (same 5 s windows every 0.5 s, the same models,
+  agglomerative clustering over the whole file: a non-causal reference point);
+- ``diart``: diart 0.9 ``SpeakerDiarization`` at the same latency, run by ``benchmarks/diart_runner.py`` in its own
+  virtual environment (``--diart-python``), skipped when that interpreter is missing.
+
+Metrics (pyannote.metrics): DER at collar 0 and at a ±0.25 s collar (NIST; pyannote ``collar=0.5``), with its
+missed / false-alarm / confusion parts, overlap scored; the number of hypothesis speakers; and label *flips*: how
+often the hypothesis label that covers a reference speaker changes along that speaker's speech (0 = every
+reference speaker kept one label for the whole file). Writes JSON and a PNG to ``benchmarks/out/`` and prints a
+markdown table.
+
+    python -m benchmarks.der                         # every dataset, rechka + offline (+ diart if installed)
+    python -m benchmarks.der --datasets sample,ami --systems rechka
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import soundfile as sf
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from streaming.config import SAMPLE_RATE, DiarizationOptions, ms  # noqa: E402
+from streaming.diarization import StreamingDiarizer  # noqa: E402
+from streaming.work import EmbeddingRequest, Request, Result, SegmentationRequest  # noqa: E402
+
+OUT = ROOT / "benchmarks" / "out"
+SHARED = Path(os.environ.get("RECHKA_SHARED_SPEECH", "/work/shared/speech"))
+PYANNOTE_SAMPLE = Path(__import__("pyannote.audio").audio.__file__).parent / "sample"
+DIART_PYTHON = Path("/tmp/diart-venv/bin/python")
+CHUNK = SAMPLE_RATE  # audio is fed to the diarizer in 1 s chunks
+
+
+@dataclasses.dataclass
+class Item:
+    dataset: str
+    name: str
+    wav: Path
+    rttm: Path
+
+
+# ---------------------------------------------------------------------------------------------------- datasets
+def datasets(names: Sequence[str], composed_minutes: float = 5.0) -> list[Item]:
+    items: list[Item] = []
+    if "sample" in names and (PYANNOTE_SAMPLE / "sample.wav").is_file():
+        items.append(Item("sample", "pyannote_sample", PYANNOTE_SAMPLE / "sample.wav", PYANNOTE_SAMPLE / "sample.rttm"))
+    conv = SHARED / "conv"
+    if "ami" in names:
+        for wav in sorted((conv / "ami_snippets").glob("*.wav")) + sorted((conv / "ami_ES2004a_60s").glob("*.wav")):
+            rttm = wav.with_suffix(".rttm")
+            if rttm.is_file() and _reference_speech(rttm) >= 5.0:  # trn02 is nearly silent: DER is meaningless
+                items.append(Item("ami", wav.stem, wav, rttm))
+    for source in ("espeak", "real"):
+        if f"composed-{source}" not in names:
+            continue
+        if source == "real" and not (SHARED / "speakers").is_dir():
+            continue
+        from benchmarks.compose import OUT_DIR, compose
+
+        for n in ((2, 3, 4, 6) if source == "espeak" else (3, 5)):
+            name = f"{source}_{n}spk_s{n}"
+            wav = OUT_DIR / f"{name}.wav"
+            if not wav.is_file():
+                compose(n, composed_minutes, n, source=source, name=name).write(OUT_DIR)
+            items.append(Item(f"composed-{source}", name, wav, wav.with_suffix(".rttm")))
+    return items
+
+
+def _reference_speech(rttm: Path) -> float:
+    return sum(float(line.split()[4]) for line in rttm.read_text().splitlines() if line.startswith("SPEAKER"))
+
+
+def load_audio(path: Path) -> np.ndarray:
+    audio, rate = sf.read(path, dtype="float32", always_2d=True)
+    audio = audio.mean(axis=1)
+    if rate != SAMPLE_RATE:
+        import soxr
+
+        audio = soxr.resample(audio, rate, SAMPLE_RATE).astype(np.float32)
+    return audio
+
+
+def load_reference(rttm: Path) -> Any:
+    from pyannote.core import Annotation, Segment
+
+    annotation = Annotation()
+    for i, line in enumerate(rttm.read_text().splitlines()):
+        parts = line.split()
+        if parts and parts[0] == "SPEAKER":
+            start, duration = float(parts[3]), float(parts[4])
+            annotation[Segment(start, start + duration), i] = parts[7]
+    return annotation
+
+
+# ---------------------------------------------------------------------------------------------------- scoring
+def score(reference: Any, hypothesis: Any, duration: float) -> dict[str, Any]:
+    """DER (collar 0 and ±0.25 s) with its parts, speaker counts and label flips."""
+    from pyannote.core import Segment, Timeline
+    from pyannote.metrics.diarization import DiarizationErrorRate
+
+    uem = Timeline([Segment(0, duration)])
+    out: dict[str, Any] = {}
+    for key, collar in (("c0", 0.0), ("c025", 0.5)):
+        detail = DiarizationErrorRate(collar=collar, skip_overlap=False)(reference, hypothesis, uem=uem,
+                                                                       detailed=True)
+        total = max(detail["total"], 1e-9)
+        out[f"der_{key}"] = round(detail["diarization error rate"], 4)
+        if key == "c0":
+            out.update(missed=round(detail["missed detection"] / total, 4),
+                       false_alarm=round(detail["false alarm"] / total, 4),
+                       confusion=round(detail["confusion"] / total, 4))
+    out["ref_speakers"] = len(reference.labels())
+    out["hyp_speakers"] = len(hypothesis.labels())
+    out["flips"] = label_flips(reference, hypothesis)
+    return out
+
+
+def label_flips(reference: Any, hypothesis: Any, step: float = 0.05) -> int:
+    """Changes of the hypothesis label covering each reference speaker, along that speaker's speech.
+
+    Sampled every ``step`` s where exactly one reference speaker and exactly one hypothesis speaker are active
+    (overlap and misses are DER's business); a change counts once however long the new label lasts."""
+    end = max([s.end for s in reference.get_timeline()] + [s.end for s in hypothesis.get_timeline()] + [0.0])
+    times = np.arange(0.0, end, step) + step / 2
+    ref_labels, hyp_labels = _frame_labels(reference, times), _frame_labels(hypothesis, times)
+    flips = 0
+    last: dict[str, str] = {}
+    for r, h in zip(ref_labels, hyp_labels):
+        if r is None or h is None:
+            continue
+        if r in last and last[r] != h:
+            flips += 1
+        last[r] = h
+    return flips
+
+
+def _frame_labels(annotation: Any, times: np.ndarray) -> list[Optional[str]]:
+    active: list[list[str]] = [[] for _ in times]
+    for segment, _, label in annotation.itertracks(yield_label=True):
+        a, b = np.searchsorted(times, [segment.start, segment.end])
+        for i in range(a, b):
+            active[i].append(label)
+    return [labels[0] if len(set(labels)) == 1 else None for labels in active]
+
+
+def to_annotation(turns: Sequence[tuple[str, float, float]]) -> Any:
+    from pyannote.core import Annotation, Segment
+
+    annotation = Annotation()
+    for i, (label, start, end) in enumerate(turns):
+        if end > start:
+            annotation[Segment(start, end), i] = label
+    return annotation
+
+
+# ---------------------------------------------------------------------------------------------------- systems
+class Models:
+    """The segmentation and embedding adapters, loaded once, with compute counters."""
+
+    def __init__(self, device: str = "cpu") -> None:
+        from server.models.embedding import ResemblyzerEmbedding
+        from server.models.segmentation import SegmentationModel
+
+        self.segmentation = SegmentationModel(device=device, max_batch=32)
+        self.embedding = ResemblyzerEmbedding(device=device, max_batch=32)
+        self.reset_counters()
+
+    def reset_counters(self) -> None:
+        self.windows = 0
+        self.embeddings = 0
+        self.embedded_samples = 0
+
+    def run(self, requests: list[Request]) -> list[Result]:
+        seg = [r for r in requests if isinstance(r, SegmentationRequest)]
+        emb = [r for r in requests if isinstance(r, EmbeddingRequest)]
+        results: dict[int, Result] = {}
+        for batch in _batches(seg, self.segmentation.max_batch):
+            results.update((r.seq, r) for r in self.segmentation.run_batch(batch))
+        for batch in _batches(emb, self.embedding.max_batch):
+            results.update((r.seq, r) for r in self.embedding.run_batch(batch))
+        self.windows += len(seg)
+        self.embeddings += len(emb)
+        self.embedded_samples += sum(len(r.audio) for r in emb)
+        return [results[r.seq] for r in requests]
+
+
+def _batches(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def run_rechka(audio: np.ndarray, options: DiarizationOptions, run: Callable[[list[Request]], list[Result]],
+               chunk: int = CHUNK) -> list[tuple[str, float, float]]:
+    """Stream ``audio`` through a diarizer in ``chunk``-sample pieces, answering each request batch at once."""
+    seq = itertools.count()
+    diarizer = StreamingDiarizer(options, "der", 0, lambda: next(seq))
+    buffer = _Buffer()
+    turns = []
+    for a in range(0, len(audio), chunk):
+        buffer.append(audio[a:a + chunk])
+        pending = diarizer.on_audio(buffer)
+        while pending:
+            pending = [r for result in run(pending) for r in diarizer.on_result(result, buffer)]
+        buffer.discard_before(diarizer.oldest_needed)
+        turns += diarizer.pop_final_turns()
+    pending = diarizer.finish(buffer)
+    while pending:
+        pending = [r for result in run(pending) for r in diarizer.on_result(result, buffer)]
+    turns += diarizer.pop_final_turns()
+    return [(t.speaker, t.start / SAMPLE_RATE, t.end / SAMPLE_RATE) for t in turns]
+
+
+class _Buffer:
+    """The part of ``streaming.audio.AudioBuffer`` the diarizer reads."""
+
+    def __init__(self) -> None:
+        self.data = np.zeros(0, np.float32)
+        self.start = 0
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.data)
+
+    def append(self, x: np.ndarray) -> None:
+        self.data = np.concatenate([self.data, x])
+
+    def read(self, a: int, b: int) -> np.ndarray:
+        return self.data[a - self.start:b - self.start].copy()
+
+    def discard_before(self, n: int) -> None:
+        n = min(max(n, self.start), self.end)
+        self.data, self.start = self.data[n - self.start:], n

@@ -1,0 +1,114 @@
+"""Live caption state built from server events, across reconnects (sans-I/O: no sockets, no clock).
+
+:class:`LiveCaptions` keeps the finals, the current partial of each channel, speaker turns and the labels seen.
+A stream that reconnects starts a new server session whose times begin at 0 again; :meth:`LiveCaptions.new_session`
+records the absolute sample where that session's audio begins and every later event is shifted by it, so the
+transcript keeps one time line. Speaker labels are per server session: after a reconnect ``S1`` may be a different
+person (the server cannot know); :attr:`LiveCaptions.sessions` says how many sessions the transcript spans.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from streaming import wire
+
+from clients.formats import merge_turns, speaker_of, turns_from_finals
+
+__all__ = ["LiveCaptions"]
+
+
+def _shift_words(words: tuple[wire.WordTiming, ...], offset: int) -> tuple[wire.WordTiming, ...]:
+    return tuple(dataclasses.replace(w, start=w.start + offset, end=w.end + offset) for w in words)
+
+
+class LiveCaptions:
+    """What the user sees: finals, the partial per channel, speakers, warnings, errors, and progress counters.
+
+    acknowledged: absolute sample up to which the transcript is final (the end of the newest final); a client that
+        reconnects resends audio from here.
+    heard_until: absolute end of the newest partial or final.
+    lag: samples of audio sent but not yet covered when the newest partial/final arrived (``None`` before one).
+    """
+
+    def __init__(self) -> None:
+        self.finals: list[wire.Final] = []
+        self.partials: dict[int, wire.Partial] = {}
+        self.turns: list[wire.Turn] = []
+        self.speakers: list[str] = []
+        self.warnings: list[wire.Warning] = []
+        self.errors: list[wire.Error] = []
+        self.ready: Optional[wire.Ready] = None
+        self.end: Optional[wire.End] = None
+        self.offset = 0
+        self.sessions = 0
+        self.acknowledged = 0
+        self.heard_until = 0
+        self.lag: Optional[int] = None
+
+    def new_session(self, offset: int) -> None:
+        """A new server session begins; its sample 0 is absolute sample ``offset`` (≤ ``acknowledged`` is wasteful,
+        > ``acknowledged`` loses audio, both allowed). Open partials are dropped: the new session redoes them."""
+        if offset < 0:
+            raise ValueError("session offset must be >= 0 samples")
+        self.offset = offset
+        self.sessions += 1
+        self.partials.clear()
+        self.ready = None
+        self.end = None
+
+    def _see_speaker(self, label: Optional[str]) -> None:
+        if label and label not in self.speakers:
+            self.speakers.append(label)
+
+    def receive(self, event: wire.ServerEvent, audio_sent: int = 0) -> wire.ServerEvent:
+        """Apply one decoded event; return it with times made absolute. ``audio_sent`` (absolute samples sent so
+        far) feeds :attr:`lag`."""
+        off = self.offset
+        if isinstance(event, wire.Partial):
+            event = dataclasses.replace(event, start=event.start + off, end=event.end + off)
+            self.partials[event.channel] = event
+            self._see_speaker(event.speaker)
+            self._progress(event.end, audio_sent)
+        elif isinstance(event, wire.Final):
+            event = dataclasses.replace(event, start=event.start + off, end=event.end + off,
+                                        words=_shift_words(event.words, off))
+            current = self.partials.get(event.channel)
+            if current is not None and current.utterance_id == event.utterance_id:
+                del self.partials[event.channel]
+            if event.text.strip():
+                self.finals.append(event)
+            self._see_speaker(speaker_of(event))
+            for w in event.words:
+                self._see_speaker(w.speaker)
+            self.acknowledged = max(self.acknowledged, event.end)
+            self._progress(event.end, audio_sent)
+        elif isinstance(event, wire.SpeakerTurns):
+            shifted = tuple(dataclasses.replace(t, start=t.start + off, end=t.end + off) for t in event.turns)
+            event = wire.SpeakerTurns(shifted)
+            self.turns.extend(shifted)
+            for t in shifted:
+                self._see_speaker(t.speaker)
+        elif isinstance(event, wire.Warning):
+            self.warnings.append(event)
+        elif isinstance(event, wire.Error):
+            self.errors.append(event)
+        elif isinstance(event, wire.Ready):
+            self.ready = event
+        elif isinstance(event, wire.End):
+            event = dataclasses.replace(event, audio_samples=event.audio_samples + off,
+                                        speakers=tuple(self.speakers) or event.speakers)
+            self.end = event
+            self.partials.clear()
+        return event
+
+    def _progress(self, end: int, audio_sent: int) -> None:
+        self.heard_until = max(self.heard_until, end)
+        if audio_sent:
+            self.lag = max(0, audio_sent - end)
+
+    def speaker_turns(self) -> list[wire.Turn]:
+        """The server's ``speaker_turns`` if it sent any, else turns derived from the finals; merged and sorted."""
+        return merge_turns(self.turns) if self.turns else turns_from_finals(self.finals)
+

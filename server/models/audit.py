@@ -1,0 +1,129 @@
+"""The device audit: every tensor every adapter computes with must be on the requested device.
+
+:func:`audit_models` walks what each adapter's ``modules()`` returns: ``torch.nn.Module`` trees (TorchScript
+included) with their parameters and buffers, plain tensors held as attributes of those modules (which ``.to()``
+does not move), and non-module wrappers (pyannote, resemblyzer, gigaam objects; lists, tuples and dicts) whose
+attributes hold modules or tensors. One misplaced tensor raises :class:`PlacementError` naming the model, the
+path to it and the tensor. The report it returns is read from the tensors themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping, Union
+
+import torch
+
+_MAX_DEPTH = 12  # how deep the walk follows attributes of non-module wrapper objects
+
+
+class PlacementError(RuntimeError):
+    """A parameter, buffer or tensor attribute is not on the requested device."""
+
+
+@dataclass(frozen=True)
+class ModelPlacement:
+    """Where one adapter's tensors are, as found by the audit."""
+
+    name: str
+    devices: tuple[str, ...]
+    dtypes: tuple[str, ...]
+    parameters: int  # total elements of the distinct parameters
+    tensors: int  # distinct tensors checked (parameters, buffers and tensor attributes)
+
+    def summary(self) -> str:
+        return (f"{self.name}: {', '.join(self.devices) or 'no tensors'} "
+                f"{'/'.join(self.dtypes)} {self.parameters:,} parameters in {self.tensors} tensors")
+
+
+def audit_models(models: Mapping[str, Any], device: Union[str, torch.device]) -> dict[str, ModelPlacement]:
+    """Audit every adapter (by name); the report per adapter, or :class:`PlacementError` on the first mismatch."""
+    return {name: audit_model(name, adapter, device) for name, adapter in models.items()}
+
+
+def audit_model(name: str, adapter: Any, device: Union[str, torch.device]) -> ModelPlacement:
+    """Audit one adapter: each entry of ``adapter.modules()`` must hold only tensors on ``device``."""
+    want = torch.device(device)
+    seen: set[int] = set()
+    devices: set[str] = set()
+    dtypes: set[str] = set()
+    parameters = 0
+    for root_name, root in adapter.modules().items():
+        for path, tensor, is_parameter in _tensors(root, root_name):
+            if id(tensor) in seen:
+                continue
+            seen.add(id(tensor))
+            if not _same_device(tensor.device, want):
+                raise PlacementError(
+                    f"model {name!r}: {path} ({tuple(tensor.shape)}, {tensor.dtype}) is on {tensor.device}, "
+                    f"not on {want}; assign every .to() result (m = m.to(device)) and register tensors as buffers")
+            devices.add(str(tensor.device))
+            dtypes.add(str(tensor.dtype).removeprefix("torch."))
+            if is_parameter:
+                parameters += tensor.numel()
+    return ModelPlacement(name, tuple(sorted(devices)), tuple(sorted(dtypes)), parameters, len(seen))
+
+
+def _same_device(have: torch.device, want: torch.device) -> bool:
+    if have.type != want.type:
+        return False
+    if want.type == "cuda":
+        return (have.index or 0) == (want.index if want.index is not None else torch.cuda.current_device())
+    return True
+
+
+def _tensors(obj: Any, path: str) -> Iterator[tuple[str, torch.Tensor, bool]]:
+    """(path, tensor, is_parameter) for every tensor reachable from ``obj``."""
+    visited: set[int] = set()
+    yield from _walk(obj, path, visited, 0)
+
+
+def _walk(obj: Any, path: str, visited: set[int], depth: int) -> Iterator[tuple[str, torch.Tensor, bool]]:
+    if isinstance(obj, torch.Tensor):
+        yield path, obj, isinstance(obj, torch.nn.Parameter)
+        return
+    if id(obj) in visited or depth > _MAX_DEPTH:
+        return
+    visited.add(id(obj))
+    if isinstance(obj, torch.nn.Module):
+        yield from _walk_module(obj, path, visited, depth)
+    elif isinstance(obj, Mapping):
+        for key, value in obj.items():
+            yield from _walk(value, f"{path}[{key!r}]", visited, depth + 1)
+    elif isinstance(obj, (list, tuple)):
+        for index, value in enumerate(obj):
+            yield from _walk(value, f"{path}[{index}]", visited, depth + 1)
+    elif hasattr(obj, "__dict__") and not isinstance(obj, type) and _is_wrapper(obj):
+        for key, value in vars(obj).items():
+            yield from _walk(value, f"{path}.{key}", visited, depth + 1)
+
+
+def _walk_module(module: torch.nn.Module, path: str, visited: set[int],
+                 depth: int) -> Iterator[tuple[str, torch.Tensor, bool]]:
+    for sub_name, sub in module.named_modules(remove_duplicate=True):
+        visited.add(id(sub))
+        prefix = f"{path}.{sub_name}" if sub_name else path
+        for tensor_name, tensor in sub.named_parameters(recurse=False):
+            yield f"{prefix}.{tensor_name} (parameter)", tensor, True
+        for tensor_name, tensor in sub.named_buffers(recurse=False):
+            if tensor is not None:
+                yield f"{prefix}.{tensor_name} (buffer)", tensor, False
+        if isinstance(sub, torch.jit.ScriptModule):
+            continue  # TorchScript attributes are its parameters and buffers (listed above)
+        for key, value in vars(sub).items():
+            if key in ("_parameters", "_buffers", "_modules"):
+                continue
+            if isinstance(value, torch.Tensor):
+                yield f"{prefix}.{key} (tensor attribute)", value, isinstance(value, torch.nn.Parameter)
+            elif isinstance(value, (list, tuple, Mapping)) or (_is_wrapper(value) and id(value) not in visited):
+                yield from _walk(value, f"{prefix}.{key}", visited, depth + 1)
+
+
+def _is_wrapper(obj: Any) -> bool:
+    """Objects worth walking into: instances of third-party or project classes, not numbers, strings or modules of
+    the standard library."""
+    module = type(obj).__module__ or ""
+    if module in ("builtins",) or module.startswith(("torch", "numpy", "logging", "threading", "collections",
+                                                      "pathlib", "enum", "typing", "functools", "re")):
+        return isinstance(obj, torch.nn.Module)
+    return hasattr(obj, "__dict__")

@@ -1,0 +1,258 @@
+"""Speaker embeddings as a batched adapter: the samples of one local speaker → one vector.
+
+Default: resemblyzer's shipped GE2E ``VoiceEncoder`` (256-d). Its ``embed_utterance`` cuts one utterance into
+1.6 s partials (160 mel frames, ``rate`` partials per second), embeds each and averages; :class:`ResemblyzerEmbedding`
+does the same for a whole ragged batch at once: one STFT over the zero-padded batch on the device (the same mel
+spectrogram as librosa's: periodic Hann window, centred zero-padded frames, power 2, Slaney mel filters), every
+partial of every request through the LSTM in one call, then a per-request mean. With the same audio it matches
+``embed_utterance`` to float32 precision. Before that, quiet audio is raised to -30 dBFS as resemblyzer's
+``preprocess_wav`` does (``normalize_volume``; silence trimming is left to the diarizer, which sends speech).
+
+Alternatively a pyannote embedding model (e.g. ``pyannote/wespeaker-voxceleb-resnet34-LM``) by HF id or local
+checkpoint: :class:`PyannoteEmbedding` runs requests of equal length together (its features are normalised per
+utterance, so zero padding would change the result); requests under 0.5 s are repeated up to 0.5 s.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from streaming.config import SAMPLE_RATE
+from streaming.work import EmbeddingRequest, EmbeddingResult, Request
+
+from server.models.cache import load_pyannote_model
+
+EMBEDDING_DEFAULT = "resemblyzer"
+TARGET_DBFS = -30.0  # resemblyzer's audio_norm_target_dBFS
+_INT16_MAX = 2 ** 15 - 1
+_N_FFT = 400  # 25 ms at 16 kHz
+_HOP = 160  # 10 ms
+_N_MELS = 40
+_PARTIAL_FRAMES = 160  # 1.6 s
+_MIN_PYANNOTE_SAMPLES = 8000  # 0.5 s: shorter requests are repeated up to it for pyannote models
+
+
+def load_embedding_model(model: str = EMBEDDING_DEFAULT, device: Union[str, torch.device] = "cpu",
+                         max_batch: int = 32) -> Union["ResemblyzerEmbedding", "PyannoteEmbedding"]:
+    """``resemblyzer`` (default), or a pyannote embedding model by local checkpoint or HF model id."""
+    if model == EMBEDDING_DEFAULT:
+        return ResemblyzerEmbedding(device, max_batch)
+    return PyannoteEmbedding(model, device, max_batch)
+
+
+def import_resemblyzer() -> Any:
+    """The ``resemblyzer`` package, without the deprecation warnings its imports (webrtcvad, scipy) print."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*(pkg_resources|scipy\.ndimage).*")
+        import resemblyzer
+        import resemblyzer.voice_encoder  # noqa: F401  (imports resemblyzer.audio → webrtcvad)
+    return resemblyzer
+
+
+def resemblyzer_weights() -> Path:
+    """The GE2E weights shipped inside the resemblyzer package."""
+    return Path(import_resemblyzer().__path__[0]) / "pretrained.pt"
+
+
+def normalize_volume(audio: np.ndarray, target_dbfs: float = TARGET_DBFS) -> np.ndarray:
+    """Raise (never lower) ``audio`` to ``target_dbfs`` RMS, as resemblyzer's preprocessing does; silence stays."""
+    rms = float(np.sqrt(np.mean((audio.astype(np.float64) * _INT16_MAX) ** 2))) if len(audio) else 0.0
+    if rms == 0.0:
+        return audio
+    change_db = target_dbfs - 20.0 * np.log10(rms / _INT16_MAX)
+    if change_db <= 0:
+        return audio
+    return (audio * 10.0 ** (change_db / 20.0)).astype(np.float32)
+
+
+def partial_starts(num_samples: int, rate: float = 1.3, min_coverage: float = 0.75) -> list[int]:
+    """First mel frame of each 160-frame partial for an utterance of ``num_samples`` (resemblyzer's rule: a partial
+    every ``rate``-th of a second; the last one is kept only if the audio covers ``min_coverage`` of it, unless it
+    is the only one)."""
+    if not 0 < min_coverage <= 1:
+        raise ValueError("min_coverage must be in (0, 1]")
+    frames = int(np.ceil((num_samples + 1) / _HOP))
+    step = int(np.round(SAMPLE_RATE / rate / _HOP))
+    if not 0 < step <= _PARTIAL_FRAMES:
+        raise ValueError(f"rate must be between {SAMPLE_RATE / (_HOP * _PARTIAL_FRAMES)} and {SAMPLE_RATE / _HOP}")
+    starts = list(range(0, max(1, frames - _PARTIAL_FRAMES + step + 1), step))
+    coverage = (num_samples - starts[-1] * _HOP) / (_PARTIAL_FRAMES * _HOP)
+    if coverage < min_coverage and len(starts) > 1:
+        starts.pop()
+    return starts
+
+
+class MelFrontend(nn.Module):
+    """librosa-compatible mel power spectrogram (``resemblyzer.audio.wav_to_mel_spectrogram``) in torch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import librosa
+
+        filters = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=_N_FFT, n_mels=_N_MELS)
+        self.register_buffer("filters", torch.from_numpy(filters.astype(np.float32)))
+        self.register_buffer("window", torch.hann_window(_N_FFT, periodic=True))
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        """(B, samples) → (B, frames, 40) with ``frames = 1 + samples // 160``."""
+        spectrum = torch.stft(audio, _N_FFT, _HOP, window=self.window, center=True, pad_mode="constant",
+                              return_complex=True)
+        power = spectrum.real ** 2 + spectrum.imag ** 2
+        return torch.matmul(self.filters, power).transpose(1, 2)
+
+
+class ResemblyzerEmbedding:
+    """The "embedding" batch model with resemblyzer's GE2E voice encoder."""
+
+    name = "embedding"
+
+    def __init__(self, device: Union[str, torch.device] = "cpu", max_batch: int = 32, *, rate: float = 1.3,
+                 min_coverage: float = 0.75, normalize: bool = True) -> None:
+        VoiceEncoder = import_resemblyzer().VoiceEncoder
+        if max_batch < 1:
+            raise ValueError("ResemblyzerEmbedding.max_batch must be >= 1")
+        partial_starts(SAMPLE_RATE, rate, min_coverage)  # validates rate and min_coverage
+        self.max_batch = max_batch
+        self.device = torch.device(device)
+        self.rate, self.min_coverage, self.normalize = rate, min_coverage, normalize
+        encoder = VoiceEncoder(device=self.device, verbose=False)  # it moves itself; the audit checks it did
+        self.encoder = encoder.eval()
+        frontend = MelFrontend()
+        self.frontend = frontend.to(self.device)
+        self.checkpoint = str(resemblyzer_weights())
+
+    def run_batch(self, requests: Sequence[Request]) -> list[EmbeddingResult]:
+        audios = []
+        for request in requests:
+            if not isinstance(request, EmbeddingRequest):
+                raise TypeError(f"ResemblyzerEmbedding got a {type(request).__name__}; it only runs EmbeddingRequest")
+            audio = np.asarray(request.audio, dtype=np.float32)
+            if audio.ndim != 1:
+                raise ValueError(f"EmbeddingRequest audio must be 1-D, got shape {audio.shape}")
+            audios.append(normalize_volume(audio) if self.normalize else audio)
+        if not audios:
+            return []
+        embeddings = self.embed(audios)
+        return [EmbeddingResult(r.session_id, r.seq, e) for r, e in zip(requests, embeddings)]
+
+    @torch.inference_mode()
+    def embed(self, audios: Sequence[np.ndarray]) -> np.ndarray:
+        """(len(audios), 256) L2-normalised embeddings, as ``VoiceEncoder.embed_utterance`` computes them."""
+        starts = [partial_starts(len(a), self.rate, self.min_coverage) for a in audios]
+        # embed_utterance zero-pads each utterance to its last partial's end; padding all to the longest is the
+        # same, since frames past an utterance's own end are never used.
+        length = max(max(len(a), (s[-1] + _PARTIAL_FRAMES) * _HOP) for a, s in zip(audios, starts))
+        batch = np.zeros((len(audios), length), np.float32)
+        for row, audio in enumerate(audios):
+            batch[row, :len(audio)] = audio
+        mels = self.frontend(torch.from_numpy(batch).to(self.device))
+        owners = np.repeat(np.arange(len(audios)), [len(s) for s in starts])
+        first = np.concatenate(starts)
+        frames = torch.from_numpy(first[:, None] + np.arange(_PARTIAL_FRAMES)[None, :]).to(self.device)
+        rows = torch.from_numpy(owners[:, None]).to(self.device)
+        partials = self._encode(mels[rows, frames])
+        sums = torch.zeros(len(audios), partials.shape[1], device=self.device)
+        sums = sums.index_add(0, torch.from_numpy(owners).to(self.device), partials)
+        means = sums / torch.from_numpy(np.array([len(s) for s in starts], np.float32)).to(self.device)[:, None]
+        return _l2_normalize(means).cpu().numpy()
+
+    def _encode(self, mels: torch.Tensor) -> torch.Tensor:
+        """VoiceEncoder.forward without its division by zero on silent partials."""
+        _, (hidden, _) = self.encoder.lstm(mels)
+        return _l2_normalize(self.encoder.relu(self.encoder.linear(hidden[-1])))
+
+    def warmup(self) -> None:
+        self.run_batch([EmbeddingRequest("warmup", 0, 0, 0, np.zeros(SAMPLE_RATE, np.float32)),
+                        EmbeddingRequest("warmup", 1, 0, 0, np.zeros(SAMPLE_RATE // 2, np.float32))])
+
+    def modules(self) -> dict[str, Any]:
+        return {"voice_encoder": self.encoder, "mel": self.frontend}
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "checkpoint": self.checkpoint, "architecture": "resemblyzer GE2E VoiceEncoder",
+                "dimension": int(self.encoder.linear.out_features), "normalize_volume": self.normalize}
+
+
+class PyannoteEmbedding:
+    """The "embedding" batch model with a pyannote embedding model (WeSpeaker ResNet, x-vector…)."""
+
+    name = "embedding"
+
+    def __init__(self, model: str, device: Union[str, torch.device] = "cpu", max_batch: int = 32) -> None:
+        loaded, checkpoint = load_pyannote_model(model, "embedding")
+        self._setup(loaded, checkpoint, torch.device(device), max_batch)
+
+    @classmethod
+    def from_model(cls, model: nn.Module, device: Union[str, torch.device] = "cpu", max_batch: int = 32,
+                   checkpoint: str = "in-memory") -> "PyannoteEmbedding":
+        """Wrap an already loaded pyannote embedding ``Model`` (tests, custom pipelines)."""
+        self = cls.__new__(cls)
+        self._setup(model.eval(), checkpoint, torch.device(device), max_batch)
+        return self
+
+    def _setup(self, model: Any, checkpoint: str, device: torch.device, max_batch: int) -> None:
+        if max_batch < 1:
+            raise ValueError("PyannoteEmbedding.max_batch must be >= 1")
+        sample_rate = int(model.hparams.sample_rate)
+        if sample_rate != SAMPLE_RATE:
+            raise ValueError(f"embedding model {checkpoint} expects {sample_rate} Hz audio; rechka feeds "
+                             f"{SAMPLE_RATE} Hz: choose a 16 kHz model")
+        self.max_batch = max_batch
+        self.device = device
+        self.checkpoint = checkpoint
+        self.model = model.to(device)
+
+    def run_batch(self, requests: Sequence[Request]) -> list[EmbeddingResult]:
+        audios = []
+        for request in requests:
+            if not isinstance(request, EmbeddingRequest):
+                raise TypeError(f"PyannoteEmbedding got a {type(request).__name__}; it only runs EmbeddingRequest")
+            audio = np.asarray(request.audio, dtype=np.float32)
+            if audio.ndim != 1:
+                raise ValueError(f"EmbeddingRequest audio must be 1-D, got shape {audio.shape}")
+            audio = _at_least(audio, _MIN_PYANNOTE_SAMPLES)
+            audios.append(audio)
+        embeddings: list[Any] = [None] * len(audios)
+        groups: dict[int, list[int]] = {}
+        for row, audio in enumerate(audios):
+            groups.setdefault(len(audio), []).append(row)
+        for rows in groups.values():
+            batch = torch.from_numpy(np.stack([audios[row] for row in rows])[:, None, :])
+            for row, vector in zip(rows, self._forward(batch)):
+                embeddings[row] = vector
+        return [EmbeddingResult(r.session_id, r.seq, e) for r, e in zip(requests, embeddings)]
+
+    @torch.inference_mode()
+    def _forward(self, batch: torch.Tensor) -> np.ndarray:
+        batch = batch.to(self.device)
+        return self.model(batch).float().cpu().numpy()
+
+    def warmup(self) -> None:
+        self.run_batch([EmbeddingRequest("warmup", 0, 0, 0, np.zeros(SAMPLE_RATE, np.float32))])
+
+    def modules(self) -> dict[str, Any]:
+        return {"pyannote": self.model}
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "checkpoint": self.checkpoint, "architecture": type(self.model).__name__,
+                "dimension": int(getattr(self.model, "dimension", 0)) or None}
+
+
+def _at_least(audio: np.ndarray, samples: int) -> np.ndarray:
+    """``audio`` repeated cyclically up to ``samples`` when shorter (repetition keeps the speaker's statistics,
+    which zero padding would dilute); empty audio becomes silence."""
+    if len(audio) >= samples:
+        return audio
+    if len(audio) == 0:
+        return np.zeros(samples, np.float32)
+    return np.resize(audio, samples).astype(np.float32)
+
+
+def _l2_normalize(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)

@@ -1,0 +1,102 @@
+"""Load the four model adapters on one device, audit where their tensors are, warm them up.
+
+Used by the server at start-up (``models, placement = load_models(config)``) and by ``rechka-fetch-models``.
+Everything that makes start-up impossible raises one of three errors with a paragraph that says what to do:
+:class:`~server.models.cache.ModelUnavailable` (weights), :class:`~server.models.device.DeviceUnavailable` and
+:class:`~server.models.audit.PlacementError`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Union
+
+from server.models.audit import ModelPlacement, audit_models
+from server.models.base import BatchModel
+from server.models.cache import SEGMENTATION_DEFAULT, ModelUnavailable
+from server.models.device import resolve_device
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from server.config import ServerConfig
+
+log = logging.getLogger(__name__)
+
+ASR_DEFAULT = "v2_ctc"
+EMBEDDING_DEFAULT = "resemblyzer"
+
+
+class Models(NamedTuple):
+    """The loaded adapters by batcher name (``vad``, ``segmentation``, ``embedding``, ``asr``) and their audited
+    placement; unpacks as ``models, placement = load_models(...)``."""
+
+    models: dict[str, BatchModel]
+    placement: dict[str, ModelPlacement]
+
+    @property
+    def vad(self) -> BatchModel:
+        return self.models["vad"]
+
+    @property
+    def segmentation(self) -> BatchModel:
+        return self.models["segmentation"]
+
+    @property
+    def embedding(self) -> BatchModel:
+        return self.models["embedding"]
+
+    @property
+    def asr(self) -> Optional[BatchModel]:
+        return self.models.get("asr")
+
+
+def load_models(asr: Union["ServerConfig", str, None] = ASR_DEFAULT, segmentation: str = SEGMENTATION_DEFAULT,
+                embedding: str = EMBEDDING_DEFAULT, device: Optional[str] = None, *, max_batch: int = 16,
+                warmup: bool = True, wheel: Optional["Path"] = None) -> Models:
+    """Load, audit and (optionally) warm up the models.
+
+    ``asr``: a GigaAM model name or checkpoint path, or ``None`` to leave ASR out (``rechka-fetch-models
+    --skip-asr``); a :class:`~server.config.ServerConfig` instead fills every argument from it.
+    ``device``: ``None``/``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (see :func:`~server.models.device.resolve_device`).
+    ``wheel``: a local whisperx wheel for the default segmentation weights (offline installs).
+    """
+    if asr is not None and not isinstance(asr, str):
+        config = asr
+        asr, segmentation, embedding = config.asr_model, config.segmentation_model, config.embedding_model
+        device, max_batch = config.device, config.max_batch
+    target = resolve_device(device)
+    name = str(target)
+
+    from server.models.embedding import load_embedding_model
+    from server.models.segmentation import SegmentationModel
+    from server.models.vad import VadModel
+
+    models: dict[str, BatchModel] = {
+        "vad": VadModel(name, max_batch),
+        "segmentation": SegmentationModel(segmentation, name, max_batch, wheel=wheel),
+        "embedding": load_embedding_model(embedding, name, max_batch),
+    }
+    if asr is not None:
+        models["asr"] = _load_asr(asr, name, max_batch)
+    placement = audit_models(models, target)
+    for model_name, entry in placement.items():
+        log.info("model %-12s %s (%s)", model_name, entry.summary(), models[model_name].describe().get("checkpoint"))
+    if warmup:
+        for model in models.values():
+            model.warmup()
+    return Models(models, placement)
+
+
+def _load_asr(model: str, device: str, max_batch: int) -> Any:
+    """GigaAM, imported only when needed; its own "unavailable" error is re-raised as :class:`ModelUnavailable`."""
+    from server.models import asr as asr_module
+
+    try:
+        return asr_module.GigaAmAsr(model, device, max_batch)
+    except ModelUnavailable:
+        raise
+    except Exception as exc:
+        if type(exc).__name__ == "ModelUnavailable":
+            raise ModelUnavailable(str(exc)) from exc
+        raise

@@ -1,0 +1,75 @@
+"""Drive a :class:`~streaming.session.Session` synchronously, without sockets or batchers.
+
+Used by tests and benchmarks with fake models (``tests/fakes.py``) or real adapters: :func:`drive_session` feeds
+audio in chunks and, after each chunk, runs the session's work until it asks for nothing more, so every result is
+back before the next audio arrives (an infinitely fast server). :func:`run_requests_by_kind` builds the ``run``
+function from one batch function per request type (``adapter.run_batch`` fits).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, Optional, Sequence
+
+from streaming import wire
+from streaming.session import Session
+from streaming.work import Request, Result
+
+Run = Callable[[list[Request]], list[Result]]
+BatchFunction = Callable[[list[Request]], Sequence[Result]]
+
+
+def run_requests_by_kind(models: Mapping[type, BatchFunction]) -> Run:
+    """A ``run`` that hands each request type's requests, as one batch, to ``models[type]``; results keep the
+    requests' order. A request type without a model raises ``KeyError`` naming it."""
+
+    def run(requests: list[Request]) -> list[Result]:
+        groups: dict[type, list[int]] = {}
+        for i, request in enumerate(requests):
+            groups.setdefault(type(request), []).append(i)
+        results: list[Optional[Result]] = [None] * len(requests)
+        for kind, indices in groups.items():
+            model = models.get(kind)
+            if model is None:
+                raise KeyError(f"no model for {kind.__name__}; pass one in run_requests_by_kind(models)")
+            outputs = list(model([requests[i] for i in indices]))
+            if len(outputs) != len(indices):
+                raise ValueError(f"the {kind.__name__} model returned {len(outputs)} results for {len(indices)}")
+            for i, output in zip(indices, outputs):
+                results[i] = output
+        return [r for r in results if r is not None]
+
+    return run
+
+
+def pump(session: Session, run: Run, max_rounds: int = 100_000) -> list[wire.ServerEvent]:
+    """Run the session's work (and the work its results cause) until there is none; return the events."""
+    events: list[wire.ServerEvent] = []
+    for _ in range(max_rounds):
+        work = session.work_to_run()
+        events += session.events_to_send()
+        if not work:
+            return events
+        for result in run(work):
+            session.receive_result(result)
+    raise RuntimeError(f"the session still asked for work after {max_rounds} rounds")
+
+
+def drive_session(session: Session, run: Run, audio: bytes = b"", chunk_bytes: int = 3200, end: bool = True,
+                  on_chunk: Optional[Callable[[int, list[wire.ServerEvent]], None]] = None) -> list[wire.ServerEvent]:
+    """Feed ``audio`` in ``chunk_bytes`` messages, pumping after each; then (``end``) stop and pump until closed.
+
+    ``on_chunk(bytes_sent, events)`` is called after each chunk with the events it produced. Returns all events.
+    """
+    if chunk_bytes <= 0:
+        raise ValueError("chunk_bytes must be positive")
+    events: list[wire.ServerEvent] = []
+    for offset in range(0, len(audio), chunk_bytes):
+        session.receive_audio(audio[offset:offset + chunk_bytes])
+        new = pump(session, run)
+        if on_chunk is not None:
+            on_chunk(min(offset + chunk_bytes, len(audio)), new)
+        events += new
+    if end:
+        session.receive_end()
+        events += pump(session, run)
+    return events

@@ -1,0 +1,319 @@
+"""Streaming diarization of one channel: windowed segmentation → per-speaker embeddings → tracked global labels.
+
+Life of a window (see :mod:`streaming.windows` for the schedule and the aggregation):
+
+1. :meth:`StreamingDiarizer.on_audio` hands out a :class:`~streaming.work.SegmentationRequest` per due window.
+2. Its result gives ``scores[f, k]`` for up to K local speakers. Every local speaker active somewhere in the window
+   (score > ``tau_active``) with at least ``min_embedding_speech`` samples of *clean* speech (frames where it is the
+   only active speaker) gets an :class:`~streaming.work.EmbeddingRequest` over those samples, concatenated.
+3. Windows are then resolved strictly in order, once all their embeddings are back: the
+   :class:`~streaming.speakers.SpeakerTracker` maps the embedded local speakers to global ones; the others are mapped
+   by score continuity (the global speaker whose activity in the previous window agrees with theirs on the frames
+   both windows cover, see ``continuity_threshold``) or left out of this window. The mapped scores are aggregated onto the global grid.
+4. Frames up to ``end of the last resolved window - latency`` become final: their binarised activity
+   (mean score > ``tau_active``) is merged into turns per global speaker. Turns may overlap (two speakers at once).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Callable, Optional
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from streaming import wire
+from streaming.config import DiarizationOptions, ms
+from streaming.speakers import SpeakerTracker, label_of
+from streaming.windows import FrameGeometry, SampleSource, SegmentationWindows, Window
+from streaming.work import EmbeddingRequest, EmbeddingResult, Request, Result, SegmentationRequest, SegmentationResult
+
+HISTORY = ms(300_000)  # final turns kept for speaker_for() after they end (5 min)
+NEAREST = ms(500)  # speaker_for() looks this far around a span in which nobody was heard
+
+
+class _Stage(IntEnum):
+    SEGMENTING = 0
+    EMBEDDING = 1
+    READY = 2
+
+
+@dataclass(eq=False)
+class _PendingWindow:
+    window: Window
+    audio: np.ndarray
+    seq: int
+    stage: _Stage = _Stage.SEGMENTING
+    scores: Optional[np.ndarray] = None                            # (frames, local speakers)
+    active: list[int] = field(default_factory=list)               # locally active speakers
+    waiting: dict[int, int] = field(default_factory=dict)         # embedding seq → local speaker
+    embeddings: dict[int, np.ndarray] = field(default_factory=dict)  # local speaker → embedding
+
+
+class StreamingDiarizer:
+    """Windowed segmentation + embedding tracking for one channel of one session (sans-I/O)."""
+
+    def __init__(self, options: DiarizationOptions, session_id: str, channel: int,
+                 next_seq: Callable[[], int]) -> None:
+        self.options = options
+        self.session_id = session_id
+        self.channel = channel
+        self._next_seq = next_seq
+        self.windows = SegmentationWindows(options)
+        self.tracker = SpeakerTracker(options)
+        self._pending: deque[_PendingWindow] = deque()
+        self._by_seq: dict[int, _PendingWindow] = {}
+        self._finishing = False
+        self._audio_end = 0
+        self.final_until = 0
+        self._open: dict[int, int] = {}           # global speaker → first frame of its unfinished final run
+        self._history: list[tuple[int, int, int]] = []  # closed final turns (end, start, global), sorted
+        self._new_turns: list[wire.Turn] = []
+        self._seen: set[int] = set()
+        self._previous: Optional[tuple[Window, np.ndarray]] = None  # last resolved window, mapped scores
+
+    # ------------------------------------------------------------------------------------------------ requests
+    def on_audio(self, buffer: SampleSource) -> list[Request]:
+        """Segmentation requests for the windows now due."""
+        if self._finishing:
+            return []
+        return [self._segment(w, buffer) for w in self.windows.due(buffer.end)]
+
+    def finish(self, buffer: SampleSource) -> list[Request]:
+        """End of stream: the windows still due plus one ending at the last sample; everything becomes final once
+        their results are in."""
+        if self._finishing:
+            return []
+        requests = self.on_audio(buffer)
+        self._finishing = True
+        self._audio_end = buffer.end
+        tail = self.windows.tail(buffer.end)
+        if tail is not None:
+            requests.append(self._segment(tail, buffer))
+        self._advance()
+        return requests
+
+    def owns(self, seq: int) -> bool:
+        return seq in self._by_seq
+
+    def on_result(self, result: Result, buffer: Optional[SampleSource] = None) -> list[Request]:
+        """Take a segmentation or embedding result; may return embedding requests. Unknown seqs are ignored."""
+        pending = self._by_seq.pop(result.seq, None)
+        if pending is None:
+            return []
+        requests: list[Request] = []
+        if isinstance(result, SegmentationResult) and pending.stage == _Stage.SEGMENTING:
+            self.windows.set_geometry(FrameGeometry(result.frame_step, result.frame_duration, result.frame_offset))
+            pending.scores = np.asarray(result.scores, dtype=np.float64).reshape(len(result.scores), -1)
+            requests = self._embed(pending)
+            pending.stage = _Stage.EMBEDDING if pending.waiting else _Stage.READY
+        elif isinstance(result, EmbeddingResult) and result.seq in pending.waiting:
+            pending.embeddings[pending.waiting.pop(result.seq)] = np.asarray(result.embedding, dtype=np.float64)
+            if not pending.waiting:
+                pending.stage = _Stage.READY
+        else:
+            raise TypeError(f"{type(result).__name__} for seq {result.seq}, which awaits something else")
+        self._advance()
+        return requests
+
+    @property
+    def idle(self) -> bool:
+        """Nothing in flight."""
+        return not self._pending
+
+    @property
+    def oldest_needed(self) -> int:
+        """Windows copy their audio when requested, so only the next window's start matters."""
+        if self._finishing:
+            return self._audio_end
+        return max(0, self.windows.next_start)
+
+    def _segment(self, window: Window, buffer: SampleSource) -> SegmentationRequest:
+        window, audio = self.windows.cut(window, buffer)
+        seq = self._next_seq()
+        pending = _PendingWindow(window, audio, seq)
+        self._pending.append(pending)
+        self._by_seq[seq] = pending
+        return SegmentationRequest(self.session_id, seq, self.channel, window.start, audio)
+
+    def _embed(self, pending: _PendingWindow) -> list[Request]:
+        scores = pending.scores
+        assert scores is not None and self.windows.geometry is not None
+        n_frames = len(scores)
+        valid = self.windows.valid_frames(pending.window, n_frames)
+        active = (scores > self.options.tau_active) & valid[:, None]
+        clean = active & (active.sum(axis=1) == 1)[:, None]
+        lo, hi = self.windows.geometry.bounds(n_frames)
+        lo = np.clip(lo, pending.window.pad, len(pending.audio))
+        hi = np.clip(hi, pending.window.pad, len(pending.audio))
+        pending.active = [k for k in range(scores.shape[1]) if active[:, k].any()]
+        requests: list[Request] = []
+        for k in pending.active:
+            spans = [(int(lo[a]), int(hi[b - 1])) for a, b in _runs(clean[:, k])]
+            spans = [(a, b) for a, b in spans if b > a]
+            total = sum(b - a for a, b in spans)
+            if not spans or total < max(1, self.options.min_embedding_speech):
+                continue
+            seq = self._next_seq()
+            pending.waiting[seq] = k
+            self._by_seq[seq] = pending
+            audio = np.concatenate([pending.audio[a:b] for a, b in spans])
+            requests.append(EmbeddingRequest(self.session_id, seq, self.channel, pending.window.start + spans[0][0],
+                                             audio, window_seq=pending.seq, local_speaker=k))
+        return requests
+
+    # ------------------------------------------------------------------------------------------------ resolution
+    def _advance(self) -> None:
+        while self._pending and self._pending[0].stage == _Stage.READY:
+            pending = self._pending.popleft()
+            self._aggregate(pending)
+            if not self._finishing or self._pending:
+                self._finalize(pending.window.end - self.options.latency)
+        if self._finishing and not self._pending:
+            self._finalize(self._audio_end, last=True)
+
+    def _aggregate(self, pending: _PendingWindow) -> None:
+        scores = pending.scores
+        assert scores is not None
+        embedded = [k for k in pending.active if k in pending.embeddings]
+        mapping: dict[int, int] = {}
+        for k, g in zip(embedded, self.tracker.assign([pending.embeddings[k] for k in embedded])):
+            if g is not None:
+                mapping[k] = g
+        self._map_by_continuity(pending, mapping)
+        n_frames = len(scores)
+        mapped = np.zeros((n_frames, max(self.tracker.n_speakers, self.windows.n_speakers, 1)))
+        for k, g in mapping.items():
+            mapped[:, g] = scores[:, k]
+        mapped[~self.windows.valid_frames(pending.window, n_frames)] = 0.0
+        self.windows.add(pending.window, mapped)
+        self._previous = (pending.window, mapped)
+
+    def _map_by_continuity(self, pending: _PendingWindow, mapping: dict[int, int]) -> None:
+        """Map active local speakers without a global speaker by their overlap with the previous window's mapped
+        activity on the frames both windows cover: intersection over union ≥ ``continuity_threshold``, with a
+        one-to-one assignment over the still free global speakers."""
+        scores, previous = pending.scores, self._previous
+        assert scores is not None
+        rest = [k for k in pending.active if k not in mapping]
+        if not rest or previous is None:
+            return
+        prev_window, prev_mapped = previous
+        free = [g for g in range(prev_mapped.shape[1]) if g not in mapping.values()]
+        n_frames, tau = len(scores), self.options.tau_active
+        index = self.windows.global_index(pending.window) + np.arange(n_frames)
+        prev_frames = index - self.windows.global_index(prev_window)
+        shared = ((prev_frames >= 0) & (prev_frames < len(prev_mapped))
+                  & self.windows.valid_frames(pending.window, n_frames))
+        if not free or not shared.any():
+            return
+        local = scores[shared][:, rest] > tau                           # (shared frames, rest)
+        past = prev_mapped[prev_frames[shared]][:, free] > tau          # (shared frames, free)
+        inter = local.T.astype(np.int64) @ past.astype(np.int64)
+        union = local.sum(axis=0)[:, None] + past.sum(axis=0)[None, :] - inter
+        iou = inter / np.maximum(union, 1)
+        for r, c in zip(*linear_sum_assignment(-iou)):
+            if iou[r, c] >= self.options.continuity_threshold:
+                mapping[rest[r]] = free[c]
+
+    def _finalize(self, until: int, last: bool = False) -> None:
+        """Make frames before ``until`` (all frames when ``last``) final and turn them into turns."""
+        windows = self.windows
+        if windows.geometry is None:
+            if last:
+                self.final_until = max(self.final_until, self._audio_end)
+            return
+        start = windows.frozen if windows.frozen is not None else windows.covered[0]
+        stop = max(start, windows.covered[1] if last else windows.frame_at(until))
+        if stop == start and not last:
+            return
+        active = windows.activity(start, stop) > self.options.tau_active
+        turns: list[tuple[int, int, int]] = []
+        for g in range(active.shape[1]):
+            runs = _runs(active[:, g])
+            carried = self._open.pop(g, None)
+            if carried is not None and not (runs and runs[0][0] == 0):
+                turns.append(self._turn(g, carried, start))
+                carried = None
+            for a, b in runs:
+                first = carried if (a == 0 and carried is not None) else start + a
+                if b == stop - start and not last:
+                    self._open[g] = first
+                else:
+                    turns.append(self._turn(g, first, start + b))
+        windows.freeze(stop)
+        turns = sorted(t for t in turns if t[0] > t[1])
+        self._history.extend(turns)
+        self._new_turns.extend(wire.Turn(label_of(g), a, b, self.channel) for b, a, g in turns)
+        self.final_until = max(self.final_until, self._audio_end if last else windows.frame_start(stop))
+        horizon = bisect.bisect_left(self._history, (self.final_until - HISTORY,))
+        del self._history[:horizon]
+
+    def _turn(self, g: int, first: int, stop: int) -> tuple[int, int, int]:
+        """``(end, start, g)`` of global speaker ``g``'s final run over global frames ``[first, stop)``."""
+        self._seen.add(g)
+        start = max(0, self.windows.frame_start(first))
+        end = self.windows.frame_start(stop)
+        if self._finishing:
+            end = min(end, self._audio_end)
+        return (max(start, end), start, g)
+
+    # ------------------------------------------------------------------------------------------------ output
+    def pop_final_turns(self) -> list[wire.Turn]:
+        """Turns finalised since the last call, ordered by end."""
+        turns, self._new_turns = self._new_turns, []
+        return turns
+
+    @property
+    def speakers(self) -> tuple[str, ...]:
+        """Labels that occur in final output so far, in label order."""
+        return tuple(label_of(g) for g in sorted(self._seen))
+
+    def speaker_for(self, start: int, end: int) -> Optional[str]:
+        """The label with the largest overlap with ``[start, end)``: final turns before :attr:`final_until`,
+        the provisional aggregate after it. When nobody was heard in the span, the largest overlap within
+        ``NEAREST`` samples around it; ``None`` if still nobody."""
+        end = max(end, start + 1)
+        overlap = self._overlap(start, end)
+        if not overlap:
+            overlap = self._overlap(start - NEAREST, end + NEAREST)
+        if not overlap:
+            return None
+        return label_of(max(overlap, key=lambda g: (overlap[g], -g)))
+
+    def _overlap(self, start: int, end: int) -> dict[int, int]:
+        out: dict[int, int] = {}
+
+        def add(g: int, a: int, b: int) -> None:
+            n = min(b, end) - max(a, start)
+            if n > 0:
+                out[g] = out.get(g, 0) + n
+
+        for turn_end, turn_start, g in self._history[bisect.bisect_right(self._history, (start, 1 << 62)):]:
+            add(g, turn_start, turn_end)
+        windows = self.windows
+        if windows.geometry is None:
+            return out
+        for g, first in self._open.items():
+            add(g, windows.frame_start(first), self.final_until)
+        if end > self.final_until:
+            first = windows.frame_at(max(start, self.final_until))
+            stop = windows.frame_at(end - 1) + 1
+            active = windows.activity(first, stop) > self.options.tau_active
+            for g in range(active.shape[1]):
+                for a, b in _runs(active[:, g]):
+                    add(g, max(self.final_until, windows.frame_start(first + a)), windows.frame_start(first + b))
+        return out
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """``[a, b)`` index ranges of the True runs of a boolean vector."""
+    if not mask.size:
+        return []
+    padded = np.concatenate([[False], mask.astype(bool), [False]])
+    edges = np.flatnonzero(padded[1:] != padded[:-1])
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
+

@@ -1,0 +1,352 @@
+"""One transcription stream, sans-I/O: bytes and model results in; model requests and protocol events out.
+
+The caller (``server/connection.py``, or ``server/offline.py`` in tests and benchmarks) feeds client messages and
+model results, then collects :meth:`Session.work_to_run` and :meth:`Session.events_to_send` (both hand over their
+pending list). Per channel: decoded audio goes into an :class:`~streaming.audio.AudioBuffer`; at most one VAD
+request is in flight (its recurrent state chains); :class:`~streaming.vad.VadEndpointer` opens and closes
+utterances; an open utterance gets partial decodes from its :class:`~streaming.partials.PartialPolicy`; a closed
+one gets exactly one final decode over its samples; :class:`~streaming.transcript.ChannelTranscript` turns results
+into events. With diarization on (single stream), a ``StreamingDiarizer`` runs beside the VAD and gives speakers.
+
+Backpressure: while the session is behind (audio waiting for the VAD above ``PartialOptions.max_lag``, or more than
+``max_pending_requests`` requests in flight) partial decodes are skipped and counted; audio waiting for the VAD
+beyond ``SessionConfig.max_pending_audio`` is dropped oldest-first (the open utterance closes at the gap). Finals
+are never dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, Optional
+
+import numpy as np
+
+from streaming import wire
+from streaming.audio import AudioBuffer, AudioDecoder, downmix
+from streaming.config import SAMPLE_RATE, VAD_CHUNK, SessionConfig, ms
+from streaming.errors import InvalidState
+from streaming.partials import PartialPolicy
+from streaming.transcript import ChannelTranscript, Utterance, absolute_words
+from streaming.vad import SpeechEnd, SpeechStart, VadEndpointer, VadEvent
+from streaming.work import (AsrKind, AsrRequest, AsrResult, EmbeddingResult, Request, Result, SegmentationResult,
+                            VadRequest, VadResult)
+
+MAX_VAD_CHUNKS = 128  # one VAD request covers at most this many chunks (4.1 s)
+APPEND_PIECE = ms(1_000)  # large messages are buffered in pieces so the pending-audio bound applies within them
+
+
+_EXPECTED: dict[str, Any] = {"vad": VadResult, "final": AsrResult, "partial": AsrResult,
+                             "diarization": (SegmentationResult, EmbeddingResult)}
+
+
+class SessionState(IntEnum):
+    OPEN = 0
+    ENDING = 1  # receive_end() was called: flushing
+    CLOSED = 2  # End was emitted
+
+
+@dataclass
+class SessionStats:
+    """Counters in samples (16 kHz) or events; ``lag`` = audio received but not yet through the VAD."""
+
+    audio_in: int = 0
+    audio_processed: int = 0
+    lag: int = 0
+    audio_dropped: int = 0
+    partials_dropped: int = 0
+    results_dropped: int = 0
+    utterances: int = 0
+
+
+@dataclass(frozen=True)
+class _InFlight:
+    kind: str  # "vad", "partial", "final", "diarization"
+    channel: int
+    start: int = 0
+    utterance: Optional[Utterance] = None
+    window: Optional[tuple[int, int]] = None
+
+
+class _Channel:
+    """The per-channel pipeline state the session drives."""
+
+    def __init__(self, index: int, config: SessionConfig, transcript: ChannelTranscript, capacity: int,
+                 diarizer: Any = None) -> None:
+        self.index = index
+        self.buffer = AudioBuffer(capacity)
+        self.endpointer = VadEndpointer(config.vad)
+        self.policy = PartialPolicy(config.partials, 0)
+        self.transcript = transcript
+        self.diarizer = diarizer
+        self.vad_next = 0  # next sample to send to the VAD
+        self.vad_busy = False
+        self.vad_state: Any = None
+        self.vad_state_at = -1  # the stream offset the saved VAD state continues from
+        self.finalize_at: list[int] = []  # pending finalize points, oldest first
+        self.open: Optional[Utterance] = None
+        self.flushed = False  # end of stream reached the endpointer
+        self.skipped_to = 0  # audio before this that the VAD has not seen was dropped (counts as processed)
+
+    @property
+    def vad_done(self) -> int:
+        """Samples through the VAD (clipped to the audio received)."""
+        pos = self.endpointer.position
+        return min(pos, self.buffer.end) if pos is not None else 0
+
+
+class Session:
+    """See the module docstring; the public API is the one of ``docs/architecture.md``."""
+
+    def __init__(self, session_id: str, config: SessionConfig) -> None:
+        self.session_id = session_id
+        self.config = config
+        self._decoder = AudioDecoder(config.audio)  # UnsupportedFormat
+        self.state = SessionState.OPEN
+        self.stats = SessionStats()
+        self._work: list[Request] = []
+        self._events: list[wire.ServerEvent] = []
+        self._in_flight: dict[int, _InFlight] = {}
+        self._seq = 0
+        self._next_id = 0
+        self._utterance_keys = 0
+        self._lag_warned = False
+        streams = config.audio.channels if config.multichannel else 1
+        diarize = config.diarization and not config.multichannel
+        vad = config.vad
+        capacity = (config.max_pending_audio + vad.max_utterance + vad.min_speech + vad.min_silence
+                    + 2 * vad.speech_pad + config.diarizer.window + ms(10_000))
+        self._channels: list[_Channel] = []
+        for c in range(streams):
+            diarizer = None
+            if diarize:
+                from streaming.diarization import StreamingDiarizer  # only sessions that diarize need it
+                diarizer = StreamingDiarizer(config.diarizer, session_id, c, self._next_seq)
+            label = f"ch{c}" if config.multichannel else None
+            transcript = ChannelTranscript(c, self._allocate_id, label, diarizer)
+            self._channels.append(_Channel(c, config, transcript, capacity, diarizer))
+
+    # ------------------------------------------------------------------------------------------------ input
+    def receive_audio(self, data: bytes) -> None:
+        """Decode and buffer a chunk of client audio (``InvalidAudio``; ``InvalidState`` after the end)."""
+        self._require_open("audio")
+        self._append(self._decoder.decode(data))
+        self._advance()
+
+    def receive_finalize(self) -> None:
+        """Close the open utterance at the audio received so far."""
+        self._require_open("finalize")
+        for ch in self._channels:
+            ch.finalize_at.append(ch.buffer.end)
+        self._advance()
+
+    def receive_end(self) -> None:
+        """No more audio: flush speech, diarization and finals; ``End`` follows once nothing is in flight."""
+        self._require_open("stop")
+        self._append(self._decoder.flush())
+        self._transition(SessionState.ENDING)
+        for ch in self._channels:
+            if ch.diarizer is not None:
+                self._issue(ch.diarizer.finish(ch.buffer), "diarization", ch.index)
+        self._advance()
+
+    def receive_result(self, result: Result) -> None:
+        """Take one model result; results of unknown or stale requests (or after the end) are dropped and counted."""
+        entry = self._in_flight.get(result.seq) if self.state != SessionState.CLOSED else None
+        if entry is None or result.session_id != self.session_id or not isinstance(result, _EXPECTED[entry.kind]):
+            self.stats.results_dropped += 1  # a mistyped result leaves its request waiting for the right one
+            return
+        del self._in_flight[result.seq]
+        ch = self._channels[entry.channel]
+        if entry.kind == "vad" and isinstance(result, VadResult):
+            self._on_vad(ch, entry, result)
+        elif entry.kind == "final" and isinstance(result, AsrResult):
+            utt = entry.utterance
+            assert utt is not None and utt.end is not None
+            ch.transcript.set_final(utt, result.text.strip(), absolute_words(result.words, entry.start,
+                                                                             utt.start, utt.end))
+        elif entry.kind == "partial" and isinstance(result, AsrResult) and self._partial_current(ch, entry):
+            assert entry.utterance is not None and entry.window is not None
+            text = ch.policy.on_result(absolute_words(result.words, entry.start, entry.window[0], entry.window[1]),
+                                       result.text)
+            self._events += ch.transcript.partial(entry.utterance, entry.window[1], text)
+        elif (entry.kind == "diarization" and isinstance(result, (SegmentationResult, EmbeddingResult))
+              and ch.diarizer is not None and ch.diarizer.owns(result.seq)):
+            self._issue(ch.diarizer.on_result(result, ch.buffer), "diarization", ch.index)
+        else:  # a partial for a closed or superseded decode
+            self.stats.results_dropped += 1
+        self._advance()
+
+    # ------------------------------------------------------------------------------------------------ output
+    def work_to_run(self) -> list[Request]:
+        """Model requests made since the last call."""
+        work, self._work = self._work, []
+        return work
+
+    def events_to_send(self) -> list[wire.ServerEvent]:
+        """Protocol events made since the last call."""
+        events, self._events = self._events, []
+        return events
+
+    # ------------------------------------------------------------------------------------------------ internals
+    def _transition(self, state: SessionState) -> None:
+        """The only place the lifecycle changes: OPEN → ENDING → CLOSED."""
+        assert state == self.state + 1, f"{self.state.name} → {state.name}"
+        self.state = state
+
+    def _require_open(self, what: str) -> None:
+        if self.state != SessionState.OPEN:
+            raise InvalidState(f"{what} after stop: the stream is ending; open a new connection for more audio")
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _allocate_id(self) -> int:
+        self._next_id += 1
+        return self._next_id - 1
+
+    def _issue(self, requests: list[Request], kind: str, channel: int, **extra: Any) -> None:
+        for request in requests:
+            self._in_flight[request.seq] = _InFlight(kind, channel, request.start, **extra)
+            self._work.append(request)
+
+    def _append(self, frames: np.ndarray) -> None:
+        if not self.config.multichannel:
+            frames = downmix(frames)
+        for a in range(0, frames.shape[1], APPEND_PIECE):
+            piece = frames[:, a:a + APPEND_PIECE]
+            for ch in self._channels:
+                ch.buffer.append(piece[ch.index])
+                self._drop_pending_excess(ch)
+            self.stats.audio_in += piece.shape[1]
+
+    def _drop_pending_excess(self, ch: _Channel) -> None:
+        """Skip the oldest audio not yet sent to the VAD so at most ``max_pending_audio`` (less a tenth, so warnings
+        come at most every tenth of the bound) waits."""
+        bound = self.config.max_pending_audio
+        if ch.buffer.end - ch.vad_next <= bound and ch.vad_next >= ch.buffer.start:
+            return
+        target = max(ch.buffer.end - (bound - bound // 10), ch.buffer.start)
+        dropped = target - ch.vad_next
+        ch.vad_next = ch.skipped_to = target
+        ch.finalize_at = [f for f in ch.finalize_at if f > target]
+        self.stats.audio_dropped += dropped
+        self._events.append(wire.Warning(
+            "audio_dropped", f"the server fell behind and skipped {dropped / SAMPLE_RATE:.2f} s of audio",
+            dropped_seconds=dropped / SAMPLE_RATE))
+
+    def _advance(self) -> None:
+        """Issue due work, emit due events, release audio, and finish the stream when everything is done."""
+        for ch in self._channels:
+            self._vad_step(ch)
+            if ch.diarizer is not None and self.state == SessionState.OPEN:
+                self._issue(ch.diarizer.on_audio(ch.buffer), "diarization", ch.index)
+        for ch in self._channels:
+            self._partial_step(ch)
+            if ch.diarizer is not None:
+                turns = ch.diarizer.pop_final_turns()  # popped either way so they never pile up
+                if turns and self.config.speaker_turns:
+                    self._events.append(wire.SpeakerTurns(tuple(turns)))
+            ended = self.state == SessionState.ENDING and (ch.diarizer is None or ch.diarizer.idle)
+            self._events += ch.transcript.ready(ended=ended)
+            retain = min(ch.vad_next, ch.endpointer.retain_from)
+            if ch.diarizer is not None:
+                retain = min(retain, ch.diarizer.oldest_needed)
+            ch.buffer.discard_before(retain)
+        stats = self.stats
+        stats.audio_processed = min(max(ch.vad_done, ch.skipped_to) for ch in self._channels)
+        stats.lag = stats.audio_in - stats.audio_processed
+        stats.utterances = sum(ch.transcript.finals_emitted for ch in self._channels)
+        if self.state == SessionState.ENDING and all(self._channel_done(ch) for ch in self._channels):
+            speakers: tuple[str, ...] = ()
+            if self.config.multichannel:
+                speakers = tuple(f"ch{ch.index}" for ch in self._channels if ch.transcript.finals_emitted)
+            elif self._channels[0].diarizer is not None:
+                speakers = tuple(self._channels[0].diarizer.speakers)
+            self._events.append(wire.End(stats.audio_in, stats.utterances, speakers))
+            self._transition(SessionState.CLOSED)
+
+    def _channel_done(self, ch: _Channel) -> bool:
+        return (ch.flushed and not ch.vad_busy and ch.transcript.waiting == 0
+                and (ch.diarizer is None or ch.diarizer.idle))
+
+    # ------------------------------------------------------------------------------------------------ VAD
+    def _vad_step(self, ch: _Channel) -> None:
+        """Apply due finalize points and the end of stream, then send the next VAD request if none is in flight."""
+        if ch.vad_busy:
+            return
+        while ch.finalize_at and ch.finalize_at[0] - ch.vad_next < VAD_CHUNK:
+            self._on_vad_events(ch, ch.endpointer.flush(ch.finalize_at.pop(0)))
+        end = ch.buffer.end
+        if self.state == SessionState.ENDING and ch.vad_next >= end:
+            if not ch.flushed:
+                ch.flushed = True
+                self._on_vad_events(ch, ch.endpointer.flush(end))
+            return
+        limit = ch.finalize_at[0] if ch.finalize_at else end
+        chunks = min((limit - ch.vad_next) // VAD_CHUNK, MAX_VAD_CHUNKS)
+        if chunks <= 0 and self.state == SessionState.ENDING and not ch.finalize_at:
+            chunks = math.ceil((end - ch.vad_next) / VAD_CHUNK)  # the tail, zero-padded to whole chunks
+        if chunks <= 0:
+            return
+        a = ch.vad_next
+        audio = np.zeros(chunks * VAD_CHUNK, dtype=np.float32)
+        real = ch.buffer.read(a, min(a + len(audio), end))
+        audio[:len(real)] = real
+        state = ch.vad_state if ch.vad_state_at == a else None
+        self._issue([VadRequest(self.session_id, self._next_seq(), ch.index, a, audio, state)], "vad", ch.index)
+        ch.vad_next = a + len(audio)
+        ch.vad_busy = True
+
+    def _on_vad(self, ch: _Channel, entry: _InFlight, result: VadResult) -> None:
+        ch.vad_busy = False
+        probs = np.asarray(result.probs, dtype=np.float32).reshape(-1)
+        ch.vad_state, ch.vad_state_at = result.state, entry.start + len(probs) * VAD_CHUNK
+        self._on_vad_events(ch, ch.endpointer.push(probs, entry.start))
+
+    def _on_vad_events(self, ch: _Channel, events: list[VadEvent]) -> None:
+        for event in events:
+            if isinstance(event, SpeechStart):
+                self._utterance_keys += 1
+                ch.open = ch.transcript.open(self._utterance_keys, event.start)
+                ch.policy.reset(event.start)
+            elif isinstance(event, SpeechEnd) and ch.open is not None:
+                utt, ch.open = ch.open, None
+                ch.transcript.close(utt, event.end)
+                ch.policy.cancel()
+                start = max(event.start, ch.buffer.start)
+                audio = ch.buffer.read(start, min(event.end, ch.buffer.end))
+                request = AsrRequest(self.session_id, self._next_seq(), ch.index, start, audio, utt.key,
+                                     AsrKind.FINAL)
+                self._issue([request], "final", ch.index, utterance=utt)
+
+    # ------------------------------------------------------------------------------------------------ partials
+    def _partial_current(self, ch: _Channel, entry: _InFlight) -> bool:
+        return ch.open is entry.utterance and ch.policy.in_flight == entry.window
+
+    def _partial_step(self, ch: _Channel) -> None:
+        options = self.config.partials
+        if ch.open is None or not (self.config.interim_results and options.enabled):
+            return
+        window = ch.policy.due(ch.vad_done)
+        if window is None:
+            return
+        lag = ch.buffer.end - max(ch.vad_done, ch.skipped_to)
+        if lag > options.max_lag or len(self._in_flight) > options.max_pending_requests:
+            ch.policy.skip(window[1])
+            self.stats.partials_dropped += 1
+            if not self._lag_warned:
+                self._lag_warned = True
+                self._events.append(wire.Warning(
+                    "partials_dropped", "the server is behind this stream: partial results are skipped until it "
+                                        "catches up (finals are not affected)"))
+            return
+        if lag <= options.max_lag // 2:
+            self._lag_warned = False
+        ch.policy.start(window)
+        a, b = window
+        request = AsrRequest(self.session_id, self._next_seq(), ch.index, a, ch.buffer.read(a, b), ch.open.key,
+                             AsrKind.PARTIAL)
+        self._issue([request], "partial", ch.index, utterance=ch.open, window=window)

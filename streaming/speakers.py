@@ -1,0 +1,132 @@
+"""Speaker tracking: local speakers of one window → global speakers of the session, by embedding.
+
+Each global speaker has a centroid (the mean of the unit-normalised embeddings assigned to it, or an exponential
+moving average when ``centroid_rate > 0``) and a label ``S1``, ``S2``, … given in order of creation and never reused
+or forgotten, so a speaker who comes back after a long silence gets the old label.
+
+One call to :meth:`SpeakerTracker.assign` maps the embeddings of one window's local speakers at once with a
+constrained assignment (two local speakers of a window are never mapped to one global speaker), minimising the total
+cosine distance. Thresholds (all in :class:`~streaming.config.DiarizationOptions`):
+
+- ``new_speaker_threshold``: a local speaker farther than this from every centroid starts a new global speaker
+  (while fewer than ``max_speakers`` exist). A local speaker that is *within* it of a centroid taken by a closer
+  local speaker of the same window is left unassigned (``None``) rather than starting a duplicate.
+- ``max_speakers``: when every slot is used, local speakers go to the nearest free centroid regardless of distance
+  (and, if a window has more local speakers than centroids, to the nearest centroid at all).
+- ``update_threshold``: a centroid only learns from embeddings closer than this, so forced assignments and
+  borderline matches do not drag it towards another voice.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from streaming.config import DiarizationOptions
+
+MAX_SPEAKERS = 32  # the bound used when DiarizationOptions.max_speakers is None
+_NEW = -1  # marks a local speaker that starts a new global speaker
+
+
+def unit(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero)."""
+    v = np.asarray(vectors, dtype=np.float64)
+    norms = np.linalg.norm(v, axis=-1, keepdims=True)
+    return v / np.maximum(norms, 1e-12)
+
+
+def label_of(index: int) -> str:
+    """The public label of global speaker ``index`` (0-based): ``S1``, ``S2``, …"""
+    return f"S{index + 1}"
+
+
+class SpeakerTracker:
+    """Centroids of the global speakers of one channel and the local→global assignment rule."""
+
+    def __init__(self, options: DiarizationOptions) -> None:
+        self.options = options
+        self.capacity = options.max_speakers if options.max_speakers is not None else MAX_SPEAKERS
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every speaker; the next one is ``S1`` again."""
+        self._centroids = np.zeros((0, 0), dtype=np.float64)
+        self._counts: list[float] = []
+
+    @property
+    def n_speakers(self) -> int:
+        return len(self._counts)
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Labels of every global speaker created so far, in creation order."""
+        return tuple(label_of(i) for i in range(self.n_speakers))
+
+    @property
+    def centroids(self) -> np.ndarray:
+        """``(n_speakers, D)`` unit-norm centroids (a copy)."""
+        return unit(self._centroids) if self.n_speakers else self._centroids.copy()
+
+    def distances(self, embeddings: np.ndarray) -> np.ndarray:
+        """Cosine distances ``(len(embeddings), n_speakers)`` in [0, 2]."""
+        e = unit(np.atleast_2d(embeddings))
+        if not self.n_speakers:
+            return np.zeros((len(e), 0))
+        return np.clip(1.0 - e @ self.centroids.T, 0.0, 2.0)
+
+    def assign(self, embeddings: Sequence[np.ndarray], exclude: Sequence[int] = ()) -> list[Optional[int]]:
+        """Global speaker index (or ``None``) for each embedding of one window's local speakers; creates new
+        speakers and updates centroids. ``exclude``: global speakers already taken in this window."""
+        if not len(embeddings):
+            return []
+        e = unit(np.stack([np.asarray(x, dtype=np.float64).ravel() for x in embeddings]))
+        if self.n_speakers and e.shape[1] != self._centroids.shape[1]:
+            raise ValueError(f"embedding size changed from {self._centroids.shape[1]} to {e.shape[1]}")
+        m, n = len(e), self.n_speakers
+        dist = self.distances(e)
+        threshold = self.options.new_speaker_threshold
+        taken = set(exclude)
+        free = [g for g in range(n) if g not in taken]
+        n_new = min(m, self.capacity - n)
+        # columns: free existing speakers, then n_new "new speaker" slots costing the threshold
+        cost = np.full((m, len(free) + n_new), threshold)
+        if free:
+            cost[:, :len(free)] = dist[:, free]
+        result: list[Optional[int]] = [None] * m
+        placed = [False] * m
+        for r, c in zip(*linear_sum_assignment(cost)) if cost.shape[1] else ():
+            placed[r] = True
+            if c < len(free):
+                result[r] = free[c]
+            elif not (n and dist[r].min() <= threshold):
+                result[r] = _NEW
+            # else: displaced by a closer local speaker of this window; a duplicate speaker would be worse
+        for r in range(m):
+            if not placed[r] and n:
+                result[r] = int(np.argmin(dist[r]))  # no slot left at all: the nearest centroid
+        out: list[Optional[int]] = []
+        for r, g in enumerate(result):
+            if g == _NEW:
+                g = self._create(e[r])
+            elif g is not None and dist[r, g] <= self.options.update_threshold:
+                self._update(g, e[r])
+            out.append(g)
+        return out
+
+    def _create(self, embedding: np.ndarray) -> int:
+        if not self.n_speakers:
+            self._centroids = embedding[None, :].copy()
+        else:
+            self._centroids = np.vstack([self._centroids, embedding[None, :]])
+        self._counts.append(1.0)
+        return self.n_speakers - 1
+
+    def _update(self, g: int, embedding: np.ndarray) -> None:
+        rate, count = self.options.centroid_rate, self._counts[g]
+        if rate > 0:
+            self._centroids[g] = (1.0 - rate) * self._centroids[g] + rate * embedding
+        else:
+            self._centroids[g] = (self._centroids[g] * count + embedding) / (count + 1.0)
+        self._counts[g] = count + 1.0

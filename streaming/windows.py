@@ -1,0 +1,250 @@
+"""Segmentation windows: when to ask for one, and how to aggregate their overlapping frame scores.
+
+A window ``[end - window, end)`` is due every ``step`` samples of new audio; window ends are multiples of ``step``,
+so the first one is due as soon as ``step`` samples exist. Early windows reach before the start of the stream (or
+before the oldest retained sample): that part is zero padding, marked by :attr:`Window.pad`, and frames whose centre
+lies in it are never aggregated.
+
+Aggregation happens on a global frame grid whose resolution is the model's frame step (taken from the first result).
+Window frame ``f`` lands on global frame ``round((window.start + f * step) / step)``; a frame's activity for a global
+speaker is the mean, over the windows covering that frame, of the score of the window's local speaker mapped to that
+global speaker (0 when none is). Several speakers may be active in one frame. Frames before :meth:`freeze`'s bound are
+final: later windows no longer change them, and their storage is released.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Protocol
+
+import numpy as np
+
+from streaming.config import DiarizationOptions
+
+
+class SampleSource(Protocol):
+    """What :meth:`SegmentationWindows.cut` needs from ``streaming.audio.AudioBuffer``."""
+
+    @property
+    def start(self) -> int: ...
+
+    @property
+    def end(self) -> int: ...
+
+    def read(self, a: int, b: int) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Window:
+    """One segmentation window ``[start, end)``; its first ``pad`` samples are zeros, not stream audio."""
+
+    start: int
+    end: int
+    pad: int = 0
+
+    @property
+    def audio_start(self) -> int:
+        """The first sample of real audio in the window."""
+        return self.start + self.pad
+
+
+@dataclass(frozen=True)
+class FrameGeometry:
+    """Frame ``f`` of a window covers ``[offset + f * step, offset + f * step + duration)`` samples from its start."""
+
+    step: float
+    duration: float
+    offset: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (self.step > 0 and self.duration > 0):
+            raise ValueError("FrameGeometry.step and .duration must be positive sample counts")
+
+    @property
+    def center(self) -> float:
+        """Centre of frame 0, relative to the window start."""
+        return self.offset + self.duration / 2
+
+    def centers(self, n_frames: int) -> np.ndarray:
+        """Centres of frames ``0 … n_frames - 1`` relative to the window start (samples, float)."""
+        return self.center + self.step * np.arange(n_frames)
+
+    def bounds(self, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sample spans ``[lo, hi)`` (relative, int) of each frame's centre region: contiguous and non-overlapping."""
+        centers = self.centers(n_frames)
+        lo = np.floor(centers - self.step / 2).astype(np.int64)
+        hi = np.floor(centers + self.step / 2).astype(np.int64)
+        return lo, hi
+
+
+class SegmentationWindows:
+    """Window schedule plus overlap-aware aggregation of frame scores for one channel."""
+
+    def __init__(self, options: DiarizationOptions) -> None:
+        self.options = options
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every window and score; the next window ends at ``step`` again."""
+        self._next_end = self.options.step
+        self._closed = False
+        self.geometry: Optional[FrameGeometry] = None
+        self._base: Optional[int] = None    # global index of row 0 of the arrays below (None: nothing yet)
+        self._frozen: Optional[int] = None  # frames before this global index are final (None: none is)
+        self._sums = np.zeros((0, 0), dtype=np.float64)
+        self._counts = np.zeros(0, dtype=np.int32)
+
+    # ------------------------------------------------------------------------------------------------ schedule
+    def due(self, audio_end: int) -> list[Window]:
+        """Windows whose end is now available, oldest first (none after :meth:`tail`)."""
+        out: list[Window] = []
+        while not self._closed and self._next_end <= audio_end:
+            out.append(self._window(self._next_end))
+            self._next_end += self.options.step
+        return out
+
+    def tail(self, audio_end: int) -> Optional[Window]:
+        """End of stream: the window ending at ``audio_end`` if audio after the last due window exists; closes the
+        schedule either way."""
+        last_end = self._next_end - self.options.step
+        self._closed = True
+        if audio_end > last_end:
+            return self._window(audio_end)
+        return None
+
+    @property
+    def next_start(self) -> int:
+        """Start of the next window to be scheduled (may be negative early in the stream)."""
+        return self._next_end - self.options.window
+
+    def _window(self, end: int) -> Window:
+        start = end - self.options.window
+        return Window(start, end, max(0, -start))
+
+    def cut(self, window: Window, source: SampleSource) -> tuple[Window, np.ndarray]:
+        """The window's samples (a new float32 array of ``window`` samples), zero-padded at the front where the
+        stream had not begun or ``source`` no longer retains them; the returned window's ``pad`` says how much."""
+        first = max(window.audio_start, source.start)
+        if first >= window.end:
+            return Window(window.start, window.end, window.end - window.start), np.zeros(
+                window.end - window.start, dtype=np.float32)
+        audio = np.zeros(window.end - window.start, dtype=np.float32)
+        audio[first - window.start:] = source.read(first, window.end)
+        return Window(window.start, window.end, first - window.start), audio
+
+    # ------------------------------------------------------------------------------------------------ aggregation
+    def set_geometry(self, geometry: FrameGeometry) -> None:
+        """Fix the global grid's resolution; later windows must share the frame step."""
+        if self.geometry is None:
+            self.geometry = geometry
+        elif not math.isclose(geometry.step, self.geometry.step, rel_tol=1e-6):
+            raise ValueError("all segmentation results of a stream must share one frame step")
+
+    def valid_frames(self, window: Window, n_frames: int) -> np.ndarray:
+        """Boolean mask of the window's frames whose centre lies in real audio (not in the padding)."""
+        geometry = self._require_geometry()
+        return geometry.centers(n_frames) >= window.pad
+
+    def global_index(self, window: Window) -> int:
+        """Global frame index of the window's frame 0."""
+        geometry = self._require_geometry()
+        return int(round(window.start / geometry.step))
+
+    def add(self, window: Window, scores: np.ndarray) -> None:
+        """Aggregate one window's ``scores[f, g]`` (already mapped to global speakers, 0 where none) into the grid.
+
+        Padding frames and frames already final are skipped; every other frame counts the window as covering it.
+        """
+        n_frames, n_speakers = scores.shape
+        valid = self.valid_frames(window, n_frames)
+        index = self.global_index(window) + np.arange(n_frames)
+        if self._frozen is not None:
+            valid &= index >= self._frozen
+        if not valid.any():
+            return
+        index, rows = index[valid], scores[valid]
+        base = self._grow(int(index.min()), int(index.max()) + 1, n_speakers)
+        self._sums[index - base, :n_speakers] += rows
+        self._counts[index - base] += 1
+
+    def activity(self, first: int, last: int) -> np.ndarray:
+        """Mean scores of global frames ``[first, last)`` (rows) × global speakers seen so far (columns); frames no
+        window has covered, or already final, read as 0."""
+        n = max(0, last - first)
+        out = np.zeros((n, self._sums.shape[1]), dtype=np.float64)
+        if self._base is None:
+            return out
+        a, b = max(first, self._base), min(last, self._base + len(self._counts))
+        if a < b:
+            counts = self._counts[a - self._base:b - self._base]
+            sums = self._sums[a - self._base:b - self._base]
+            out[a - first:b - first] = sums / np.maximum(counts, 1)[:, None]
+        return out
+
+    @property
+    def n_speakers(self) -> int:
+        """Global speakers (columns) the grid holds."""
+        return int(self._sums.shape[1])
+
+    @property
+    def covered(self) -> tuple[int, int]:
+        """``[first, last)`` global frames held (covered by some window and not yet released); ``(0, 0)`` if none."""
+        if self._base is None:
+            return (0, 0)
+        return (self._base, self._base + len(self._counts))
+
+    @property
+    def frozen(self) -> Optional[int]:
+        """Global frames before this index are final (``None`` until :meth:`freeze` is called)."""
+        return self._frozen
+
+    def freeze(self, until: int) -> None:
+        """Make global frames before ``until`` final and release their storage."""
+        if self._frozen is not None and until <= self._frozen:
+            return
+        self._frozen = until
+        if self._base is None:
+            return
+        drop = min(max(0, until - self._base), len(self._counts))
+        if drop:
+            self._sums = self._sums[drop:]
+            self._counts = self._counts[drop:]
+        self._base += drop
+
+    # ------------------------------------------------------------------------------------------------ frame ↔ sample
+    def frame_start(self, index: int) -> int:
+        """First sample of global frame ``index``'s centre region."""
+        geometry = self._require_geometry()
+        return int(math.floor(geometry.center + index * geometry.step - geometry.step / 2))
+
+    def frame_at(self, sample: int) -> int:
+        """The global frame whose centre region contains ``sample``."""
+        geometry = self._require_geometry()
+        return int(math.floor((sample - geometry.center + geometry.step / 2) / geometry.step))
+
+    def first_frame_from(self, sample: int) -> int:
+        """The first global frame starting at or after ``sample``."""
+        index = self.frame_at(sample)
+        return index if self.frame_start(index) >= sample else index + 1
+
+    def _require_geometry(self) -> FrameGeometry:
+        if self.geometry is None:
+            raise RuntimeError("no segmentation result yet: call set_geometry() first")
+        return self.geometry
+
+    def _grow(self, lo: int, hi: int, n_speakers: int) -> int:
+        """Make rows for global frames ``[lo, hi)`` and ``n_speakers`` columns exist; returns the base index."""
+        if self._base is None:
+            self._base = lo
+        base, rows = self._base, len(self._counts)
+        new_base = min(base, lo)
+        new_rows = max(base + rows, hi) - new_base
+        cols = max(self._sums.shape[1], n_speakers)
+        if new_base != base or new_rows != rows or cols != self._sums.shape[1]:
+            sums = np.zeros((new_rows, cols), dtype=np.float64)
+            counts = np.zeros(new_rows, dtype=np.int32)
+            sums[base - new_base:base - new_base + rows, :self._sums.shape[1]] = self._sums
+            counts[base - new_base:base - new_base + rows] = self._counts
+            self._sums, self._counts, self._base = sums, counts, new_base
+        return new_base

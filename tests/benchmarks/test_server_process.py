@@ -1,0 +1,104 @@
+"""The server-side helpers of the benchmarks: /metrics parsing and deltas, resource sampling, start-up failures."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from benchmarks.server_process import (ResourceSampler, ServerProcess, counter_delta, histogram_delta,
+                                       histogram_quantile, parse_prometheus, pid_listening_on)
+
+BEFORE = """\
+# HELP rechka_batch_size Requests per model batch.
+# TYPE rechka_batch_size histogram
+rechka_batch_size_bucket{model="asr",le="1.0"} 2.0
+rechka_batch_size_bucket{model="asr",le="+Inf"} 4.0
+rechka_batch_size_count{model="asr"} 4.0
+rechka_batch_size_sum{model="asr"} 10.0
+rechka_batch_size_bucket{model="vad",le="+Inf"} 0.0
+rechka_batch_size_count{model="vad"} 0.0
+rechka_batch_size_sum{model="vad"} 0.0
+# HELP rechka_sessions_active Open sessions.
+# TYPE rechka_sessions_active gauge
+rechka_sessions_active 1.0
+"""
+
+AFTER = BEFORE.replace('rechka_batch_size_count{model="asr"} 4.0', 'rechka_batch_size_count{model="asr"} 14.0') \
+    .replace('rechka_batch_size_sum{model="asr"} 10.0', 'rechka_batch_size_sum{model="asr"} 40.0') \
+    .replace('rechka_batch_size_count{model="vad"} 0.0', 'rechka_batch_size_count{model="vad"} 5.0') \
+    .replace('rechka_batch_size_sum{model="vad"} 0.0', 'rechka_batch_size_sum{model="vad"} 35.0') \
+    .replace("rechka_sessions_active 1.0", "rechka_sessions_active 3.0")
+
+
+def test_histogram_delta_gives_per_model_means_between_scrapes() -> None:
+    before, after = parse_prometheus(BEFORE), parse_prometheus(AFTER)
+    delta = histogram_delta(before, after, "rechka_batch_size")
+    assert delta["model=asr"] == {"count": 10.0, "sum": 30.0, "mean": 3.0}
+    assert delta["model=vad"] == {"count": 5.0, "sum": 35.0, "mean": 7.0}
+    assert histogram_delta(after, after, "rechka_batch_size")["model=vad"]["mean"] is None
+    assert counter_delta(before, after, "rechka_sessions_active") == {"all": 2.0}
+    assert counter_delta(before, after, "rechka_model_busy_seconds_total") == {}
+
+
+def test_resource_sampler_measures_a_process(tmp_path: Path) -> None:
+    with ResourceSampler(os.getpid(), interval=0.05) as sampler:
+        t0 = time.monotonic()
+        end = t0 + 0.3
+        while time.monotonic() < end:  # keep one core busy so the CPU share is visible
+            sum(range(10_000))
+        t1 = time.monotonic()
+    rss_now = psutil.Process().memory_info().rss / 2**20
+    window = sampler.window(t0, t1)
+    assert len(sampler.samples) >= 3
+    assert window["rss_mb_mean"] == pytest.approx(rss_now, rel=0.2)
+    assert window["cpu_percent_max"] is not None and window["cpu_percent_max"] > 10
+    assert sampler.window(t1 + 100, t1 + 200)["rss_mb_mean"] is None
+
+
+def test_pid_listening_on_finds_the_listener() -> None:
+    import socket
+
+    try:
+        psutil.net_connections(kind="tcp")
+    except psutil.AccessDenied:
+        pytest.skip("this user may not list sockets")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        found = pid_listening_on(port)
+    assert found == os.getpid()
+    assert pid_listening_on(port) is None  # closed now
+
+
+def test_server_process_reports_a_failed_start(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="exited with code"):
+        with ServerProcess(["--no-such-option-for-rechka"], tmp_path / "server.log", startup_timeout=120):
+            pass
+    assert (tmp_path / "server.log").exists()
+
+
+def _latency_scrape(counts: dict[str, float]) -> str:
+    lines = ["# TYPE rechka_final_latency_seconds histogram"]
+    total = 0.0
+    for le in ("0.5", "1.0", "2.0", "+Inf"):
+        total += counts.get(le, 0.0)
+        lines.append(f'rechka_final_latency_seconds_bucket{{le="{le}"}} {total}')
+    lines += [f"rechka_final_latency_seconds_count {total}", "rechka_final_latency_seconds_sum 0.0"]
+    return "\n".join(lines) + "\n"
+
+
+def test_histogram_quantile_interpolates_inside_the_bucket_of_the_new_observations() -> None:
+    before = parse_prometheus(_latency_scrape({"0.5": 100.0}))  # old observations must not count
+    after = parse_prometheus(_latency_scrape({"0.5": 100.0, "1.0": 10.0, "2.0": 10.0}))
+    name = "rechka_final_latency_seconds"
+    assert histogram_quantile(before, after, name, 0.5) == pytest.approx(1.0)  # 10 of 20 at or below 1.0
+    assert histogram_quantile(before, after, name, 0.75) == pytest.approx(1.5)  # halfway through (1, 2]
+    assert histogram_quantile(before, after, name, 0.25) == pytest.approx(0.75)
+    assert histogram_quantile(after, after, name, 0.95) is None
+    overflow = parse_prometheus(_latency_scrape({"+Inf": 4.0}))
+    assert histogram_quantile({}, overflow, name, 0.95) == pytest.approx(2.0)  # the largest finite bound

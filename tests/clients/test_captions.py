@@ -1,0 +1,78 @@
+"""clients.captions.LiveCaptions: partials replaced by finals, one time line across sessions, progress counters."""
+
+from __future__ import annotations
+
+import pytest
+
+from streaming import wire
+
+from clients.captions import LiveCaptions
+
+S = wire.SAMPLE_RATE
+
+
+def test_final_replaces_the_partial_of_its_utterance_only() -> None:
+    c = LiveCaptions()
+    c.new_session(0)
+    c.receive(wire.Partial(1, 0, 0, S, "один", "S1"))
+    c.receive(wire.Partial(7, 1, 0, S, "два", None))
+    c.receive(wire.Final(1, 0, 0, S, "один", (), "S1"))
+    assert list(c.partials) == [1] and c.partials[1].text == "два"
+    assert [f.text for f in c.finals] == ["один"]
+
+
+def test_empty_finals_close_the_partial_but_are_not_kept() -> None:
+    c = LiveCaptions()
+    c.new_session(0)
+    c.receive(wire.Partial(1, 0, 0, S, "э", "S1"))
+    c.receive(wire.Final(1, 0, 0, S, "", (), None))
+    assert not c.partials and not c.finals and c.acknowledged == S
+
+
+def test_new_session_shifts_times_and_keeps_history() -> None:
+    c = LiveCaptions()
+    c.new_session(0)
+    c.receive(wire.Final(0, 0, 0, 2 * S, "один", (wire.WordTiming("один", 0, 2 * S, "S1"),), "S1"))
+    c.receive(wire.Partial(1, 0, 2 * S, 3 * S, "два", "S1"))
+    c.new_session(2 * S)
+    assert not c.partials and c.sessions == 2
+    shifted = c.receive(wire.Final(0, 0, 0, S, "два", (wire.WordTiming("два", 0, S, "S2"),), "S2"))
+    assert isinstance(shifted, wire.Final)
+    assert (shifted.start, shifted.end, shifted.words[0].start) == (2 * S, 3 * S, 2 * S)
+    turns = c.receive(wire.SpeakerTurns((wire.Turn("S2", 0, S),)))
+    assert turns == wire.SpeakerTurns((wire.Turn("S2", 2 * S, 3 * S),))
+    end = c.receive(wire.End(S, 1, ("S2",)))
+    assert isinstance(end, wire.End) and end.audio_samples == 3 * S
+    assert end.speakers == ("S1", "S2")  # every label of the whole transcript, in order of appearance
+    assert [f.text for f in c.finals] == ["один", "два"] and c.acknowledged == 3 * S
+
+
+def test_lag_is_audio_sent_beyond_the_newest_result() -> None:
+    c = LiveCaptions()
+    c.new_session(0)
+    assert c.lag is None
+    c.receive(wire.Partial(0, 0, 0, S, "x"), audio_sent=3 * S)
+    assert c.lag == 2 * S and c.heard_until == S
+    c.receive(wire.Final(0, 0, 0, 2 * S, "x"), audio_sent=2 * S)
+    assert c.lag == 0
+
+
+def test_speaker_turns_prefer_the_servers_turns() -> None:
+    c = LiveCaptions()
+    c.new_session(0)
+    c.receive(wire.Final(0, 0, 0, S, "x", (), "S1"))
+    assert c.speaker_turns() == [wire.Turn("S1", 0, S)]  # derived from finals
+    c.receive(wire.SpeakerTurns((wire.Turn("S2", 0, S // 2), wire.Turn("S2", S // 2 + 10, S))))
+    assert c.speaker_turns() == [wire.Turn("S2", 0, S)]  # the server's, merged
+
+
+def test_errors_warnings_and_ready_are_recorded() -> None:
+    c = LiveCaptions()
+    c.new_session(0)
+    c.receive(wire.Ready("id", {}, {}))
+    c.receive(wire.Warning("overloaded", "slow"))
+    c.receive(wire.Error("internal", "boom"))
+    assert c.ready is not None and c.ready.session_id == "id"
+    assert [w.code for w in c.warnings] == ["overloaded"] and [e.code for e in c.errors] == ["internal"]
+    with pytest.raises(ValueError):
+        c.new_session(-1)

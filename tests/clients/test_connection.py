@@ -1,0 +1,125 @@
+"""StreamClient against a scripted protocol v1 server: a whole stream, refusals, retries and resuming after drops."""
+
+from __future__ import annotations
+
+import asyncio
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streaming import wire
+
+from clients.connection import ConnectOptions, GaveUp, Refused, StreamClient
+from clients.sources import FileSource
+
+RATE = wire.SAMPLE_RATE
+
+
+def second_values(path: Path) -> list[list[int]]:
+    """Per second of ``path``, the (constant) value of each channel, read independently of the client."""
+    with wave.open(str(path)) as w:
+        data = np.frombuffer(w.readframes(w.getnframes()), "<i2").reshape(-1, w.getnchannels())
+    return [[int(v) for v in data[k * RATE]] for k in range(len(data) // RATE)]
+
+
+def run_client(url: str, path: Path, multichannel: bool = False, **options: object):  # type: ignore[no-untyped-def]
+    opts = ConnectOptions(url=url, backoff=0.05, max_backoff=0.2, **options)  # type: ignore[arg-type]
+    client = StreamClient(opts, wire.Start(speaker_turns=True))
+    seen: list[str] = []
+    client._on_status = lambda s: seen.append(s.state)  # noqa: SLF001 - observe transitions
+    captions = asyncio.run(client.run(FileSource(path, multichannel=multichannel)))
+    return client, captions, seen
+
+
+def test_whole_stream_gives_one_final_per_second_and_end(scripted_server, counting_wav) -> None:
+    server = scripted_server()
+    path = counting_wav(4)
+    client, captions, states = run_client(server.url, path)
+    expected = [str(v[0]) for v in second_values(path)]
+    assert [f.text for f in captions.finals] == expected
+    assert [f.start for f in captions.finals] == [k * RATE for k in range(4)]
+    assert captions.end is not None and captions.end.audio_samples == 4 * RATE
+    assert captions.sessions == 1 and client.status.reconnects == 0
+    assert server.starts[0]["encoding"] == "pcm_s16le" and server.starts[0]["sample_rate"] == RATE
+    assert server.starts[0]["channels"] == 1 and server.starts[0]["speaker_turns"] is True
+    assert server.audio_bytes == {0: 4 * RATE * 2}
+    assert states[-1] == "done" and "finishing" in states
+    assert not captions.partials  # every partial was closed by its final
+
+
+def test_multichannel_file_sends_all_channels(scripted_server, counting_wav) -> None:
+    server = scripted_server()
+    path = counting_wav(2, channels=2, name="stereo.wav")
+    _, captions, _ = run_client(server.url, path, multichannel=True)
+    assert server.starts[0]["channels"] == 2 and server.starts[0]["multichannel"] is True
+    by_channel = {c: [f.text for f in captions.finals if f.channel == c] for c in (0, 1)}
+    values = second_values(path)
+    assert by_channel == {c: [str(v[c]) for v in values] for c in (0, 1)}
+    assert set(captions.speakers) == {"ch0", "ch1"}
+
+
+@pytest.mark.parametrize("drop_code", [1011, 1001, None])
+def test_resumes_from_the_last_final_after_a_drop(scripted_server, counting_wav, drop_code) -> None:
+    server = scripted_server(drop_after={0: 2.5}, drop_code=drop_code)
+    path = counting_wav(5)
+    client, captions, states = run_client(server.url, path)
+    expected = [str(v[0]) for v in second_values(path)]
+    assert [f.text for f in captions.finals] == expected  # no second lost, none repeated
+    assert [f.start for f in captions.finals] == [k * RATE for k in range(5)]  # one time line
+    assert captions.sessions == 2 and client.status.reconnects == 1
+    assert "reconnecting" in states
+    # the second session started at the end of the last final (2 s), not where sending stopped
+    assert server.audio_bytes[1] == 3 * RATE * 2
+    assert captions.end is not None and captions.end.audio_samples == 5 * RATE
+
+
+def test_http_503_is_retried_after_retry_after(scripted_server, counting_wav) -> None:
+    server = scripted_server(http_status={0: 503, 1: 503}, retry_after="0")
+    client, captions, _ = run_client(server.url, counting_wav(1))
+    assert server.connections == 3 and client.status.reconnects == 2
+    assert [f.text for f in captions.finals] == ["1000"]
+
+
+def test_401_is_refused_at_once_with_a_token_hint(scripted_server, counting_wav) -> None:
+    server = scripted_server(token="secret")
+    with pytest.raises(Refused, match="token"):
+        run_client(server.url, counting_wav(1))
+    assert server.connections == 1
+
+
+def test_token_goes_in_the_authorization_header(scripted_server, counting_wav) -> None:
+    server = scripted_server(token="secret")
+    _, captions, _ = run_client(server.url, counting_wav(1), token="secret")
+    assert [f.text for f in captions.finals] == ["1000"]
+    assert server.headers[0]["Authorization"] == "Bearer secret"
+
+
+@pytest.mark.parametrize("code, words", [(1003, "audio format"), (1008, "rejected a message"),
+                                         (1009, "smaller --chunk-ms")])
+def test_permanent_close_codes_are_not_retried(scripted_server, counting_wav, code, words) -> None:
+    server = scripted_server(close_on_start={0: code})
+    with pytest.raises(Refused, match=words) as info:
+        run_client(server.url, counting_wav(1))
+    assert f"close code {code}" in str(info.value)
+    assert server.connections == 1
+
+
+def test_gives_up_after_max_retries_when_nothing_listens(counting_wav) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(GaveUp, match="2 attempts"):
+        run_client(f"ws://127.0.0.1:{port}/v1/stream", counting_wav(1), max_retries=1)
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"url": "http://x/v1/stream"}, "ws://"), ({"url": "ws://x", "insecure": True}, "wss://"),
+    ({"url": "ws://x", "max_retries": -1}, "max_retries"), ({"url": "ws://x", "chunk_ms": 5}, "chunk_ms"),
+])
+def test_options_are_validated(kwargs, words) -> None:
+    with pytest.raises(ValueError, match=words):
+        ConnectOptions(**kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,74 @@
+"""The rechka-stream CLI against the scripted server: output files parsed back, exit codes, messages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from streaming import wire
+
+from clients import formats
+from clients.stream import main
+
+S = wire.SAMPLE_RATE
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_cli_writes_every_format_consistently(scripted_server, counting_wav, tmp_path: Path, capsys) -> None:
+    server = scripted_server()
+    wav = counting_wav(3, name="talk.wav")
+    code = main([str(wav), "--url", server.url, "--as-fast-as-possible", "--out-dir", str(tmp_path / "out"),
+                 "--no-live"])
+    assert code == 0
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["talk.json", "talk.rttm", "talk.srt", "talk.txt", "talk.vtt"]
+    doc = json.loads((out / "talk.json").read_text())
+    texts = [f["text"] for f in doc["finals"]]
+    assert texts == ["1000", "1001", "1002"] and doc["complete"] is True and doc["end"]["audio_seconds"] == 3.0
+    srt = formats.parse_srt((out / "talk.srt").read_text())
+    vtt = formats.parse_vtt((out / "talk.vtt").read_text())
+    expected = [(k * S, (k + 1) * S, t, f"S{1 + int(t) % 2}") for k, t in enumerate(texts)]
+    assert [(c.start, c.end, c.text, c.speaker) for c in srt] == expected
+    assert [(c.start, c.end, c.text, c.speaker) for c in vtt] == expected
+    rttm = formats.parse_rttm((out / "talk.rttm").read_text())
+    assert [(f, t.speaker, t.start, t.end) for f, t in rttm] == [("talk", s, a, b) for a, b, _, s in expected]
+    txt = (out / "talk.txt").read_text().splitlines()
+    assert txt[1] == "[00:00:01.000 - 00:00:02.000] S2: 1001"
+    printed = capsys.readouterr().out
+    assert "[00:01.000] S2  1001" in printed and "● done" in printed
+
+
+def test_cli_reports_a_refusal_and_exits_1(scripted_server, counting_wav, tmp_path: Path, capsys) -> None:
+    server = scripted_server(token="secret")
+    code = main([str(counting_wav(1)), "--url", server.url, "--out-dir", str(tmp_path), "--no-live",
+                 "--as-fast-as-possible"])
+    assert code == 1
+    assert "--token" in capsys.readouterr().out
+    assert not list(tmp_path.glob("*.srt"))  # nothing transcribed, nothing written
+
+
+@pytest.mark.parametrize("argv, words", [
+    ([], "either a FILE or --mic"), (["x.wav", "--mic"], "either a FILE or --mic"),
+    (["x.wav", "--speed", "0"], "--speed"), (["x.wav", "--formats", "srt,doc"], "unknown output format doc"),
+    (["x.wav", "--url", "http://h/v1/stream"], "ws://"), (["x.wav", "--max-speakers", "0"], "--max-speakers"),
+])
+def test_bad_arguments_exit_2_with_a_reason(argv: list[str], words: str, capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert words in capsys.readouterr().err
+
+
+def test_module_entry_point_streams_to_a_pipe(scripted_server, counting_wav, tmp_path: Path) -> None:
+    server = scripted_server()
+    wav = counting_wav(2, name="pipe.wav")
+    proc = subprocess.run([sys.executable, "-m", "clients.stream", str(wav), "--url", server.url, "--speed", "20",
+                           "--formats", "txt", "--out-dir", str(tmp_path)], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[:2] == ["[00:00.000] S1  1000", "[00:01.000] S2  1001"]
+    assert (tmp_path / "pipe.txt").read_text().count("\n") == 2

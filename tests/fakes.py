@@ -1,0 +1,160 @@
+"""Tiny deterministic stand-ins for the VAD and ASR models, and test signals made of tone bursts.
+
+- :class:`FakeVad`: speech probability from each 512-sample chunk's energy; its "recurrent state" is the offset the
+  next request must start at, so a session that breaks the chain is caught.
+- :class:`FakeAsr`: a tone-coded recogniser. Every voiced stretch (10 ms frames above an energy threshold, short
+  gaps bridged) is a word named after its dominant frequency, ``w440`` for 440 Hz, with its sample times. It counts
+  the samples it encodes per request kind (for the partials budget) and can jitter word times (seeded).
+- :func:`tone_bursts`: tones separated by silence, with the exact sample spans of each tone.
+
+All are functions ``list[Request] -> list[Result]`` (callable objects), usable with ``server.offline``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from server.offline import Run, run_requests_by_kind
+from streaming.config import SAMPLE_RATE, VAD_CHUNK
+from streaming.work import AsrKind, AsrRequest, AsrResult, Request, Result, VadRequest, VadResult, Word
+
+FRAME = 160  # 10 ms analysis frames of the fake ASR
+
+
+class FakeVad:
+    """Energy VAD: ``p = rms / (rms + ref_rms)`` per chunk, so ``p = 0.5`` exactly at ``ref_rms``."""
+
+    def __init__(self, ref_rms: float = 0.01) -> None:
+        self.ref_rms = ref_rms
+        self.requests = 0
+
+    def __call__(self, requests: Sequence[Request]) -> list[Result]:
+        results: list[Result] = []
+        for r in requests:
+            assert isinstance(r, VadRequest)
+            if r.state is not None and r.state != r.start:
+                raise AssertionError(f"VAD state for offset {r.state} reused at offset {r.start}")
+            n = len(r.audio) // VAD_CHUNK
+            chunks = np.asarray(r.audio[:n * VAD_CHUNK], dtype=np.float64).reshape(n, VAD_CHUNK)
+            rms = np.sqrt((chunks ** 2).mean(axis=1))
+            self.requests += 1
+            results.append(VadResult(r.session_id, r.seq, (rms / (rms + self.ref_rms)).astype(np.float32),
+                                     r.start + n * VAD_CHUNK))
+        return results
+
+
+@dataclass
+class FakeAsr:
+    """Tone-coded ASR; see the module docstring. ``samples[kind]`` counts encoded samples per :class:`AsrKind`."""
+
+    threshold_rms: float = 0.02
+    min_word: int = 4 * FRAME  # shorter voiced stretches are ignored
+    bridge: int = 3 * FRAME  # gaps up to this long inside a stretch are bridged
+    jitter: int = 0  # word boundaries move by up to this many samples (seeded)
+    seed: int = 0
+    samples: dict[AsrKind, int] = field(default_factory=lambda: {AsrKind.FINAL: 0, AsrKind.PARTIAL: 0})
+    calls: dict[AsrKind, int] = field(default_factory=lambda: {AsrKind.FINAL: 0, AsrKind.PARTIAL: 0})
+    requests: list[AsrRequest] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._rng = np.random.default_rng(self.seed)
+
+    def __call__(self, requests: Sequence[Request]) -> list[Result]:
+        results: list[Result] = []
+        for r in requests:
+            assert isinstance(r, AsrRequest)
+            self.samples[r.kind] += len(r.audio)
+            self.calls[r.kind] += 1
+            self.requests.append(r)
+            words = self.transcribe(np.asarray(r.audio, dtype=np.float32))
+            results.append(AsrResult(r.session_id, r.seq, " ".join(w.text for w in words), tuple(words)))
+        return results
+
+    def transcribe(self, audio: np.ndarray) -> list[Word]:
+        """The words of ``audio``, times relative to its first sample."""
+        words = []
+        for a, b in voiced_stretches(audio, self.threshold_rms, self.bridge):
+            if b - a < self.min_word:
+                continue
+            text = f"w{dominant_frequency(audio[a:b]):.0f}"
+            if self.jitter:
+                a, b = (int(np.clip(t + self._rng.integers(-self.jitter, self.jitter + 1), 0, len(audio)))
+                        for t in (a, b))
+            words.append(Word(text, a, max(a + 1, b)))
+        return words
+
+
+def voiced_stretches(audio: np.ndarray, threshold_rms: float, bridge: int) -> list[tuple[int, int]]:
+    """``(start, end)`` sample spans of 10 ms frames above ``threshold_rms``, gaps up to ``bridge`` joined."""
+    n = len(audio) // FRAME
+    if n == 0:
+        return []
+    rms = np.sqrt((audio[:n * FRAME].astype(np.float64).reshape(n, FRAME) ** 2).mean(axis=1))
+    spans: list[tuple[int, int]] = []
+    for f in np.flatnonzero(rms > threshold_rms):
+        a, b = f * FRAME, (f + 1) * FRAME
+        if spans and a - spans[-1][1] <= bridge:
+            spans[-1] = (spans[-1][0], b)
+        else:
+            spans.append((a, b))
+    return [(int(a), int(b)) for a, b in spans]
+
+
+def dominant_frequency(x: np.ndarray) -> float:
+    """The strongest frequency of ``x`` to the nearest 10 Hz."""
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x)), n=max(len(x), SAMPLE_RATE)))
+    freq = np.argmax(spectrum) * SAMPLE_RATE / max(len(x), SAMPLE_RATE)
+    return float(round(freq / 10) * 10)
+
+
+@dataclass(frozen=True)
+class Bursts:
+    """A synthesised signal: ``audio`` (float32, 16 kHz), each tone's ``spans`` in samples and its ``words``."""
+
+    audio: np.ndarray
+    spans: tuple[tuple[int, int], ...]
+    words: tuple[str, ...]
+
+
+def tone_bursts(tones: Sequence[tuple[float, float]], gaps: Union[float, Sequence[float]] = 1.0,
+                lead: float = 0.5, tail: float = 1.0, amplitude: float = 0.3, noise: float = 1e-3,
+                seed: int = 0) -> Bursts:
+    """Tones ``(frequency Hz, seconds)`` separated by ``gaps`` seconds of near-silence (seeded white noise of rms
+    ``noise``), with ``lead`` seconds before the first and ``tail`` after the last. 5 ms fades avoid clicks."""
+    gap_list = [gaps] * max(0, len(tones) - 1) if isinstance(gaps, (int, float)) else list(gaps)
+    if len(gap_list) != max(0, len(tones) - 1):
+        raise ValueError("give one gap between each two tones")
+    pieces: list[np.ndarray] = [np.zeros(seconds(lead))]
+    spans: list[tuple[int, int]] = []
+    pos = len(pieces[0])
+    fade = seconds(0.005)
+    for i, (freq, dur) in enumerate(tones):
+        n = seconds(dur)
+        tone = amplitude * np.sin(2 * np.pi * freq * np.arange(n) / SAMPLE_RATE)
+        ramp = np.minimum(1.0, np.minimum(np.arange(n), np.arange(n)[::-1]) / fade)
+        pieces.append(tone * ramp)
+        spans.append((pos, pos + n))
+        pos += n
+        silence = seconds(gap_list[i]) if i < len(gap_list) else seconds(tail)
+        pieces.append(np.zeros(silence))
+        pos += silence
+    audio = np.concatenate(pieces)
+    audio += noise * np.random.default_rng(seed).standard_normal(len(audio))
+    return Bursts(audio.astype(np.float32), tuple(spans), tuple(f"w{f:.0f}" for f, _ in tones))
+
+
+def seconds(s: float) -> int:
+    return int(round(s * SAMPLE_RATE))
+
+
+def pcm16(audio: np.ndarray) -> bytes:
+    """float32 [-1, 1] → 16-bit little-endian PCM bytes."""
+    return (np.clip(audio, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes()
+
+
+def fake_run(vad: Optional[FakeVad] = None, asr: Optional[FakeAsr] = None) -> Run:
+    """``server.offline`` run function over a fake VAD and ASR."""
+    return run_requests_by_kind({VadRequest: vad or FakeVad(), AsrRequest: asr or FakeAsr()})

@@ -1,0 +1,132 @@
+"""server.models.embedding: batched resemblyzer equals VoiceEncoder.embed_utterance; pyannote embedding models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from server.models.cache import ModelUnavailable
+from server.models.embedding import (PyannoteEmbedding, ResemblyzerEmbedding, load_embedding_model,
+                                     normalize_volume, partial_starts)
+from streaming.work import EmbeddingRequest, VadRequest
+
+SPEAKERS = Path(__file__).resolve().parents[3].parent / "shared" / "speech" / "speakers"
+
+
+@pytest.fixture(scope="module")
+def resemblyzer() -> ResemblyzerEmbedding:
+    return ResemblyzerEmbedding("cpu", max_batch=8)
+
+
+def speech_clips() -> list[np.ndarray]:
+    """Two clips of each of two speakers from the shared recordings (skips when they are absent)."""
+    import soundfile as sf
+
+    if SPEAKERS.is_dir():
+        files = sorted(SPEAKERS.glob("*.wav"))
+        by_speaker: dict[str, list[Path]] = {}
+        for f in files:
+            by_speaker.setdefault(f.name.split("__")[0], []).append(f)
+        clips = []
+        for name in sorted(n for n, fs in by_speaker.items() if len(fs) >= 2)[:2]:
+            for f in by_speaker[name][:2]:
+                audio, rate = sf.read(f, dtype="float32")
+                assert rate == 16000
+                clips.append(audio[:16000 * 6])
+        if len(clips) == 4:
+            return clips
+    pytest.skip("shared single-speaker recordings are absent")
+
+
+def test_partial_slicing_matches_resemblyzer() -> None:
+    from resemblyzer import VoiceEncoder
+
+    for samples in (0, 300, 8000, 25599, 25600, 41000, 59000, 160000, 160123):
+        _, mel_slices = VoiceEncoder.compute_partial_slices(samples, 1.3, 0.75)
+        assert partial_starts(samples) == [s.start for s in mel_slices], samples
+    with pytest.raises(ValueError, match="rate"):
+        partial_starts(16000, rate=0.1)
+
+
+def test_batched_embeddings_equal_embed_utterance(resemblyzer: ResemblyzerEmbedding) -> None:
+    rng = np.random.default_rng(0)
+    t = np.arange(16000 * 4) / 16000
+    tone = (0.3 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+    audios = [tone[:8000], tone[:25600], (rng.standard_normal(59000) * 0.05).astype(np.float32), tone, tone[:300]]
+    ours = resemblyzer.embed(audios)  # ragged: 0.5 s, 1.6 s, 3.7 s, 4 s and 19 ms in one batch
+    reference = np.stack([resemblyzer.encoder.embed_utterance(a) for a in audios])
+    assert ours.shape == (5, 256)
+    np.testing.assert_allclose(ours, reference, atol=1e-5)
+
+
+def test_run_batch_normalizes_volume_like_preprocess_wav(resemblyzer: ResemblyzerEmbedding) -> None:
+    from resemblyzer.audio import normalize_volume as theirs
+
+    quiet = (np.random.default_rng(1).standard_normal(30000) * 0.003).astype(np.float32)
+    np.testing.assert_allclose(normalize_volume(quiet), theirs(quiet, -30, increase_only=True), rtol=1e-5)
+    loud = quiet * 100
+    np.testing.assert_array_equal(normalize_volume(loud), loud)  # never lowered
+    assert np.array_equal(normalize_volume(np.zeros(100, np.float32)), np.zeros(100))  # silence stays finite
+    (result,) = resemblyzer.run_batch([EmbeddingRequest("s", 3, 0, 0, quiet)])
+    expected = resemblyzer.encoder.embed_utterance(theirs(quiet, -30, increase_only=True))
+    assert (result.session_id, result.seq) == ("s", 3) and result.embedding.dtype == np.float32
+    np.testing.assert_allclose(result.embedding, expected, atol=1e-5)
+
+
+def test_silence_gives_a_finite_embedding(resemblyzer: ResemblyzerEmbedding) -> None:
+    results = resemblyzer.run_batch([EmbeddingRequest("s", 0, 0, 0, np.zeros(16000, np.float32)),
+                                     EmbeddingRequest("s", 1, 0, 0, np.zeros(0, np.float32))])
+    for result in results:
+        assert result.embedding.shape == (256,) and np.isfinite(result.embedding).all()
+
+
+def test_same_speaker_embeddings_are_closer(resemblyzer: ResemblyzerEmbedding) -> None:
+    a1, a2, b1, b2 = speech_clips()
+    e = np.stack([r.embedding for r in resemblyzer.run_batch(
+        [EmbeddingRequest("s", i, 0, 0, clip) for i, clip in enumerate((a1, a2, b1, b2))])])
+    similarity = e @ e.T
+    assert min(similarity[0, 1], similarity[2, 3]) > max(similarity[0, 2], similarity[0, 3],
+                                                         similarity[1, 2], similarity[1, 3])
+
+
+def test_rejects_bad_requests(resemblyzer: ResemblyzerEmbedding) -> None:
+    with pytest.raises(TypeError, match="only runs EmbeddingRequest"):
+        resemblyzer.run_batch([VadRequest("s", 0, 0, 0, np.zeros(512, np.float32))])
+    with pytest.raises(ValueError, match="1-D"):
+        resemblyzer.run_batch([EmbeddingRequest("s", 0, 0, 0, np.zeros((2, 800), np.float32))])
+    assert resemblyzer.run_batch([]) == []
+
+
+def test_adapter_interface(resemblyzer: ResemblyzerEmbedding) -> None:
+    resemblyzer.warmup()
+    assert set(resemblyzer.modules()) == {"voice_encoder", "mel"}
+    info = resemblyzer.describe()
+    assert info["name"] == "embedding" and info["dimension"] == 256 and Path(info["checkpoint"]).is_file()
+
+
+def test_pyannote_embedding_groups_equal_lengths_exactly() -> None:
+    from pyannote.audio.models.embedding import XVectorMFCC
+
+    torch.manual_seed(0)
+    adapter = PyannoteEmbedding.from_model(XVectorMFCC(dimension=32), "cpu", 4, checkpoint="tiny x-vector")
+    rng = np.random.default_rng(2)
+    audios = [(rng.standard_normal(n) * 0.1).astype(np.float32) for n in (16000, 24000, 16000, 800)]
+    batch = adapter.run_batch([EmbeddingRequest("s", i, 0, 0, a) for i, a in enumerate(audios)])
+    for audio, result in zip(audios, batch):
+        padded = audio if len(audio) >= 8000 else np.resize(audio, 8000)  # short requests are repeated
+        with torch.inference_mode():
+            alone = adapter.model(torch.from_numpy(padded)[None, None])[0].numpy()
+        assert result.embedding.shape == (32,)
+        np.testing.assert_allclose(result.embedding, alone, atol=1e-5)
+    assert adapter.describe()["architecture"] == "XVectorMFCC" and set(adapter.modules()) == {"pyannote"}
+
+
+def test_unreachable_pyannote_embedding_fails_with_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelUnavailable, match="embedding model 'pyannote/wespeaker-voxceleb-resnet34-LM'"):
+        load_embedding_model("pyannote/wespeaker-voxceleb-resnet34-LM", "cpu", 4)

@@ -1,0 +1,48 @@
+"""server.models.registry: the adapters load on one device, are audited, warmed up, and failures are typed."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from server.models.cache import SEGMENTATION_DEFAULT, ModelUnavailable, segmentation_checkpoint_path
+from server.models.registry import Models, load_models
+
+TINY_ASR = Path(__file__).resolve().parents[3] / "tests" / "assets" / "tiny_gigaam_ctc.ckpt"
+
+
+@pytest.fixture(autouse=True)
+def needs_segmentation_weights() -> None:
+    try:
+        from server.models.cache import fetch_segmentation_checkpoint
+
+        fetch_segmentation_checkpoint()
+    except ModelUnavailable as exc:
+        pytest.skip(f"default segmentation weights unavailable: {exc}")
+
+
+def test_loads_audits_and_logs_each_model(caplog: pytest.LogCaptureFixture) -> None:
+    asr = str(TINY_ASR) if TINY_ASR.is_file() else None
+    with caplog.at_level(logging.INFO, logger="server.models.registry"):
+        loaded = load_models(asr, SEGMENTATION_DEFAULT, "resemblyzer", "cpu", max_batch=3)
+    assert isinstance(loaded, Models)
+    models, placement = loaded  # the server unpacks it like this
+    expected = {"vad", "segmentation", "embedding"} | ({"asr"} if asr else set())
+    assert set(models) == set(placement) == expected
+    for name, model in models.items():
+        assert model.name == name and model.max_batch == 3
+        assert placement[name].devices == ("cpu",) and placement[name].parameters > 0
+        assert f"model {name}" in caplog.text
+    assert loaded.segmentation.describe()["checkpoint"] == str(segmentation_checkpoint_path())
+    assert (loaded.asr is None) == (asr is None)
+
+
+def test_server_config_fills_the_arguments_and_asr_errors_become_model_unavailable() -> None:
+    from server.config import ServerConfig
+
+    config = ServerConfig(device="cpu", asr_model="no-such-gigaam-model", segmentation_model=SEGMENTATION_DEFAULT,
+                          embedding_model="resemblyzer")
+    with pytest.raises(ModelUnavailable, match="no-such-gigaam-model"):
+        load_models(config)

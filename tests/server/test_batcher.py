@@ -1,0 +1,264 @@
+"""server/batcher.py: batching across sessions, priorities, failures, one inference thread per device."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Sequence
+
+import numpy as np
+import pytest
+
+from server.batcher import Batcher, BatcherClosed, BatcherPool
+from server.metrics import ServerMetrics
+from streaming.work import AsrKind, AsrRequest, AsrResult, Priority, VadRequest, VadResult
+
+
+def run(coro: Any, timeout: float = 20.0) -> Any:
+    async def bounded() -> Any:
+        return await asyncio.wait_for(coro, timeout)
+    return asyncio.run(bounded())
+
+
+class EchoAsr:
+    """Transcribes a request as its session id and seq; records batches; can be held or made to fail."""
+
+    name = "asr"
+    max_batch = 64
+
+    def __init__(self) -> None:
+        self.batches: list[list[tuple[str, int]]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self.poison: set[str] = set()
+        self.threads: set[str] = set()
+        self.short = False
+
+    def run_batch(self, requests: Sequence[AsrRequest]) -> list[AsrResult]:
+        self.entered.set()
+        self.gate.wait(10)
+        self.threads.add(threading.current_thread().name)
+        self.batches.append([(r.session_id, r.seq) for r in requests])
+        if any(r.session_id in self.poison for r in requests):
+            raise RuntimeError("poisoned")
+        out = [AsrResult(r.session_id, r.seq, f"{r.session_id}/{r.seq}") for r in requests]
+        return out[:-1] if self.short else out
+
+    def warmup(self) -> None: ...
+    def modules(self) -> dict[str, Any]: return {}
+    def describe(self) -> dict[str, Any]: return {"name": "echo", "checkpoint": None}
+
+
+def asr(session: str, seq: int, kind: AsrKind = AsrKind.PARTIAL) -> AsrRequest:
+    return AsrRequest(session, seq, 0, 0, np.zeros(160, np.float32), utterance_id=0, kind=kind)
+
+
+def test_requests_from_many_sessions_share_a_batch_and_get_their_own_results() -> None:
+    model = EchoAsr()
+    metrics = ServerMetrics()
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as ex:
+            b = Batcher(model, ex, max_batch=8, max_wait=0.05, metrics=metrics)
+            futures = [b.submit(asr(f"s{i}", i)) for i in range(6)]
+            results = await asyncio.gather(*futures)
+            await b.close()
+        assert [r.text for r in results] == [f"s{i}/{i}" for i in range(6)]
+
+    run(main())
+    assert len(model.batches) == 1 and len(model.batches[0]) == 6
+    text = metrics.render().decode()
+    assert 'rechka_batch_size_count{model="asr"} 1.0' in text
+    assert 'rechka_batch_size_sum{model="asr"} 6.0' in text
+
+
+def test_batches_never_exceed_max_batch_nor_the_models_own_cap() -> None:
+    model = EchoAsr()
+    model.max_batch = 3
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as ex:
+            b = Batcher(model, ex, max_batch=4, max_wait=0.01)
+            await asyncio.gather(*[b.submit(asr("s", i)) for i in range(10)])
+            await b.close()
+
+    run(main())
+    assert sum(len(batch) for batch in model.batches) == 10
+    assert max(len(batch) for batch in model.batches) == 3
+
+
+def test_a_lone_request_runs_after_max_wait_without_company() -> None:
+    model = EchoAsr()
+
+    async def main() -> AsrResult:
+        with ThreadPoolExecutor(1) as ex:
+            b = Batcher(model, ex, max_batch=16, max_wait=0.005)
+            result = await b.submit(asr("alone", 1))
+            await b.close()
+            return result
+
+    assert run(main()).text == "alone/1"
+    assert model.batches == [[("alone", 1)]]
+
+
+def test_finals_run_before_partials_queued_earlier() -> None:
+    model = EchoAsr()
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as ex:
+            b = Batcher(model, ex, max_batch=1, max_wait=0.0)
+            model.gate.clear()
+            first = b.submit(asr("busy", 0))
+            await asyncio.get_running_loop().run_in_executor(None, model.entered.wait, 5)
+            later = [b.submit(asr("p", 1)), b.submit(asr("p", 2)), b.submit(asr("f", 3, AsrKind.FINAL))]
+            model.gate.set()
+            await asyncio.gather(first, *later)
+            await b.close()
+
+    run(main())
+    assert [batch[0] for batch in model.batches] == [("busy", 0), ("f", 3), ("p", 1), ("p", 2)]
+    assert asr("f", 3, AsrKind.FINAL).priority == Priority.FINAL
+
+
+def test_a_failing_request_fails_only_its_own_future() -> None:
+    model = EchoAsr()
+    model.poison = {"bad"}
+
+    async def main() -> list[Any]:
+        with ThreadPoolExecutor(1) as ex:
+            b = Batcher(model, ex, max_batch=8, max_wait=0.05)
+            futures = [b.submit(asr(s, i)) for i, s in enumerate(["a", "bad", "c"])]
+            out = await asyncio.gather(*futures, return_exceptions=True)
+            await b.close()
+            return out
+
+    a, bad, c = run(main())
+    assert isinstance(bad, RuntimeError) and str(bad) == "poisoned"
+    assert (a.text, c.text) == ("a/0", "c/2")
+
+
+def test_a_wrong_number_of_results_is_an_error_for_every_request() -> None:
+    model = EchoAsr()
+    model.short = True
+
+    async def main() -> list[Any]:
+        with ThreadPoolExecutor(1) as ex:
+            b = Batcher(model, ex, max_batch=8, max_wait=0.05)
+            out = await asyncio.gather(*[b.submit(asr("s", i)) for i in range(3)], return_exceptions=True)
+            await b.close()
+            return out
+
+    assert all(isinstance(r, RuntimeError) and "results" in str(r) for r in run(main()))
+
+
+def test_cancelled_requests_are_not_run() -> None:
+    model = EchoAsr()
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as ex:
+            b = Batcher(model, ex, max_batch=1, max_wait=0.0)
+            model.gate.clear()
+            first = b.submit(asr("busy", 0))
+            await asyncio.get_running_loop().run_in_executor(None, model.entered.wait, 5)
+            gone = b.submit(asr("gone", 1))
+            kept = b.submit(asr("kept", 2))
+            gone.cancel()
+            model.gate.set()
+            await asyncio.gather(first, kept)
+            await b.close()
+
+    run(main())
+    assert ("gone", 1) not in [r for batch in model.batches for r in batch]
+
+
+def test_close_fails_waiting_requests_and_refuses_new_ones() -> None:
+    model = EchoAsr()
+
+    async def main() -> tuple[Any, Any]:
+        with ThreadPoolExecutor(1) as ex:
+            b = Batcher(model, ex, max_batch=1, max_wait=0.0)
+            model.gate.clear()
+            b.submit(asr("busy", 0))
+            await asyncio.get_running_loop().run_in_executor(None, model.entered.wait, 5)
+            waiting = b.submit(asr("waiting", 1))
+            await b.close()
+            model.gate.set()
+            late = b.submit(asr("late", 2))
+            return waiting, late
+
+    waiting, late = run(main())
+    assert isinstance(waiting.exception(), BatcherClosed)
+    assert isinstance(late.exception(), BatcherClosed)
+
+
+class CountingVad:
+    """Records overlapping calls: two models on one device must never run at the same time."""
+
+    max_batch = 64
+
+    def __init__(self, name: str, shared: dict[str, int]) -> None:
+        self.name = name
+        self.shared = shared
+        self.lock = threading.Lock()
+        self.threads: set[str] = set()
+
+    def run_batch(self, requests: Sequence[VadRequest]) -> list[VadResult]:
+        with self.lock:
+            self.shared["now"] += 1
+            self.shared["max"] = max(self.shared["max"], self.shared["now"])
+        threading.Event().wait(0.002)
+        self.threads.add(threading.current_thread().name)
+        with self.lock:
+            self.shared["now"] -= 1
+        return [VadResult(r.session_id, r.seq, np.zeros(1, np.float32), None) for r in requests]
+
+    def warmup(self) -> None: ...
+    def modules(self) -> dict[str, Any]: return {}
+    def describe(self) -> dict[str, Any]: return {"name": self.name, "checkpoint": None}
+
+
+def test_models_on_one_device_share_one_inference_thread() -> None:
+    shared = {"now": 0, "max": 0}
+    vad, seg = CountingVad("vad", shared), CountingVad("segmentation", shared)
+
+    async def main() -> None:
+        pool = BatcherPool({"vad": vad, "segmentation": seg}, {"vad": "cpu", "segmentation": "cpu"},
+                           max_batch=2, max_wait=0.0)
+        assert pool.devices == ("cpu",)
+        futures = [pool.batchers[name].submit(VadRequest(f"s{i}", i, 0, 0, np.zeros(512, np.float32)))
+                   for i in range(12) for name in ("vad", "segmentation")]
+        await asyncio.gather(*futures)
+        await pool.close()
+
+    run(main())
+    assert shared["max"] == 1
+    assert vad.threads == seg.threads and len(vad.threads) == 1
+
+
+def test_pool_routes_each_request_kind_to_its_model() -> None:
+    model = EchoAsr()
+    shared = {"now": 0, "max": 0}
+    vad = CountingVad("vad", shared)
+
+    async def main() -> tuple[Any, Any]:
+        pool = BatcherPool({"asr": model, "vad": vad}, {"asr": "cuda:0", "vad": "cpu"}, max_batch=4, max_wait=0.0)
+        assert set(pool.devices) == {"cuda:0", "cpu"}
+        out = await asyncio.gather(pool.submit(asr("s", 1)),
+                                   pool.submit(VadRequest("s", 2, 0, 0, np.zeros(512, np.float32))))
+        await pool.close()
+        return out
+
+    a, v = run(main())
+    assert isinstance(a, AsrResult) and isinstance(v, VadResult)
+
+
+@pytest.mark.parametrize("kwargs", [{"max_batch": 0, "max_wait": 0.0}, {"max_batch": 1, "max_wait": -1.0}])
+def test_bad_options_are_refused(kwargs: dict[str, Any]) -> None:
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as ex:
+            Batcher(EchoAsr(), ex, **kwargs)
+
+    with pytest.raises(ValueError, match="Batcher max_"):
+        run(main())

@@ -1,0 +1,62 @@
+"""server.fetch_models: exit status 0 only when every requested default is present; clear offline failures."""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from pathlib import Path
+
+import gigaam
+import pytest
+
+from server import fetch_models
+from server.models import cache
+from server.models.cache import WHISPERX_MEMBER, WHISPERX_WHEEL, ModelUnavailable
+
+WEIGHTS = b"fake PyanNet weights"
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("RECHKA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("RECHKA_WHISPERX_WHEEL", raising=False)
+    monkeypatch.setattr(cache, "SEGMENTATION_SHA256", hashlib.sha256(WEIGHTS).hexdigest())
+    monkeypatch.setattr(gigaam, "_CACHE_DIR", str(tmp_path / "gigaam"))
+    (tmp_path / "cdn").mkdir()
+    monkeypatch.setattr(gigaam, "_URL_DIR", (tmp_path / "cdn").as_uri())
+    return tmp_path
+
+
+def wheel(folder: Path, content: bytes = WEIGHTS) -> Path:
+    path = folder / WHISPERX_WHEEL
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(WHISPERX_MEMBER, content)
+    return path
+
+
+def test_skip_asr_succeeds_with_the_segmentation_wheel(isolated: Path, capsys: pytest.CaptureFixture) -> None:
+    assert fetch_models.main(["--skip-asr", "--no-verify", "--wheel", str(wheel(isolated))]) == 0
+    assert "all models present" in capsys.readouterr().err
+    assert cache.segmentation_checkpoint_path().read_bytes() == WEIGHTS
+
+
+def test_missing_asr_fails_and_says_how_to_go_on(isolated: Path, capsys: pytest.CaptureFixture) -> None:
+    assert fetch_models.main(["--no-verify", "--wheel", str(wheel(isolated))]) == 1
+    err = capsys.readouterr().err
+    assert "asr            MISSING" in err and "--skip-asr" in err and "1 model(s) missing" in err
+
+
+def test_bad_segmentation_wheel_fails(isolated: Path, capsys: pytest.CaptureFixture) -> None:
+    assert fetch_models.main(["--skip-asr", "--no-verify", "--wheel", str(wheel(isolated, b"other"))]) == 1
+    assert "segmentation   MISSING" in capsys.readouterr().err
+
+
+def test_gigaam_is_downloaded_into_gigaams_cache(isolated: Path) -> None:
+    (isolated / "cdn" / "v2_ctc.ckpt").write_bytes(b"checkpoint")
+    path = fetch_models.fetch_gigaam("ctc", progress=False)  # gigaam's alias for v2_ctc
+    assert path == isolated / "gigaam" / "v2_ctc.ckpt" and path.read_bytes() == b"checkpoint"
+    with pytest.raises(ModelUnavailable, match="neither a GigaAM ASR model name"):
+        fetch_models.fetch_gigaam("v9_whatever")
+    with pytest.raises(ModelUnavailable, match="v2_rnnt could not be downloaded"):
+        fetch_models.fetch_gigaam("v2_rnnt")
+    assert not (isolated / "gigaam" / "v2_rnnt.ckpt").exists()

@@ -1,0 +1,47 @@
+"""streaming/config.py: defaults, derived values and validation messages that name the fix."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from streaming.config import (AudioFormat, DiarizationOptions, PartialOptions, SessionConfig, VadOptions, ms)
+
+
+def test_ms_converts_to_samples_at_16k() -> None:
+    assert (ms(1_000), ms(32), ms(0.5), ms(0)) == (16_000, 512, 8, 0)
+
+
+def test_defaults_validate_and_derive() -> None:
+    vad = VadOptions()
+    assert vad.neg_threshold == pytest.approx(vad.threshold - 0.15)
+    assert VadOptions(threshold=0.1).neg_threshold == pytest.approx(0.01)  # never below 0.01
+    assert DiarizationOptions(new_speaker_threshold=0.7).update_threshold == 0.7
+    cfg = SessionConfig()
+    assert cfg.audio == AudioFormat() and cfg.diarization and cfg.interim_results and not cfg.multichannel
+    assert cfg.partials.max_window > cfg.partials.left_context + cfg.partials.cadence
+
+
+def test_options_are_frozen() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        VadOptions().threshold = 0.9  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("cls, kwargs, field", [
+    (VadOptions, dict(threshold=1.0), "threshold"),
+    (VadOptions, dict(min_speech=-1), "min_speech"),
+    (VadOptions, dict(speech_pad=-1), "speech_pad"),
+    (PartialOptions, dict(left_context=-1), "left_context"),
+    (PartialOptions, dict(cadence=ms(500), left_context=ms(3_000), max_window=ms(3_400)), "max_window"),
+    (PartialOptions, dict(agreement_tolerance=-1), "agreement_tolerance"),
+    (DiarizationOptions, dict(window=ms(100)), "window"),
+    (DiarizationOptions, dict(step=ms(50)), "step"),
+    (DiarizationOptions, dict(latency=ms(5_000), window=ms(10_000)), "latency"),
+    (DiarizationOptions, dict(tau_active=1.0), "tau_active"),
+    (DiarizationOptions, dict(max_speakers=33), "max_speakers"),
+    (SessionConfig, dict(max_pending_audio=ms(500)), "max_pending_audio"),
+])
+def test_bad_values_name_the_field(cls: type, kwargs: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=f"{cls.__name__}.{field}"):
+        cls(**kwargs)

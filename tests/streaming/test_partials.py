@@ -1,0 +1,167 @@
+"""streaming/partials.py: partial windows, the committed prefix, the compute budget."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pytest
+
+from streaming.config import PartialOptions, ms
+from streaming.partials import PartialPolicy
+from streaming.wire import WordTiming
+
+WORD, STEP = ms(300), ms(400)  # a synthetic talker: a 300 ms word every 400 ms
+
+
+def truth(n: int = 200) -> list[WordTiming]:
+    return [WordTiming(f"w{k}", k * STEP, k * STEP + WORD) for k in range(n)]
+
+
+def decoder(words: list[WordTiming], min_part: int = ms(50)) -> Callable[[tuple[int, int]], list[WordTiming]]:
+    """Decode a window: every word overlapping it, its times clipped to the window (cut words keep their text)."""
+    def decode(window: tuple[int, int]) -> list[WordTiming]:
+        a, b = window
+        out = []
+        for w in words:
+            s, e = max(w.start, a), min(w.end, b)
+            if e - s >= min_part:
+                out.append(WordTiming(w.word, s, e))
+        return out
+    return decode
+
+
+def run_utterance(policy: PartialPolicy, decode: Callable, length: int, step: int = ms(100)) -> list[tuple]:
+    """Grow the utterance ``step`` at a time, decoding whenever due (results return at once)."""
+    windows = []
+    for now in range(step, length + 1, step):
+        window = policy.due(now)
+        if window is None:
+            continue
+        natural_start = max(policy.utterance_start, policy.committed_end - policy.options.left_context)
+        policy.start(window)
+        windows.append((window, natural_start))
+        policy.on_result(decode(window))
+        assert policy.encoded <= policy.options.budget_ratio * (now - policy.utterance_start)
+    return windows
+
+
+def test_budget_and_window_bounds_hold_over_a_long_utterance() -> None:
+    opt = PartialOptions()
+    policy = PartialPolicy(opt, 0)
+    windows = run_utterance(policy, decoder(truth()), ms(20_000))
+    assert all(b - a <= opt.max_window for (a, b), _ in windows)
+    assert all(a >= natural or b - a == opt.max_window for (a, b), natural in windows)
+    assert policy.encoded <= opt.budget_ratio * ms(20_000)
+    assert len(windows) >= 8  # the cadence stretches but partials keep coming
+    gaps = [b2 - b1 for ((_, b1), _), ((_, b2), _) in zip(windows, windows[1:])]
+    assert max(gaps) <= opt.max_window  # never starved for long
+
+
+def test_committed_prefix_follows_the_speech() -> None:
+    words = truth()
+    policy = PartialPolicy(PartialOptions(), 0)
+    windows = run_utterance(policy, decoder(words), ms(20_000))
+    last_end = windows[-1][0][1]
+    committed = policy.committed
+    assert committed == words[:len(committed)]  # a true prefix, with true times
+    assert committed[-1].end >= last_end - PartialOptions().max_window  # it keeps up with the audio
+    expected = [w.word for w in words if w.start < last_end and min(w.end, last_end) - w.start >= ms(50)]
+    assert policy.text == " ".join(expected)
+
+
+def test_two_agreeing_decodes_commit_words_outside_the_fresh_tail() -> None:
+    opt = PartialOptions(fresh_tail=ms(500), agreement_tolerance=ms(50))
+    policy = PartialPolicy(opt, 0)
+    words = truth(10)
+    decode = decoder(words)
+    for now in (ms(1_000), ms(2_000)):
+        policy.start((0, now))
+        policy.on_result(decode((0, now)))
+    # both decodes contain w0 and w1 unchanged; w2 ([800, 1100) ms) was cut at 1000 ms in the first: its end moved
+    assert [w.word for w in policy.committed] == ["w0", "w1"]
+    assert policy.committed_end == words[1].end
+    assert policy.text == "w0 w1 w2 w3 w4"
+
+
+def test_the_fresh_tail_is_never_committed() -> None:
+    opt = PartialOptions(fresh_tail=ms(1_500), max_window=ms(4_000))
+    policy = PartialPolicy(opt, 0)
+    decode = decoder(truth(10))
+    for now in (ms(2_000), ms(2_000) + ms(500)):
+        policy.start((0, now))
+        policy.on_result(decode((0, now)))
+    assert all(w.end <= ms(2_500) - ms(1_500) for w in policy.committed)
+    assert [w.word for w in policy.committed] == ["w0", "w1"]
+
+
+@pytest.mark.parametrize("change, committed", [(dict(word="other"), 0), (dict(start=ms(250)), 0),
+                                               (dict(start=ms(150)), 1), (dict(end=ms(600)), 0)])
+def test_agreement_needs_same_text_and_close_times(change: dict, committed: int) -> None:
+    policy = PartialPolicy(PartialOptions(agreement_tolerance=ms(200)), 0)
+    first = WordTiming("a", ms(0), ms(300))
+    second = WordTiming(change.get("word", "a"), change.get("start", 0), change.get("end", ms(300)))
+    for now, w in ((ms(1_500), first), (ms(2_000), second)):
+        policy.start((0, now))
+        policy.on_result([w])
+    assert len(policy.committed) == committed
+
+
+def test_one_decode_in_flight_and_cadence() -> None:
+    opt = PartialOptions(cadence=ms(500))
+    policy = PartialPolicy(opt, ms(10_000))
+    assert policy.due(ms(10_400)) is None  # less than cadence of audio
+    window = policy.due(ms(10_500))
+    assert window == (ms(10_000), ms(10_500))
+    policy.start(window)
+    assert policy.due(ms(11_500)) is None  # in flight
+    policy.on_result([])
+    assert policy.due(ms(10_900)) is None  # less than cadence since the last window
+    assert policy.due(ms(11_000)) is not None
+
+
+def test_skip_waits_another_cadence() -> None:
+    policy = PartialPolicy(PartialOptions(cadence=ms(500)), 0)
+    assert policy.due(ms(600)) is not None
+    policy.skip(ms(600))
+    assert policy.due(ms(1_000)) is None and policy.due(ms(1_100)) is not None
+    assert policy.encoded == 0
+
+
+def test_windows_that_outgrow_max_window_commit_what_falls_out() -> None:
+    opt = PartialOptions(max_window=ms(3_000), left_context=ms(1_000), cadence=ms(500), budget_ratio=10.0)
+    policy = PartialPolicy(opt, 0)
+    counter = iter(range(10_000))
+
+    def unstable(window: tuple[int, int]) -> list[WordTiming]:  # never agrees with itself: nothing is agreed
+        a, b = window
+        return [WordTiming(f"x{next(counter)}", s, s + ms(300)) for s in range(a, b - ms(300), ms(400))]
+
+    windows = run_utterance(policy, unstable, ms(10_000))
+    assert all(b - a <= opt.max_window for (a, b), _ in windows)
+    assert windows[-1][0][0] > 0 and policy.committed  # old words were committed as they were
+    assert policy.committed_end >= windows[-1][0][0] + opt.left_context - ms(500)
+    starts = [w.start for w in policy.words]
+    assert starts == sorted(starts)
+
+
+def test_text_without_word_timings_is_shown_but_never_committed() -> None:
+    policy = PartialPolicy(PartialOptions(), 0)
+    for now in (ms(1_000), ms(2_000)):
+        policy.start((0, now))
+        assert policy.on_result([], "привет мир") == "привет мир"
+    assert policy.committed == []
+
+
+def test_reset_starts_a_new_utterance() -> None:
+    policy = PartialPolicy(PartialOptions(), 0)
+    run_utterance(policy, decoder(truth()), ms(5_000))
+    policy.reset(ms(60_000))
+    assert (policy.committed, policy.encoded, policy.text, policy.in_flight) == ([], 0, "", None)
+    assert policy.due(ms(60_500)) == (ms(60_000), ms(60_500))
+
+
+@pytest.mark.parametrize("kwargs", [dict(cadence=ms(50)), dict(max_window=ms(1_000)), dict(budget_ratio=0),
+                                    dict(fresh_tail=ms(5_000)), dict(max_lag=10), dict(max_pending_requests=0)])
+def test_bad_options_name_the_field(kwargs: dict) -> None:
+    with pytest.raises(ValueError, match="PartialOptions"):
+        PartialOptions(**kwargs)

@@ -1,0 +1,152 @@
+"""streaming/transcript.py: event building, ordering, ids, speakers, splitting finals at speaker changes."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Optional
+
+from streaming import wire
+from streaming.transcript import MAX_WAITING, ChannelTranscript, absolute_words, split_by_speaker
+from streaming.work import Word
+
+W = wire.WordTiming
+
+
+class ScriptedSpeakers:
+    """Speaker turns given up front; ``final_until`` is moved by the test."""
+
+    def __init__(self, turns: list[tuple[str, int, int]]) -> None:
+        self.turns = turns
+        self.final_until = 0
+
+    def speaker_for(self, start: int, end: int) -> Optional[str]:
+        overlap: dict[str, int] = {}
+        for label, a, b in self.turns:
+            n = min(b, end) - max(a, start)
+            if n > 0:
+                overlap[label] = overlap.get(label, 0) + n
+        return max(overlap, key=overlap.__getitem__) if overlap else None
+
+
+def counter() -> itertools.count:
+    return itertools.count()
+
+
+def test_absolute_words_offset_and_clip() -> None:
+    words = (Word("a", 0, 100), Word("b", 150, 400), Word("c", 390, 900))
+    out = absolute_words(words, 1_000, lo=1_000, hi=1_500)
+    assert out == [W("a", 1_000, 1_100), W("b", 1_150, 1_400), W("c", 1_390, 1_500)]
+
+
+def test_a_final_without_speakers_uses_the_decoded_text_and_absolute_words() -> None:
+    ids = counter()
+    t = ChannelTranscript(0, lambda: next(ids))
+    u = t.open(1, 100)
+    t.close(u, 900)
+    assert t.ready() == []  # no text yet
+    t.set_final(u, "привет, мир", [W("привет", 150, 400), W("мир", 500, 800)])
+    (final,) = t.ready()
+    assert final == wire.Final(0, 0, 100, 900, "привет, мир", (W("привет", 150, 400), W("мир", 500, 800)), None)
+    assert t.waiting == 0 and t.finals_emitted == 1
+
+
+def test_partials_of_a_later_utterance_wait_for_the_earlier_final() -> None:
+    ids = counter()
+    t = ChannelTranscript(0, lambda: next(ids))
+    first = t.open(1, 0)
+    assert [e.utterance_id for e in t.partial(first, 500, "a")] == [0]
+    t.close(first, 1_000)
+    second = t.open(2, 2_000)
+    assert t.partial(second, 2_500, "b") == []  # held: the first final is not out
+    assert t.partial(second, 3_000, "b c") == []
+    t.set_final(first, "a", [W("a", 0, 900)])
+    events = t.ready()
+    assert [type(e) for e in events] == [wire.Final, wire.Partial]
+    assert events[0].utterance_id == 0
+    assert (events[1].utterance_id, events[1].text, events[1].end) == (1, "b c", 3_000)  # only the latest
+    assert [e.utterance_id for e in t.partial(second, 3_500, "b c d")] == [1]
+
+
+def test_empty_partials_are_not_sent_and_take_no_id() -> None:
+    ids = counter()
+    t = ChannelTranscript(0, lambda: next(ids))
+    u = t.open(1, 0)
+    assert t.partial(u, 500, "") == []
+    assert t.partial(u, 900, "x")[0].utterance_id == 0
+
+
+def test_finals_wait_for_final_speakers_and_split_at_speaker_changes() -> None:
+    ids = counter()
+    speakers = ScriptedSpeakers([("S1", 0, 5_000), ("S2", 5_000, 9_000)])
+    t = ChannelTranscript(0, lambda: next(ids), speakers=speakers)
+    u = t.open(1, 1_000)
+    (partial,) = t.partial(u, 4_000, "a b")
+    assert partial.speaker == "S1" and partial.utterance_id == 0
+    t.close(u, 8_000)
+    t.set_final(u, "a b c d", [W("a", 1_200, 2_000), W("b", 2_500, 4_000), W("c", 5_200, 6_000),
+                               W("d", 6_500, 7_800)])
+    speakers.final_until = 7_999
+    assert t.ready() == []  # speakers not final up to the end yet
+    speakers.final_until = 8_000
+    finals = t.ready()
+    assert [(f.utterance_id, f.speaker, f.text, f.start, f.end) for f in finals] == [
+        (0, "S1", "a b", 1_000, 4_600), (1, "S2", "c d", 4_600, 8_000)]
+    assert all(w.speaker == f.speaker for f in finals for w in f.words)
+    nxt = t.open(2, 9_000)
+    assert t.partial(nxt, 9_500, "e")[0].utterance_id == 2  # ids stay consecutive after a split
+    assert t.finals_emitted == 2
+
+
+def test_the_end_of_the_stream_releases_finals_without_final_speakers() -> None:
+    speakers = ScriptedSpeakers([("S1", 0, 10_000)])
+    t = ChannelTranscript(0, itertools.count().__next__, speakers=speakers)
+    u = t.open(1, 0)
+    t.close(u, 5_000)
+    t.set_final(u, "a", [W("a", 100, 4_000)])
+    assert t.ready() == []
+    (final,) = t.ready(ended=True)
+    assert final.speaker == "S1" and final.words[0].speaker == "S1"
+
+
+def test_a_final_without_words_gets_the_utterance_speaker() -> None:
+    speakers = ScriptedSpeakers([("S2", 0, 10_000)])
+    speakers.final_until = 10_000
+    t = ChannelTranscript(0, itertools.count().__next__, speakers=speakers)
+    u = t.open(1, 0)
+    t.close(u, 5_000)
+    t.set_final(u, "", [])
+    (final,) = t.ready()
+    assert (final.text, final.words, final.speaker) == ("", (), "S2")
+
+
+def test_too_many_waiting_utterances_release_the_oldest() -> None:
+    speakers = ScriptedSpeakers([])
+    t = ChannelTranscript(0, itertools.count().__next__, speakers=speakers)
+    utterances = []
+    for k in range(MAX_WAITING + 1):
+        u = t.open(k, k * 1_000)
+        t.close(u, k * 1_000 + 500)
+        t.set_final(u, f"w{k}", [])
+        utterances.append(u)
+    (final,) = t.ready()
+    assert final.text == "w0" and t.waiting == MAX_WAITING
+
+
+def test_multichannel_label_goes_on_everything() -> None:
+    t = ChannelTranscript(3, itertools.count().__next__, label="ch3")
+    u = t.open(1, 0)
+    (partial,) = t.partial(u, 500, "a")
+    t.close(u, 1_000)
+    t.set_final(u, "a", [W("a", 0, 900)])
+    (final,) = t.ready()
+    assert (partial.channel, partial.speaker, final.channel, final.speaker) == (3, "ch3", 3, "ch3")
+    assert final.words[0].speaker == "ch3"
+
+
+def test_split_by_speaker_attaches_unknown_words_to_their_neighbours() -> None:
+    words = [W("a", 0, 1, None), W("b", 1, 2, "S1"), W("c", 2, 3, None), W("d", 3, 4, "S2"), W("e", 4, 5, "S2")]
+    groups = split_by_speaker(words)
+    assert [[(w.word, w.speaker) for w in g] for g in groups] == [
+        [("a", "S1"), ("b", "S1"), ("c", "S1")], [("d", "S2"), ("e", "S2")]]
+    assert split_by_speaker([W("a", 0, 1, None)]) == [[W("a", 0, 1, None)]]
+    assert split_by_speaker([]) == []
