@@ -252,3 +252,66 @@ class _Buffer:
     def discard_before(self, n: int) -> None:
         n = min(max(n, self.start), self.end)
         self.data, self.start = self.data[n - self.start:], n
+
+
+class _ResemblyzerForPyannote:
+    """What pyannote's ``SpeakerDiarization`` needs from an embedding model, backed by rechka's resemblyzer adapter:
+    ``(waveforms (B, 1, N), masks (B, F)) -> (B, D)``, the masked samples of each row embedded (NaN when too few)."""
+
+    sample_rate = SAMPLE_RATE
+    metric = "cosine"
+    min_num_samples = ms(500)
+
+    def __init__(self, adapter: Any) -> None:
+        self.adapter = adapter
+        self.dimension = int(adapter.encoder.linear.out_features)
+        self.samples = 0
+
+    def __call__(self, waveforms: Any, masks: Any = None) -> np.ndarray:
+        audio = waveforms[:, 0].cpu().numpy()
+        out = np.full((len(audio), self.dimension), np.nan, np.float32)
+        chosen, rows = [], []
+        for row, (x, mask) in enumerate(zip(audio, masks.cpu().numpy())):
+            keep = np.repeat(mask > 0.5, int(np.ceil(len(x) / len(mask))))[:len(x)]
+            if keep.sum() >= self.min_num_samples:
+                chosen.append(x[keep[:len(x)]])
+                rows.append(row)
+        if chosen:
+            out[rows] = self.adapter.embed(chosen)
+            self.samples += sum(len(x) for x in chosen)
+        return out
+
+
+def offline_pipeline(models: Models, threshold: float) -> Any:
+    """pyannote.audio's ``SpeakerDiarization`` on the same PyanNet and resemblyzer, agglomerative clustering."""
+    from pyannote.audio.core.io import Audio
+    from pyannote.audio.pipelines import speaker_diarization
+    from pyannote.audio.pipelines.clustering import AgglomerativeClustering
+
+    get_plda = speaker_diarization.get_plda
+    speaker_diarization.get_plda = lambda *args, **kwargs: None  # no PLDA: agglomerative clustering needs none
+    try:
+        pipeline = speaker_diarization.SpeakerDiarization(
+            segmentation=models.segmentation.model, segmentation_step=0.1, embedding_exclude_overlap=True,
+            plda="none", clustering="OracleClustering", segmentation_batch_size=32, embedding_batch_size=32)
+    finally:
+        speaker_diarization.get_plda = get_plda
+    # swap in resemblyzer and a clustering that needs no PLDA (the pipeline only builds hub embeddings itself)
+    pipeline._embedding = _ResemblyzerForPyannote(models.embedding)
+    pipeline._audio = Audio(sample_rate=SAMPLE_RATE, mono="downmix")
+    pipeline.klustering = "AgglomerativeClustering"
+    pipeline.clustering = AgglomerativeClustering(metric="cosine")
+    pipeline._expects_num_speakers = False
+    pipeline.instantiate({"segmentation": {"threshold": 0.5, "min_duration_off": 0.0},
+                          "clustering": {"method": "centroid", "min_cluster_size": 6, "threshold": threshold}})
+    return pipeline
+
+
+def run_offline(pipeline: Any, audio: np.ndarray) -> list[tuple[str, float, float]]:
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        output = pipeline({"waveform": torch.from_numpy(audio)[None], "sample_rate": SAMPLE_RATE, "uri": "file"})
+    annotation = getattr(output, "speaker_diarization", output)
+    return [(str(label), s.start, s.end) for s, _, label in annotation.itertracks(yield_label=True)]

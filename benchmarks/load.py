@@ -217,7 +217,8 @@ def plot_steps(steps: Sequence[dict[str, Any]], path: Path, title: str, target: 
     x = [s["streams"] for s in rows]
     lat = {f"final {q}": [s["final_latency_s"][q] for s in rows] for q in ("p50", "p95", "p99")}
     first = {f"first partial {q}": [s["first_partial_s"][q] for s in rows] for q in ("p50", "p95")}
-    cpu = {"server CPU mean (% of 1 core)": [s["server"].get("cpu_percent_mean") for s in rows]}
+    cpu = {"server CPU mean (% of 1 core)": [s["server"].get("cpu_percent_mean") for s in rows],
+           "machine CPU mean (% of all cores)": [s["server"].get("machine_cpu_percent_mean") for s in rows]}
     if any(s["server"].get("gpu_util_mean") is not None for s in rows):
         cpu["GPU utilisation mean (%)"] = [s["server"].get("gpu_util_mean") for s in rows]
     return plot_panels(path, title, [

@@ -173,8 +173,9 @@ def pid_listening_on(port: int) -> Optional[int]:
 
 
 class ResourceSampler:
-    """Every ``interval`` s: CPU (% of one core) and RSS of ``pid`` and its children, and, when ``nvidia-smi`` exists,
-    GPU utilisation and memory. Runs in a daemon thread between ``start()`` and ``stop()``."""
+    """Every ``interval`` s: CPU (% of one core) and RSS of ``pid`` and its children, the whole machine's CPU (% of
+    all cores: shows contention from other processes) and, when ``nvidia-smi`` exists, GPU utilisation and memory.
+    Runs in a daemon thread inside a ``with`` block."""
 
     def __init__(self, pid: Optional[int], interval: float = 1.0) -> None:
         self.pid, self.interval = pid, interval
@@ -195,6 +196,7 @@ class ResourceSampler:
         import psutil
 
         proc = psutil.Process(self.pid) if self.pid else None
+        psutil.cpu_percent(None)  # the first call only starts the machine-wide counter
         previous: Optional[tuple[float, float]] = None
         while not self._stop.is_set():
             now, cpu, rss = time.monotonic(), None, None
@@ -210,7 +212,7 @@ class ResourceSampler:
                     proc = None
             gpu_util, gpu_mem = self._gpu()
             self.samples.append({"t": now, "cpu_percent": cpu, "rss_mb": rss, "gpu_util": gpu_util,
-                                 "gpu_mem_mb": gpu_mem})
+                                 "gpu_mem_mb": gpu_mem, "machine_cpu_percent": psutil.cpu_percent(None)})
             self._stop.wait(self.interval)
 
     def _gpu(self) -> tuple[Optional[float], Optional[float]]:
@@ -228,7 +230,7 @@ class ResourceSampler:
         """Mean and max of each quantity over samples taken in ``[t0, t1]``."""
         inside = [s for s in self.samples if t0 <= (s["t"] or 0.0) <= t1]
         out: dict[str, Optional[float]] = {}
-        for key in ("cpu_percent", "rss_mb", "gpu_util", "gpu_mem_mb"):
+        for key in ("cpu_percent", "rss_mb", "gpu_util", "gpu_mem_mb", "machine_cpu_percent"):
             vals = [s[key] for s in inside if s[key] is not None]
             out[f"{key}_mean"] = round(float(np.mean(vals)), 1) if vals else None
             out[f"{key}_max"] = round(float(np.max(vals)), 1) if vals else None

@@ -17,7 +17,8 @@ from typing import AsyncIterator, Optional
 from streaming import wire
 
 __all__ = [
-    "FrameFormat", "SourceError", "FileSource", "MicSource", "Pacer", "ReplayBuffer", "probe_channels",
+    "FrameFormat", "SourceError", "FileSource", "MicSource", "Pacer", "PacedSource", "ReplayBuffer",
+    "probe_channels",
 ]
 
 _SAMPLE_BYTES = {"pcm_s16le": 2, "pcm_f32le": 4, "mulaw": 1, "alaw": 1}
@@ -194,6 +195,24 @@ class Pacer:
             await asyncio.sleep(due - now)
         elif now - due > self.max_burst:
             self._base = now - self._frames / (self.sample_rate * self.speed)
+
+
+class PacedSource:
+    """Wraps a source so its chunks come out at ``speed`` × real time (``None``: as fast as they are read)."""
+
+    def __init__(self, source: "FileSource | MicSource", speed: Optional[float]) -> None:
+        self.source = source
+        self.format = source.format
+        self.live = source.live
+        self._pacer = Pacer(source.format.sample_rate, speed)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        async for chunk in self.source.chunks():
+            await self._pacer.wait(len(chunk) // self.format.frame_bytes)
+            yield chunk
+
+    def close(self) -> None:
+        self.source.close()
 
 
 class ReplayBuffer:

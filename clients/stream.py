@@ -19,14 +19,14 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import AsyncIterator, Optional, Sequence
+from typing import Optional, Sequence
 
 from streaming import wire
 
 from clients import formats
 from clients.captions import LiveCaptions
 from clients.connection import ConnectOptions, GaveUp, Refused, StreamClient
-from clients.sources import FileSource, MicSource, Pacer, SourceError
+from clients.sources import FileSource, MicSource, PacedSource, SourceError
 from clients.view import TerminalView
 
 __all__ = ["main", "build_parser", "write_outputs", "OUTPUT_FORMATS"]
@@ -98,7 +98,7 @@ async def _stream(args: argparse.Namespace, view: TerminalView, options: Connect
     source = MicSource(args.chunk_ms, args.mic_device) if args.mic else FileSource(
         args.file, args.multichannel, args.chunk_ms)
     speed = None if (args.as_fast_as_possible or args.mic) else args.speed
-    paced = _Paced(source, speed)
+    paced = PacedSource(source, speed)
     start = wire.Start(multichannel=args.multichannel, diarization=not args.no_diarization,
                        max_speakers=args.max_speakers, interim_results=not args.no_partials,
                        speaker_turns=not args.no_diarization)
@@ -145,24 +145,6 @@ async def _stream(args: argparse.Namespace, view: TerminalView, options: Connect
         paths = write_outputs(client.captions, args.out_dir, stem, which, extra)
         view.console.print(f"wrote {', '.join(str(p) for p in paths)}", style="dim")
     return code
-
-
-class _Paced:
-    """Wraps a source so its chunks come out at ``speed`` × real time (``None``: no pacing)."""
-
-    def __init__(self, source: FileSource | MicSource, speed: Optional[float]) -> None:
-        self.source = source
-        self.format = source.format
-        self.live = source.live
-        self._pacer = Pacer(source.format.sample_rate, speed)
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        async for chunk in self.source.chunks():
-            await self._pacer.wait(len(chunk) // self.format.frame_bytes)
-            yield chunk
-
-    def close(self) -> None:
-        self.source.close()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

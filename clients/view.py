@@ -62,8 +62,9 @@ def final_text(final: wire.Final, known: list[str]) -> Text:
 def partial_text(captions: LiveCaptions) -> Text:
     """The open partial of each channel, grey and italic, or an empty line."""
     line = Text()
-    for channel in sorted(captions.partials):
-        p = captions.partials[channel]
+    partials = dict(captions.partials)  # one atomic copy: the live display renders from its own thread
+    for channel in sorted(partials):
+        p = partials[channel]
         if line:
             line.append("  |  ", style="dim")
         label = p.speaker or (f"ch{p.channel}" if p.channel else "")
@@ -123,7 +124,7 @@ class TerminalView:
 
     def __enter__(self) -> "TerminalView":
         if self.interactive:
-            self._live = Live(self._bottom(), console=self.console, refresh_per_second=10, transient=True)
+            self._live = Live(self, console=self.console, refresh_per_second=10, transient=True)
             self._live.__enter__()
         return self
 
@@ -134,14 +135,15 @@ class TerminalView:
         if self.status is not None and self.captions is not None:
             self.console.print(status_text(self.status, self.captions))
 
-    def _bottom(self) -> Group:
+    def __rich__(self) -> Group:
+        """The live region, rebuilt at each refresh (so "sent" and "lag" move between events)."""
         if self.captions is None or self.status is None:
             return Group(Text(""))
         return Group(partial_text(self.captions), status_text(self.status, self.captions))
 
     def refresh(self) -> None:
         if self._live is not None:
-            self._live.update(self._bottom())
+            self._live.refresh()
 
     def note(self, message: str, style: str = "yellow") -> None:
         """A notice line (warning, reconnect) above the live region."""

@@ -95,6 +95,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"rechka-server: {exc}", file=sys.stderr)
         return EXIT_CANNOT_START
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if config.log_level.upper() != "DEBUG":  # one line per HTTP request and connection is too much
+        logging.getLogger("rechka.websockets").setLevel(logging.WARNING)
     print_config(config)
     try:
         models, placement = load(config)

@@ -135,6 +135,7 @@ class RechkaServer:
         self.connections: set[Connection] = set()
         self._slots: set[ServerConnection] = set()
         self._started = time.monotonic()
+        self._port: Optional[int] = None
 
     # ----------------------------------------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -146,11 +147,13 @@ class RechkaServer:
             self._handle, self.config.host, self.config.port, process_request=self._process_request,
             max_size=self.config.max_message_bytes, ssl=self._ssl_context(), server_header="rechka",
             logger=logging.getLogger("rechka.websockets"))
+        self._port = int(self.server.sockets[0].getsockname()[1])
 
     @property
     def port(self) -> int:
-        assert self.server is not None, "start() first"
-        return int(self.server.sockets[0].getsockname()[1])
+        """The port listened on (the real one when ``config.port`` is 0)."""
+        assert self._port is not None, "start() first"
+        return self._port
 
     @property
     def url(self) -> str:

@@ -110,12 +110,11 @@ class Connection:
     # ----------------------------------------------------------------------------------------------- run
     async def run(self) -> None:
         sender = asyncio.create_task(self._send_loop(), name=f"send-{self.session_id[:8]}")
+        sender.add_done_callback(self._on_sender_done)
         try:
             await self._receive_loop()
             self._outbound.put_nowait(_STOP_SENDING)
-            await sender
-        except ConnectionClosed:
-            pass
+            await asyncio.wait([sender])
         finally:
             if self.ws.close_code == 1009:
                 self.ctx.metrics.session_errors.labels(code="message_too_big").inc()
@@ -127,6 +126,10 @@ class Connection:
                 self._flush_timer.cancel()
             if self.session is not None:
                 self.ctx.metrics.sessions_active.dec()
+                stats = self.session.stats
+                log.info("session %s closed %s %s: %.1f s of audio, %d utterances", self.session_id,
+                         self.ws.close_code, self.ws.close_reason or "", stats.audio_in / SAMPLE_RATE,
+                         stats.utterances)
 
     async def _receive_loop(self) -> None:
         idle = self.ctx.config.idle_timeout
@@ -151,6 +154,12 @@ class Connection:
             except Exception:  # noqa: BLE001 - never leak internals to the client
                 log.exception("session %s: failure handling a message", self.session_id)
                 self._fail("internal", INTERNAL_MESSAGE, CLOSE_INTERNAL)
+
+    def _on_sender_done(self, task: asyncio.Task) -> None:
+        if task.cancelled() or isinstance(task.exception(), (ConnectionClosed, type(None))):
+            return
+        log.error("session %s: failure sending an event", self.session_id, exc_info=task.exception())
+        asyncio.ensure_future(self.ws.close(CLOSE_INTERNAL, INTERNAL_MESSAGE))
 
     async def _send_loop(self) -> None:
         while True:
@@ -194,9 +203,10 @@ class Connection:
     def _start(self, start: wire.Start) -> None:
         config = session_config_for(start, self.ctx.config)
         self.session = Session(self.session_id, config)  # UnsupportedFormat → 1003
-        self.phase = Phase.STREAMING
+        self._enter(Phase.STREAMING)
         self._bytes_per_frame = BYTES_PER_SAMPLE.get(start.encoding, 2) * start.channels
         self._rate = start.sample_rate
+        log.info("session %s started: %s", self.session_id, start)
         self.ctx.metrics.sessions_total.inc()
         self.ctx.metrics.sessions_active.inc()
         effective = dataclasses.asdict(start)
@@ -224,10 +234,9 @@ class Connection:
     def _begin_end(self, code: int, reason: str) -> None:
         self._end_code, self._end_reason = code, reason
         if self.session is None or self.session.state == SessionState.CLOSED:
-            self.phase = Phase.CLOSING
-            self._outbound.put_nowait(_Close(code, reason))
+            self._close_after_queued(code, reason)
             return
-        self.phase = Phase.ENDING
+        self._enter(Phase.ENDING)
         try:
             self.session.receive_end()
         except RechkaError as exc:
@@ -246,13 +255,22 @@ class Connection:
         """Queue an ``error`` event and the close; nothing else is produced afterwards."""
         if self.phase == Phase.CLOSING:
             return
-        self.phase = Phase.CLOSING
         self.ctx.metrics.session_errors.labels(code=code).inc()
         for future in self._inflight:
             future.cancel()
         self._inflight.clear()
         self._outbound.put_nowait(wire.Error(code, message))
-        self._outbound.put_nowait(_Close(close_code, message[:120]))
+        self._close_after_queued(close_code, message[:120])
+
+    def _close_after_queued(self, code: int, reason: str) -> None:
+        """Close the socket once everything queued so far is sent; nothing is produced afterwards."""
+        self._enter(Phase.CLOSING)
+        self._outbound.put_nowait(_Close(code, reason))
+
+    def _enter(self, phase: Phase) -> None:
+        """The only place the phase changes; it only moves forward."""
+        assert phase > self.phase, f"{self.phase.name} → {phase.name}"
+        self.phase = phase
 
     # ----------------------------------------------------------------------------------------------- session I/O
     def _pump(self) -> None:
@@ -265,8 +283,7 @@ class Connection:
         for event in session.events_to_send():
             self._outbound.put_nowait(event)
             if isinstance(event, wire.End):
-                self.phase = Phase.CLOSING
-                self._outbound.put_nowait(_Close(self._end_code, self._end_reason))
+                self._close_after_queued(self._end_code, self._end_reason)
         self._update_stats()
 
     def _submit(self, request: Request) -> None:

@@ -73,7 +73,8 @@ class PartialOptions:
     fresh_tail: words ending in the last ``fresh_tail`` samples of a decode window are never committed (the audio
         may cut them off).
     max_lag: partials are skipped while more audio than this waits for the VAD (the session is behind).
-    max_pending_requests: partials are also skipped while the session has more model requests than this in flight.
+    max_pending_requests: partials are also skipped while a channel has more final-ASR and diarization requests
+        than this in flight.
     """
 
     enabled: bool = True

@@ -9,7 +9,8 @@ one gets exactly one final decode over its samples; :class:`~streaming.transcrip
 into events. With diarization on (single stream), a ``StreamingDiarizer`` runs beside the VAD and gives speakers.
 
 Backpressure: while the session is behind (audio waiting for the VAD above ``PartialOptions.max_lag``, or more than
-``max_pending_requests`` requests in flight) partial decodes are skipped and counted; audio waiting for the VAD
+``max_pending_requests`` final and diarization requests of the channel in flight) partial decodes are skipped and
+counted; audio waiting for the VAD
 beyond ``SessionConfig.max_pending_audio`` is dropped oldest-first (the open utterance closes at the gap). Finals
 are never dropped.
 """
@@ -30,15 +31,15 @@ from streaming.errors import InvalidState
 from streaming.partials import PartialPolicy
 from streaming.transcript import ChannelTranscript, Utterance, absolute_words
 from streaming.vad import SpeechEnd, SpeechStart, VadEndpointer, VadEvent
-from streaming.work import (AsrKind, AsrRequest, AsrResult, EmbeddingResult, Request, Result, SegmentationResult,
-                            VadRequest, VadResult)
+from streaming.work import (AsrKind, AsrRequest, AsrResult, EmbeddingRequest, EmbeddingResult, Request, Result,
+                            SegmentationRequest, SegmentationResult, VadRequest, VadResult)
 
 MAX_VAD_CHUNKS = 128  # one VAD request covers at most this many chunks (4.1 s)
 APPEND_PIECE = ms(1_000)  # large messages are buffered in pieces so the pending-audio bound applies within them
 
 
-_EXPECTED: dict[str, Any] = {"vad": VadResult, "final": AsrResult, "partial": AsrResult,
-                             "diarization": (SegmentationResult, EmbeddingResult)}
+_RESULT_FOR: dict[type, type] = {VadRequest: VadResult, AsrRequest: AsrResult, SegmentationRequest: SegmentationResult,
+                                 EmbeddingRequest: EmbeddingResult}
 
 
 class SessionState(IntEnum):
@@ -63,6 +64,7 @@ class SessionStats:
 @dataclass(frozen=True)
 class _InFlight:
     kind: str  # "vad", "partial", "final", "diarization"
+    expects: type  # the result class that answers it
     channel: int
     start: int = 0
     utterance: Optional[Utterance] = None
@@ -138,7 +140,8 @@ class Session:
         """Close the open utterance at the audio received so far."""
         self._require_open("finalize")
         for ch in self._channels:
-            ch.finalize_at.append(ch.buffer.end)
+            if not ch.finalize_at or ch.finalize_at[-1] != ch.buffer.end:  # repeats add nothing
+                ch.finalize_at.append(ch.buffer.end)
         self._advance()
 
     def receive_end(self) -> None:
@@ -154,7 +157,7 @@ class Session:
     def receive_result(self, result: Result) -> None:
         """Take one model result; results of unknown or stale requests (or after the end) are dropped and counted."""
         entry = self._in_flight.get(result.seq) if self.state != SessionState.CLOSED else None
-        if entry is None or result.session_id != self.session_id or not isinstance(result, _EXPECTED[entry.kind]):
+        if entry is None or result.session_id != self.session_id or not isinstance(result, entry.expects):
             self.stats.results_dropped += 1  # a mistyped result leaves its request waiting for the right one
             return
         del self._in_flight[result.seq]
@@ -209,7 +212,7 @@ class Session:
 
     def _issue(self, requests: list[Request], kind: str, channel: int, **extra: Any) -> None:
         for request in requests:
-            self._in_flight[request.seq] = _InFlight(kind, channel, request.start, **extra)
+            self._in_flight[request.seq] = _InFlight(kind, _RESULT_FOR[type(request)], channel, request.start, **extra)
             self._work.append(request)
 
     def _append(self, frames: np.ndarray) -> None:
@@ -330,11 +333,13 @@ class Session:
         options = self.config.partials
         if ch.open is None or not (self.config.interim_results and options.enabled):
             return
-        window = ch.policy.due(ch.vad_done)
+        window = ch.policy.due(min(ch.vad_done, ch.endpointer.speech_until))
         if window is None:
             return
         lag = ch.buffer.end - max(ch.vad_done, ch.skipped_to)
-        if lag > options.max_lag or len(self._in_flight) > options.max_pending_requests:
+        backlog = sum(1 for e in self._in_flight.values()
+                      if e.channel == ch.index and e.kind in ("final", "diarization"))
+        if lag > options.max_lag or backlog > options.max_pending_requests:
             ch.policy.skip(window[1])
             self.stats.partials_dropped += 1
             if not self._lag_warned:

@@ -96,6 +96,12 @@ class VadEndpointer:
         return max((self._next if self._next is not None else self._floor) - pad, self._floor)
 
     @property
+    def speech_until(self) -> int:
+        """Where the open utterance would end if the current chunk were its last: the last voiced chunk's end plus
+        padding (partials need not look further: a pause in progress adds nothing to decode)."""
+        return self._voiced_end + self.options.speech_pad
+
+    @property
     def position(self) -> Optional[int]:
         """The offset just past the last chunk consumed (``None`` before the first)."""
         return self._next

@@ -119,11 +119,14 @@ def _walk_module(module: torch.nn.Module, path: str, visited: set[int],
                 yield from _walk(value, f"{prefix}.{key}", visited, depth + 1)
 
 
+_LEAF_PACKAGES = frozenset({"builtins", "torch", "numpy", "logging", "threading", "collections", "pathlib", "enum",
+                            "typing", "functools", "re", "datetime", "decimal", "fractions", "uuid"})
+
+
 def _is_wrapper(obj: Any) -> bool:
-    """Objects worth walking into: instances of third-party or project classes, not numbers, strings or modules of
-    the standard library."""
-    module = type(obj).__module__ or ""
-    if module in ("builtins",) or module.startswith(("torch", "numpy", "logging", "threading", "collections",
-                                                      "pathlib", "enum", "typing", "functools", "re")):
-        return isinstance(obj, torch.nn.Module)
-    return hasattr(obj, "__dict__")
+    """Objects worth walking into: modules, and instances of third-party or project classes (pyannote, gigaam,
+    resemblyzer wrappers); not values from the standard library, numpy or torch internals."""
+    if isinstance(obj, torch.nn.Module):
+        return True
+    package = (type(obj).__module__ or "").split(".")[0]
+    return package not in _LEAF_PACKAGES and hasattr(obj, "__dict__")

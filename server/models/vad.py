@@ -165,9 +165,12 @@ class VadModel:
             batch = torch.from_numpy(np.concatenate(windows)).to(self.device)
             features = self.net.features(batch)
             outputs = torch.empty(total, HIDDEN, device=self.device)
-            for step in range(int(counts_sorted[0])):
+            steps = int(counts_sorted[0])
+            # rows[t, i]: the feature row of stream i's chunk t (one host-to-device copy for all steps)
+            rows_all = torch.from_numpy(first[None, :] + np.arange(steps)[:, None]).to(self.device)
+            for step in range(steps):
                 active = int(np.count_nonzero(counts_sorted > step))
-                rows = torch.from_numpy(first[:active] + step).to(self.device)
+                rows = rows_all[step, :active]
                 h_new, c_new = self.net.lstm(features[rows], (h[:active], c[:active]))
                 h[:active], c[:active] = h_new, c_new
                 outputs[rows] = h_new

@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -68,6 +69,7 @@ class Script:
     close_on_start: dict[int, int] = field(default_factory=dict)
     token: Optional[str] = None
     static_dir: Optional[Path] = None
+    tls: Optional[tuple[Path, Path]] = None  # (certificate, key): serve wss://
 
 
 class ScriptedServer:
@@ -91,7 +93,7 @@ class ScriptedServer:
         self._thread.start()
         if not self._ready.wait(10):
             raise RuntimeError("scripted server did not start")
-        self.url = f"ws://127.0.0.1:{self.port}/v1/stream"
+        self.url = f"{'wss' if script.tls else 'ws'}://127.0.0.1:{self.port}/v1/stream"
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -99,7 +101,12 @@ class ScriptedServer:
 
     async def _main(self) -> None:
         self._stop = self._loop.create_future()
-        async with serve(self._handle, "127.0.0.1", 0, process_request=self._process_request) as server:
+        context = None
+        if self.script.tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*map(str, self.script.tls))
+        async with serve(self._handle, "127.0.0.1", 0, process_request=self._process_request,
+                         ssl=context) as server:
             self.port = server.sockets[0].getsockname()[1]
             self._ready.set()
             await self._stop
@@ -215,6 +222,19 @@ def counting_wav(tmp_path: Path):  # type: ignore[no-untyped-def]
     return make
 
 
+@pytest.fixture(scope="session")
+def tls_certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key (openssl); skips when openssl is absent."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                    "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
 @pytest.fixture
 def scripted_server() -> Iterator:
     """A factory: ``scripted_server(**Script fields)`` starts a server that is closed after the test."""
@@ -302,8 +322,14 @@ def _free_port() -> int:
 def rechka_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealServer]:
     """One real server for the session (``python -m server`` with the tiny GigaAM checkpoint on CPU).
 
-    Skips when the checkpoint is absent; fails with the server's log when it does not become ready.
+    Skips when the checkpoint is absent; fails with the server's log when it does not become ready. Set
+    ``RECHKA_TEST_SERVER=http://host:port`` to use a server that is already running instead.
     """
+    running = os.environ.get("RECHKA_TEST_SERVER")
+    if running:
+        base = running.rstrip("/")
+        yield RealServer(base.replace("http", "ws", 1) + "/v1/stream", base, Path(os.devnull))
+        return
     if not CHECKPOINT.is_file():
         pytest.skip(f"{CHECKPOINT.relative_to(REPO)} is absent (train it with scripts/train_tiny_gigaam.py)")
     port = _free_port()

@@ -21,7 +21,7 @@ from streaming import wire
 
 from clients import formats
 from clients.connection import ConnectOptions, StreamClient
-from clients.sources import FileSource
+from clients.sources import FileSource, PacedSource
 from clients.view import snapshot_svg
 
 pytestmark = pytest.mark.slow
@@ -76,7 +76,7 @@ def test_terminal_view_screenshot(rechka_server, speech_wav, launch_chromium, sc
             shots.append(snapshot_svg(client.captions, client.status))
 
     client = StreamClient(ConnectOptions(rechka_server.url), wire.Start(), on_event=on_event)
-    captions = asyncio.run(client.run(FileSource(wav)))
+    captions = asyncio.run(client.run(PacedSource(FileSource(wav), 1.0)))
     assert captions.finals and shots, "no partial arrived after a final"
     svg = shots[-1]
     assert words(captions.finals[0].text)[0] in svg and "streaming" in svg
@@ -108,9 +108,9 @@ def test_browser_page_shows_finals_and_speakers(rechka_server, speech_wav, launc
     page.wait_for_selector("#state:has-text('done')", timeout=60_000)
     texts = page.locator("#finals li .text").all_inner_texts()
     assert [w for t in texts for w in words(t)] == [w for text, _ in parts for w in words(text)], texts
-    speakers = page.locator("#finals li .speaker").all_inner_texts()
-    assert all(re.fullmatch(r"S\d+", s) for s in speakers)
-    assert set(page.locator("#legend li").all_inner_texts()) >= set(speakers)
+    labels = [s for s in page.locator("#finals li .speaker").all_inner_texts() if s]
+    assert labels and all(re.fullmatch(r"S\d+", s) for s in labels)  # a final may lack a speaker: none shown
+    assert set(page.locator("#legend li").all_inner_texts()) >= set(labels)
     assert page.locator("#error").is_hidden() and page.locator("#partial").inner_text() == ""
     if not shot.exists():
         page.screenshot(path=str(shot))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import ssl
 import subprocess
@@ -16,7 +17,7 @@ from websockets.asyncio.client import connect
 
 from server.__main__ import CannotStart, load, main, placement_dict
 from server.app import RechkaServer, static_file
-from server.config import ServerConfig
+from server.config import DEFAULT_STATIC_DIR, ServerConfig
 from tests.server.conftest import (HttpReply, Received, http_get, metric_value, read_all, run, serving, stream,
                                   tones_audio)
 from tests.server.fake_models import FAKE_PLACEMENT, fake_models
@@ -211,3 +212,20 @@ def test_python_dash_m_server_help_lists_the_flags() -> None:
                  "--tokens-file", "--tls-cert", "--tls-key", "--shutdown-grace", "--allow-random-weights"):
         assert flag in out
     assert "RECHKA_" in out
+
+
+@pytest.mark.skipif(not (DEFAULT_STATIC_DIR / "index.html").is_file(), reason="clients/web/ not present")
+def test_the_browser_page_and_every_file_it_names_are_served_from_clients_web() -> None:
+    async def main() -> tuple[HttpReply, dict[str, HttpReply]]:
+        async with serving(static_dir=DEFAULT_STATIC_DIR) as server:
+            index = await http_get(server.port, "/")
+            names = re.findall(r'(?:src|href)="(/static/[^"]+)"', index.body.decode())
+            return index, {name: await http_get(server.port, name) for name in names}
+
+    index, files = run(main())
+    assert index.status == 200 and index.headers["content-type"].startswith("text/html")
+    assert files, "index.html names its scripts and styles under /static/"
+    for name, reply in files.items():
+        assert reply.status == 200, name
+        kind = {".js": "text/javascript", ".css": "text/css"}.get(Path(name).suffix)
+        assert kind is None or reply.headers["content-type"].startswith(kind), name

@@ -280,7 +280,7 @@ def test_a_full_server_answers_503_with_retry_after_before_the_upgrade() -> None
 
 
 def test_a_lagging_stream_is_warned_overloaded_and_its_pending_audio_stays_bounded() -> None:
-    session = dataclasses.replace(SessionConfig(), max_pending_audio=ms(2_000))
+    session = dataclasses.replace(SessionConfig(), max_pending_audio=ms(3_000))  # keeps the last tone
 
     async def main() -> Received:
         async with serving(fake_models(delay=0.15), overload_lag=1.0, session=session) as server:

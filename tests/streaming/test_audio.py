@@ -55,7 +55,8 @@ def test_non_finite_floats_are_invalid_audio(bad: float) -> None:
 
 
 @pytest.mark.skipif(audioop is None, reason="audioop is not available")
-@pytest.mark.parametrize("encoding, table, reference", [("mulaw", MULAW_TABLE, "ulaw2lin"), ("alaw", ALAW_TABLE, "alaw2lin")])
+@pytest.mark.parametrize("encoding, table, reference",
+                         [("mulaw", MULAW_TABLE, "ulaw2lin"), ("alaw", ALAW_TABLE, "alaw2lin")])
 def test_g711_tables_match_the_reference_codec(encoding: str, table: np.ndarray, reference: str) -> None:
     codes = bytes(range(256))
     expected = np.frombuffer(getattr(audioop, reference)(codes, 2), dtype="<i2") / 32768.0

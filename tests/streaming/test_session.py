@@ -36,7 +36,7 @@ class Harness:
 
     def __init__(self, cfg: SessionConfig, extra: Optional[dict] = None, asr: Optional[FakeAsr] = None) -> None:
         self.session = Session("s1", cfg)
-        self.asr = asr or FakeAsr()
+        self.asr = asr or FakeAsr(record=True)
         self.run = run_requests_by_kind({VadRequest: FakeVad(), AsrRequest: self.asr, **(extra or {})})
         self.events: list[wire.ServerEvent] = []
         self.held: list[Request] = []
@@ -72,7 +72,7 @@ class Harness:
 
 
 def run_whole(audio: np.ndarray, cfg: SessionConfig, chunk_bytes: int = 3200) -> tuple[list, FakeAsr]:
-    asr = FakeAsr()
+    asr = FakeAsr(record=True)
     events = drive_session(Session("s1", cfg), run_requests_by_kind({VadRequest: FakeVad(), AsrRequest: asr}),
                            pcm16(audio), chunk_bytes=chunk_bytes)
     return events, asr
@@ -298,6 +298,26 @@ def test_lifecycle_and_end_after_the_last_final() -> None:
     assert [type(e) for e in h.events] == [wire.Final, wire.End]
     h.session.receive_result(AsrResult("s1", 1, "late"))
     assert h.session.stats.results_dropped == 1 and h.session.events_to_send() == []
+
+
+def test_a_stream_without_speech_ends_with_no_utterances() -> None:
+    events, asr = run_whole(np.zeros(seconds(1.3), dtype=np.float32), config())
+    assert events == [wire.End(seconds(1.3), 0, ())] and asr.requests == []
+    s = Session("s1", config())
+    s.receive_end()
+    assert s.events_to_send() == [wire.End(0, 0, ())] and s.state == SessionState.CLOSED
+
+
+def test_finalize_in_silence_or_twice_does_nothing_more() -> None:
+    b = tone_bursts([(440, 0.8)], lead=0.5, tail=1.0)
+    h = Harness(config(interim_results=False))
+    h.feed(b.audio[:seconds(0.3)])
+    h.session.receive_finalize()  # nothing open
+    h.feed(b.audio[seconds(0.3):])
+    h.session.receive_finalize()
+    h.session.receive_finalize()
+    h.end()
+    assert [f.text for f in of(h.events, wire.Final)] == ["w440"]
 
 
 def test_bad_formats_and_audio_raise_the_protocol_errors() -> None:

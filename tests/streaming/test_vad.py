@@ -110,6 +110,7 @@ def test_a_cut_due_during_a_pause_ends_the_utterance_at_the_pause() -> None:
     trigger = -(-(start + opt.max_utterance - opt.speech_pad) // C)
     events = feed(VadEndpointer(opt), probs(400, (10, trigger - 3, HIGH), (trigger + 5, 300, HIGH)))
     (_, first), (i, end), (_, restart) = events[:3]
+    assert first == SpeechStart(start)
     assert end == SpeechEnd(start, min((trigger - 3) * C + opt.speech_pad, trigger * C), cut=True)
     assert i == trigger - 1  # the chunk that reached the limit
     assert restart == SpeechStart((trigger + 5) * C - opt.speech_pad)
