@@ -90,7 +90,7 @@ def status_text(status: StreamStatus, captions: LiveCaptions) -> Text:
     if status.reconnects:
         line.append(f"  reconnects {status.reconnects}", style="yellow")
     if status.session_id:
-        line.append(f"  session {status.session_id}", style="dim")
+        line.append(f"  session {status.session_id[:8]}", style="dim")
     if status.detail and status.state not in ("streaming",):
         line.append(f"  {status.detail}", style="dim")
     return line

@@ -5,10 +5,11 @@ The model is built from gigaam's own classes (``GigaAMASR`` with a 3-layer ``Con
 ``{"cfg": DictConfig, "state_dict": ...}``, so it loads through exactly the code path used for real checkpoints.
 
 Data: 1–5 words drawn from ``scripts/lexicon_ru.txt``, spoken by espeak-ng voices at random speed and pitch,
-resampled to 16 kHz, with gain, edge-padding and noise augmentation applied per batch. Two voices
+resampled to 16 kHz, with gain, edge-padding, noise and light SpecAugment applied per batch. Two voices
 (:data:`HELD_OUT_VOICES`) and every word sequence for which :func:`is_held_out_sequence` is true never occur in
 training, so an evaluation on them measures generalisation. Training stops on wall time, not on a step count,
-because the CPU it runs on is shared.
+because the CPU it runs on is shared. The committed checkpoint (1.56 M parameters, 6.4 MB) got 1221 steps in
+15 minutes on a busy 2-core CPU and decodes 120 held-out utterances at 2.9 % CER.
 
 Usage::
 
@@ -92,7 +93,12 @@ def make_jobs(count: int, seed: int, voices: Sequence[str], held_out: bool) -> l
     rng = random.Random(seed)
     words = load_lexicon()
     return [
-        (random_sequence(rng, words, held_out), rng.choice(voices), rng.randint(*SPEED_RANGE), rng.randint(*PITCH_RANGE))
+        (
+            random_sequence(rng, words, held_out),
+            rng.choice(voices),
+            rng.randint(*SPEED_RANGE),
+            rng.randint(*PITCH_RANGE),
+        )
         for _ in range(count)
     ]
 
@@ -111,7 +117,11 @@ def model_config(vocabulary: Sequence[str] = VOCABULARY) -> "omegaconf.DictConfi
             "model_class": "ctc",
             "model_name": "tiny_ctc",
             "sample_rate": SAMPLE_RATE,
-            "preprocessor": {"_target_": "gigaam.preprocess.FeatureExtractor", "sample_rate": SAMPLE_RATE, "features": 64},
+            "preprocessor": {
+                "_target_": "gigaam.preprocess.FeatureExtractor",
+                "sample_rate": SAMPLE_RATE,
+                "features": 64,
+            },
             "encoder": {
                 "_target_": "gigaam.encoder.ConformerEncoder",
                 "feat_in": 64,
@@ -216,7 +226,8 @@ def train(
     eval_jobs = make_jobs(eval_utterances, seed + 1, HELD_OUT_VOICES, held_out=True)
     eval_audios = synthesize_many(eval_jobs)
     total_audio = sum(len(a) for a in audios) / SAMPLE_RATE
-    print(f"synthesised {len(audios)} utterances ({total_audio / 60:.1f} min) in {time.monotonic() - t0:.0f} s", flush=True)
+    elapsed = time.monotonic() - t0
+    print(f"synthesised {len(audios)} utterances ({total_audio / 60:.1f} min) in {elapsed:.0f} s", flush=True)
 
     cfg = model_config()
     model = GigaAMASR(cfg)

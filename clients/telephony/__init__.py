@@ -1,0 +1,1 @@
+"""Telephony adapters: bridges from phone-call media streams to rechka protocol v1."""

@@ -252,7 +252,8 @@ class GigaAmAsr:
         if self.tokenizer.charwise:
             return [(not ch.strip(), False) for ch in self.tokenizer.vocab]
         sp = self.tokenizer.model
-        return [(not sp.id_to_piece(i).strip("\u2581 "), sp.id_to_piece(i).startswith("\u2581")) for i in range(len(sp))]
+        pieces = [sp.id_to_piece(i) for i in range(len(sp))]
+        return [(not piece.strip("\u2581 "), piece.startswith("\u2581")) for piece in pieces]
 
     def _to_words(self, tokens: list[tuple[int, int, int]], n_samples: int) -> tuple[str, tuple[Word, ...]]:
         """Normalised text and timed words from (token, first frame, last frame) triples."""

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from server.models.asr import MAX_AUDIO_SAMPLES, SAMPLES_PER_FRAME, AsrOptions, GigaAmAsr, ModelUnavailable
 from server.models.base import BatchModel
-from server.models.gigaam_compat import build_model, load_checkpoint
+from server.models.gigaam_compat import build_model, encode_batch, load_checkpoint
 from streaming.work import AsrKind, AsrRequest, AsrResult
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -139,6 +139,18 @@ def test_ctc_ragged_batch_equals_one_by_one_and_gigaam_offline(asr: GigaAmAsr, h
     assert [(r.session_id, r.seq) for r in batched] == [("s", i) for i in range(len(audios))]
 
 
+def test_ragged_encoder_frames_equal_unbatched_gigaam_encoder(asr: GigaAmAsr) -> None:
+    """Noise up to the last sample, so padding would leak into the STFT and subsampling of the shorter rows."""
+    rng = np.random.default_rng(0)
+    audios = [(rng.standard_normal(n) * 0.1).astype(np.float32) for n in (16000, 7001, 3333, 641)]
+    with torch.inference_mode():
+        encoded, lengths = encode_batch(asr.model, [torch.from_numpy(a) for a in audios])
+        for row, audio in enumerate(audios):
+            single, single_len = asr.model(torch.from_numpy(audio)[None], torch.tensor([len(audio)]))
+            assert int(lengths[row]) == int(single_len[0])
+            torch.testing.assert_close(encoded[row, : lengths[row]], single[0].transpose(0, 1), atol=1e-4, rtol=1e-4)
+
+
 @needs_espeak
 def test_word_times_are_monotone_within_audio_and_relative_to_it(asr: GigaAmAsr, held_out) -> None:
     _, audios = held_out
@@ -181,8 +193,8 @@ def rnnt_ckpt(tmp_path_factory) -> Path:
                 "decoder": {"pred_hidden": pred, "pred_rnn_layers": 1, "num_classes": classes},
                 "joint": {"enc_hidden": d_model, "pred_hidden": pred, "joint_hidden": 2 * d_model,
                           "num_classes": classes}}
-    cfg.decoding = {"_target_": "gigaam.decoding.RNNTGreedyDecoding", "vocabulary": list(tiny["cfg"].decoding.vocabulary),
-                    "max_symbols_per_step": 3}
+    cfg.decoding = {"_target_": "gigaam.decoding.RNNTGreedyDecoding",
+                    "vocabulary": list(tiny["cfg"].decoding.vocabulary), "max_symbols_per_step": 3}
     torch.manual_seed(7)
     model = build_model(cfg)
     state = {k: v for k, v in tiny["state_dict"].items() if not k.startswith("head.")}
