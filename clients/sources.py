@@ -90,6 +90,7 @@ class FileSource:
         self.format = FrameFormat("pcm_s16le", wire.SAMPLE_RATE, channels)
         self.chunk_bytes = self.format.frames_for_ms(chunk_ms) * self.format.frame_bytes
         self._proc: Optional[asyncio.subprocess.Process] = None
+        self._closed = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """Yield chunks of whole frames until the file ends; raise :class:`SourceError` if ffmpeg fails."""
@@ -100,17 +101,19 @@ class FileSource:
             *cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert proc.stdout is not None and proc.stderr is not None
         try:
-            while True:
+            while not self._closed:
                 try:
                     data = await proc.stdout.readexactly(self.chunk_bytes)
                 except asyncio.IncompleteReadError as e:
                     data = e.partial[: len(e.partial) - len(e.partial) % self.format.frame_bytes]
-                    if data:
+                    if data and not self._closed:
                         yield data
+                    break
+                if self._closed:
                     break
                 yield data
             err = (await proc.stderr.read()).decode(errors="replace").strip()
-            if await proc.wait() != 0:
+            if await proc.wait() != 0 and not self._closed:
                 raise SourceError(f"ffmpeg could not decode {self.path}: {err or 'exit ' + str(proc.returncode)}")
         finally:
             if proc.returncode is None:
@@ -118,7 +121,8 @@ class FileSource:
                 await proc.wait()
 
     def close(self) -> None:
-        """Stop early (as if the file ended here)."""
+        """Stop early, as if the file ended here (the chunk being read is dropped)."""
+        self._closed = True
         if self._proc is not None and self._proc.returncode is None:
             self._proc.terminate()
 

@@ -143,7 +143,7 @@ async def _stream(args: argparse.Namespace, view: TerminalView, options: Connect
                  "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
                  "sessions": client.captions.sessions, "complete": code == 0}
         paths = write_outputs(client.captions, args.out_dir, stem, which, extra)
-        view.console.print(f"wrote {', '.join(str(p) for p in paths)}", style="dim")
+        view.note(f"wrote {', '.join(str(p) for p in paths)}", "dim")
     return code
 
 
@@ -166,7 +166,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return asyncio.run(_stream(args, view, options, which))
     except SourceError as e:
-        view.console.print(f"error: {e}", style="bold red")
+        view.note(f"error: {e}", "bold red")
         return 1
     except KeyboardInterrupt:
         return 130

@@ -38,7 +38,7 @@ class ServerConfig:
     idle_timeout: seconds without any client message before the server ends the stream (close 1001).
     max_batch / max_wait_ms: a batcher runs as soon as it has ``max_batch`` requests or its oldest request has
         waited ``max_wait_ms``.
-    overload_lag: seconds of audio received but not yet processed beyond which a stream is warned ``overloaded``.
+    overload_lag: seconds (wall time) the oldest unprocessed audio may wait before a stream is warned ``overloaded``.
     shutdown_grace: on SIGTERM, seconds open streams get to flush their finals before being closed.
     tokens: accepted bearer tokens; empty means no authentication.
     """
@@ -119,7 +119,7 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("idle_timeout", float, "seconds without a client message before the stream is ended (default 30)"),
     ("max_batch", int, "largest model batch (default 16)"),
     ("max_wait_ms", float, "longest a request waits for batch-mates, in ms (default 5)"),
-    ("overload_lag", float, "seconds of unprocessed audio before an 'overloaded' warning (default 5)"),
+    ("overload_lag", float, "seconds the oldest unprocessed audio may wait before an 'overloaded' warning (default 5)"),
     ("tokens_file", str, "file with one accepted bearer token per line (also RECHKA_TOKENS=a,b)"),
     ("tls_cert", str, "PEM certificate: serve wss:// (needs --tls-key)"),
     ("tls_key", str, "PEM private key for --tls-cert"),

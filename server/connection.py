@@ -326,15 +326,21 @@ class Connection:
                     m.add_processed(delta / SAMPLE_RATE)
                 else:
                     m.partials_dropped.inc(delta)
-        bound = self.ctx.config.overload_lag * SAMPLE_RATE
-        lag = int(getattr(stats, "lag", 0))
-        if lag > bound and not self._overloaded and self.phase == Phase.STREAMING:
+        # Behind = how long the oldest audio not yet through VAD has been waiting, in wall time. Counting samples
+        # instead would call every faster-than-real-time client "overloaded" the moment it sends a file.
+        waited = 0.0
+        if stats.audio_processed < stats.audio_in:
+            arrived = self._arrival_of(stats.audio_processed + 1)
+            if arrived is not None:
+                waited = time.monotonic() - arrived
+        bound = self.ctx.config.overload_lag
+        if waited > bound and not self._overloaded and self.phase == Phase.STREAMING:
             self._overloaded = True
             m.overloaded.inc()
             self._outbound.put_nowait(wire.Warning(
-                "overloaded", f"the server is {lag / SAMPLE_RATE:.1f} s behind this stream; results are delayed "
+                "overloaded", f"the server is {waited:.1f} s behind this stream; results are delayed "
                               "and old audio may be dropped"))
-        elif lag < bound / 2:
+        elif waited < bound / 2:
             self._overloaded = False
 
     def _observe_sent(self, event: wire.ServerEvent) -> None:

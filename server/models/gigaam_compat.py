@@ -4,7 +4,8 @@
   gigaam checkpoint's ``cfg`` pickles (torch ≥ 2.6 refuses them otherwise).
 * :func:`resolve_checkpoint`: a model name → the file in gigaam's cache, downloading it from gigaam's URL with a
   short socket timeout into a temporary file first (gigaam's own download has no timeout and leaves a truncated
-  file behind when interrupted). Anything that cannot be supplied raises :class:`ModelUnavailable`.
+  file behind when interrupted). Anything that cannot be supplied raises
+  :class:`server.models.cache.ModelUnavailable`.
 * :func:`random_config`: the full-size v2 architectures, for speed benchmarks with random weights.
 * :func:`encode_batch`: one encoder pass over a ragged batch whose valid frames equal those of unpadded,
   one-by-one runs (features per utterance, padding zeroed between the subsampling convolutions).
@@ -25,6 +26,8 @@ import omegaconf
 import torch
 from gigaam.model import GigaAMASR
 from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from server.models.cache import ModelUnavailable  # one exception for all unavailable weights (re-exported here)
 
 #: Names gigaam publishes ASR checkpoints under; ``ctc``/``rnnt`` are gigaam's aliases for the v2 models.
 MODEL_NAMES: tuple[str, ...] = ("v2_ctc", "v2_rnnt", "v1_ctc", "v1_rnnt")
@@ -59,10 +62,6 @@ _SAFE_GLOBALS: list[Any] = [
     collections.defaultdict,
     collections.OrderedDict,
 ]
-
-
-class ModelUnavailable(RuntimeError):
-    """The requested GigaAM weights are neither on disk nor downloadable; the message says how to supply them."""
 
 
 def allow_omegaconf_globals() -> None:

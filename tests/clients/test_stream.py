@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -72,3 +73,20 @@ def test_module_entry_point_streams_to_a_pipe(scripted_server, counting_wav, tmp
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[:2] == ["[00:00.000] S1  1000", "[00:01.000] S2  1001"]
     assert (tmp_path / "pipe.txt").read_text().count("\n") == 2
+
+
+def test_ctrl_c_stops_the_audio_and_keeps_the_finals(scripted_server, counting_wav, tmp_path: Path) -> None:
+    server = scripted_server()
+    wav = counting_wav(30, name="long.wav")
+    proc = subprocess.Popen([sys.executable, "-m", "clients.stream", str(wav), "--url", server.url,
+                             "--formats", "json", "--out-dir", str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    first = proc.stdout.readline()  # real time: the first final arrives after about a second
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out + err
+    assert first.startswith("[00:00.000] S1  1000") and "stopping" in out
+    doc = json.loads((tmp_path / "long.json").read_text())
+    assert doc["complete"] is True and 1 <= len(doc["finals"]) < 30  # stopped early, finals kept
+    assert doc["end"]["audio_seconds"] < 30

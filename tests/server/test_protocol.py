@@ -283,8 +283,9 @@ def test_a_lagging_stream_is_warned_overloaded_and_its_pending_audio_stays_bound
     session = dataclasses.replace(SessionConfig(), max_pending_audio=ms(3_000))  # keeps the last tone
 
     async def main() -> Received:
-        async with serving(fake_models(delay=0.15), overload_lag=1.0, session=session) as server:
-            return await stream(server.url, tones_audio([440] * 6, gap=0.5), chunk=16000)
+        # each model call takes 1.5 s: audio sent meanwhile waits longer than overload_lag in wall time
+        async with serving(fake_models(delay=1.5), overload_lag=0.5, session=session) as server:
+            return await stream(server.url, tones_audio([440] * 6, gap=0.5), chunk=16000, pace=0.25)
 
     got = run(main())
     warnings = {w["code"]: w for w in got.of("warning")}
