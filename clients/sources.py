@@ -124,7 +124,7 @@ class FileSource:
         """Stop early, as if the file ended here (the chunk being read is dropped)."""
         self._closed = True
         if self._proc is not None and self._proc.returncode is None:
-            self._proc.terminate()
+            self._proc.kill()  # not terminate: ffmpeg blocked on a full pipe would never see it
 
 
 class MicSource:

@@ -64,7 +64,9 @@ class PartialOptions:
     """How partial transcripts are produced while an utterance is open.
 
     cadence: minimum new audio between two partials (default 0.5 s).
-    left_context: audio re-encoded before the committed prefix's end, for acoustic context.
+    left_context: audio re-encoded before the committed prefix's end, for acoustic context. Under the budget the
+        steady partial interval is about ``(left_context + uncommitted tail) / (budget_ratio - 1)``: 0.4 s gives ~1 s
+        at budget 1.5; raise ``budget_ratio`` for faster partials at more compute.
     max_window: the longest audio one partial decode may encode; older words are committed.
     budget_ratio: total partial encoding is kept under ``budget_ratio`` × the utterance's length, so the cost of
         partials is linear in utterance length (cadence stretches when windows are long).
@@ -79,7 +81,7 @@ class PartialOptions:
 
     enabled: bool = True
     cadence: int = ms(500)
-    left_context: int = ms(1_000)
+    left_context: int = ms(400)
     max_window: int = ms(4_000)
     budget_ratio: float = 1.5
     agreement_tolerance: int = ms(200)

@@ -160,7 +160,7 @@ def test_reset_starts_a_new_utterance() -> None:
     assert policy.due(ms(60_500)) == (ms(60_000), ms(60_500))
 
 
-@pytest.mark.parametrize("kwargs", [dict(cadence=ms(50)), dict(max_window=ms(1_000)), dict(budget_ratio=0),
+@pytest.mark.parametrize("kwargs", [dict(cadence=ms(50)), dict(max_window=ms(800)), dict(budget_ratio=0),
                                     dict(fresh_tail=ms(5_000)), dict(max_lag=10), dict(max_pending_requests=0)])
 def test_bad_options_name_the_field(kwargs: dict) -> None:
     with pytest.raises(ValueError, match="PartialOptions"):
