@@ -82,9 +82,14 @@ def test_ctrl_c_stops_the_audio_and_keeps_the_finals(scripted_server, counting_w
                              "--formats", "json", "--out-dir", str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
-    first = proc.stdout.readline()  # real time: the first final arrives after about a second
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    try:
+        first = proc.stdout.readline()  # real time: the first final arrives after about a second
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 0, out + err
     assert first.startswith("[00:00.000] S1  1000") and "stopping" in out
     doc = json.loads((tmp_path / "long.json").read_text())
