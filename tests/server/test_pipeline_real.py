@@ -25,7 +25,9 @@ from streaming.work import AsrRequest, VadRequest
 from tests.fakes import pcm16
 
 CHECKPOINT = Path(os.environ.get("RECHKA_TINY_ASR", Path(__file__).parents[1] / "assets" / "tiny_gigaam_ctc.ckpt"))
-PHRASES = ("привет как дела", "один два три четыре пять", "сегодня хорошая погода")
+PHRASES = ("привет как дела", "один два три четыре пять", "сегодня хорошая погода", "мама читать книга",
+           "где мой телефон", "завтра утро поезд москва", "спасибо большой друг", "шесть семь восемь девять десять",
+           "красный дом там", "я хотеть чай")
 PAUSE = 1.5  # seconds of silence between phrases (well above the 0.5 s min_silence)
 TOLERANCE = int(0.3 * SAMPLE_RATE)
 
