@@ -37,6 +37,7 @@ log = logging.getLogger("rechka.connection")
 
 BYTES_PER_SAMPLE = {"pcm_s16le": 2, "pcm_f32le": 4, "mulaw": 1, "alaw": 1}
 CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_UNSUPPORTED, CLOSE_POLICY, CLOSE_INTERNAL = 1000, 1001, 1003, 1008, 1011
+CLOSE_TRY_AGAIN_LATER = 1013
 INTERNAL_MESSAGE = "internal server error; the stream was closed"
 ARRIVALS_KEPT = 60 * SAMPLE_RATE  # arrival times kept for final-latency measurement (seconds of audio)
 
@@ -242,14 +243,19 @@ class Connection:
         except RechkaError as exc:
             self._fail(exc.code, str(exc), close_code_for(exc))
             return
-        flush_limit = max(self.ctx.config.shutdown_grace, 30.0)
-        self._flush_timer = asyncio.get_running_loop().call_later(flush_limit, self._flush_timed_out)
+        self._flush_timer = asyncio.get_running_loop().call_later(self._flush_limit, self._flush_timed_out)
         self._pump()
 
     def _flush_timed_out(self) -> None:
         if self.phase == Phase.ENDING:
-            log.error("session %s: finals not flushed in time", self.session_id)
-            self._fail("internal", INTERNAL_MESSAGE, CLOSE_INTERNAL)
+            limit = self._flush_limit
+            log.error("session %s: finals not flushed within %.1f s", self.session_id, limit)
+            self._fail("overloaded", f"the server could not finish this stream's finals within {limit:.0f} s; "
+                                     "it is overloaded, try again later", CLOSE_TRY_AGAIN_LATER)
+
+    @property
+    def _flush_limit(self) -> float:
+        return max(self.ctx.config.shutdown_grace, self.ctx.config.flush_timeout)
 
     def _fail(self, code: str, message: str, close_code: int) -> None:
         """Queue an ``error`` event and the close; nothing else is produced afterwards."""

@@ -224,6 +224,18 @@ def test_a_message_over_the_size_limit_closes_1009() -> None:
     assert too_big.types == ["ready"] and too_big.close_code == 1009
 
 
+def test_finals_that_cannot_be_flushed_in_time_close_1013_overloaded() -> None:
+    async def main() -> Received:
+        # every model call takes 0.6 s: the finals of a stopped stream cannot finish within 0.5 s
+        async with serving(fake_models(delay=0.6), flush_timeout=0.5, shutdown_grace=0.0) as server:
+            return await stream(server.url, tones_audio([440, 880]))
+
+    got = run(main())
+    assert got.types[0] == "ready" and got.types[-1] == "error"
+    assert got.events[-1]["code"] == "overloaded" and "try again later" in got.events[-1]["message"]
+    assert got.close_code == 1013
+
+
 def test_a_model_failure_is_an_internal_error_1011_without_internals() -> None:
     def poisoned(request: Any) -> bool:
         return len(request.audio) > 1600 and dominant_frequency(np.asarray(request.audio)) == 1000
