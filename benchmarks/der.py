@@ -315,3 +315,171 @@ def run_offline(pipeline: Any, audio: np.ndarray) -> list[tuple[str, float, floa
         output = pipeline({"waveform": torch.from_numpy(audio)[None], "sample_rate": SAMPLE_RATE, "uri": "file"})
     annotation = getattr(output, "speaker_diarization", output)
     return [(str(label), s.start, s.end) for s, _, label in annotation.itertracks(yield_label=True)]
+
+
+def run_diart(items: Sequence[Item], latency: float, python: Path, delta_new: float, tau_active: float,
+              rho_update: float) -> dict[str, list[tuple[str, float, float]]]:
+    """diart 0.9 on the same checkpoints, in its own interpreter (``benchmarks/diart_runner.py``)."""
+    from server.models.cache import fetch_segmentation_checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "diart.json"
+        command = [str(python), str(ROOT / "benchmarks" / "diart_runner.py"), "--segmentation",
+                   str(fetch_segmentation_checkpoint()), "--latency", str(latency), "--delta-new", str(delta_new),
+                   "--tau-active", str(tau_active), "--rho-update", str(rho_update), "--out", str(out),
+                   *[str(item.wav) for item in items]]
+        env = dict(os.environ, PYTHONPATH="", OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"diart_runner failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        found = json.loads(out.read_text())
+    return {path: [(t[0], t[1], t[2]) for t in turns] for path, turns in found["turns"].items()}
+
+
+# ---------------------------------------------------------------------------------------------------- report
+def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per system and dataset: duration-weighted DER (both collars) and its parts, summed flips and speaker-count
+    error, files."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for system in dict.fromkeys(r["system"] for r in rows):
+        out[system] = {}
+        for dataset in dict.fromkeys(r["dataset"] for r in rows):
+            rs = [r for r in rows if r["system"] == system and r["dataset"] == dataset]
+            if not rs:
+                continue
+            weights = [r["reference_speech"] for r in rs]
+            avg = {k: round(float(np.average([r[k] for r in rs], weights=weights)), 4)
+                   for k in ("der_c0", "der_c025", "missed", "false_alarm", "confusion")}
+            minutes = sum(r["duration"] for r in rs) / 60
+            avg.update(files=len(rs), minutes=round(minutes, 1), flips=sum(r["flips"] for r in rs),
+                       flips_per_min=round(sum(r["flips"] for r in rs) / max(minutes, 1e-9), 2),
+                       speaker_count_error=sum(abs(r["hyp_speakers"] - r["ref_speakers"]) for r in rs))
+            out[system][dataset] = avg
+    return out
+
+
+def markdown(summary: dict[str, dict[str, dict[str, Any]]]) -> str:
+    lines = ["| system | dataset | files | min | DER c0 | DER ±0.25 s | miss | FA | conf. | flips/min | |Δspk| |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for system, per in summary.items():
+        for dataset, s in per.items():
+            lines.append(f"| {system} | {dataset} | {s['files']} | {s['minutes']} | {s['der_c0']:.3f} | "
+                         f"{s['der_c025']:.3f} | {s['missed']:.3f} | {s['false_alarm']:.3f} | {s['confusion']:.3f} | "
+                         f"{s['flips_per_min']} | {s['speaker_count_error']} |")
+    return "\n".join(lines)
+
+
+def plot(summary: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    systems = list(summary)
+    datasets = list(dict.fromkeys(d for per in summary.values() for d in per))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    width = 0.8 / max(1, len(systems))
+    for i, system in enumerate(systems):
+        xs = np.arange(len(datasets)) + i * width
+        for ax, key in zip(axes, ("der_c0", "flips_per_min")):
+            ax.bar(xs, [summary[system].get(d, {}).get(key, np.nan) for d in datasets], width, label=system)
+    for ax, title in zip(axes, ("DER, collar 0 (lower is better)", "label flips per minute")):
+        ax.set_xticks(np.arange(len(datasets)) + 0.4 - width / 2)
+        ax.set_xticklabels(datasets, rotation=15)
+        ax.set_title(title)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", default="sample,ami,composed-espeak,composed-real")
+    parser.add_argument("--systems", default="rechka,offline,diart")
+    parser.add_argument("--latencies", default="1.5,5.0", help="seconds; rechka and diart run at each")
+    parser.add_argument("--offline-threshold", type=float, default=0.5,
+                        help="agglomerative clustering threshold of the offline pipeline (best on sample + AMI)")
+    parser.add_argument("--diart-python", type=Path, default=DIART_PYTHON)
+    parser.add_argument("--diart-delta-new", type=float, default=None,
+                        help="diart's new-speaker distance (default: rechka's new_speaker_threshold)")
+    parser.add_argument("--diart-rho-update", type=float, default=0.3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=OUT / "der.json")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")
+
+    items = datasets(args.datasets.split(","))
+    systems = args.systems.split(",")
+    latencies = [float(x) for x in args.latencies.split(",")]
+    base = DiarizationOptions()
+    models = Models(args.device)
+    audio = {item.wav: load_audio(item.wav) for item in items}
+    references = {item.wav: load_reference(item.rttm) for item in items}
+    hypotheses: dict[tuple[str, Path], list[tuple[str, float, float]]] = {}
+    costs: dict[str, dict[str, float]] = {}
+    total_audio = sum(len(a) for a in audio.values()) / SAMPLE_RATE
+
+    if "rechka" in systems:
+        for latency in latencies:
+            name = f"rechka@{latency:g}s"
+            options = dataclasses.replace(base, latency=int(round(latency * SAMPLE_RATE)))
+            models.reset_counters()
+            started = time.process_time()
+            for item in items:
+                hypotheses[(name, item.wav)] = run_rechka(audio[item.wav], options, models.run)
+            costs[name] = {"cpu_s_per_audio_s": round((time.process_time() - started) / total_audio, 4),
+                           "windows_per_audio_s": round(models.windows / total_audio, 3),
+                           "embeddings_per_audio_s": round(models.embeddings / total_audio, 3),
+                           "embedded_audio_s_per_audio_s": round(models.embedded_samples / SAMPLE_RATE / total_audio, 3)}
+            print(f"{name}: done, {costs[name]}", file=sys.stderr)
+    if "offline" in systems:
+        pipeline = offline_pipeline(models, args.offline_threshold)
+        started = time.process_time()
+        for item in items:
+            hypotheses[("offline", item.wav)] = run_offline(pipeline, audio[item.wav])
+        costs["offline"] = {"cpu_s_per_audio_s": round((time.process_time() - started) / total_audio, 4),
+                            "embedded_audio_s_per_audio_s": round(
+                                pipeline._embedding.samples / SAMPLE_RATE / total_audio, 3)}
+        print(f"offline: done, {costs['offline']}", file=sys.stderr)
+    diart_note = None
+    if "diart" in systems:
+        if not args.diart_python.is_file():
+            diart_note = f"skipped: no diart interpreter at {args.diart_python}"
+        else:
+            delta_new = args.diart_delta_new if args.diart_delta_new is not None else base.new_speaker_threshold
+            for latency in latencies:
+                name = f"diart@{latency:g}s"
+                started = time.time()
+                found = run_diart(items, latency, args.diart_python, delta_new, base.tau_active,
+                                  args.diart_rho_update)
+                for item in items:
+                    hypotheses[(name, item.wav)] = found[str(item.wav)]
+                costs[name] = {"wall_s_per_audio_s": round((time.time() - started) / total_audio, 4)}
+                print(f"{name}: done, {costs[name]}", file=sys.stderr)
+        if diart_note:
+            print(f"diart: {diart_note}", file=sys.stderr)
+
+    rows = []
+    for (system, wav), turns in hypotheses.items():
+        item = next(i for i in items if i.wav == wav)
+        duration = len(audio[wav]) / SAMPLE_RATE
+        row = score(references[wav], to_annotation(turns), duration)
+        row.update(system=system, dataset=item.dataset, file=item.name, duration=round(duration, 2),
+                   reference_speech=round(sum(s.duration for s, _ in references[wav].itertracks()), 2))
+        rows.append(row)
+    summary = summarise(rows)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    result = {"options": {k: v for k, v in dataclasses.asdict(base).items()},
+              "offline_threshold": args.offline_threshold, "diart": diart_note or "ran", "costs": costs,
+              "summary": summary, "files": rows,
+              "models": {"segmentation": models.segmentation.describe(), "embedding": models.embedding.describe()}}
+    args.out.write_text(json.dumps(result, indent=1, default=str))
+    plot(summary, args.out.with_suffix(".png"))
+    print(markdown(summary))
+    print(f"\nwrote {args.out} and {args.out.with_suffix('.png')}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -33,8 +33,8 @@ if __package__ in (None, ""):  # run as a file: make ``benchmarks`` importable
 import numpy as np
 
 from benchmarks.common import (OUT_DIR, SAMPLE_RATE, CapacitySearch, Corpus, StreamLog, analyze_session,
-                               asr_weights, command_line, linear_fit, plot_panels, speech_corpus, stream_session, summarize,
-                               write_result)
+                               asr_weights, command_line, linear_fit, plot_panels, speech_corpus, stream_session,
+                               summarize, write_result)
 from benchmarks.server_process import (ResourceSampler, ServerProcess, counter_delta, histogram_delta,
                                        histogram_quantile, machine_info, pid_listening_on, scrape)
 
@@ -212,6 +212,21 @@ def run_step(url: str, http_base: Optional[str], corpus: Corpus, streams: int, s
     return step, ready
 
 
+def markdown_table(steps: Sequence[dict[str, Any]]) -> str:
+    """The steps as a markdown table (for docs/benchmarks.md)."""
+    head = ("| streams | done | final p50 / p95 / p99 (s) | first partial p50 / p95 (s) | lag slope (s/s) "
+            "| server CPU (% of 1 core) | machine CPU (%) | RSS/session (MiB) | audio dropped (s) | pass |\n"
+            "|---:|---:|---|---|---:|---:|---:|---:|---:|---|")
+    rows = []
+    for s in sorted(steps, key=lambda s: s["streams"]):
+        f, p, sv = s["final_latency_s"], s["first_partial_s"], s["server"]
+        rows.append(f"| {s['streams']} | {s['completed']} | {f['p50']} / {f['p95']} / {f['p99']} "
+                    f"| {p['p50']} / {p['p95']} | {s['lag_slope']} | {sv.get('cpu_percent_mean')} "
+                    f"| {sv.get('machine_cpu_percent_mean')} | {sv.get('rss_per_session_mb')} | {s['audio_dropped_s']} "
+                    f"| {'yes' if s['passed'] else 'no'} |")
+    return "\n".join([head, *rows])
+
+
 def plot_steps(steps: Sequence[dict[str, Any]], path: Path, title: str, target: float) -> Path:
     rows = sorted(steps, key=lambda s: s["streams"])
     x = [s["streams"] for s in rows]
@@ -275,6 +290,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                      f"{result['machine'].get('cpu_model', '?')})", args.target_p95)
     result["plot"] = str(png)
     write_result("load", result, args.out_dir, stamp)
+    print(markdown_table(steps), file=sys.stderr)
     return 0
 
 

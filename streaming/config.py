@@ -109,9 +109,14 @@ class DiarizationOptions:
     latency: how far behind the newest audio a speaker turn becomes final (≤ step + 1 s).
     tau_active: a local speaker is active in a frame when its score exceeds this.
     min_embedding_speech: a local speaker needs this much clean speech in a window for an embedding.
-    new_speaker_threshold: cosine distance above which a local speaker starts a new global speaker.
+    new_speaker_threshold: cosine distance above which a local speaker starts a new global speaker. Tuned for the
+        default resemblyzer embeddings, whose same-speaker distances are small (benchmarks/der.py: 0.25 is best on
+        AMI, pyannote's sample and composed conversations); pyannote/WeSpeaker embeddings need about 0.5-0.7.
     centroid_rate: weight of a new embedding in its centroid's running mean (0 = plain mean).
     max_speakers: upper bound on global speakers (None = unbounded, capped at 32).
+    new_speaker_windows: a new global speaker is created only once embeddings far from every centroid (and close
+        to each other) came from this many windows within ``window`` samples of each other; until then those local
+        speakers stay unassigned. One noisy embedding thus cannot found a duplicate speaker (1 = create at once).
     update_threshold: a centroid only learns from embeddings closer than this cosine distance (default: the
         new-speaker threshold), so borderline or forced matches do not drag it towards another voice.
     continuity_threshold: a local speaker without an embedding (too little clean speech) joins the global speaker
@@ -124,9 +129,10 @@ class DiarizationOptions:
     latency: int = ms(1_500)
     tau_active: float = 0.5
     min_embedding_speech: int = ms(500)
-    new_speaker_threshold: float = 0.6
+    new_speaker_threshold: float = 0.25
     centroid_rate: float = 0.0
     max_speakers: Optional[int] = None
+    new_speaker_windows: int = 3
     update_threshold: Optional[float] = None
     continuity_threshold: float = 0.5
 
@@ -143,6 +149,8 @@ class DiarizationOptions:
         _check(0.0 <= self.centroid_rate < 1.0, "DiarizationOptions.centroid_rate must be in [0, 1)")
         _check(self.max_speakers is None or 1 <= self.max_speakers <= 32,
                "DiarizationOptions.max_speakers must be 1-32 or None")
+        _check(1 <= self.new_speaker_windows <= self.window // self.step,
+               "DiarizationOptions.new_speaker_windows must be between 1 and window / step (3 is a good default)")
         _check(0.0 < self.update_threshold <= 2.0,  # type: ignore[operator]
                "DiarizationOptions.update_threshold must be in (0, 2]; leave it unset for new_speaker_threshold")
         _check(0.0 < self.continuity_threshold <= 1.0,

@@ -9,7 +9,9 @@ Life of a window (see :mod:`streaming.windows` for the schedule and the aggregat
 3. Windows are then resolved strictly in order, once all their embeddings are back: the
    :class:`~streaming.speakers.SpeakerTracker` maps the embedded local speakers to global ones; the others are mapped
    by score continuity (the global speaker whose activity in the previous window agrees with theirs on the frames
-   both windows cover, see ``continuity_threshold``) or left out of this window. The mapped scores are aggregated onto the global grid.
+   both windows cover, see ``continuity_threshold``) or left out of this window. The mapped scores are aggregated
+   onto the global grid, except in frames where a left-out speaker is active: there the window cannot say who
+   speaks, so it does not count at all (rather than voting "nobody").
 4. Frames up to ``end of the last resolved window - latency`` become final: their binarised activity
    (mean score > ``tau_active``) is merged into turns per global speaker. Turns may overlap (two speakers at once).
 """
@@ -100,22 +102,25 @@ class StreamingDiarizer:
         return seq in self._by_seq
 
     def on_result(self, result: Result, buffer: Optional[SampleSource] = None) -> list[Request]:
-        """Take a segmentation or embedding result; may return embedding requests. Unknown seqs are ignored."""
-        pending = self._by_seq.pop(result.seq, None)
+        """Take a segmentation or embedding result; may return embedding requests. Unknown seqs are ignored;
+        a result of the wrong kind for a known seq raises ``TypeError`` (a routing bug, not client input)."""
+        pending = self._by_seq.get(result.seq)
         if pending is None:
             return []
         requests: list[Request] = []
         if isinstance(result, SegmentationResult) and pending.stage == _Stage.SEGMENTING:
+            del self._by_seq[result.seq]
             self.windows.set_geometry(FrameGeometry(result.frame_step, result.frame_duration, result.frame_offset))
             pending.scores = np.asarray(result.scores, dtype=np.float64).reshape(len(result.scores), -1)
             requests = self._embed(pending)
             pending.stage = _Stage.EMBEDDING if pending.waiting else _Stage.READY
         elif isinstance(result, EmbeddingResult) and result.seq in pending.waiting:
+            del self._by_seq[result.seq]
             pending.embeddings[pending.waiting.pop(result.seq)] = np.asarray(result.embedding, dtype=np.float64)
             if not pending.waiting:
                 pending.stage = _Stage.READY
         else:
-            raise TypeError(f"{type(result).__name__} for seq {result.seq}, which awaits something else")
+            raise TypeError(f"{type(result).__name__} for seq {result.seq}, which awaits another kind of result")
         self._advance()
         return requests
 
@@ -180,7 +185,8 @@ class StreamingDiarizer:
         assert scores is not None
         embedded = [k for k in pending.active if k in pending.embeddings]
         mapping: dict[int, int] = {}
-        for k, g in zip(embedded, self.tracker.assign([pending.embeddings[k] for k in embedded])):
+        vectors = [pending.embeddings[k] for k in embedded]
+        for k, g in zip(embedded, self.tracker.assign(vectors, at=pending.window.end)):
             if g is not None:
                 mapping[k] = g
         self._map_by_continuity(pending, mapping)
@@ -189,7 +195,12 @@ class StreamingDiarizer:
         for k, g in mapping.items():
             mapped[:, g] = scores[:, k]
         mapped[~self.windows.valid_frames(pending.window, n_frames)] = 0.0
-        self.windows.add(pending.window, mapped)
+        unmapped = [k for k in pending.active if k not in mapping]
+        unknown = None
+        if unmapped:
+            tau = self.options.tau_active
+            unknown = (scores[:, unmapped] > tau).any(axis=1) & ~(mapped > tau).any(axis=1)
+        self.windows.add(pending.window, mapped, skip=unknown)
         self._previous = (pending.window, mapped)
 
     def _map_by_continuity(self, pending: _PendingWindow, mapping: dict[int, int]) -> None:

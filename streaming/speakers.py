@@ -5,12 +5,14 @@ moving average when ``centroid_rate > 0``) and a label ``S1``, ``S2``, … given
 or forgotten, so a speaker who comes back after a long silence gets the old label.
 
 One call to :meth:`SpeakerTracker.assign` maps the embeddings of one window's local speakers at once with a
-constrained assignment (two local speakers of a window are never mapped to one global speaker), minimising the total
-cosine distance. Thresholds (all in :class:`~streaming.config.DiarizationOptions`):
+constrained assignment (Hungarian; two local speakers of a window never map to one global speaker), minimising the
+total cosine distance. Thresholds (all in :class:`~streaming.config.DiarizationOptions`):
 
-- ``new_speaker_threshold``: a local speaker farther than this from every centroid starts a new global speaker
-  (while fewer than ``max_speakers`` exist). A local speaker that is *within* it of a centroid taken by a closer
-  local speaker of the same window is left unassigned (``None``) rather than starting a duplicate.
+- ``new_speaker_threshold``: a local speaker farther than this from every centroid is a *candidate* new speaker.
+  Candidates close to each other (within the same threshold) from ``new_speaker_windows`` windows, each within
+  ``window`` samples of the previous one, become a new global speaker (while fewer than ``max_speakers`` exist);
+  until then the local speaker is unassigned (``None``). A local speaker within the threshold of a centroid that a
+  closer local speaker of the same window took is unassigned too, rather than starting a duplicate.
 - ``max_speakers``: when every slot is used, local speakers go to the nearest free centroid regardless of distance
   (and, if a window has more local speakers than centroids, to the nearest centroid at all).
 - ``update_threshold``: a centroid only learns from embeddings closer than this, so forced assignments and
@@ -19,6 +21,7 @@ cosine distance. Thresholds (all in :class:`~streaming.config.DiarizationOptions
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
@@ -27,7 +30,7 @@ from scipy.optimize import linear_sum_assignment
 from streaming.config import DiarizationOptions
 
 MAX_SPEAKERS = 32  # the bound used when DiarizationOptions.max_speakers is None
-_NEW = -1  # marks a local speaker that starts a new global speaker
+_NEW = -1  # marks a local speaker that is far from every centroid
 
 
 def unit(vectors: np.ndarray) -> np.ndarray:
@@ -42,6 +45,15 @@ def label_of(index: int) -> str:
     return f"S{index + 1}"
 
 
+@dataclass(eq=False)
+class _Candidate:
+    """Far-from-everyone embeddings that may become a new speaker: their sum, count and last sighting."""
+
+    total: np.ndarray
+    count: int
+    last_seen: int  # position (in samples) of the window that last added to it
+
+
 class SpeakerTracker:
     """Centroids of the global speakers of one channel and the local→global assignment rule."""
 
@@ -51,9 +63,10 @@ class SpeakerTracker:
         self.reset()
 
     def reset(self) -> None:
-        """Forget every speaker; the next one is ``S1`` again."""
+        """Forget every speaker and candidate; the next speaker is ``S1`` again."""
         self._centroids = np.zeros((0, 0), dtype=np.float64)
         self._counts: list[float] = []
+        self._candidates: list[_Candidate] = []
 
     @property
     def n_speakers(self) -> int:
@@ -76,9 +89,11 @@ class SpeakerTracker:
             return np.zeros((len(e), 0))
         return np.clip(1.0 - e @ self.centroids.T, 0.0, 2.0)
 
-    def assign(self, embeddings: Sequence[np.ndarray], exclude: Sequence[int] = ()) -> list[Optional[int]]:
+    def assign(self, embeddings: Sequence[np.ndarray], at: int = 0,
+               exclude: Sequence[int] = ()) -> list[Optional[int]]:
         """Global speaker index (or ``None``) for each embedding of one window's local speakers; creates new
-        speakers and updates centroids. ``exclude``: global speakers already taken in this window."""
+        speakers and updates centroids. ``at``: the window's position in samples (for candidate expiry, calls must
+        come in increasing order). ``exclude``: global speakers already taken in this window."""
         if not len(embeddings):
             return []
         e = unit(np.stack([np.asarray(x, dtype=np.float64).ravel() for x in embeddings]))
@@ -87,13 +102,11 @@ class SpeakerTracker:
         m, n = len(e), self.n_speakers
         dist = self.distances(e)
         threshold = self.options.new_speaker_threshold
-        taken = set(exclude)
-        free = [g for g in range(n) if g not in taken]
+        free = [g for g in range(n) if g not in set(exclude)]
         n_new = min(m, self.capacity - n)
         # columns: free existing speakers, then n_new "new speaker" slots costing the threshold
         cost = np.full((m, len(free) + n_new), threshold)
-        if free:
-            cost[:, :len(free)] = dist[:, free]
+        cost[:, :len(free)] = dist[:, free]
         result: list[Optional[int]] = [None] * m
         placed = [False] * m
         for r, c in zip(*linear_sum_assignment(cost)) if cost.shape[1] else ():
@@ -106,21 +119,43 @@ class SpeakerTracker:
         for r in range(m):
             if not placed[r] and n:
                 result[r] = int(np.argmin(dist[r]))  # no slot left at all: the nearest centroid
+        self._candidates = [c for c in self._candidates if at - c.last_seen <= self.options.window]
+        joined: set[int] = set()
         out: list[Optional[int]] = []
         for r, g in enumerate(result):
             if g == _NEW:
-                g = self._create(e[r])
+                g = self._candidate(e[r], at, joined)
             elif g is not None and dist[r, g] <= self.options.update_threshold:
                 self._update(g, e[r])
             out.append(g)
         return out
 
-    def _create(self, embedding: np.ndarray) -> int:
-        if not self.n_speakers:
-            self._centroids = embedding[None, :].copy()
+    def _candidate(self, embedding: np.ndarray, at: int, joined: set[int]) -> Optional[int]:
+        """Add a far embedding to the nearest candidate (one per window) or start one; promote when confirmed."""
+        candidate, best_dist = None, self.options.new_speaker_threshold
+        for c in self._candidates:
+            d = 1.0 - float(unit(c.total) @ embedding)
+            if id(c) not in joined and d <= best_dist:
+                candidate, best_dist = c, d
+        if candidate is None:
+            candidate = _Candidate(embedding.copy(), 1, at)
+            self._candidates.append(candidate)
         else:
-            self._centroids = np.vstack([self._centroids, embedding[None, :]])
-        self._counts.append(1.0)
+            candidate.total = candidate.total + embedding
+            candidate.count += 1
+            candidate.last_seen = at
+        joined.add(id(candidate))
+        if candidate.count < self.options.new_speaker_windows or self.n_speakers >= self.capacity:
+            return None
+        self._candidates.remove(candidate)
+        return self._create(candidate.total / candidate.count, candidate.count)
+
+    def _create(self, centroid: np.ndarray, count: int) -> int:
+        if not self.n_speakers:
+            self._centroids = centroid[None, :].copy()
+        else:
+            self._centroids = np.vstack([self._centroids, centroid[None, :]])
+        self._counts.append(float(count))
         return self.n_speakers - 1
 
     def _update(self, g: int, embedding: np.ndarray) -> None:

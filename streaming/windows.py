@@ -151,13 +151,16 @@ class SegmentationWindows:
         geometry = self._require_geometry()
         return int(round(window.start / geometry.step))
 
-    def add(self, window: Window, scores: np.ndarray) -> None:
+    def add(self, window: Window, scores: np.ndarray, skip: Optional[np.ndarray] = None) -> None:
         """Aggregate one window's ``scores[f, g]`` (already mapped to global speakers, 0 where none) into the grid.
 
-        Padding frames and frames already final are skipped; every other frame counts the window as covering it.
+        Padding frames, frames already final and frames flagged in ``skip`` (where the window cannot tell who
+        speaks) are left out; every other frame counts the window as covering it.
         """
         n_frames, n_speakers = scores.shape
         valid = self.valid_frames(window, n_frames)
+        if skip is not None:
+            valid &= ~skip
         index = self.global_index(window) + np.arange(n_frames)
         if self._frozen is not None:
             valid &= index >= self._frozen

@@ -138,10 +138,11 @@ def run_fakes(segmentation: Callable[[list], list], embedding: Callable[[list], 
 
 
 def stream(diarizer, audio: np.ndarray, run: Callable[[list[Request]], list[Result]], chunk: int = 4000,
-           delay: int = 0, discard: bool = True, on_chunk: Optional[Callable[[int], None]] = None) -> ArrayBuffer:
+           delay: int = 0, discard: bool = True, on_chunk: Optional[Callable[[ArrayBuffer], None]] = None) -> ArrayBuffer:
     """Feed ``audio`` to ``diarizer`` in chunks, answering its requests with ``run``; results are held back for
     ``delay`` chunks (and then returned newest first) to exercise out-of-order arrival; then finish and drain.
-    With ``discard`` the buffer drops what the diarizer no longer needs after each chunk."""
+    With ``discard`` the buffer drops what the diarizer no longer needs after each chunk; ``on_chunk`` sees the
+    buffer after each chunk."""
     buffer = ArrayBuffer()
     queue: list[tuple[int, list[Request]]] = []
 
@@ -163,7 +164,7 @@ def stream(diarizer, audio: np.ndarray, run: Callable[[list[Request]], list[Resu
         if discard:
             buffer.discard_before(diarizer.oldest_needed)
         if on_chunk is not None:
-            on_chunk(buffer.end)
+            on_chunk(buffer)
     pending = [r for _, reqs in queue for r in reqs] + diarizer.finish(buffer)
     while pending:
         pending = deliver(pending)

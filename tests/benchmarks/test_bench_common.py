@@ -8,15 +8,16 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import shutil
 import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from benchmarks.common import (SAMPLE_RATE, CapacitySearch, StreamLog, analyze_session, asr_weights, compose,
-                               linear_fit, percentile, plot_panels, read_wav, sent_time, speech_corpus,
-                               stream_session, summarize, write_result)
+from benchmarks.common import (ESPEAK_SENTENCES, SAMPLE_RATE, CapacitySearch, StreamLog, analyze_session,
+                               asr_weights, compose, espeak_corpus, linear_fit, percentile, plot_panels, read_wav,
+                               sent_time, speech_corpus, stream_session, summarize, write_result)
 
 
 # ------------------------------------------------------------------------------------------------ maths
@@ -144,6 +145,25 @@ def test_speech_corpus_reads_the_shared_layout(tmp_path: Path) -> None:
     corpus = speech_corpus(tmp_path, seed=0)
     assert sorted(b - a for a, b in corpus.clips) == [1600, 3200]
     assert "2 clips" in corpus.source
+
+
+def test_speech_corpus_falls_back_to_espeak_without_recordings(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import benchmarks.common as common
+
+    marker = compose([np.ones(10, np.int16)], (0.0, 0.0), seed=0, source="stub")
+    monkeypatch.setattr(common, "espeak_corpus", lambda seed, pause: marker)
+    assert common.speech_corpus(tmp_path, seed=0) is marker
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+def test_espeak_corpus_speaks_every_sentence() -> None:
+    corpus = espeak_corpus(seed=1, repeats=1)
+    assert len(corpus.clips) == len(ESPEAK_SENTENCES)
+    for a, b in corpus.clips:
+        clip = corpus.audio[a:b].astype(np.float64)
+        assert b - a > SAMPLE_RATE and np.sqrt((clip ** 2).mean()) > 100, "a second or more of audible speech"
+    assert corpus.source.startswith("espeak-ng")
 
 
 # ------------------------------------------------------------------------------------------------ client log

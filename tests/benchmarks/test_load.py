@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from benchmarks.common import SAMPLE_RATE, StreamLog, compose
-from benchmarks.load import client_plan, parse_args, summarize_step
+from benchmarks.load import client_plan, markdown_table, parse_args, summarize_step
 
 
 def _session(t0: float, latencies: list[float], done: bool = True, dropped: float = 0.0) -> StreamLog:
@@ -66,3 +66,14 @@ def test_parse_args_rejects_bad_sweeps() -> None:
     assert parse_args(["--streams", "8,1,2,2"]).stream_counts == [1, 2, 8]
     with pytest.raises(SystemExit):
         parse_args(["--streams", "0,2"])
+
+
+def test_markdown_table_has_one_sorted_row_per_step() -> None:
+    args = parse_args(["--streams", "1,2"])
+    steps = [summarize_step(n, [_session(0.0, [0.3 * n] * 5) for _ in range(n)], 0.0, args) for n in (4, 1)]
+    for step in steps:
+        step["server"] = {"cpu_percent_mean": 50.0}
+    lines = markdown_table(steps).splitlines()
+    assert len(lines) == 4 and lines[0].startswith("| streams |")
+    assert lines[2].startswith("| 1 | 1 | 0.3 / 0.3 / 0.3 |") and lines[2].endswith("| yes |")
+    assert lines[3].startswith("| 4 | 4 | 1.2 / 1.2 / 1.2 |") and lines[3].endswith("| no |")

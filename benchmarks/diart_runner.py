@@ -1,0 +1,126 @@
+"""Run diart 0.9 on WAV files with rechka's own segmentation and embedding checkpoints; write the turns as JSON.
+
+Runs in diart's own environment (its pins clash with rechka's), started by ``benchmarks/der.py``:
+
+    uv venv /tmp/diart-venv --python 3.11
+    uv pip install --python /tmp/diart-venv/bin/python diart==0.9.2 pyannote.audio==3.3.2 torch==2.5.1 \\
+        torchaudio==2.5.1 'numpy<2' 'matplotlib<3.9' resemblyzer 'setuptools<81'
+    /tmp/diart-venv/bin/python benchmarks/diart_runner.py --segmentation CKPT --latency 1.5 --out out.json a.wav …
+
+Models are plugged in through diart's loader callables: ``SegmentationModel(loader)`` gets the very PyanNet
+checkpoint rechka uses (the whisperx asset, loaded with pyannote.audio), and ``EmbeddingModel(loader)`` gets a small
+module around resemblyzer's shipped ``VoiceEncoder`` that embeds, like rechka's adapter, the volume-normalised
+samples of each local speaker's frames. diart's overlap-aware weights (Eq. 2 of its paper) select those frames:
+weight > 0.5³, i.e. speaker score × its softmax share > 0.5, which is rechka's "active and alone" rule for
+clear-cut scores; when fewer than 0.5 s qualify, the highest-weighted 0.5 s is used (diart expects an embedding for
+every local speaker and decides activity itself with ``tau_active`` and ``rho_update``). Everything else is diart's
+own ``SpeakerDiarization`` run exactly as its ``Benchmark.run_single`` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+SAMPLE_RATE = 16000
+MIN_SAMPLES = SAMPLE_RATE // 2
+
+
+class ResemblyzerForDiart(nn.Module):
+    """``(waveforms (B, 1, N), weights (B, F)) -> (B, 256)`` with resemblyzer's VoiceEncoder."""
+
+    def __init__(self, threshold: float = 0.5 ** 3) -> None:
+        super().__init__()
+        from resemblyzer import VoiceEncoder
+
+        self.encoder = VoiceEncoder(device="cpu", verbose=False)
+        self.threshold = threshold
+        self.dimension = int(self.encoder.linear.out_features)
+
+    def forward(self, waveforms: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        audio = waveforms[:, 0].cpu().numpy()
+        out = []
+        for row, x in enumerate(audio):
+            if weights is None:
+                chosen = x
+            else:
+                w = weights[row].cpu().numpy()
+                per_frame = len(x) / len(w)
+                keep = w > self.threshold
+                if keep.sum() * per_frame < MIN_SAMPLES:
+                    keep = np.zeros_like(keep)
+                    keep[np.argsort(-w)[:int(np.ceil(MIN_SAMPLES / per_frame))]] = True
+                mask = np.repeat(keep, int(np.ceil(per_frame)))[:len(x)]
+                chosen = x[mask]
+            rms = float(np.sqrt(np.mean((chosen.astype(np.float64) * 32767) ** 2)))
+            if rms == 0.0:  # digital silence (padding): resemblyzer would divide by zero; any finite vector will do
+                out.append(np.full(self.dimension, self.dimension ** -0.5, np.float32))
+                continue
+            gain_db = -30.0 - 20 * np.log10(rms / 32767)  # resemblyzer's normalize_volume(-30, increase_only)
+            if gain_db > 0:
+                chosen = chosen * 10 ** (gain_db / 20)
+            out.append(self.encoder.embed_utterance(chosen.astype(np.float32)))
+        return torch.from_numpy(np.stack(out)).float()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("wavs", nargs="+", type=Path)
+    parser.add_argument("--segmentation", required=True, help="pyannote checkpoint (rechka's PyanNet)")
+    parser.add_argument("--latency", type=float, default=1.5)
+    parser.add_argument("--step", type=float, default=0.5)
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--tau-active", type=float, default=0.5)
+    parser.add_argument("--rho-update", type=float, default=0.3)
+    parser.add_argument("--delta-new", type=float, default=0.25)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+
+    try:
+        import sounddevice  # noqa: F401  (diart.sources imports it for microphones; files do not need it)
+    except OSError:  # no PortAudio on this machine
+        import types
+
+        sys.modules["sounddevice"] = types.ModuleType("sounddevice")
+    import diart
+    from diart import SpeakerDiarization, SpeakerDiarizationConfig
+    from diart import sources as src
+    from diart.inference import StreamingInference
+    from diart.models import EmbeddingModel, SegmentationModel
+    from pyannote.audio import Model
+
+    def load_segmentation() -> nn.Module:
+        return Model.from_pretrained(args.segmentation)
+
+    config = SpeakerDiarizationConfig(
+        segmentation=SegmentationModel(load_segmentation), embedding=EmbeddingModel(ResemblyzerForDiart),
+        duration=args.duration, step=args.step, latency=args.latency, tau_active=args.tau_active,
+        rho_update=args.rho_update, delta_new=args.delta_new, device=torch.device("cpu"))
+    pipeline = SpeakerDiarization(config)
+    turns = {}
+    for wav in args.wavs:
+        pipeline.reset()
+        padding = config.get_file_padding(wav)
+        source = src.FileAudioSource(wav, config.sample_rate, padding, config.step)
+        pipeline.set_timestamp_shift(-padding[0])
+        prediction = StreamingInference(pipeline, source, args.batch_size, do_profile=False, do_plot=False,
+                                        show_progress=False)()
+        turns[str(wav)] = [[str(label), float(s.start), float(s.end)]
+                           for s, _, label in prediction.itertracks(yield_label=True)]
+        print(f"{wav.name}: {len(turns[str(wav)])} turns", file=sys.stderr)
+    args.out.write_text(json.dumps({"diart": diart.__version__ if hasattr(diart, "__version__") else "0.9",
+                                    "latency": args.latency, "delta_new": args.delta_new, "turns": turns}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

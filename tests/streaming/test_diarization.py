@@ -1,0 +1,244 @@
+"""StreamingDiarizer with tone-coded fake models: turns, labels, finality, ordering, memory, speaker_for."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Optional
+
+import numpy as np
+import pytest
+
+from streaming import wire
+from streaming.config import DiarizationOptions, ms
+from streaming.diarization import StreamingDiarizer
+from streaming.work import EmbeddingRequest, EmbeddingResult, SegmentationRequest, SegmentationResult
+from tests.fakes_diarization import (TONES, ArrayBuffer, FakeEmbedding, FakeSegmentation, Speech, run_fakes,
+                                     stream, synthesize, tone_amplitudes)
+
+OPTIONS = DiarizationOptions()
+TOLERANCE = ms(60)  # a 40 ms fake frame straddling a boundary, plus one frame step
+
+
+def make(options: DiarizationOptions = OPTIONS) -> StreamingDiarizer:
+    seq = itertools.count()
+    return StreamingDiarizer(options, "session", 0, lambda: next(seq))
+
+
+def conversation(turns: list[Speech], total: int, options: DiarizationOptions = OPTIONS, delay: int = 0,
+                 noise: float = 0.1, chunk: int = 4000) -> tuple[StreamingDiarizer, list[wire.Turn]]:
+    diarizer = make(options)
+    popped: list[wire.Turn] = []
+    stream(diarizer, synthesize(turns, total), run_fakes(FakeSegmentation(), FakeEmbedding(noise=noise)),
+           chunk=chunk, delay=delay, on_chunk=lambda _: popped.extend(diarizer.pop_final_turns()))
+    return diarizer, popped + diarizer.pop_final_turns()
+
+
+def activity(turns: list, total: int, label_of: dict) -> np.ndarray:
+    """Boolean (speakers, samples / 160) activity grid from turns, at 10 ms resolution."""
+    grid = np.zeros((len(TONES), total // 160 + 1), dtype=bool)
+    for t in turns:
+        speaker = label_of[t.speaker] if isinstance(t, wire.Turn) else t.speaker
+        grid[speaker, t.start // 160:t.end // 160] = True
+    return grid
+
+
+def mapping(reference: list[Speech], turns: list[wire.Turn]) -> dict[str, int]:
+    """Each hypothesis label → the reference speaker it overlaps most."""
+    overlap: dict[tuple[str, int], int] = {}
+    for t in turns:
+        for r in reference:
+            n = min(t.end, r.end) - max(t.start, r.start)
+            if n > 0:
+                overlap[(t.speaker, r.speaker)] = overlap.get((t.speaker, r.speaker), 0) + n
+    out: dict[str, int] = {}
+    for (label, speaker), _ in sorted(overlap.items(), key=lambda kv: -kv[1]):
+        out.setdefault(label, speaker)
+    return out
+
+
+MEETING = [Speech(0, ms(500), ms(6000)), Speech(1, ms(6400), ms(12000)), Speech(0, ms(12300), ms(15000)),
+           Speech(1, ms(14000), ms(15000)),  # talks over speaker 0 for a second
+           Speech(2, ms(15500), ms(20000)), Speech(1, ms(20500), ms(23000)),
+           Speech(0, ms(45000), ms(50000))]  # speaker 0 back after 30 s
+MEETING_LENGTH = ms(52000)
+
+
+@pytest.fixture(scope="module")
+def meeting() -> tuple[StreamingDiarizer, list[wire.Turn]]:
+    return conversation(MEETING, MEETING_LENGTH)
+
+
+def test_turns_match_the_reference_with_one_stable_label_per_speaker(meeting) -> None:
+    diarizer, turns = meeting
+    labels = mapping(MEETING, turns)
+    assert sorted(labels.values()) == [0, 1, 2] and diarizer.speakers == ("S1", "S2", "S3")
+    hyp = activity(turns, MEETING_LENGTH, labels)
+    ref = activity(MEETING, MEETING_LENGTH, {})
+    errors = (hyp != ref).sum() / ref.sum()
+    # new speakers are confirmed over three windows, so their first second or so is missed: a few % at most
+    assert errors < 0.06, errors
+
+
+def test_a_speaker_back_after_a_long_silence_keeps_the_label(meeting) -> None:
+    _, turns = meeting
+    first = {t.speaker for t in turns if t.start < ms(6000)}
+    last = {t.speaker for t in turns if t.start >= ms(44000)}
+    assert first == last and len(first) == 1
+
+
+def test_overlapping_speech_yields_overlapping_turns_with_two_labels(meeting) -> None:
+    diarizer, turns = meeting
+    during = {t.speaker for t in turns if t.start < ms(14800) and t.end > ms(14200)}
+    assert len(during) == 2
+    assert diarizer.speaker_for(ms(14300), ms(14700)) in during
+
+
+def test_turn_boundaries_are_frame_accurate_after_the_first_confirmation(meeting) -> None:
+    _, turns = meeting
+    by_label = mapping(MEETING, turns)
+    second = [t for t in turns if by_label[t.speaker] == 1 and t.start > ms(20000)]
+    assert len(second) == 1
+    assert abs(second[0].start - ms(20500)) <= TOLERANCE and abs(second[0].end - ms(23000)) <= TOLERANCE
+
+
+def test_embeddings_exclude_overlapped_speech_and_short_speakers() -> None:
+    embedding = FakeEmbedding()
+    diarizer = make(DiarizationOptions(min_embedding_speech=ms(800)))
+    turns = [Speech(0, 0, ms(4000)), Speech(1, ms(2000), ms(6000)), Speech(2, ms(6200), ms(6700))]
+    stream(diarizer, synthesize(turns, ms(9000)), run_fakes(FakeSegmentation(), embedding))
+    assert embedding.requests
+    for request in embedding.requests:
+        frames = request.audio[:len(request.audio) // 640 * 640].reshape(-1, 640)
+        present = (tone_amplitudes(frames) > 0.1).sum(axis=1)
+        assert (present <= 1).mean() > 0.97  # only span edges may touch an overlapped frame
+        assert len(request.audio) >= ms(800)
+        assert request.window_seq >= 0 and request.local_speaker >= 0
+    tones = {int(np.argmax(tone_amplitudes(r.audio[None, :])[0])) for r in embedding.requests}
+    assert 2 not in tones  # half a second of speaker 2 is below min_embedding_speech in every window
+
+
+def test_out_of_order_results_give_the_same_turns() -> None:
+    _, in_order = conversation(MEETING, MEETING_LENGTH, noise=0.0)
+    _, shuffled = conversation(MEETING, MEETING_LENGTH, noise=0.0, delay=3)
+    assert shuffled == in_order
+
+
+def test_final_until_is_monotone_lags_by_latency_and_reaches_the_end() -> None:
+    diarizer = make()
+    seen: list[tuple[int, int]] = []
+    turns: list[wire.Turn] = []
+
+    def check(buffer: ArrayBuffer) -> None:
+        seen.append((buffer.end, diarizer.final_until))
+        new = diarizer.pop_final_turns()
+        assert all(t.end <= diarizer.final_until for t in new)
+        turns.extend(new)
+
+    audio = synthesize(MEETING, ms(30000))
+    stream(diarizer, audio, run_fakes(FakeSegmentation(), FakeEmbedding()), chunk=3000, on_chunk=check)
+    finals = [f for _, f in seen]
+    assert finals == sorted(finals) and finals[-1] > 0
+    assert all(f <= max(0, end - OPTIONS.latency) for end, f in seen)
+    assert all(f >= end - OPTIONS.latency - OPTIONS.step - 3000 - ms(50) for end, f in seen if end > ms(3000))
+    assert diarizer.final_until == len(audio) and diarizer.idle
+    assert all(t.end <= len(audio) for t in turns + diarizer.pop_final_turns())
+
+
+def test_pop_final_turns_hands_each_turn_out_once_ordered_by_end() -> None:
+    diarizer, turns = conversation(MEETING, MEETING_LENGTH)
+    assert diarizer.pop_final_turns() == []
+    assert [t.end for t in turns] == sorted(t.end for t in turns)
+    assert len(set(turns)) == len(turns) and all(t.channel == 0 and t.end > t.start for t in turns)
+
+
+def test_buffer_retention_stays_bounded_by_the_window() -> None:
+    diarizer = make()
+    retained: list[int] = []
+    stream(diarizer, synthesize(MEETING, MEETING_LENGTH), run_fakes(FakeSegmentation(), FakeEmbedding()),
+           chunk=4000, delay=2, on_chunk=lambda buffer: retained.append(buffer.end - buffer.start))
+    # windows copy their audio, so the buffer only keeps the next window's past (reads of discarded audio raise)
+    assert max(retained) <= OPTIONS.window and retained[-1] >= OPTIONS.window - OPTIONS.step - 4000
+
+
+def test_speaker_for_uses_the_largest_overlap(meeting) -> None:
+    diarizer, turns = meeting
+    labels = {v: k for k, v in mapping(MEETING, turns).items()}
+    assert diarizer.speaker_for(ms(2000), ms(3000)) == labels[0]
+    assert diarizer.speaker_for(ms(5500), ms(7500)) == labels[1]  # 0.5 s of speaker 0, 1.1 s of speaker 1
+    assert diarizer.speaker_for(ms(30000), ms(31000)) is None  # long silence
+    assert diarizer.speaker_for(ms(23200), ms(23300)) == labels[1]  # silent, but within NEAREST of a turn
+    assert diarizer.speaker_for(ms(3000), ms(3000)) == labels[0]  # an empty span still gets a label
+
+
+def test_speaker_for_is_provisional_beyond_final_until() -> None:
+    diarizer = make()
+    buffer = ArrayBuffer()
+    run = run_fakes(FakeSegmentation(), FakeEmbedding())
+    audio = synthesize([Speech(3, 0, ms(8000))], ms(8000))
+    for a in range(0, len(audio), 4000):
+        buffer.append(audio[a:a + 4000])
+        pending = diarizer.on_audio(buffer)
+        while pending:
+            pending = [r for res in run(pending) for r in diarizer.on_result(res, buffer)]
+    assert diarizer.final_until < ms(7000)
+    assert diarizer.speaker_for(ms(7200), ms(7800)) == "S1"  # not final yet, already labelled
+
+
+def test_a_speaker_without_embeddings_is_mapped_by_continuity() -> None:
+    # speaker 0 alone, then speaker 1 talks over them: windows ending after 8 s hold less than
+    # min_embedding_speech of speaker 0's clean speech, so only continuity with the previous window can label
+    # speaker 0's last two seconds
+    options = DiarizationOptions(min_embedding_speech=ms(1000))
+    turns = [Speech(0, 0, ms(10000)), Speech(1, ms(4000), ms(14000))]
+    diarizer, embedding = make(options), FakeEmbedding()
+    stream(diarizer, synthesize(turns, ms(15000)), run_fakes(FakeSegmentation(), embedding))
+    embedded_0 = [r for r in embedding.requests if np.argmax(tone_amplitudes(r.audio[None, :])[0]) == 0]
+    assert embedded_0 and max(r.start + len(r.audio) for r in embedded_0) <= ms(4000)
+    speaker0 = [t for t in diarizer.pop_final_turns() if t.speaker == "S1"]
+    assert speaker0 and abs(max(t.end for t in speaker0) - ms(10000)) <= TOLERANCE
+
+
+def test_short_streams_are_finalised_by_the_tail_window() -> None:
+    diarizer = make(DiarizationOptions(new_speaker_windows=1))
+    audio = synthesize([Speech(1, ms(50), ms(350))], ms(400))
+    stream(diarizer, audio, run_fakes(FakeSegmentation(), FakeEmbedding()), chunk=len(audio))
+    assert diarizer.final_until == len(audio) and diarizer.idle
+    assert diarizer.speakers == () or diarizer.speakers == ("S1",)
+
+
+def test_an_empty_stream_finishes_idle() -> None:
+    diarizer = make()
+    assert diarizer.finish(ArrayBuffer()) == [] and diarizer.idle and diarizer.final_until == 0
+    assert diarizer.pop_final_turns() == [] and diarizer.speaker_for(0, 100) is None
+
+
+def test_unknown_results_are_ignored_and_a_wrong_kind_is_a_routing_error() -> None:
+    diarizer = make()
+    buffer = ArrayBuffer()
+    buffer.append(np.zeros(ms(1000), np.float32))
+    requests = diarizer.on_audio(buffer)
+    assert [type(r) for r in requests] == [SegmentationRequest, SegmentationRequest]
+    assert all(diarizer.owns(r.seq) for r in requests) and not diarizer.owns(999) and not diarizer.idle
+    assert diarizer.on_result(EmbeddingResult("session", 999, np.ones(4)), buffer) == []
+    with pytest.raises(TypeError):
+        diarizer.on_result(EmbeddingResult("session", requests[0].seq, np.ones(4)), buffer)
+    for r in requests:
+        diarizer.on_result(SegmentationResult("session", r.seq, np.zeros((10, 3)), 320.0, 640.0), buffer)
+    assert diarizer.idle and not diarizer.owns(requests[0].seq)
+
+
+def test_requests_carry_session_channel_and_absolute_positions() -> None:
+    seq = itertools.count(100)
+    diarizer = StreamingDiarizer(OPTIONS, "abc", 2, lambda: next(seq))
+    buffer = ArrayBuffer()
+    buffer.append(synthesize([Speech(0, 0, ms(6000))], ms(6000)))
+    requests = diarizer.on_audio(buffer)
+    assert [r.seq for r in requests] == list(range(100, 112))
+    assert all(r.session_id == "abc" and r.channel == 2 and len(r.audio) == OPTIONS.window for r in requests)
+    assert [r.start + OPTIONS.window for r in requests] == [ms(500) * (i + 1) for i in range(12)]
+    follow: list = []
+    for result in FakeSegmentation()(requests):
+        follow += diarizer.on_result(result, buffer)
+    assert follow and all(isinstance(r, EmbeddingRequest) and r.channel == 2 for r in follow)
+    first: Optional[EmbeddingRequest] = follow[0]
+    assert first is not None and first.start >= 0

@@ -1,0 +1,177 @@
+"""SpeakerTracker on synthetic embeddings: labels, thresholds, the constrained assignment, max_speakers."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from streaming.config import DiarizationOptions, ms
+from streaming.speakers import SpeakerTracker, label_of, unit
+
+DIM = 32
+RNG = np.random.default_rng(7)
+VOICES = unit(RNG.normal(size=(6, DIM)))  # random directions: pairwise cosine distance ~1
+
+
+def voice(i: int, noise: float = 0.05, rng: np.random.Generator = RNG) -> np.ndarray:
+    """An embedding of speaker ``i``: its direction plus noise of about ``noise`` cosine distance."""
+    return unit(VOICES[i] + rng.normal(size=DIM) * np.sqrt(2 * noise / DIM))
+
+
+def tracker(**overrides: object) -> SpeakerTracker:
+    base = dict(new_speaker_threshold=0.3, new_speaker_windows=1)
+    base.update(overrides)
+    return SpeakerTracker(DiarizationOptions(**base))  # type: ignore[arg-type]
+
+
+def step(t: SpeakerTracker, window: int, *speakers: int) -> list:
+    """One window with the given true speakers; returns the global indices assigned."""
+    return t.assign([voice(s) for s in speakers], at=window * ms(500))
+
+
+def test_labels_are_s1_s2_in_creation_order() -> None:
+    t = tracker()
+    assert step(t, 1, 3) == [0] and step(t, 2, 1) == [1] and step(t, 3, 3) == [0]
+    assert t.labels == ("S1", "S2") and label_of(9) == "S10"
+
+
+def test_same_speaker_keeps_its_label_across_many_windows() -> None:
+    t = tracker()
+    assert {step(t, w, 2)[0] for w in range(50)} == {0}
+    assert t.n_speakers == 1
+
+
+def test_a_speaker_returning_after_a_long_silence_gets_the_old_label() -> None:
+    t = tracker()
+    first = [step(t, w, 0)[0] for w in range(10)]
+    others = [step(t, w, 1 + (w // 20) % 3)[0] for w in range(10, 2000)]  # about 16 minutes of other voices
+    back = [step(t, w, 0)[0] for w in range(2000, 2010)]
+    assert set(first) == set(back) == {0}
+    assert 0 not in others and t.n_speakers == 4
+
+
+def test_overlapping_speakers_in_one_window_map_to_different_globals() -> None:
+    t = tracker()
+    a, b = step(t, 1, 0, 1)
+    assert a != b and {a, b} == {0, 1}
+    assert step(t, 2, 1, 0) == [b, a]
+
+
+def test_two_local_speakers_never_share_a_global_speaker() -> None:
+    t = tracker()
+    step(t, 1, 0)
+    # the same voice twice in one window (a segmentation split): only one may take S1, the other is not
+    # allowed to become a duplicate speaker either
+    result = t.assign([voice(0), voice(0)], at=ms(1000))
+    assert sorted(result, key=lambda g: g is None) == [0, None] and t.n_speakers == 1
+
+
+def test_the_assignment_is_optimal_over_the_window_not_greedy() -> None:
+    # two centroids 40 degrees apart; embedding a is closest to c1 but b has nowhere else to go
+    def at_angle(degrees: float) -> np.ndarray:
+        v = np.zeros(DIM)
+        v[0], v[1] = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+        return v
+
+    t = tracker(new_speaker_threshold=0.05, max_speakers=2)
+    assert t.assign([at_angle(0)], at=0) == [0]
+    assert t.assign([at_angle(40)], at=ms(500)) == [1]
+    a, b = at_angle(15), at_angle(-30)  # d(a,c1)=0.03 d(a,c2)=0.09; d(b,c1)=0.13 d(b,c2)=0.66
+    assert t.assign([a, b], at=ms(1000)) == [1, 0]  # total 0.22 instead of the greedy 0.69
+
+
+def test_a_far_embedding_starts_a_new_speaker_only_beyond_the_threshold() -> None:
+    t = tracker(new_speaker_threshold=0.3)
+    step(t, 1, 0)
+    near = unit(VOICES[0] + 0.5 * VOICES[1])  # cosine distance to S1 about 0.11
+    assert t.assign([near], at=ms(1000)) == [0]
+    far = unit(VOICES[0] + 1.5 * VOICES[1])  # about 0.45
+    assert t.assign([far], at=ms(1500)) == [1]
+
+
+def test_a_new_speaker_needs_confirmation_from_several_windows() -> None:
+    t = tracker(new_speaker_windows=3)
+    assert [step(t, w, 0)[0] for w in range(4)] == [None, None, 0, 0]
+    # one stray embedding of another voice does not found a speaker
+    assert step(t, 4, 5) == [None] and step(t, 5, 0) == [0]
+    assert [step(t, w, 1)[0] for w in range(6, 10)] == [None, None, 1, 1]
+    assert t.n_speakers == 2
+
+
+def test_unconfirmed_candidates_expire_after_a_window_length() -> None:
+    t = tracker(new_speaker_windows=2)
+    assert step(t, 0, 4) == [None]
+    assert step(t, 20, 4) == [None]  # 10 s later: the first sighting expired
+    assert step(t, 21, 4) == [0]
+
+
+def test_max_speakers_assigns_the_nearest_when_full() -> None:
+    t = tracker(max_speakers=2)
+    step(t, 1, 0)
+    step(t, 2, 1)
+    assert t.n_speakers == 2
+    third = unit(VOICES[2] + 0.3 * VOICES[1])  # a new voice, a bit closer to S2 than to S1
+    assert t.assign([third], at=ms(1500)) == [1]
+    # more local speakers than slots: the extra one goes to its nearest even if taken
+    result = t.assign([voice(0), voice(1), third], at=ms(2000))
+    assert result[:2] == [0, 1] and result[2] == 1 and t.n_speakers == 2
+
+
+def test_centroids_follow_the_mean_and_ignore_far_forced_matches() -> None:
+    t = tracker(max_speakers=1, new_speaker_threshold=0.3)
+    embeddings = [voice(0, noise=0.1) for _ in range(20)]
+    for w, e in enumerate(embeddings):
+        t.assign([e], at=w * ms(500))
+    np.testing.assert_allclose(t.centroids[0], unit(np.mean(embeddings, axis=0)), atol=1e-9)
+    before = t.centroids.copy()
+    assert t.assign([VOICES[3]], at=ms(20_000)) == [0]  # forced onto the only speaker: far, so not learned
+    np.testing.assert_allclose(t.centroids, before)
+
+
+def test_centroid_rate_makes_a_moving_average() -> None:
+    t = tracker(centroid_rate=0.5, new_speaker_threshold=1.5)
+    t.assign([VOICES[0]], at=0)
+    t.assign([VOICES[1]], at=ms(500))
+    np.testing.assert_allclose(t.centroids[0], unit(0.5 * VOICES[0] + 0.5 * VOICES[1]), atol=1e-9)
+
+
+def test_excluded_globals_are_not_offered() -> None:
+    t = tracker()
+    step(t, 1, 0)
+    step(t, 2, 1)
+    assert t.assign([voice(0)], at=ms(1500), exclude=[0]) == [None]  # near S1, which is taken: no duplicate
+
+
+def test_embedding_size_must_not_change() -> None:
+    t = tracker()
+    step(t, 1, 0)
+    with pytest.raises(ValueError, match="embedding size"):
+        t.assign([np.ones(DIM + 1)], at=ms(1000))
+
+
+def test_reset_starts_over_at_s1() -> None:
+    t = tracker()
+    step(t, 1, 0)
+    step(t, 2, 1)
+    t.reset()
+    assert t.n_speakers == 0 and step(t, 3, 1) == [0] and t.labels == ("S1",)
+
+
+@pytest.mark.parametrize("field, value, fix", [
+    ("new_speaker_threshold", 0.0, "new_speaker_threshold"),
+    ("new_speaker_windows", 0, "new_speaker_windows"),
+    ("new_speaker_windows", 11, "window / step"),
+    ("update_threshold", 2.5, "update_threshold"),
+    ("continuity_threshold", 0.0, "continuity_threshold"),
+    ("max_speakers", 0, "max_speakers"),
+    ("centroid_rate", 1.0, "centroid_rate"),
+])
+def test_options_are_validated_with_a_message_naming_the_field(field: str, value: object, fix: str) -> None:
+    with pytest.raises(ValueError, match=fix):
+        dataclasses.replace(DiarizationOptions(), **{field: value})
+
+
+def test_update_threshold_defaults_to_the_new_speaker_threshold() -> None:
+    assert DiarizationOptions(new_speaker_threshold=0.4).update_threshold == 0.4

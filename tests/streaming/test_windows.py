@@ -1,0 +1,167 @@
+"""SegmentationWindows: the window schedule, padding, and overlap-aware aggregation on the global frame grid."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streaming.config import DiarizationOptions, ms
+from streaming.windows import FrameGeometry, SegmentationWindows, Window
+from tests.fakes_diarization import ArrayBuffer
+
+OPTIONS = DiarizationOptions(window=ms(5000), step=ms(500), latency=ms(1500))
+GEOMETRY = FrameGeometry(step=320.0, duration=640.0, offset=0.0)  # frame centres at 320 + 320 f
+N_FRAMES = int((OPTIONS.window - 640) // 320) + 1
+
+
+def windows_with_geometry() -> SegmentationWindows:
+    w = SegmentationWindows(OPTIONS)
+    w.set_geometry(GEOMETRY)
+    return w
+
+
+# ------------------------------------------------------------------------------------------------ schedule
+def test_first_window_is_due_after_one_step_and_padding_marks_the_missing_past() -> None:
+    w = SegmentationWindows(OPTIONS)
+    assert w.due(ms(499)) == []
+    (first,) = w.due(ms(500))
+    assert (first.start, first.end) == (ms(500) - ms(5000), ms(500))
+    assert first.pad == ms(4500) and first.audio_start == 0
+
+
+def test_windows_end_every_step_and_several_can_be_due_at_once() -> None:
+    w = SegmentationWindows(OPTIONS)
+    due = w.due(ms(2300))
+    assert [x.end for x in due] == [ms(500), ms(1000), ms(1500), ms(2000)]
+    assert w.due(ms(2400)) == []
+    assert [x.end for x in w.due(ms(6000))] == [ms(2500 + 500 * i) for i in range(8)]
+    assert all(x.end - x.start == OPTIONS.window for x in due)
+    assert w.due(ms(6000))[-1:] == [] and w.next_start == ms(6500) - ms(5000)
+
+
+def test_no_padding_once_a_whole_window_of_audio_exists() -> None:
+    w = SegmentationWindows(OPTIONS)
+    assert [x.pad for x in w.due(ms(6000)) if x.end >= ms(5000)] == [0, 0, 0]
+
+
+def test_tail_covers_the_last_samples_and_closes_the_schedule() -> None:
+    w = SegmentationWindows(OPTIONS)
+    w.due(ms(7300))
+    tail = w.tail(ms(7300))
+    assert tail is not None and tail.end == ms(7300) and tail.start == ms(2300)
+    assert w.due(ms(9000)) == []
+
+
+def test_tail_is_none_when_the_last_window_already_ends_at_the_end() -> None:
+    w = SegmentationWindows(OPTIONS)
+    w.due(ms(7000))
+    assert w.tail(ms(7000)) is None
+
+
+def test_cut_zero_pads_the_front_and_copies() -> None:
+    w = SegmentationWindows(OPTIONS)
+    buffer = ArrayBuffer()
+    buffer.append(np.arange(1, ms(700) + 1, dtype=np.float32))
+    (window,) = w.due(buffer.end)
+    window, audio = w.cut(window, buffer)
+    assert len(audio) == OPTIONS.window and window.pad == ms(4500)
+    assert not audio[:window.pad].any()
+    np.testing.assert_array_equal(audio[window.pad:], np.arange(1, ms(500) + 1))
+    audio[-1] = -5.0
+    assert buffer.read(ms(500) - 1, ms(500))[0] == ms(500)
+
+
+def test_cut_pads_what_the_buffer_no_longer_holds() -> None:
+    w = SegmentationWindows(OPTIONS)
+    buffer = ArrayBuffer()
+    buffer.append(np.ones(ms(8000), dtype=np.float32))
+    buffer.discard_before(ms(4000))
+    window, audio = w.cut(Window(ms(3000), ms(8000)), buffer)
+    assert window.pad == ms(1000)
+    assert not audio[:ms(1000)].any() and audio[ms(1000):].all()
+
+
+# ------------------------------------------------------------------------------------------------ aggregation
+def test_overlapping_windows_are_averaged_per_frame() -> None:
+    w = windows_with_geometry()
+    a, b = Window(0, ms(5000)), Window(ms(500), ms(5500))
+    w.add(a, np.full((N_FRAMES, 1), 0.9))
+    w.add(b, np.full((N_FRAMES, 1), 0.3))
+    shift = w.global_index(b) - w.global_index(a)
+    assert shift == 25  # 8000 / 320
+    activity = w.activity(0, w.global_index(b) + N_FRAMES)[:, 0]
+    np.testing.assert_allclose(activity[:shift], 0.9)                  # only window a covers these
+    np.testing.assert_allclose(activity[shift:N_FRAMES], 0.6)          # both
+    np.testing.assert_allclose(activity[N_FRAMES:], 0.3)               # only window b
+
+
+def test_two_speakers_can_be_active_in_the_same_frame() -> None:
+    w = windows_with_geometry()
+    scores = np.zeros((N_FRAMES, 2))
+    scores[100:150] = 0.9  # both global speakers at once
+    w.add(Window(0, ms(5000)), scores)
+    activity = w.activity(0, N_FRAMES)
+    assert (activity[100:150] > 0.5).all() and not (activity[:100] > 0.5).any()
+
+
+def test_padding_frames_are_never_aggregated() -> None:
+    w = windows_with_geometry()
+    first = Window(ms(500) - ms(5000), ms(500), pad=ms(4500))
+    w.add(first, np.full((N_FRAMES, 1), 0.9))
+    valid = w.valid_frames(first, N_FRAMES)
+    assert valid.sum() < 30 and not valid[:200].any()  # 500 ms of real audio: about 25 frames
+    lo, hi = w.covered
+    assert w.frame_start(lo) >= -GEOMETRY.step and hi - lo == valid.sum()
+
+
+def test_frozen_frames_are_released_and_never_reopened() -> None:
+    w = windows_with_geometry()
+    w.add(Window(0, ms(5000)), np.full((N_FRAMES, 1), 0.9))
+    w.freeze(100)
+    assert w.frozen == 100 and w.covered[0] == 100
+    assert not w.activity(0, 100).any()  # released
+    w.add(Window(ms(500), ms(5500)), np.full((N_FRAMES, 1), 0.1))  # covers global frames 25 … 25 + N_FRAMES
+    assert w.covered[0] == 100 and not w.activity(0, 100).any()  # the later window did not write below 100
+    np.testing.assert_allclose(w.activity(100, N_FRAMES)[:, 0], 0.5)
+
+
+def test_skipped_frames_do_not_count_as_coverage() -> None:
+    w = windows_with_geometry()
+    w.add(Window(0, ms(5000)), np.full((N_FRAMES, 1), 0.9))
+    skip = np.zeros(N_FRAMES, dtype=bool)
+    skip[:50] = True
+    w.add(Window(0, ms(5000)), np.zeros((N_FRAMES, 1)), skip=skip)
+    activity = w.activity(0, N_FRAMES)[:, 0]
+    np.testing.assert_allclose(activity[:50], 0.9)
+    np.testing.assert_allclose(activity[50:], 0.45)
+
+
+def test_new_speaker_columns_appear_when_needed() -> None:
+    w = windows_with_geometry()
+    w.add(Window(0, ms(5000)), np.full((N_FRAMES, 1), 0.8))
+    w.add(Window(ms(500), ms(5500)), np.full((N_FRAMES, 3), 0.8))
+    assert w.n_speakers == 3 and w.activity(0, 10).shape == (10, 3)
+
+
+def test_frame_and_sample_conversions_agree() -> None:
+    w = windows_with_geometry()
+    for index in (-3, 0, 1, 77, 1000):
+        start = w.frame_start(index)
+        assert w.frame_at(start) == index and w.frame_at(start - 1) == index - 1
+        assert w.first_frame_from(start) == index and w.first_frame_from(start + 1) == index + 1
+    lo, hi = GEOMETRY.bounds(5)
+    assert (lo[1:] == hi[:-1]).all() and (hi - lo == 320).all()
+
+
+def test_a_different_frame_step_is_rejected() -> None:
+    w = windows_with_geometry()
+    with pytest.raises(ValueError, match="frame step"):
+        w.set_geometry(FrameGeometry(step=270.0, duration=991.0))
+
+
+def test_reset_forgets_schedule_and_scores() -> None:
+    w = windows_with_geometry()
+    w.due(ms(3000))
+    w.add(Window(0, ms(5000)), np.full((N_FRAMES, 1), 0.9))
+    w.reset()
+    assert w.geometry is None and w.covered == (0, 0) and [x.end for x in w.due(ms(500))] == [ms(500)]
