@@ -142,7 +142,7 @@ class RechkaServer:
         """Start the batchers and listen (``config.port`` 0 picks a free port; see :attr:`port`)."""
         devices = {name: str(info.get("device", "cpu")) for name, info in self.placement.items()}
         self.pool = BatcherPool(self.models, devices, self.config.max_batch, self.config.max_wait_ms / 1000,
-                                self.metrics)
+                                self.metrics, cpu_threads=self.config.cpu_inference_threads)
         self.server = await serve(
             self._handle, self.config.host, self.config.port, process_request=self._process_request,
             max_size=self.config.max_message_bytes, ssl=self._ssl_context(), server_header="rechka",

@@ -3,8 +3,9 @@
 Requests from every session go into the batcher of their model. Its single consumer blocks on the queue; once a
 request arrives it takes whatever else is queued (lowest ``priority`` first: finals before partials), waits at most
 ``max_wait`` for more while the batch is short of ``max_batch``, and runs ``model.run_batch`` on the device's inference
-thread (a ``ThreadPoolExecutor(max_workers=1)`` shared by every batcher of that device, so a device never runs two
-batches at once). Each request's future gets its result, or the exception. A failed batch of several requests is
+thread (a ``ThreadPoolExecutor(max_workers=1)`` shared by every batcher of that device, so a GPU never runs two
+batches at once). On the CPU, ``cpu_threads`` > 1 lets different models run side by side (each batcher still runs
+one batch at a time), so the diarization models do not wait behind a long GigaAM decode. Each request's future gets its result, or the exception. A failed batch of several requests is
 retried one request at a time, so one bad request fails only its own session.
 """
 
@@ -191,14 +192,17 @@ class BatcherPool:
     """The four batchers of a server and the inference thread of each device."""
 
     def __init__(self, models: Mapping[str, BatchModel], devices: Mapping[str, str], max_batch: int,
-                 max_wait: float, metrics: Optional[ServerMetrics] = None) -> None:
+                 max_wait: float, metrics: Optional[ServerMetrics] = None, cpu_threads: int = 1) -> None:
+        if cpu_threads < 1:
+            raise ValueError("BatcherPool cpu_threads must be >= 1")
         self._executors: dict[str, ThreadPoolExecutor] = {}
         self.batchers: dict[str, Batcher] = {}
         for name, model in models.items():
             device = devices.get(name, "cpu")
             executor = self._executors.get(device)
             if executor is None:
-                executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{device}")
+                workers = cpu_threads if device == "cpu" else 1
+                executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"infer-{device}")
                 self._executors[device] = executor
             self.batchers[name] = Batcher(model, executor, max_batch, max_wait, metrics, name=name)
 

@@ -36,6 +36,8 @@ class ServerConfig:
     max_sessions: concurrent streams; beyond it new connections get HTTP 503 with ``Retry-After``.
     max_message_bytes: largest websocket message accepted; a larger one closes the stream with 1009.
     idle_timeout: seconds without any client message before the server ends the stream (close 1001).
+    cpu_inference_threads: models on the CPU run on this many threads, so different models overlap (2 suits a
+        2-core machine); a GPU always has one inference thread.
     max_batch / max_wait_ms: a batcher runs as soon as it has ``max_batch`` requests or its oldest request has
         waited ``max_wait_ms``.
     overload_lag: seconds (wall time) the oldest unprocessed audio may wait before a stream is warned ``overloaded``.
@@ -55,6 +57,7 @@ class ServerConfig:
     max_message_bytes: int = 1 << 20
     idle_timeout: float = 30.0
     max_batch: int = 16
+    cpu_inference_threads: int = 2
     max_wait_ms: float = 5.0
     overload_lag: float = 5.0
     tokens: frozenset[str] = frozenset()
@@ -76,6 +79,7 @@ class ServerConfig:
         _check(1024 <= self.max_message_bytes <= 64 << 20,
                "ServerConfig.max_message_bytes must be between 1 KiB and 64 MiB (default 1 MiB)")
         _check(self.idle_timeout > 0, "ServerConfig.idle_timeout must be > 0 seconds (default 30)")
+        _check(1 <= self.cpu_inference_threads <= 64, "ServerConfig.cpu_inference_threads must be 1-64 (default 2)")
         _check(1 <= self.max_batch <= 1024, "ServerConfig.max_batch must be 1-1024 (default 16)")
         _check(0 <= self.max_wait_ms <= 1000, "ServerConfig.max_wait_ms must be 0-1000 ms (a few ms is typical)")
         _check(self.overload_lag > 0, "ServerConfig.overload_lag must be > 0 seconds (default 5)")
@@ -122,6 +126,7 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("max_message_bytes", int, "largest websocket message in bytes (default 1048576)"),
     ("idle_timeout", float, "seconds without a client message before the stream is ended (default 30)"),
     ("max_batch", int, "largest model batch (default 16)"),
+    ("cpu_inference_threads", int, "threads running CPU models side by side (default 2; a GPU has one)"),
     ("max_wait_ms", float, "longest a request waits for batch-mates, in ms (default 5)"),
     ("overload_lag", float, "seconds the oldest unprocessed audio may wait before an 'overloaded' warning (default 5)"),
     ("tokens_file", str, "file with one accepted bearer token per line (also RECHKA_TOKENS=a,b)"),

@@ -237,6 +237,25 @@ def test_models_on_one_device_share_one_inference_thread() -> None:
     assert vad.threads == seg.threads and len(vad.threads) == 1
 
 
+def test_cpu_threads_let_two_cpu_models_overlap_but_a_gpu_keeps_one_thread() -> None:
+    cpu_shared, gpu_shared = {"now": 0, "max": 0}, {"now": 0, "max": 0}
+    vad, seg = CountingVad("vad", cpu_shared), CountingVad("segmentation", cpu_shared)
+    emb, asr = CountingVad("embedding", gpu_shared), CountingVad("asr", gpu_shared)
+    devices = {"vad": "cpu", "segmentation": "cpu", "embedding": "cuda:0", "asr": "cuda:0"}
+
+    async def main() -> None:
+        pool = BatcherPool({"vad": vad, "segmentation": seg, "embedding": emb, "asr": asr}, devices,
+                           max_batch=2, max_wait=0.0, cpu_threads=2)
+        futures = [pool.batchers[name].submit(VadRequest(f"s{i}", i, 0, 0, np.zeros(512, np.float32)))
+                   for i in range(40) for name in devices]
+        await asyncio.gather(*futures)
+        await pool.close()
+
+    run(main())
+    assert cpu_shared["max"] == 2, "the two CPU models ran side by side"
+    assert gpu_shared["max"] == 1 and emb.threads == asr.threads and len(asr.threads) == 1
+
+
 def test_pool_routes_each_request_kind_to_its_model() -> None:
     model = EchoAsr()
     shared = {"now": 0, "max": 0}
