@@ -8,7 +8,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends espeak-ng sox f
     && pip install --no-cache-dir uv
 
 ENV UV_PROJECT_ENVIRONMENT=/opt/venv PATH=/opt/venv/bin:$PATH RECHKA_CACHE=/opt/rechka-cache \
-    OMP_WAIT_POLICY=PASSIVE PYTHONUNBUFFERED=1
+    OMP_WAIT_POLICY=PASSIVE PYTHONUNBUFFERED=1 MALLOC_ARENA_MAX=2
 WORKDIR /app
 COPY pyproject.toml uv.lock README.md ./
 RUN uv sync --frozen --no-dev --no-install-project

@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 export PATH="$HOME/.local/bin:$PATH"
+# Fewer glibc malloc arenas: variable-length tensors fragment many arenas (see docs/benchmarks.md, long session).
+export MALLOC_ARENA_MAX="${MALLOC_ARENA_MAX:-2}"
 exec uv run --frozen python -m server "$@"
