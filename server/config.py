@@ -33,6 +33,7 @@ class ServerConfig:
 
     device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
     asr_model: a GigaAM model name (``v2_ctc``, ``v2_rnnt``, …) or a checkpoint path.
+    asr_quantize: ``none`` or ``int8`` (dynamic int8 GigaAM, CPU only).
     max_sessions: concurrent streams; beyond it new connections get HTTP 503 with ``Retry-After``.
     max_message_bytes: largest websocket message accepted; a larger one closes the stream with 1009.
     idle_timeout: seconds without any client message before the server ends the stream (close 1001).
@@ -51,6 +52,7 @@ class ServerConfig:
     port: int = 8000
     device: str = "auto"
     asr_model: str = "v2_ctc"
+    asr_quantize: Optional[str] = None
     segmentation_model: str = SEGMENTATION_DEFAULT
     embedding_model: str = "resemblyzer"
     max_sessions: int = 32
@@ -79,6 +81,9 @@ class ServerConfig:
         _check(1024 <= self.max_message_bytes <= 64 << 20,
                "ServerConfig.max_message_bytes must be between 1 KiB and 64 MiB (default 1 MiB)")
         _check(self.idle_timeout > 0, "ServerConfig.idle_timeout must be > 0 seconds (default 30)")
+        _check(self.asr_quantize in (None, "int8"), "ServerConfig.asr_quantize must be none or int8")
+        _check(self.asr_quantize is None or self.device == "cpu",
+               "ServerConfig.asr_quantize=int8 needs --device cpu (on CUDA GigaAM runs fp16)")
         _check(1 <= self.cpu_inference_threads <= 64, "ServerConfig.cpu_inference_threads must be 1-64 (default 2)")
         _check(1 <= self.max_batch <= 1024, "ServerConfig.max_batch must be 1-1024 (default 16)")
         _check(0 <= self.max_wait_ms <= 1000, "ServerConfig.max_wait_ms must be 0-1000 ms (a few ms is typical)")
@@ -120,6 +125,7 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("port", int, "TCP port (default 8000; 0 picks a free one)"),
     ("device", str, "auto, cpu, cuda or cuda:N (default auto)"),
     ("asr_model", str, "GigaAM model name or checkpoint path (default v2_ctc)"),
+    ("asr_quantize", str, "none or int8: dynamic int8 GigaAM on the CPU (default none)"),
     ("segmentation_model", str, f"pyannote segmentation checkpoint name or path (default {SEGMENTATION_DEFAULT})"),
     ("embedding_model", str, "speaker embedding model (default resemblyzer)"),
     ("max_sessions", int, "concurrent streams before HTTP 503 (default 32)"),
@@ -216,6 +222,8 @@ def config_from_args(argv: Optional[Sequence[str]] = None,
         tokens |= {t for t in re.split(r"[,\s]+", environ["RECHKA_TOKENS"]) if t}
     values["tokens"] = frozenset(tokens)
 
+    if isinstance(values.get("asr_quantize"), str) and values["asr_quantize"].lower() == "none":
+        values["asr_quantize"] = None
     static_dir = values.pop("static_dir", None)
     if static_dir is not None:
         values["static_dir"] = None if static_dir.lower() == "none" else Path(static_dir)

@@ -55,6 +55,8 @@ class AsrOptions:
     fp16: half-precision encoder under autocast on CUDA (as gigaam's ``load_model``); ignored on the CPU.
     cache_dir / download_url: gigaam's cache and CDN; a missing published checkpoint is downloaded there.
     download_timeout_s: socket timeout of the download, so an unreachable CDN fails fast instead of hanging.
+    quantize: ``"int8"`` = dynamic int8 quantization of the ``Linear`` layers (CPU only; about twice as fast on a
+        small CPU, at a small accuracy cost to measure on your data); ``None`` keeps float weights.
     """
 
     model: str = "v2_ctc"
@@ -64,6 +66,7 @@ class AsrOptions:
     cache_dir: Path = DEFAULT_CACHE_DIR
     download_url: str = DEFAULT_URL
     download_timeout_s: float = 10.0
+    quantize: Optional[str] = None
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -77,6 +80,10 @@ class AsrOptions:
             raise ValueError(f"AsrOptions.max_batch must be >= 1, got {self.max_batch}")
         if self.download_timeout_s <= 0:
             raise ValueError("AsrOptions.download_timeout_s must be positive (seconds); 10 is a good default")
+        if self.quantize not in (None, "int8"):
+            raise ValueError(f"AsrOptions.quantize {self.quantize!r} is not supported; use None or 'int8'")
+        if self.quantize and kind != "cpu":
+            raise ValueError("AsrOptions.quantize='int8' runs on the CPU only; on CUDA use fp16 (the default)")
         object.__setattr__(self, "cache_dir", Path(self.cache_dir))
 
 
@@ -127,6 +134,8 @@ class GigaAmAsr:
         if self.fp16:
             net.encoder = net.encoder.half()
         self.model = net.to(self.device)
+        if self.options.quantize == "int8":
+            self.model = torch.ao.quantization.quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
         self.head_kind = "ctc" if isinstance(self.model.head, CTCHead) else "rnnt"
         self.tokenizer: Tokenizer = self.model.decoding.tokenizer
         self.blank_id: int = self.model.decoding.blank_id
@@ -171,6 +180,7 @@ class GigaAmAsr:
             "encoder": f"{encoder.n_layers}x{encoder.d_model} {encoder.self_attention_model}",
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "fp16": self.fp16,
+            "quantize": self.options.quantize,
         }
 
     # -- offline reference ----------------------------------------------------------------------------------------

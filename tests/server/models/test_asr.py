@@ -295,3 +295,23 @@ def test_fp16_encoder_on_cuda_matches_offline_and_stays_accurate(held_out) -> No
     for audio, result in zip(audios, results):
         assert result.text == gpu.reference_transcribe(audio)
         _assert_words_well_formed(result, len(audio))
+
+
+@needs_espeak
+def test_int8_quantized_tiny_model_still_transcribes_and_says_so(held_out) -> None:
+    """``quantize='int8'`` swaps GigaAM's Linear layers for dynamic int8 ones; batched decoding still equals the
+    quantized model's own offline decoding, and held-out accuracy stays usable."""
+    quantized = GigaAmAsr(str(TINY_CKPT), device="cpu", max_batch=8, quantize="int8")
+    assert quantized.describe()["quantize"] == "int8"
+    assert any("quantized" in type(m).__module__ for m in quantized.model.modules())
+    texts, audios = held_out
+    results = quantized.run_batch(_requests(audios))
+    for audio, result in zip(audios, results):
+        assert result.text == quantized.reference_transcribe(audio)
+    cer = sum(_cer(t, r.text) for t, r in zip(texts, results)) / sum(len(t) for t in texts)
+    assert cer <= 0.15, [(t, r.text) for t, r in zip(texts, results)]
+
+
+def test_int8_is_refused_for_unknown_kinds() -> None:
+    with pytest.raises(ValueError, match="int8"):
+        GigaAmAsr(str(TINY_CKPT), device="cpu", quantize="int4")
