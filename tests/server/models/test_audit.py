@@ -195,3 +195,20 @@ def test_adapters_load_on_cuda_and_pass_the_audit(vad: Any) -> None:
     assert scores.scores.shape[1] == 3 and 0.0 <= scores.scores.min() <= scores.scores.max() <= 1.0
     (vector,) = models["embedding"].run_batch([EmbeddingRequest("s", 2, 0, 0, audio)])
     assert vector.embedding.shape == (256,)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_start_up_path_loads_all_four_models_on_cuda_with_a_fp16_encoder() -> None:
+    """The server's own loader (registry) with the tiny GigaAM: every tensor of every model on CUDA, read back."""
+    from pathlib import Path
+
+    from server.models.registry import load_models
+
+    tiny = Path(__file__).resolve().parents[2] / "assets" / "tiny_gigaam_ctc.ckpt"
+    models, placement = load_models(str(tiny), device="cuda", warmup=True)
+    assert set(placement) == {"vad", "segmentation", "embedding", "asr"}
+    for entry in placement.values():
+        assert all(d.startswith("cuda") for d in entry.devices)
+    encoder = models["asr"].model.encoder
+    assert {p.dtype for p in encoder.parameters()} == {torch.float16}
