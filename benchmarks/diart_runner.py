@@ -9,8 +9,8 @@ Runs in diart's own environment (its pins clash with rechka's), started by ``ben
 
 Models are plugged in through diart's loader callables: ``SegmentationModel(loader)`` gets the very PyanNet
 checkpoint rechka uses (the whisperx asset, loaded with pyannote.audio), and ``EmbeddingModel(loader)`` gets a small
-module around resemblyzer's shipped ``VoiceEncoder`` that embeds, like rechka's adapter, the volume-normalised
-samples of each local speaker's frames. diart's overlap-aware weights (Eq. 2 of its paper) select those frames:
+module around resemblyzer's shipped ``VoiceEncoder`` (through rechka's own adapter, so the embeddings are
+identical) that embeds the volume-normalised samples of each local speaker's frames. diart's overlap-aware weights (Eq. 2 of its paper) select those frames:
 weight > 0.5³, i.e. speaker score × its softmax share > 0.5, which is rechka's "active and alone" rule for
 clear-cut scores; when fewer than 0.5 s qualify, the highest-weighted 0.5 s is used (diart expects an embedding for
 every local speaker and decides activity itself with ``tau_active`` and ``rho_update``). Everything else is diart's
@@ -34,40 +34,51 @@ MIN_SAMPLES = SAMPLE_RATE // 2
 
 
 class ResemblyzerForDiart(nn.Module):
-    """``(waveforms (B, 1, N), weights (B, F)) -> (B, 256)`` with resemblyzer's VoiceEncoder."""
+    """``(waveforms (B, 1, N), weights (B, F)) -> (B, 256)`` with resemblyzer's VoiceEncoder, through rechka's own
+    batched adapter (``server.models.embedding``, importable here: it needs only torch, librosa and numpy) so both
+    systems compute identical embeddings; resemblyzer's ``embed_utterance`` when that import fails."""
 
     def __init__(self, threshold: float = 0.5 ** 3) -> None:
         super().__init__()
-        from resemblyzer import VoiceEncoder
-
-        self.encoder = VoiceEncoder(device="cpu", verbose=False)
         self.threshold = threshold
+        try:
+            sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+            from server.models.embedding import ResemblyzerEmbedding, normalize_volume
+
+            self.adapter = ResemblyzerEmbedding(device="cpu")
+            self.encoder = self.adapter.encoder
+            self._normalize = normalize_volume
+        except ImportError:
+            from resemblyzer import VoiceEncoder
+
+            self.adapter = None
+            self.encoder = VoiceEncoder(device="cpu", verbose=False)
         self.dimension = int(self.encoder.linear.out_features)
 
     def forward(self, waveforms: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         audio = waveforms[:, 0].cpu().numpy()
-        out = []
+        chosen = []
         for row, x in enumerate(audio):
             if weights is None:
-                chosen = x
-            else:
-                w = weights[row].cpu().numpy()
-                per_frame = len(x) / len(w)
-                keep = w > self.threshold
-                if keep.sum() * per_frame < MIN_SAMPLES:
-                    keep = np.zeros_like(keep)
-                    keep[np.argsort(-w)[:int(np.ceil(MIN_SAMPLES / per_frame))]] = True
-                mask = np.repeat(keep, int(np.ceil(per_frame)))[:len(x)]
-                chosen = x[mask]
-            rms = float(np.sqrt(np.mean((chosen.astype(np.float64) * 32767) ** 2)))
-            if rms == 0.0:  # digital silence (padding): resemblyzer would divide by zero; any finite vector will do
-                out.append(np.full(self.dimension, self.dimension ** -0.5, np.float32))
+                chosen.append(x)
                 continue
-            gain_db = -30.0 - 20 * np.log10(rms / 32767)  # resemblyzer's normalize_volume(-30, increase_only)
-            if gain_db > 0:
-                chosen = chosen * 10 ** (gain_db / 20)
-            out.append(self.encoder.embed_utterance(chosen.astype(np.float32)))
-        return torch.from_numpy(np.stack(out)).float()
+            w = weights[row].cpu().numpy()
+            per_frame = len(x) / len(w)
+            keep = w > self.threshold
+            if keep.sum() * per_frame < MIN_SAMPLES:
+                keep = np.zeros_like(keep)
+                keep[np.argsort(-w)[:int(np.ceil(MIN_SAMPLES / per_frame))]] = True
+            chosen.append(x[np.repeat(keep, int(np.ceil(per_frame)))[:len(x)]].astype(np.float32))
+        out = np.full((len(chosen), self.dimension), self.dimension ** -0.5, np.float32)  # for digital silence
+        rows = [i for i, x in enumerate(chosen) if np.any(x)]
+        if rows and self.adapter is not None:
+            out[rows] = self.adapter.embed([self._normalize(chosen[i]) for i in rows])
+        elif rows:
+            from resemblyzer.audio import normalize_volume
+
+            for i in rows:
+                out[i] = self.encoder.embed_utterance(normalize_volume(chosen[i], -30, increase_only=True))
+        return torch.from_numpy(out).float()
 
 
 def main() -> int:

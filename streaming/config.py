@@ -117,6 +117,9 @@ class DiarizationOptions:
     new_speaker_windows: a new global speaker is created only once embeddings far from every centroid (and close
         to each other) came from this many windows within ``window`` samples of each other; until then those local
         speakers stay unassigned. One noisy embedding thus cannot found a duplicate speaker (1 = create at once).
+    aggregation: how overlapping windows are averaged per frame: ``"hamming"`` weighs each window's frames by a
+        Hamming window (its edges, where the model lacked context, count little), ``"mean"`` weighs them equally.
+        Hamming lowered DER on every data set in ``benchmarks/der.py`` at 1.5 s latency.
     update_threshold: a centroid only learns from embeddings closer than this cosine distance (default: the
         new-speaker threshold), so borderline or forced matches do not drag it towards another voice.
     continuity_threshold: a local speaker without an embedding (too little clean speech) joins the global speaker
@@ -133,6 +136,7 @@ class DiarizationOptions:
     centroid_rate: float = 0.0
     max_speakers: Optional[int] = None
     new_speaker_windows: int = 3
+    aggregation: str = "hamming"
     update_threshold: Optional[float] = None
     continuity_threshold: float = 0.5
 
@@ -151,6 +155,8 @@ class DiarizationOptions:
                "DiarizationOptions.max_speakers must be 1-32 or None")
         _check(1 <= self.new_speaker_windows <= self.window // self.step,
                "DiarizationOptions.new_speaker_windows must be between 1 and window / step (3 is a good default)")
+        _check(self.aggregation in ("hamming", "mean"),
+               "DiarizationOptions.aggregation must be 'hamming' (the default) or 'mean'")
         _check(0.0 < self.update_threshold <= 2.0,  # type: ignore[operator]
                "DiarizationOptions.update_threshold must be in (0, 2]; leave it unset for new_speaker_threshold")
         _check(0.0 < self.continuity_threshold <= 1.0,

@@ -7,13 +7,14 @@ Life of a window (see :mod:`streaming.windows` for the schedule and the aggregat
    (score > ``tau_active``) with at least ``min_embedding_speech`` samples of *clean* speech (frames where it is the
    only active speaker) gets an :class:`~streaming.work.EmbeddingRequest` over those samples, concatenated.
 3. Windows are then resolved strictly in order, once all their embeddings are back: the
-   :class:`~streaming.speakers.SpeakerTracker` maps the embedded local speakers to global ones; the others are mapped
+   :class:`~streaming.speakers.SpeakerTracker` maps the embedded local speakers to global ones (a new global speaker
+   needs ``new_speaker_windows`` windows of confirmation); the others are mapped
    by score continuity (the global speaker whose activity in the previous window agrees with theirs on the frames
    both windows cover, see ``continuity_threshold``) or left out of this window. The mapped scores are aggregated
    onto the global grid, except in frames where a left-out speaker is active: there the window cannot say who
    speaks, so it does not count at all (rather than voting "nobody").
 4. Frames up to ``end of the last resolved window - latency`` become final: their binarised activity
-   (mean score > ``tau_active``) is merged into turns per global speaker. Turns may overlap (two speakers at once).
+   (averaged score > ``tau_active``) is merged into turns per global speaker. Turns may overlap (two speakers at once).
 """
 
 from __future__ import annotations
@@ -257,15 +258,17 @@ class StreamingDiarizer:
                     turns.append(self._turn(g, first, start + b))
         windows.freeze(stop)
         turns = sorted(t for t in turns if t[0] > t[1])
+        self._seen.update(g for _, _, g in turns)
         self._history.extend(turns)
         self._new_turns.extend(wire.Turn(label_of(g), a, b, self.channel) for b, a, g in turns)
         self.final_until = max(self.final_until, self._audio_end if last else windows.frame_start(stop))
         horizon = bisect.bisect_left(self._history, (self.final_until - HISTORY,))
         del self._history[:horizon]
+        if len(self._new_turns) > len(self._history):  # nobody pops them (speaker_turns off): same bound
+            del self._new_turns[:len(self._new_turns) - len(self._history)]
 
     def _turn(self, g: int, first: int, stop: int) -> tuple[int, int, int]:
         """``(end, start, g)`` of global speaker ``g``'s final run over global frames ``[first, stop)``."""
-        self._seen.add(g)
         start = max(0, self.windows.frame_start(first))
         end = self.windows.frame_start(stop)
         if self._finishing:
@@ -274,7 +277,7 @@ class StreamingDiarizer:
 
     # ------------------------------------------------------------------------------------------------ output
     def pop_final_turns(self) -> list[wire.Turn]:
-        """Turns finalised since the last call, ordered by end."""
+        """Turns finalised since the last call, ordered by end (unpopped ones are kept for ``HISTORY`` only)."""
         turns, self._new_turns = self._new_turns, []
         return turns
 

@@ -7,8 +7,11 @@ lies in it are never aggregated.
 
 Aggregation happens on a global frame grid whose resolution is the model's frame step (taken from the first result).
 Window frame ``f`` lands on global frame ``round((window.start + f * step) / step)``; a frame's activity for a global
-speaker is the mean, over the windows covering that frame, of the score of the window's local speaker mapped to that
-global speaker (0 when none is). Several speakers may be active in one frame. Frames before :meth:`freeze`'s bound are
+speaker is the average, over the windows covering that frame, of the score of the window's local speaker mapped to
+that global speaker (0 when none is). With ``aggregation="hamming"`` (the default) the average is weighted by a
+Hamming window over each window's frames, so a window speaks mostly about its middle and little about its edges,
+where the model had no context (the newest window, which knows least about a frame near its end, counts least);
+``"mean"`` weighs all windows equally. Several speakers may be active in one frame. Frames before :meth:`freeze`'s bound are
 final: later windows no longer change them, and their storage is released.
 """
 
@@ -93,7 +96,7 @@ class SegmentationWindows:
         self._base: Optional[int] = None    # global index of row 0 of the arrays below (None: nothing yet)
         self._frozen: Optional[int] = None  # frames before this global index are final (None: none is)
         self._sums = np.zeros((0, 0), dtype=np.float64)
-        self._counts = np.zeros(0, dtype=np.int32)
+        self._counts = np.zeros(0, dtype=np.float64)
 
     # ------------------------------------------------------------------------------------------------ schedule
     def due(self, audio_end: int) -> list[Window]:
@@ -166,13 +169,14 @@ class SegmentationWindows:
             valid &= index >= self._frozen
         if not valid.any():
             return
+        weights = self._weights(n_frames)[valid]
         index, rows = index[valid], scores[valid]
         base = self._grow(int(index.min()), int(index.max()) + 1, n_speakers)
-        self._sums[index - base, :n_speakers] += rows
-        self._counts[index - base] += 1
+        self._sums[index - base, :n_speakers] += rows * weights[:, None]
+        self._counts[index - base] += weights
 
     def activity(self, first: int, last: int) -> np.ndarray:
-        """Mean scores of global frames ``[first, last)`` (rows) × global speakers seen so far (columns); frames no
+        """Averaged scores of global frames ``[first, last)`` (rows) × global speakers seen so far (columns); frames no
         window has covered, or already final, read as 0."""
         n = max(0, last - first)
         out = np.zeros((n, self._sums.shape[1]), dtype=np.float64)
@@ -182,7 +186,8 @@ class SegmentationWindows:
         if a < b:
             counts = self._counts[a - self._base:b - self._base]
             sums = self._sums[a - self._base:b - self._base]
-            out[a - first:b - first] = sums / np.maximum(counts, 1)[:, None]
+            out[a - first:b - first] = np.where(counts[:, None] > 0, sums / np.where(counts > 0, counts, 1)[:, None],
+                                                0.0)
         return out
 
     @property
@@ -226,10 +231,11 @@ class SegmentationWindows:
         geometry = self._require_geometry()
         return int(math.floor((sample - geometry.center + geometry.step / 2) / geometry.step))
 
-    def first_frame_from(self, sample: int) -> int:
-        """The first global frame starting at or after ``sample``."""
-        index = self.frame_at(sample)
-        return index if self.frame_start(index) >= sample else index + 1
+    def _weights(self, n_frames: int) -> np.ndarray:
+        """Per-frame weight of a window's scores: a Hamming window (edges 0.08, centre 1) or all ones."""
+        if self.options.aggregation == "hamming":
+            return np.hamming(n_frames)
+        return np.ones(n_frames)
 
     def _require_geometry(self) -> FrameGeometry:
         if self.geometry is None:
@@ -246,7 +252,7 @@ class SegmentationWindows:
         cols = max(self._sums.shape[1], n_speakers)
         if new_base != base or new_rows != rows or cols != self._sums.shape[1]:
             sums = np.zeros((new_rows, cols), dtype=np.float64)
-            counts = np.zeros(new_rows, dtype=np.int32)
+            counts = np.zeros(new_rows, dtype=np.float64)
             sums[base - new_base:base - new_base + rows, :self._sums.shape[1]] = self._sums
             counts[base - new_base:base - new_base + rows] = self._counts
             self._sums, self._counts, self._base = sums, counts, new_base

@@ -242,3 +242,15 @@ def test_requests_carry_session_channel_and_absolute_positions() -> None:
     assert follow and all(isinstance(r, EmbeddingRequest) and r.channel == 2 for r in follow)
     first: Optional[EmbeddingRequest] = follow[0]
     assert first is not None and first.start >= 0
+
+
+def test_history_and_unpopped_turns_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import streaming.diarization as module
+
+    monkeypatch.setattr(module, "HISTORY", ms(10_000))
+    diarizer = make()
+    stream(diarizer, synthesize(MEETING, MEETING_LENGTH), run_fakes(FakeSegmentation(), FakeEmbedding()))
+    kept = diarizer.pop_final_turns()  # never popped while streaming (a session without speaker_turns)
+    assert kept and all(t.end >= MEETING_LENGTH - ms(10_000) for t in kept)
+    assert diarizer.speaker_for(ms(2000), ms(3000)) is None  # older than the horizon: forgotten
+    assert diarizer.speaker_for(ms(46000), ms(47000)) == "S1"

@@ -9,7 +9,7 @@ from streaming.config import DiarizationOptions, ms
 from streaming.windows import FrameGeometry, SegmentationWindows, Window
 from tests.fakes_diarization import ArrayBuffer
 
-OPTIONS = DiarizationOptions(window=ms(5000), step=ms(500), latency=ms(1500))
+OPTIONS = DiarizationOptions(window=ms(5000), step=ms(500), latency=ms(1500), aggregation="mean")
 GEOMETRY = FrameGeometry(step=320.0, duration=640.0, offset=0.0)  # frame centres at 320 + 320 f
 N_FRAMES = int((OPTIONS.window - 640) // 320) + 1
 
@@ -95,6 +95,20 @@ def test_overlapping_windows_are_averaged_per_frame() -> None:
     np.testing.assert_allclose(activity[N_FRAMES:], 0.3)               # only window b
 
 
+def test_hamming_aggregation_trusts_each_window_most_about_its_middle() -> None:
+    w = SegmentationWindows(DiarizationOptions(aggregation="hamming"))
+    w.set_geometry(GEOMETRY)
+    a, b = Window(0, ms(5000)), Window(ms(2500), ms(7500))  # a's second half is b's first half
+    w.add(a, np.full((N_FRAMES, 1), 1.0))
+    w.add(b, np.zeros((N_FRAMES, 1)))
+    activity = w.activity(0, w.global_index(b) + N_FRAMES)[:, 0]
+    shared = activity[w.global_index(b):N_FRAMES]
+    # early in the shared stretch a (at 2.5 s of 5) outweighs b (at its start); late, b (near its middle) wins
+    assert shared[0] > 0.9 and shared[-1] < 0.1
+    assert np.all(np.diff(shared) <= 1e-12)
+    np.testing.assert_allclose(activity[:w.global_index(b)], 1.0)  # a alone: weights cancel out
+
+
 def test_two_speakers_can_be_active_in_the_same_frame() -> None:
     w = windows_with_geometry()
     scores = np.zeros((N_FRAMES, 2))
@@ -148,7 +162,6 @@ def test_frame_and_sample_conversions_agree() -> None:
     for index in (-3, 0, 1, 77, 1000):
         start = w.frame_start(index)
         assert w.frame_at(start) == index and w.frame_at(start - 1) == index - 1
-        assert w.first_frame_from(start) == index and w.first_frame_from(start + 1) == index + 1
     lo, hi = GEOMETRY.bounds(5)
     assert (lo[1:] == hi[:-1]).all() and (hi - lo == 320).all()
 
