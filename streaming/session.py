@@ -345,8 +345,9 @@ class Session:
             if not self._lag_warned:
                 self._lag_warned = True
                 self._events.append(wire.Warning(
-                    "partials_dropped", "the server is behind this stream: partial results are skipped until it "
-                                        "catches up (finals are not affected)"))
+                    "partials_dropped", "audio is waiting to be processed (the server is behind, or audio arrives "
+                                        "faster than real time): partial results are skipped until it catches up "
+                                        "(finals are not affected)"))
             return
         if lag <= options.max_lag // 2:
             self._lag_warned = False
