@@ -45,6 +45,7 @@ import soundfile as sf
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from server.offline import drive_diarizer  # noqa: E402
 from streaming.config import SAMPLE_RATE, DiarizationOptions, ms  # noqa: E402
 from streaming.diarization import StreamingDiarizer  # noqa: E402
 from streaming.work import EmbeddingRequest, Request, Result, SegmentationRequest  # noqa: E402
@@ -220,19 +221,7 @@ def run_rechka(audio: np.ndarray, options: DiarizationOptions, run: Callable[[li
     """Stream ``audio`` through a diarizer in ``chunk``-sample pieces, answering each request batch at once."""
     seq = itertools.count()
     diarizer = StreamingDiarizer(options, "der", 0, lambda: next(seq))
-    buffer = _Buffer()
-    turns = []
-    for a in range(0, len(audio), chunk):
-        buffer.append(audio[a:a + chunk])
-        pending = diarizer.on_audio(buffer)
-        while pending:
-            pending = [r for result in run(pending) for r in diarizer.on_result(result, buffer)]
-        buffer.discard_before(diarizer.oldest_needed)
-        turns += diarizer.pop_final_turns()
-    pending = diarizer.finish(buffer)
-    while pending:
-        pending = [r for result in run(pending) for r in diarizer.on_result(result, buffer)]
-    turns += diarizer.pop_final_turns()
+    turns = drive_diarizer(diarizer, _Buffer(), audio, run, chunk)
     return [(t.speaker, t.start / SAMPLE_RATE, t.end / SAMPLE_RATE) for t in turns]
 
 

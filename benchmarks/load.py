@@ -25,7 +25,6 @@ from contextlib import ExitStack
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Optional, Sequence
-from urllib.parse import urlparse
 
 if __package__ in (None, ""):  # run as a file: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -35,8 +34,8 @@ import numpy as np
 from benchmarks.common import (OUT_DIR, SAMPLE_RATE, CapacitySearch, Corpus, StreamLog, analyze_session,
                                asr_weights, command_line, linear_fit, plot_panels, speech_corpus, stream_session,
                                summarize, write_result)
-from benchmarks.server_process import (ResourceSampler, ServerProcess, counter_delta, histogram_delta,
-                                       histogram_quantile, machine_info, pid_listening_on, scrape)
+from benchmarks.server_process import (ResourceSampler, connect_or_start, counter_delta, histogram_delta,
+                                       histogram_quantile, machine_info, scrape)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -261,15 +260,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     steps: list[dict[str, Any]] = []
     ready: Optional[dict[str, Any]] = None
     with ExitStack() as stack:
-        if args.url:
-            url, pid = args.url, args.server_pid or pid_listening_on(urlparse(args.url).port or 80)
-            parsed = urlparse(args.url)
-            http_base = f"{'https' if parsed.scheme == 'wss' else 'http'}://{parsed.netloc}"
-            result["server"] = {"url": url}
-        else:
-            server = stack.enter_context(ServerProcess(server_args, args.out_dir / f"load-{stamp}-server.log"))
-            url, pid, http_base = server.ws_url, server.pid, server.http_base
-            result["server"] = {"args": server_args, "log": str(server.log_path)}
+        url, pid, http_base, result["server"] = connect_or_start(
+            stack, args.url, args.server_pid, server_args, args.out_dir / f"load-{stamp}-server.log")
         sampler = stack.enter_context(ResourceSampler(pid)) if pid else None
         time.sleep(2.0)  # an idle RSS sample before the first step
         search = CapacitySearch(args.search_start, args.search_limit) if args.search else None

@@ -18,7 +18,6 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Optional, Sequence
-from urllib.parse import urlparse
 
 if __package__ in (None, ""):  # run as a file: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -27,8 +26,8 @@ import numpy as np
 
 from benchmarks.common import (OUT_DIR, SAMPLE_RATE, StreamLog, analyze_session, asr_weights, command_line,
                                linear_fit, plot_panels, speech_corpus, stream_session, summarize, write_result)
-from benchmarks.server_process import (ResourceSampler, ServerProcess, counter_delta, histogram_delta,
-                                       machine_info, pid_listening_on, scrape)
+from benchmarks.server_process import (ResourceSampler, connect_or_start, counter_delta, histogram_delta,
+                                       machine_info, scrape)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -138,15 +137,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             next_report[0] += 5 * 60 * SAMPLE_RATE
 
     with ExitStack() as stack:
-        if args.url:
-            url, pid = args.url, args.server_pid or pid_listening_on(urlparse(args.url).port or 80)
-            parsed = urlparse(args.url)
-            http_base = f"{'https' if parsed.scheme == 'wss' else 'http'}://{parsed.netloc}"
-            result["server"] = {"url": url}
-        else:
-            server = stack.enter_context(ServerProcess(server_args, args.out_dir / f"long-{stamp}-server.log"))
-            url, pid, http_base = server.ws_url, server.pid, server.http_base
-            result["server"] = {"args": server_args, "log": str(server.log_path)}
+        url, pid, http_base, result["server"] = connect_or_start(
+            stack, args.url, args.server_pid, server_args, args.out_dir / f"long-{stamp}-server.log")
         sampler = stack.enter_context(ResourceSampler(pid, interval=args.sample_every))
         before = scrape(http_base)
         start = {"diarization": False} if args.no_diarization else {}

@@ -15,8 +15,10 @@ import sys
 import threading
 import time
 import urllib.request
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Optional, Sequence
+from urllib.parse import urlparse
 
 import numpy as np
 
@@ -262,3 +264,16 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+
+
+def connect_or_start(stack: ExitStack, url: Optional[str], server_pid: Optional[int], server_args: Sequence[str],
+                     log_path: Path) -> tuple[str, Optional[int], str, dict[str, Any]]:
+    """``(ws url, server pid, http base, description)`` of the server ``url`` names, or of one started with
+    ``server_args`` (logging to ``log_path``) and stopped when ``stack`` closes."""
+    if url:
+        parsed = urlparse(url)
+        pid = server_pid or pid_listening_on(parsed.port or 80)
+        http_base = f"{'https' if parsed.scheme == 'wss' else 'http'}://{parsed.netloc}"
+        return url, pid, http_base, {"url": url}
+    server = stack.enter_context(ServerProcess(list(server_args), log_path))
+    return server.ws_url, server.pid, server.http_base, {"args": list(server_args), "log": str(server.log_path)}

@@ -2,15 +2,19 @@
 
 Used by tests and benchmarks with fake models (``tests/fakes.py``) or real adapters: :func:`drive_session` feeds
 audio in chunks and, after each chunk, runs the session's work until it asks for nothing more, so every result is
-back before the next audio arrives (an infinitely fast server). :func:`run_requests_by_kind` builds the ``run``
-function from one batch function per request type (``adapter.run_batch`` fits).
+back before the next audio arrives (an infinitely fast server). :func:`drive_diarizer` does the same for a lone
+``StreamingDiarizer`` (DER evaluation). :func:`run_requests_by_kind` builds the ``run`` function from one batch
+function per request type (``adapter.run_batch`` fits).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import numpy as np
 
 from streaming import wire
+from streaming.diarization import StreamingDiarizer
 from streaming.session import Session
 from streaming.work import Request, Result
 
@@ -73,3 +77,22 @@ def drive_session(session: Session, run: Run, audio: bytes = b"", chunk_bytes: i
         session.receive_end()
         events += pump(session, run)
     return events
+
+
+def drive_diarizer(diarizer: StreamingDiarizer, buffer: Any, audio: np.ndarray, run: Run,
+                   chunk: int = 16_000) -> list[wire.Turn]:
+    """Feed float32 ``audio`` into ``buffer`` (an ``AudioBuffer``-like object) in ``chunk``-sample pieces, answering
+    the diarizer's requests at once after each; finish the stream and return every final turn."""
+
+    def settle(pending: list[Request]) -> None:
+        while pending:
+            pending = [r for result in run(pending) for r in diarizer.on_result(result, buffer)]
+
+    turns: list[wire.Turn] = []
+    for a in range(0, len(audio), chunk):
+        buffer.append(audio[a:a + chunk])
+        settle(diarizer.on_audio(buffer))
+        buffer.discard_before(diarizer.oldest_needed)
+        turns += diarizer.pop_final_turns()
+    settle(diarizer.finish(buffer))
+    return turns + diarizer.pop_final_turns()

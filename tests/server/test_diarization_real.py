@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from server.offline import drive_diarizer, run_requests_by_kind
 from streaming.config import SAMPLE_RATE, DiarizationOptions
 from streaming.diarization import StreamingDiarizer
 from streaming.work import EmbeddingRequest, SegmentationRequest
@@ -45,27 +46,10 @@ def models() -> tuple:
 def diarize(audio: np.ndarray, models: tuple, chunk: int = SAMPLE_RATE) -> tuple[StreamingDiarizer, list]:
     segmentation, embedding = models
 
-    def run(requests: list) -> list:
-        seg = [r for r in requests if isinstance(r, SegmentationRequest)]
-        emb = [r for r in requests if isinstance(r, EmbeddingRequest)]
-        by_seq = {r.seq: r for r in (segmentation.run_batch(seg) if seg else [])}
-        by_seq.update((r.seq, r) for r in (embedding.run_batch(emb) if emb else []))
-        return [by_seq[r.seq] for r in requests]
-
+    run = run_requests_by_kind({SegmentationRequest: segmentation.run_batch, EmbeddingRequest: embedding.run_batch})
     seq = itertools.count()
     diarizer = StreamingDiarizer(DiarizationOptions(), "real", 0, lambda: next(seq))
-    buffer, turns = ArrayBuffer(), []
-    for a in range(0, len(audio), chunk):
-        buffer.append(audio[a:a + chunk])
-        pending = diarizer.on_audio(buffer)
-        while pending:
-            pending = [r for result in run(pending) for r in diarizer.on_result(result, buffer)]
-        buffer.discard_before(diarizer.oldest_needed)
-        turns += diarizer.pop_final_turns()
-    pending = diarizer.finish(buffer)
-    while pending:
-        pending = [r for result in run(pending) for r in diarizer.on_result(result, buffer)]
-    return diarizer, turns + diarizer.pop_final_turns()
+    return diarizer, drive_diarizer(diarizer, ArrayBuffer(), audio, run, chunk)
 
 
 def test_sample_wav_der_against_its_reference(models: tuple) -> None:
