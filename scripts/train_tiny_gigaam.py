@@ -176,15 +176,20 @@ def make_batches(lengths: Sequence[int], max_samples: int, rng: random.Random) -
     return batches
 
 
-def character_error_rate(reference: str, hypothesis: str) -> float:
-    """Levenshtein distance over characters divided by the reference length."""
+def edit_distance(reference: str, hypothesis: str) -> int:
+    """Levenshtein distance over characters."""
     previous = list(range(len(hypothesis) + 1))
     for i, r in enumerate(reference, 1):
         current = [i] + [0] * len(hypothesis)
         for j, h in enumerate(hypothesis, 1):
             current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h))
         previous = current
-    return previous[-1] / max(len(reference), 1)
+    return previous[-1]
+
+
+def character_error_rate(reference: str, hypothesis: str) -> float:
+    """Levenshtein distance over characters divided by the reference length."""
+    return edit_distance(reference, hypothesis) / max(len(reference), 1)
 
 
 def evaluate(model: "gigaam.model.GigaAMASR", jobs, audios) -> float:  # noqa: F821

@@ -128,14 +128,8 @@ class ResemblyzerEmbedding:
         self.checkpoint = str(resemblyzer_weights())
 
     def run_batch(self, requests: Sequence[Request]) -> list[EmbeddingResult]:
-        audios = []
-        for request in requests:
-            if not isinstance(request, EmbeddingRequest):
-                raise TypeError(f"ResemblyzerEmbedding got a {type(request).__name__}; it only runs EmbeddingRequest")
-            audio = np.asarray(request.audio, dtype=np.float32)
-            if audio.ndim != 1:
-                raise ValueError(f"EmbeddingRequest audio must be 1-D, got shape {audio.shape}")
-            audios.append(normalize_volume(audio) if self.normalize else audio)
+        audios = [normalize_volume(audio) if self.normalize else audio
+                  for audio in _request_audio(requests, "ResemblyzerEmbedding")]
         if not audios:
             return []
         embeddings = self.embed(audios)
@@ -209,15 +203,7 @@ class PyannoteEmbedding:
         self.model = model.to(device)
 
     def run_batch(self, requests: Sequence[Request]) -> list[EmbeddingResult]:
-        audios = []
-        for request in requests:
-            if not isinstance(request, EmbeddingRequest):
-                raise TypeError(f"PyannoteEmbedding got a {type(request).__name__}; it only runs EmbeddingRequest")
-            audio = np.asarray(request.audio, dtype=np.float32)
-            if audio.ndim != 1:
-                raise ValueError(f"EmbeddingRequest audio must be 1-D, got shape {audio.shape}")
-            audio = _at_least(audio, _MIN_PYANNOTE_SAMPLES)
-            audios.append(audio)
+        audios = [_at_least(audio, _MIN_PYANNOTE_SAMPLES) for audio in _request_audio(requests, "PyannoteEmbedding")]
         embeddings: list[Any] = [None] * len(audios)
         groups: dict[int, list[int]] = {}
         for row, audio in enumerate(audios):
@@ -256,3 +242,16 @@ def _at_least(audio: np.ndarray, samples: int) -> np.ndarray:
 
 def _l2_normalize(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def _request_audio(requests: Sequence[Request], adapter: str) -> list[np.ndarray]:
+    """Each request's audio as 1-D float32; anything but an ``EmbeddingRequest`` is a routing bug."""
+    audios = []
+    for request in requests:
+        if not isinstance(request, EmbeddingRequest):
+            raise TypeError(f"{adapter} got a {type(request).__name__}; it only runs EmbeddingRequest")
+        audio = np.asarray(request.audio, dtype=np.float32)
+        if audio.ndim != 1:
+            raise ValueError(f"EmbeddingRequest audio must be 1-D, got shape {audio.shape}")
+        audios.append(audio)
+    return audios

@@ -63,13 +63,8 @@ def held_out(tmp_path_factory) -> tuple[list[str], list[np.ndarray]]:
 
 
 def _cer(reference: str, hypothesis: str) -> int:
-    previous = list(range(len(hypothesis) + 1))
-    for i, r in enumerate(reference, 1):
-        current = [i] + [0] * len(hypothesis)
-        for j, h in enumerate(hypothesis, 1):
-            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h))
-        previous = current
-    return previous[-1]
+    """Character edit distance (the training script's own, so test and training measure alike)."""
+    return _load_training_script().edit_distance(reference, hypothesis)
 
 
 def _assert_words_well_formed(result: AsrResult, n_samples: int, overlap_allowed: bool = False) -> None:
