@@ -108,7 +108,17 @@ class DiarizationOptions:
     window: segmentation window (PyanNet: 5 s). step: a new window every step.
     latency: how far behind the newest audio a speaker turn becomes final (≤ step + 1 s).
     tau_active: a local speaker is active in a frame when its score exceeds this.
-    min_embedding_speech: a local speaker needs this much clean speech in a window for an embedding.
+    min_embedding_speech: a local speaker needs this much clean speech (frames where only it is active) in a window
+        for an embedding; with less, its overlapped frames are used if they hold this much (an overlap embedding
+        only matches an existing speaker, within ``overlap_match_threshold``); with less still, it gets none.
+    segment_gap: a local speaker's speech is cut into segments at pauses at least this long; each segment is
+        embedded on its own (see :mod:`streaming.voice_segments`).
+    min_segment_speech: segments with less speech than this are merged into their nearer neighbour.
+    change_threshold: consecutive segments of one local speaker farther apart than this cosine distance are
+        different voices (the segmentation model gave two speakers who followed each other one local speaker).
+        0.3 halved label flips and confusion on composed conversations of the tuning seeds.
+    overlap_match_threshold: an embedding taken over overlapped speech maps to the nearest free global speaker
+        within this cosine distance, and never creates or updates one.
     new_speaker_threshold: cosine distance above which a local speaker starts a new global speaker. Tuned for the
         default resemblyzer embeddings, whose same-speaker distances are small (benchmarks/der.py: 0.25 is best on
         AMI, pyannote's sample and composed conversations); pyannote/WeSpeaker embeddings need about 0.5-0.7.
@@ -135,10 +145,14 @@ class DiarizationOptions:
     new_speaker_threshold: float = 0.25
     centroid_rate: float = 0.0
     max_speakers: Optional[int] = None
-    new_speaker_windows: int = 3
+    new_speaker_windows: int = 2
     aggregation: str = "hamming"
     update_threshold: Optional[float] = None
     continuity_threshold: float = 0.5
+    segment_gap: int = ms(200)
+    min_segment_speech: int = ms(1_000)
+    change_threshold: float = 0.3
+    overlap_match_threshold: float = 0.45
 
     def __post_init__(self) -> None:
         if self.update_threshold is None:
@@ -154,13 +168,21 @@ class DiarizationOptions:
         _check(self.max_speakers is None or 1 <= self.max_speakers <= 32,
                "DiarizationOptions.max_speakers must be 1-32 or None")
         _check(1 <= self.new_speaker_windows <= self.window // self.step,
-               "DiarizationOptions.new_speaker_windows must be between 1 and window / step (3 is a good default)")
+               "DiarizationOptions.new_speaker_windows must be between 1 and window / step (2 is a good default)")
         _check(self.aggregation in ("hamming", "mean"),
                "DiarizationOptions.aggregation must be 'hamming' (the default) or 'mean'")
         _check(0.0 < self.update_threshold <= 2.0,  # type: ignore[operator]
                "DiarizationOptions.update_threshold must be in (0, 2]; leave it unset for new_speaker_threshold")
         _check(0.0 < self.continuity_threshold <= 1.0,
                "DiarizationOptions.continuity_threshold must be in (0, 1]; 0.5 means most of the activity agrees")
+        _check(ms(20) <= self.segment_gap <= self.window,
+               "DiarizationOptions.segment_gap must be between 20 ms and the window (200 ms is a good default)")
+        _check(0 <= self.min_segment_speech <= self.window,
+               "DiarizationOptions.min_segment_speech must be between 0 and the window (1 s is a good default)")
+        _check(0.0 < self.change_threshold <= 2.0,
+               "DiarizationOptions.change_threshold must be in (0, 2]; 2 never splits a local speaker")
+        _check(0.0 < self.overlap_match_threshold <= 2.0,
+               "DiarizationOptions.overlap_match_threshold must be in (0, 2]")
 
 
 @dataclass(frozen=True)

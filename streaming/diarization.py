@@ -4,12 +4,15 @@ Life of a window (see :mod:`streaming.windows` for the schedule and the aggregat
 
 1. :meth:`StreamingDiarizer.on_audio` hands out a :class:`~streaming.work.SegmentationRequest` per due window.
 2. Its result gives ``scores[f, k]`` for up to K local speakers. Every local speaker active somewhere in the window
-   (score > ``tau_active``) with at least ``min_embedding_speech`` samples of *clean* speech (frames where it is the
-   only active speaker) gets an :class:`~streaming.work.EmbeddingRequest` over those samples, concatenated.
+   (score > ``tau_active``) gets one :class:`~streaming.work.EmbeddingRequest` per *segment* of its clean speech
+   (frames where it is the only active speaker; its overlapped frames when the clean ones hold less than
+   ``min_embedding_speech``), see :mod:`streaming.voice_segments`. Segments whose embeddings disagree split the
+   local speaker into several voices: the model sometimes gives two speakers who follow each other one local
+   speaker.
 3. Windows are then resolved strictly in order, once all their embeddings are back: the
-   :class:`~streaming.speakers.SpeakerTracker` maps the embedded local speakers to global ones (a new global speaker
-   needs ``new_speaker_windows`` windows of confirmation); the others are mapped
-   by score continuity (the global speaker whose activity in the previous window agrees with theirs on the frames
+   :class:`~streaming.speakers.SpeakerTracker` maps the voices with clean embeddings to global ones (a new global
+   speaker needs ``new_speaker_windows`` windows of confirmation), voices with overlap embeddings may only match a
+   free existing speaker (``overlap_match_threshold``); the others are mapped by score continuity (the global speaker whose activity in the previous window agrees with theirs on the frames
    both windows cover, see ``continuity_threshold``) or left out of this window. The mapped scores are aggregated
    onto the global grid, except in frames where a left-out speaker is active: there the window cannot say who
    speaks, so it does not count at all (rather than voting "nobody").
@@ -31,6 +34,7 @@ from scipy.optimize import linear_sum_assignment
 from streaming import wire
 from streaming.config import DiarizationOptions, ms
 from streaming.speakers import SpeakerTracker, label_of
+from streaming.voice_segments import Segment, plan_segments, runs as _runs, split_by_voice
 from streaming.windows import FrameGeometry, SampleSource, SegmentationWindows, Window
 from streaming.work import EmbeddingRequest, EmbeddingResult, Request, Result, SegmentationRequest, SegmentationResult
 
@@ -52,8 +56,9 @@ class _PendingWindow:
     stage: _Stage = _Stage.SEGMENTING
     scores: Optional[np.ndarray] = None                            # (frames, local speakers)
     active: list[int] = field(default_factory=list)               # locally active speakers
-    waiting: dict[int, int] = field(default_factory=dict)         # embedding seq → local speaker
-    embeddings: dict[int, np.ndarray] = field(default_factory=dict)  # local speaker → embedding
+    segments: dict[int, list[Segment]] = field(default_factory=dict)  # local speaker → its embedded segments
+    waiting: dict[int, tuple[int, int]] = field(default_factory=dict)  # embedding seq → (local speaker, segment)
+    embeddings: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)  # (local speaker, segment) → vector
 
 
 class StreamingDiarizer:
@@ -158,17 +163,16 @@ class StreamingDiarizer:
         pending.active = [k for k in range(scores.shape[1]) if active[:, k].any()]
         requests: list[Request] = []
         for k in pending.active:
-            spans = [(int(lo[a]), int(hi[b - 1])) for a, b in _runs(clean[:, k])]
-            spans = [(a, b) for a, b in spans if b > a]
-            total = sum(b - a for a, b in spans)
-            if not spans or total < max(1, self.options.min_embedding_speech):
-                continue
-            seq = self._next_seq()
-            pending.waiting[seq] = k
-            self._by_seq[seq] = pending
-            audio = np.concatenate([pending.audio[a:b] for a, b in spans])
-            requests.append(EmbeddingRequest(self.session_id, seq, self.channel, pending.window.start + spans[0][0],
-                                             audio, window_seq=pending.seq, local_speaker=k))
+            segments = plan_segments(clean[:, k], active[:, k], lo, hi, self.options, self.windows.geometry.step)
+            pending.segments[k] = segments
+            for i, segment in enumerate(segments):
+                seq = self._next_seq()
+                pending.waiting[seq] = (k, i)
+                self._by_seq[seq] = pending
+                audio = np.concatenate([pending.audio[a:b] for a, b in segment.spans])
+                requests.append(EmbeddingRequest(self.session_id, seq, self.channel,
+                                                 pending.window.start + segment.spans[0][0], audio,
+                                                 window_seq=pending.seq, local_speaker=k))
         return requests
 
     # ------------------------------------------------------------------------------------------------ resolution
@@ -184,42 +188,57 @@ class StreamingDiarizer:
     def _aggregate(self, pending: _PendingWindow) -> None:
         scores = pending.scores
         assert scores is not None
-        embedded = [k for k in pending.active if k in pending.embeddings]
+        columns, active, clean, overlapped = [], [], {}, {}
+        for k in pending.active:
+            segments = pending.segments.get(k, [])
+            voices = split_by_voice(scores[:, k], segments, [pending.embeddings[(k, i)] for i in range(len(segments))],
+                                    self.options.change_threshold)
+            if not voices:
+                active.append(len(columns))
+                columns.append(scores[:, k])
+            for voice in voices:
+                (overlapped if voice.overlapped else clean)[len(columns)] = voice.embedding
+                active.append(len(columns))
+                columns.append(voice.scores)
+        voices_scores = np.stack(columns, axis=1) if columns else np.zeros((len(scores), 0))
         mapping: dict[int, int] = {}
-        vectors = [pending.embeddings[k] for k in embedded]
-        for k, g in zip(embedded, self.tracker.assign(vectors, at=pending.window.end)):
+        for c, g in zip(clean, self.tracker.assign(list(clean.values()), at=pending.window.end)):
             if g is not None:
-                mapping[k] = g
-        self._map_by_continuity(pending, mapping)
+                mapping[c] = g
+        for c, g in zip(overlapped, self.tracker.match(list(overlapped.values()), exclude=list(mapping.values()),
+                                                       threshold=self.options.overlap_match_threshold)):
+            if g is not None:
+                mapping[c] = g
+        self._map_by_continuity(pending.window, voices_scores, active, mapping)
         n_frames = len(scores)
         mapped = np.zeros((n_frames, max(self.tracker.n_speakers, self.windows.n_speakers, 1)))
-        for k, g in mapping.items():
-            mapped[:, g] = scores[:, k]
+        for c, g in mapping.items():
+            mapped[:, g] = np.maximum(mapped[:, g], voices_scores[:, c])
         mapped[~self.windows.valid_frames(pending.window, n_frames)] = 0.0
-        unmapped = [k for k in pending.active if k not in mapping]
+        unmapped = [c for c in active if c not in mapping]
         unknown = None
         if unmapped:
             tau = self.options.tau_active
-            unknown = (scores[:, unmapped] > tau).any(axis=1) & ~(mapped > tau).any(axis=1)
+            unknown = (voices_scores[:, unmapped] > tau).any(axis=1) & ~(mapped > tau).any(axis=1)
         self.windows.add(pending.window, mapped, skip=unknown)
         self._previous = (pending.window, mapped)
 
-    def _map_by_continuity(self, pending: _PendingWindow, mapping: dict[int, int]) -> None:
+    def _map_by_continuity(self, window: Window, scores: np.ndarray, active: list[int],
+                           mapping: dict[int, int]) -> None:
         """Map active local speakers without a global speaker by their overlap with the previous window's mapped
         activity on the frames both windows cover: intersection over union ≥ ``continuity_threshold``, with a
         one-to-one assignment over the still free global speakers."""
-        scores, previous = pending.scores, self._previous
-        assert scores is not None
-        rest = [k for k in pending.active if k not in mapping]
+        previous = self._previous
+        rest = [k for k in active if k not in mapping]
         if not rest or previous is None:
             return
         prev_window, prev_mapped = previous
         free = [g for g in range(prev_mapped.shape[1]) if g not in mapping.values()]
         n_frames, tau = len(scores), self.options.tau_active
-        index = self.windows.global_index(pending.window) + np.arange(n_frames)
+        index = self.windows.global_index(window) + np.arange(n_frames)
         prev_frames = index - self.windows.global_index(prev_window)
         shared = ((prev_frames >= 0) & (prev_frames < len(prev_mapped))
-                  & self.windows.valid_frames(pending.window, n_frames))
+                  & self.windows.valid_frames(window, n_frames))
         if not free or not shared.any():
             return
         local = scores[shared][:, rest] > tau                           # (shared frames, rest)
@@ -321,13 +340,4 @@ class StreamingDiarizer:
                 for a, b in _runs(active[:, g]):
                     add(g, max(self.final_until, windows.frame_start(first + a)), windows.frame_start(first + b))
         return out
-
-
-def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    """``[a, b)`` index ranges of the True runs of a boolean vector."""
-    if not mask.size:
-        return []
-    padded = np.concatenate([[False], mask.astype(bool), [False]])
-    edges = np.flatnonzero(padded[1:] != padded[:-1])
-    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
 

@@ -130,6 +130,20 @@ class SpeakerTracker:
             out.append(g)
         return out
 
+    def match(self, embeddings: Sequence[np.ndarray], exclude: Sequence[int] = (),
+              threshold: float = 0.45) -> list[Optional[int]]:
+        """Map embeddings that describe a mixture (overlapped speech) to existing global speakers only: a one-to-one
+        assignment over the speakers not in ``exclude``, accepted within ``threshold``. Creates and updates nothing."""
+        out: list[Optional[int]] = [None] * len(embeddings)
+        free = [g for g in range(self.n_speakers) if g not in set(exclude)]
+        if not len(embeddings) or not free:
+            return out
+        dist = self.distances(np.stack([np.asarray(x, dtype=np.float64).ravel() for x in embeddings]))[:, free]
+        for r, c in zip(*linear_sum_assignment(dist)):
+            if dist[r, c] <= threshold:
+                out[r] = free[c]
+        return out
+
     def _candidate(self, embedding: np.ndarray, at: int, joined: set[int]) -> Optional[int]:
         """Add a far embedding to the nearest candidate (one per window) or start one; promote when confirmed."""
         candidate, best_dist = None, self.options.new_speaker_threshold

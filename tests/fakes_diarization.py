@@ -3,7 +3,8 @@
 Speaker ``i`` "speaks" a sine tone of ``TONES[i]`` Hz, so a test can compose a conversation (with overlaps) whose
 reference is known exactly. :class:`FakeSegmentation` measures each tone's amplitude per frame and reports the tones
 present in a window as local speakers in a seeded, window-dependent order (so local indices really have to be
-mapped); :class:`FakeEmbedding` returns a fixed random unit vector per dominant tone plus a little seeded noise.
+mapped), or, with ``merge``, all tones as one local speaker (the model's failure when one voice follows another);
+:class:`FakeEmbedding` returns a fixed random unit vector per tone (their mix for several) plus seeded noise.
 """
 
 from __future__ import annotations
@@ -53,9 +54,10 @@ def tone_amplitudes(frames: np.ndarray) -> np.ndarray:
 class FakeSegmentation:
     """Frame scores from tone presence; up to ``LOCAL_SPEAKERS`` tones per window, in a seeded order."""
 
-    def __init__(self, seed: int = 0, threshold: float = AMPLITUDE / 3) -> None:
+    def __init__(self, seed: int = 0, threshold: float = AMPLITUDE / 3, merge: bool = False) -> None:
         self.seed = seed
         self.threshold = threshold
+        self.merge = merge
         self.windows_seen = 0
 
     def __call__(self, requests: Sequence[SegmentationRequest]) -> list[SegmentationResult]:
@@ -73,12 +75,13 @@ class FakeSegmentation:
         slots = rng.permutation(LOCAL_SPEAKERS)
         scores = np.full((n_frames, LOCAL_SPEAKERS), 0.03, dtype=np.float32)
         for tone, slot in zip(order, slots):
-            scores[present[:, tone], slot] = 0.95
+            scores[present[:, tone], slots[0] if self.merge else slot] = 0.95
         return SegmentationResult(request.session_id, request.seq, scores, FRAME_STEP, FRAME_DURATION, 0.0)
 
 
 class FakeEmbedding:
-    """A fixed unit vector per dominant tone, plus seeded noise of norm about ``noise``."""
+    """A fixed unit vector per tone, plus seeded noise of norm about ``noise``; audio holding several tones (overlapped
+    speech) gets the amplitude-weighted mix of their vectors, as a real encoder describes a mixture."""
 
     def __init__(self, dim: int = 32, noise: float = 0.1, seed: int = 0) -> None:
         base = np.random.default_rng(seed).normal(size=(len(TONES), dim))
@@ -92,8 +95,10 @@ class FakeEmbedding:
         for r in requests:
             self.requests.append(r)
             audio = np.asarray(r.audio, dtype=np.float64)
-            tone = int(np.argmax(tone_amplitudes(audio[None, :])[0]))
-            vector = self.base[tone] + self.rng.normal(size=self.base.shape[1]) * self.noise / np.sqrt(
+            amplitudes = tone_amplitudes(audio[None, :])[0]
+            weights = np.where(amplitudes > 0.1 * amplitudes.max(), amplitudes, 0.0)
+            mix = weights @ self.base
+            vector = mix / np.linalg.norm(mix) + self.rng.normal(size=self.base.shape[1]) * self.noise / np.sqrt(
                 self.base.shape[1])
             out.append(EmbeddingResult(r.session_id, r.seq, vector.astype(np.float32)))
         return out

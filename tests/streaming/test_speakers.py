@@ -151,6 +151,18 @@ def test_embedding_size_must_not_change() -> None:
         t.assign([np.ones(DIM + 1)], at=ms(1000))
 
 
+def test_match_maps_to_free_existing_speakers_only_and_changes_nothing() -> None:
+    t = tracker()
+    step(t, 1, 0)
+    step(t, 2, 1)
+    before = t.centroids
+    near_0, near_1, far = voice(0, 0.05), voice(1, 0.05), voice(5, 0.0)
+    assert t.match([near_0, far], threshold=0.45) == [0, None]          # far: no new speaker
+    assert t.match([near_0, near_1], exclude=[0], threshold=0.45) == [None, 1]  # 0 taken by a clean embedding
+    assert t.match([near_1], threshold=1e-9) == [None]
+    assert t.n_speakers == 2 and np.allclose(t.centroids, before)
+
+
 def test_reset_starts_over_at_s1() -> None:
     t = tracker()
     step(t, 1, 0)
@@ -167,6 +179,10 @@ def test_reset_starts_over_at_s1() -> None:
     ("continuity_threshold", 0.0, "continuity_threshold"),
     ("max_speakers", 0, "max_speakers"),
     ("centroid_rate", 1.0, "centroid_rate"),
+    ("segment_gap", 0, "segment_gap"),
+    ("min_segment_speech", -1, "min_segment_speech"),
+    ("change_threshold", 0.0, "change_threshold"),
+    ("overlap_match_threshold", 2.5, "overlap_match_threshold"),
 ])
 def test_options_are_validated_with_a_message_naming_the_field(field: str, value: object, fix: str) -> None:
     with pytest.raises(ValueError, match=fix):

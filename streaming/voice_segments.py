@@ -1,0 +1,135 @@
+"""What of one local speaker's activity in a window gets an embedding, and where that speaker changes voice.
+
+The segmentation model sometimes gives two voices that follow each other (one stops, a pause, the next starts) the
+same local speaker of a window. One embedding over all of that local speaker's speech then describes a mixture,
+and every frame of it gets the label of whichever voice dominates: the first second of a new speaker's turn is
+labelled as the previous speaker. So each local speaker's speech is cut into *segments* at pauses, every segment
+is embedded on its own, and consecutive segments whose embeddings disagree become separate local speakers.
+
+1. :func:`plan_segments`: the local speaker's *clean* frames (where it is the only active speaker) split at pauses
+   of at least ``DiarizationOptions.segment_gap``; segments with less than ``min_segment_speech`` are merged into
+   their nearer neighbour (short embeddings are noisy). When the clean frames hold less than
+   ``min_embedding_speech`` in all, its overlapped frames are used instead (marked ``overlapped``: such an
+   embedding describes a mixture and may only *match* an existing speaker, see ``overlap_match_threshold``).
+2. :func:`split_by_voice`: consecutive segments closer than ``change_threshold`` (cosine distance between the
+   running mean of the group and the next segment) stay one voice; a farther segment starts a new voice. Each voice
+   gets the local speaker's scores on its own frame range (boundaries halfway between segments) and the
+   speech-weighted mean of its segments' unit embeddings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from streaming.config import DiarizationOptions
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Frames ``[first, stop)`` of one local speaker, embedded on ``spans`` (sample ranges within the window)."""
+
+    first: int
+    stop: int
+    spans: tuple[tuple[int, int], ...]
+    overlapped: bool = False
+
+    @property
+    def speech(self) -> int:
+        return sum(b - a for a, b in self.spans)
+
+
+@dataclass(frozen=True)
+class Voice:
+    """One voice of a local speaker: its scores (zero outside its frame range) and its embedding."""
+
+    scores: np.ndarray
+    embedding: np.ndarray
+    overlapped: bool = False
+
+
+def runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """``[a, b)`` index ranges of the True runs of a boolean vector."""
+    if not mask.size:
+        return []
+    padded = np.concatenate([[False], mask.astype(bool), [False]])
+    edges = np.flatnonzero(padded[1:] != padded[:-1])
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
+
+
+def plan_segments(clean: np.ndarray, active: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                  options: DiarizationOptions, frame_step: float) -> list[Segment]:
+    """Segments to embed for one local speaker. ``clean``/``active``: its frame masks; ``lo``/``hi``: each frame's
+    sample span in the window; ``frame_step``: samples per frame. Empty when it has too little speech."""
+    def speech(frame_runs: Sequence[tuple[int, int]]) -> int:
+        return sum(max(0, int(hi[b - 1]) - int(lo[a])) for a, b in frame_runs)
+
+    overlapped = False
+    frame_runs = runs(clean)
+    if speech(frame_runs) < options.min_embedding_speech:
+        frame_runs, overlapped = runs(active), True
+        if speech(frame_runs) < max(1, options.min_embedding_speech):
+            return []
+    gap = max(1, int(round(options.segment_gap / frame_step)))
+    groups: list[list[tuple[int, int]]] = []
+    for a, b in frame_runs:
+        if groups and a - groups[-1][-1][1] < gap:
+            groups[-1].append((a, b))
+        else:
+            groups.append([(a, b)])
+    while len(groups) > 1:
+        short = [i for i, g in enumerate(groups) if speech(g) < options.min_segment_speech]
+        if not short:
+            break
+        i = short[0]
+        if i == 0:
+            j = 1
+        elif i == len(groups) - 1:
+            j = i - 1
+        else:
+            before = groups[i][0][0] - groups[i - 1][-1][1]
+            after = groups[i + 1][0][0] - groups[i][-1][1]
+            j = i - 1 if before <= after else i + 1
+        a, b = min(i, j), max(i, j)
+        groups[a:b + 1] = [groups[a] + groups[b]]
+    out = []
+    for g in groups:
+        spans = tuple((int(lo[a]), int(hi[b - 1])) for a, b in g if hi[b - 1] > lo[a])
+        if spans:
+            out.append(Segment(g[0][0], g[-1][1], spans, overlapped))
+    return out
+
+
+def split_by_voice(scores: np.ndarray, segments: Sequence[Segment], embeddings: Sequence[np.ndarray],
+                   change_threshold: float) -> list[Voice]:
+    """The voices of one local speaker (``scores``: its column) from its segments and their embeddings."""
+    if not segments:
+        return []
+    units = [_unit(e) for e in embeddings]
+    groups: list[list[int]] = []
+    total = np.zeros_like(units[0])
+    for i, u in enumerate(units):
+        if groups and 1.0 - float(_unit(total) @ u) <= change_threshold:
+            groups[-1].append(i)
+            total = total + u * segments[i].speech
+            continue
+        groups.append([i])
+        total = u * segments[i].speech
+    bounds = [0]
+    for left, right in zip(groups[:-1], groups[1:]):
+        bounds.append((segments[left[-1]].stop + segments[right[0]].first) // 2)
+    bounds.append(len(scores))
+    voices = []
+    for g, a, b in zip(groups, bounds[:-1], bounds[1:]):
+        column = np.zeros_like(scores)
+        column[a:b] = scores[a:b]
+        mean = sum(units[i] * segments[i].speech for i in g)
+        voices.append(Voice(column, _unit(mean), segments[g[0]].overlapped))
+    return voices
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float64).ravel()
+    return v / max(float(np.linalg.norm(v)), 1e-12)
