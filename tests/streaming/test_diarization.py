@@ -76,7 +76,7 @@ def test_turns_match_the_reference_with_one_stable_label_per_speaker(meeting) ->
     hyp = activity(turns, MEETING_LENGTH, labels)
     ref = activity(MEETING, MEETING_LENGTH, {})
     errors = (hyp != ref).sum() / ref.sum()
-    # new speakers are confirmed over three windows, so their first second or so is missed: a few % at most
+    # new speakers are confirmed over two windows, so their first second or so is missed: a few % at most
     assert errors < 0.06, errors
 
 
