@@ -8,6 +8,8 @@ need_apt=()
 for tool in espeak-ng:espeak-ng sox:sox ffmpeg:ffmpeg; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need_apt+=("${tool#*:}")
 done
+# jemalloc: the server runs on it (scripts/serve.sh); glibc malloc let its RSS grow ~1.8 GB per audio hour
+ls /usr/lib/*/libjemalloc.so.2 >/dev/null 2>&1 || need_apt+=(libjemalloc2)
 if [ "${RECHKA_WITH_BROWSER:-0}" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
   need_apt+=(chromium chromium-driver)
 fi

@@ -5,6 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 export PATH="$HOME/.local/bin:$PATH"
-# Fewer glibc malloc arenas: variable-length tensors fragment many arenas (see docs/benchmarks.md, long session).
+# Memory allocator: jemalloc keeps the server's RSS flat over long sessions, while glibc malloc kept the peaks of
+# variable-length tensors (docs/benchmarks.md, long session). RECHKA_ALLOCATOR=glibc keeps glibc, with fewer arenas.
+jemalloc="$(ls /usr/lib/*/libjemalloc.so.2 2>/dev/null | head -n 1 || true)"
+if [ "${RECHKA_ALLOCATOR:-jemalloc}" != glibc ] && [ -n "$jemalloc" ]; then
+  export LD_PRELOAD="$jemalloc${LD_PRELOAD:+:$LD_PRELOAD}"
+fi
 export MALLOC_ARENA_MAX="${MALLOC_ARENA_MAX:-2}"
 exec uv run --frozen python -m server "$@"
