@@ -12,8 +12,9 @@ Life of a window (see :mod:`streaming.windows` for the schedule and the aggregat
 3. Windows are then resolved strictly in order, once all their embeddings are back: the
    :class:`~streaming.speakers.SpeakerTracker` maps the voices with clean embeddings to global ones (a new global
    speaker needs ``new_speaker_windows`` windows of confirmation), voices with overlap embeddings may only match a
-   free existing speaker (``overlap_match_threshold``); the others are mapped by score continuity (the global speaker whose activity in the previous window agrees with theirs on the frames
-   both windows cover, see ``continuity_threshold``) or left out of this window. The mapped scores are aggregated
+   free existing speaker (``overlap_match_threshold``); the others are mapped by score continuity (the global
+   speaker whose activity in the previous window agrees with theirs on the frames both windows cover, see
+   ``continuity_threshold``) or left out of this window. The mapped scores are aggregated
    onto the global grid, except in frames where a left-out speaker is active: there the window cannot say who
    speaks, so it does not count at all (rather than voting "nobody").
 4. Frames up to ``end of the last resolved window - latency`` become final: their binarised activity
