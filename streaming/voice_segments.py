@@ -25,6 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from streaming.config import DiarizationOptions
+from streaming.speakers import unit
 
 
 @dataclass(frozen=True)
@@ -107,11 +108,11 @@ def split_by_voice(scores: np.ndarray, segments: Sequence[Segment], embeddings: 
     """The voices of one local speaker (``scores``: its column) from its segments and their embeddings."""
     if not segments:
         return []
-    units = [_unit(e) for e in embeddings]
+    units = [unit(e) for e in embeddings]
     groups: list[list[int]] = []
     total = np.zeros_like(units[0])
     for i, u in enumerate(units):
-        if groups and 1.0 - float(_unit(total) @ u) <= change_threshold:
+        if groups and 1.0 - float(unit(total) @ u) <= change_threshold:
             groups[-1].append(i)
             total = total + u * segments[i].speech
             continue
@@ -126,10 +127,6 @@ def split_by_voice(scores: np.ndarray, segments: Sequence[Segment], embeddings: 
         column = np.zeros_like(scores)
         column[a:b] = scores[a:b]
         mean = sum(units[i] * segments[i].speech for i in g)
-        voices.append(Voice(column, _unit(mean), segments[g[0]].overlapped))
+        voices.append(Voice(column, unit(mean), segments[g[0]].overlapped))
     return voices
 
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    v = np.asarray(v, dtype=np.float64).ravel()
-    return v / max(float(np.linalg.norm(v)), 1e-12)
