@@ -132,6 +132,12 @@ class DiarizationOptions:
         Hamming lowered DER on every data set in ``benchmarks/der.py`` at 1.5 s latency.
     update_threshold: a centroid only learns from embeddings closer than this cosine distance (default: the
         new-speaker threshold), so borderline or forced matches do not drag it towards another voice.
+    binarization: how the aggregated scores become final activity. ``"count"``: every frame gets as many speakers as
+        the windows heard there (their weighted mean number of active local speakers, named or not, rounded), the
+        ones with the highest aggregated scores, as pyannote's offline reconstruction does; a speaker the windows
+        agree on is kept even when its averaged score sits just under ``tau_active`` in a second voice's overlap.
+        ``"threshold"``: every speaker whose aggregated score exceeds ``tau_active``. ``benchmarks/der.py``: count
+        lowered DER on AMI (.284 → .277 at 1.5 s latency, .277 → .263 at 5 s) and on every other data set.
     continuity_threshold: a local speaker without an embedding (too little clean speech) joins the global speaker
         whose activity in the previous window matches its own on the frames both windows cover with at least this
         intersection over union; below it, the local speaker is left out of that window.
@@ -149,6 +155,7 @@ class DiarizationOptions:
     aggregation: str = "hamming"
     update_threshold: Optional[float] = None
     continuity_threshold: float = 0.5
+    binarization: str = "count"
     segment_gap: int = ms(200)
     min_segment_speech: int = ms(1_000)
     change_threshold: float = 0.3
@@ -173,6 +180,8 @@ class DiarizationOptions:
                "DiarizationOptions.aggregation must be 'hamming' (the default) or 'mean'")
         _check(0.0 < self.update_threshold <= 2.0,  # type: ignore[operator]
                "DiarizationOptions.update_threshold must be in (0, 2]; leave it unset for new_speaker_threshold")
+        _check(self.binarization in ("count", "threshold"),
+               "DiarizationOptions.binarization must be 'count' (the default) or 'threshold'")
         _check(0.0 < self.continuity_threshold <= 1.0,
                "DiarizationOptions.continuity_threshold must be in (0, 1]; 0.5 means most of the activity agrees")
         _check(ms(20) <= self.segment_gap <= self.window,

@@ -36,7 +36,7 @@ from streaming import wire
 from streaming.config import DiarizationOptions, ms
 from streaming.speakers import SpeakerTracker, label_of
 from streaming.voice_segments import Segment, plan_segments, runs as _runs, split_by_voice
-from streaming.windows import FrameGeometry, SampleSource, SegmentationWindows, Window
+from streaming.windows import FrameGeometry, SampleSource, SegmentationWindows, Window, top_speakers
 from streaming.work import EmbeddingRequest, EmbeddingResult, Request, Result, SegmentationRequest, SegmentationResult
 
 HISTORY = ms(300_000)  # final turns kept for speaker_for() after they end (5 min)
@@ -217,11 +217,12 @@ class StreamingDiarizer:
             mapped[:, g] = np.maximum(mapped[:, g], voices_scores[:, c])
         mapped[~self.windows.valid_frames(pending.window, n_frames)] = 0.0
         unmapped = [c for c in active if c not in mapping]
-        unknown = None
+        abstain = None
         if unmapped:
             tau = self.options.tau_active
-            unknown = (voices_scores[:, unmapped] > tau).any(axis=1) & ~(mapped > tau).any(axis=1)
-        self.windows.add(pending.window, mapped, skip=unknown)
+            abstain = (voices_scores[:, unmapped] > tau).any(axis=1)[:, None] & (mapped <= tau)
+        heard = (voices_scores > self.options.tau_active) & self.windows.valid_frames(pending.window, n_frames)[:, None]
+        self.windows.add(pending.window, mapped, abstain=abstain, talkers=heard.sum(axis=1))
         self._previous = (pending.window, mapped)
 
     def _map_by_continuity(self, window: Window, scores: np.ndarray, active: list[int],
@@ -262,7 +263,7 @@ class StreamingDiarizer:
         stop = max(start, windows.covered[1] if last else windows.frame_at(until))
         if stop == start and not last:
             return
-        active = windows.activity(start, stop) > self.options.tau_active
+        active = self._binarize(start, stop)
         turns: list[tuple[int, int, int]] = []
         for g in range(active.shape[1]):
             runs = _runs(active[:, g])
@@ -286,6 +287,13 @@ class StreamingDiarizer:
         del self._history[:horizon]
         if len(self._new_turns) > len(self._history):  # nobody pops them (speaker_turns off): same bound
             del self._new_turns[:len(self._new_turns) - len(self._history)]
+
+    def _binarize(self, first: int, stop: int) -> np.ndarray:
+        """Active global speakers in global frames ``[first, stop)`` (see ``DiarizationOptions.binarization``)."""
+        activity = self.windows.activity(first, stop)
+        if self.options.binarization == "threshold":
+            return activity > self.options.tau_active
+        return top_speakers(activity, self.windows.talkers(first, stop))
 
     def _turn(self, g: int, first: int, stop: int) -> tuple[int, int, int]:
         """``(end, start, g)`` of global speaker ``g``'s final run over global frames ``[first, stop)``."""
@@ -336,7 +344,7 @@ class StreamingDiarizer:
         if end > self.final_until:
             first = windows.frame_at(max(start, self.final_until))
             stop = windows.frame_at(end - 1) + 1
-            active = windows.activity(first, stop) > self.options.tau_active
+            active = self._binarize(first, stop)
             for g in range(active.shape[1]):
                 for a, b in _runs(active[:, g]):
                     add(g, max(self.final_until, windows.frame_start(first + a)), windows.frame_start(first + b))

@@ -26,6 +26,7 @@ import numpy as np
 from streaming.config import DiarizationOptions
 
 
+
 class SampleSource(Protocol):
     """What :meth:`SegmentationWindows.cut` needs from ``streaming.audio.AudioBuffer``."""
 
@@ -96,7 +97,8 @@ class SegmentationWindows:
         self._base: Optional[int] = None    # global index of row 0 of the arrays below (None: nothing yet)
         self._frozen: Optional[int] = None  # frames before this global index are final (None: none is)
         self._sums = np.zeros((0, 0), dtype=np.float64)
-        self._counts = np.zeros(0, dtype=np.float64)
+        self._counts = np.zeros((0, 0), dtype=np.float64)  # per frame and global speaker: weight of the votes
+        self._talkers = np.zeros((0, 2), dtype=np.float64)  # per frame: weighted sum of speaker counts, weight
 
     # ------------------------------------------------------------------------------------------------ schedule
     def due(self, audio_end: int) -> list[Window]:
@@ -154,26 +156,36 @@ class SegmentationWindows:
         geometry = self._require_geometry()
         return int(round(window.start / geometry.step))
 
-    def add(self, window: Window, scores: np.ndarray, skip: Optional[np.ndarray] = None) -> None:
+    def add(self, window: Window, scores: np.ndarray, abstain: Optional[np.ndarray] = None,
+            talkers: Optional[np.ndarray] = None) -> None:
         """Aggregate one window's ``scores[f, g]`` (already mapped to global speakers, 0 where none) into the grid.
 
-        Padding frames, frames already final and frames flagged in ``skip`` (where the window cannot tell who
-        speaks) are left out; every other frame counts the window as covering it.
+        Padding frames and frames already final are left out. ``abstain`` (``(frames,)`` or ``(frames, speakers)``
+        booleans) marks the votes the window does not cast: where it heard somebody it could not name, it cannot say
+        that a given speaker was silent, so those zeros must not dilute the other windows' votes. Every other
+        (frame, speaker) counts the window's score with the frame's aggregation weight. ``talkers``: how many
+        speakers the window hears in each frame, named or not (see :meth:`talkers`).
         """
         n_frames, n_speakers = scores.shape
         valid = self.valid_frames(window, n_frames)
-        if skip is not None:
-            valid &= ~skip
         index = self.global_index(window) + np.arange(n_frames)
         if self._frozen is not None:
             valid &= index >= self._frozen
         if not valid.any():
             return
-        weights = self._weights(n_frames)[valid]
-        index, rows = index[valid], scores[valid]
-        base = self._grow(int(index.min()), int(index.max()) + 1, n_speakers)
-        self._sums[index - base, :n_speakers] += rows * weights[:, None]
-        self._counts[index - base] += weights
+        votes = np.repeat(valid[:, None], n_speakers, axis=1)
+        if abstain is not None:
+            votes &= ~(abstain if abstain.ndim == 2 else abstain[:, None])
+        weights = self._weights(n_frames)[:, None] * votes
+        base = self._grow(int(index[valid].min()), int(index[valid].max()) + 1, n_speakers)
+        rows = index[valid] - base
+        self._sums[rows, :n_speakers] += (scores * weights)[valid]
+        self._counts[rows, :n_speakers] += weights[valid]
+        self._counts[rows, n_speakers:] += weights[valid].max(axis=1, initial=0.0)[:, None]
+        if talkers is not None:
+            frame_weights = self._weights(n_frames)[valid]
+            self._talkers[rows, 0] += np.asarray(talkers, dtype=np.float64)[valid] * frame_weights
+            self._talkers[rows, 1] += frame_weights
 
     def activity(self, first: int, last: int) -> np.ndarray:
         """Averaged scores of global frames ``[first, last)`` (rows) × global speakers seen so far (columns); frames no
@@ -186,8 +198,19 @@ class SegmentationWindows:
         if a < b:
             counts = self._counts[a - self._base:b - self._base]
             sums = self._sums[a - self._base:b - self._base]
-            out[a - first:b - first] = np.where(counts[:, None] > 0, sums / np.where(counts > 0, counts, 1)[:, None],
-                                                0.0)
+            out[a - first:b - first] = sums / np.where(counts > 0, counts, 1.0)
+        return out
+
+    def talkers(self, first: int, last: int) -> np.ndarray:
+        """How many speakers talk in each global frame ``[first, last)``: the windows' weighted mean count of active
+        local speakers, rounded (0 where no window counted)."""
+        out = np.zeros(max(0, last - first), dtype=np.int64)
+        if self._base is None:
+            return out
+        a, b = max(first, self._base), min(last, self._base + len(self._counts))
+        if a < b:
+            t = self._talkers[a - self._base:b - self._base]
+            out[a - first:b - first] = np.rint(t[:, 0] / np.where(t[:, 1] > 0, t[:, 1], 1.0))
         return out
 
     @property
@@ -218,6 +241,7 @@ class SegmentationWindows:
         if drop:
             self._sums = self._sums[drop:]
             self._counts = self._counts[drop:]
+            self._talkers = self._talkers[drop:]
         self._base += drop
 
     # ------------------------------------------------------------------------------------------------ frame ↔ sample
@@ -252,8 +276,24 @@ class SegmentationWindows:
         cols = max(self._sums.shape[1], n_speakers)
         if new_base != base or new_rows != rows or cols != self._sums.shape[1]:
             sums = np.zeros((new_rows, cols), dtype=np.float64)
-            counts = np.zeros(new_rows, dtype=np.float64)
-            sums[base - new_base:base - new_base + rows, :self._sums.shape[1]] = self._sums
-            counts[base - new_base:base - new_base + rows] = self._counts
-            self._sums, self._counts, self._base = sums, counts, new_base
+            counts = np.zeros((new_rows, cols), dtype=np.float64)
+            old_cols = self._sums.shape[1]
+            sums[base - new_base:base - new_base + rows, :old_cols] = self._sums
+            counts[base - new_base:base - new_base + rows, :old_cols] = self._counts
+            if old_cols and cols > old_cols:  # a new speaker was silent wherever every speaker got a vote
+                counts[base - new_base:base - new_base + rows, old_cols:] = self._counts.max(axis=1)[:, None]
+            talkers = np.zeros((new_rows, 2), dtype=np.float64)
+            talkers[base - new_base:base - new_base + rows] = self._talkers
+            self._sums, self._counts, self._talkers, self._base = sums, counts, talkers, new_base
         return new_base
+
+
+def top_speakers(activity: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Boolean ``(frames, speakers)``: in each frame, the ``count[f]`` speakers with the highest ``activity`` (only
+    those with some activity at all; ties go to the lower index)."""
+    if not activity.size:
+        return np.zeros(activity.shape, dtype=bool)
+    order = np.argsort(-activity, axis=1, kind="stable")
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.broadcast_to(np.arange(activity.shape[1]), activity.shape), axis=1)
+    return (rank < np.asarray(count)[:, None]) & (activity > 0.0)

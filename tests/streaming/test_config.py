@@ -40,6 +40,7 @@ def test_options_are_frozen() -> None:
     (DiarizationOptions, dict(latency=ms(5_000), window=ms(10_000)), "latency"),
     (DiarizationOptions, dict(tau_active=1.0), "tau_active"),
     (DiarizationOptions, dict(max_speakers=33), "max_speakers"),
+    (DiarizationOptions, dict(binarization="median"), "binarization"),
     (SessionConfig, dict(max_pending_audio=ms(500)), "max_pending_audio"),
 ])
 def test_bad_values_name_the_field(cls: type, kwargs: dict, field: str) -> None:

@@ -80,6 +80,16 @@ def test_turns_match_the_reference_with_one_stable_label_per_speaker(meeting) ->
     assert errors < 0.06, errors
 
 
+def test_threshold_binarization_gives_the_same_speakers() -> None:
+    # the fakes' scores are crisp (0.95 or 0.03), so both rules must agree: one label per speaker, same turns
+    diarizer, turns = conversation(MEETING, MEETING_LENGTH, DiarizationOptions(binarization="threshold"))
+    labels = mapping(MEETING, turns)
+    assert sorted(labels.values()) == [0, 1, 2] and diarizer.speakers == ("S1", "S2", "S3")
+    hyp = activity(turns, MEETING_LENGTH, labels)
+    ref = activity(MEETING, MEETING_LENGTH, {})
+    assert (hyp != ref).sum() / ref.sum() < 0.06
+
+
 def test_a_speaker_back_after_a_long_silence_keeps_the_label(meeting) -> None:
     _, turns = meeting
     first = {t.speaker for t in turns if t.start < ms(6000)}

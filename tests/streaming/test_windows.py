@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from streaming.config import DiarizationOptions, ms
-from streaming.windows import FrameGeometry, SegmentationWindows, Window
+from streaming.windows import FrameGeometry, SegmentationWindows, Window, top_speakers
 from tests.fakes_diarization import ArrayBuffer
 
 OPTIONS = DiarizationOptions(window=ms(5000), step=ms(500), latency=ms(1500), aggregation="mean")
@@ -139,15 +139,61 @@ def test_frozen_frames_are_released_and_never_reopened() -> None:
     np.testing.assert_allclose(w.activity(100, N_FRAMES)[:, 0], 0.5)
 
 
-def test_skipped_frames_do_not_count_as_coverage() -> None:
+def test_abstaining_frames_do_not_count_as_coverage() -> None:
     w = windows_with_geometry()
     w.add(Window(0, ms(5000)), np.full((N_FRAMES, 1), 0.9))
-    skip = np.zeros(N_FRAMES, dtype=bool)
-    skip[:50] = True
-    w.add(Window(0, ms(5000)), np.zeros((N_FRAMES, 1)), skip=skip)
+    abstain = np.zeros(N_FRAMES, dtype=bool)
+    abstain[:50] = True
+    w.add(Window(0, ms(5000)), np.zeros((N_FRAMES, 1)), abstain=abstain)
     activity = w.activity(0, N_FRAMES)[:, 0]
     np.testing.assert_allclose(activity[:50], 0.9)
     np.testing.assert_allclose(activity[50:], 0.45)
+
+
+def test_a_window_can_abstain_on_one_speaker_and_vote_on_another() -> None:
+    w = windows_with_geometry()
+    w.add(Window(0, ms(5000)), np.full((N_FRAMES, 2), 0.8))
+    second = np.zeros((N_FRAMES, 2))
+    second[:, 0] = 0.6                       # it heard speaker 0 and somebody it could not name
+    abstain = np.zeros((N_FRAMES, 2), dtype=bool)
+    abstain[:, 1] = True                     # so it says nothing about speaker 1
+    w.add(Window(0, ms(5000)), second, abstain=abstain)
+    activity = w.activity(0, N_FRAMES)
+    np.testing.assert_allclose(activity[:, 0], 0.7)
+    np.testing.assert_allclose(activity[:, 1], 0.8)  # not diluted to 0.4
+
+
+def test_a_new_speaker_column_reads_as_silent_where_earlier_windows_voted() -> None:
+    w = windows_with_geometry()
+    w.add(Window(0, ms(5000)), np.full((N_FRAMES, 1), 0.9))
+    w.add(Window(0, ms(5000)), np.hstack([np.full((N_FRAMES, 1), 0.9), np.full((N_FRAMES, 1), 0.8)]))
+    np.testing.assert_allclose(w.activity(0, N_FRAMES)[:, 1], 0.4)  # the first window heard nobody else
+
+
+def test_talkers_is_the_rounded_mean_count_of_voices_heard() -> None:
+    w = windows_with_geometry()
+    one, two = np.ones(N_FRAMES, dtype=np.int64), np.full(N_FRAMES, 2)
+    w.add(Window(0, ms(5000)), np.zeros((N_FRAMES, 1)), talkers=two)
+    w.add(Window(0, ms(5000)), np.zeros((N_FRAMES, 1)), talkers=two)
+    w.add(Window(0, ms(5000)), np.zeros((N_FRAMES, 1)), talkers=one)
+    assert (w.talkers(0, N_FRAMES) == 2).all()  # mean 5/3
+    w.add(Window(0, ms(5000)), np.zeros((N_FRAMES, 1)), talkers=np.zeros(N_FRAMES))
+    w.add(Window(0, ms(5000)), np.zeros((N_FRAMES, 1)), talkers=np.zeros(N_FRAMES))
+    assert (w.talkers(0, N_FRAMES) == 1).all()  # mean 1
+    assert (w.talkers(N_FRAMES, N_FRAMES + 5) == 0).all()  # never covered
+
+
+def test_top_speakers_takes_the_counted_number_of_highest_scores() -> None:
+    activity = np.array([[0.9, 0.4, 0.1],
+                         [0.9, 0.4, 0.1],
+                         [0.3, 0.0, 0.0],
+                         [0.6, 0.7, 0.2]])
+    top = top_speakers(activity, np.array([1, 2, 2, 0]))
+    assert top.tolist() == [[True, False, False],
+                            [True, True, False],
+                            [True, False, False],   # nobody else has any score
+                            [False, False, False]]
+    assert top_speakers(np.zeros((0, 3)), np.zeros(0)).shape == (0, 3)
 
 
 def test_new_speaker_columns_appear_when_needed() -> None:
