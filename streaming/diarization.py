@@ -15,10 +15,12 @@ Life of a window (see :mod:`streaming.windows` for the schedule and the aggregat
    free existing speaker (``overlap_match_threshold``); the others are mapped by score continuity (the global
    speaker whose activity in the previous window agrees with theirs on the frames both windows cover, see
    ``continuity_threshold``) or left out of this window. The mapped scores are aggregated
-   onto the global grid, except in frames where a left-out speaker is active: there the window cannot say who
-   speaks, so it does not count at all (rather than voting "nobody").
-4. Frames up to ``end of the last resolved window - latency`` become final: their binarised activity
-   (averaged score > ``tau_active``) is merged into turns per global speaker. Turns may overlap (two speakers at once).
+   onto the global grid, except where a left-out speaker is active: there the window cannot say which speaker it
+   heard, so it abstains on every speaker it did not name (rather than voting them silent). Each window also
+   reports how many speakers it heard per frame, named or not.
+4. Frames up to ``end of the last resolved window - latency`` become final: their binarised activity is merged
+   into turns per global speaker (``binarization``: by default the windows' mean speaker count decides how many
+   speakers a frame has, the highest aggregated scores which). Turns may overlap (two speakers at once).
 """
 
 from __future__ import annotations
