@@ -140,7 +140,8 @@ class DiarizationOptions:
         lowered DER on AMI (.284 → .277 at 1.5 s latency, .277 → .263 at 5 s) and on every other data set.
     continuity_threshold: a local speaker without an embedding (too little clean speech) joins the global speaker
         whose activity in the previous window matches its own on the frames both windows cover with at least this
-        intersection over union; below it, the local speaker is left out of that window.
+        intersection over union; below it, the local speaker is left out of that window. A voice whose embedding
+        joined a candidate new speaker is never mapped this way: it waits for the candidate's confirmation.
     """
 
     window: int = ms(5_000)

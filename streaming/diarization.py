@@ -12,12 +12,13 @@ Life of a window (see :mod:`streaming.windows` for the schedule and the aggregat
 3. Windows are then resolved strictly in order, once all their embeddings are back: the
    :class:`~streaming.speakers.SpeakerTracker` maps the voices with clean embeddings to global ones (a new global
    speaker needs ``new_speaker_windows`` windows of confirmation), voices with overlap embeddings may only match a
-   free existing speaker (``overlap_match_threshold``); the others are mapped by score continuity (the global
-   speaker whose activity in the previous window agrees with theirs on the frames both windows cover, see
-   ``continuity_threshold``) or left out of this window. The mapped scores are aggregated
-   onto the global grid, except where a left-out speaker is active: there the window cannot say which speaker it
-   heard, so it abstains on every speaker it did not name (rather than voting them silent). Each window also
-   reports how many speakers it heard per frame, named or not.
+   free existing speaker (``overlap_match_threshold``); voices that joined a candidate new speaker wait for it;
+   the others are mapped by score continuity (the global speaker whose activity in the previous window agrees with
+   theirs on the frames both windows cover, see ``continuity_threshold``) or left out of this window. When a
+   candidate is confirmed, the earlier windows' waiting voices are credited to it on the frames not final yet.
+   The mapped scores are aggregated onto the global grid, except where a left-out speaker is active: there the
+   window cannot say which speaker it heard, so it abstains on every speaker it did not name (rather than voting
+   them silent). Each window also reports how many speakers it heard per frame, named or not.
 4. Frames up to ``end of the last resolved window - latency`` become final: their binarised activity is merged
    into turns per global speaker (``binarization``: by default the windows' mean speaker count decides how many
    speakers a frame has, the highest aggregated scores which). Turns may overlap (two speakers at once).
@@ -85,6 +86,7 @@ class StreamingDiarizer:
         self._new_turns: list[wire.Turn] = []
         self._seen: set[int] = set()
         self._previous: Optional[tuple[Window, np.ndarray]] = None  # last resolved window, mapped scores
+        self._candidate_voices: list[tuple[int, Window, np.ndarray]] = []  # (candidate key, window, its scores)
 
     # ------------------------------------------------------------------------------------------------ requests
     def on_audio(self, buffer: SampleSource) -> list[Request]:
@@ -205,14 +207,18 @@ class StreamingDiarizer:
                 columns.append(voice.scores)
         voices_scores = np.stack(columns, axis=1) if columns else np.zeros((len(scores), 0))
         mapping: dict[int, int] = {}
+        waiting: dict[int, int] = {}
         for c, g in zip(clean, self.tracker.assign(list(clean.values()), at=pending.window.end)):
             if g is not None:
                 mapping[c] = g
+        for c, key in zip(clean, self.tracker.joined):
+            if key is not None:
+                waiting[c] = key
         for c, g in zip(overlapped, self.tracker.match(list(overlapped.values()), exclude=list(mapping.values()),
                                                        threshold=self.options.overlap_match_threshold)):
             if g is not None:
                 mapping[c] = g
-        self._map_by_continuity(pending.window, voices_scores, active, mapping)
+        self._map_by_continuity(pending.window, voices_scores, [c for c in active if c not in waiting], mapping)
         n_frames = len(scores)
         mapped = np.zeros((n_frames, max(self.tracker.n_speakers, self.windows.n_speakers, 1)))
         for c, g in mapping.items():
@@ -226,6 +232,26 @@ class StreamingDiarizer:
         heard = (voices_scores > self.options.tau_active) & self.windows.valid_frames(pending.window, n_frames)[:, None]
         self.windows.add(pending.window, mapped, abstain=abstain, talkers=heard.sum(axis=1))
         self._previous = (pending.window, mapped)
+        self._credit_candidates(pending.window, voices_scores, waiting)
+
+    def _credit_candidates(self, window: Window, scores: np.ndarray, waiting: dict[int, int]) -> None:
+        """Keep the voices of this window that joined a candidate new speaker; when a candidate became a speaker
+        in this window, add its earlier voices' votes to the frames that are not final yet (those windows abstained
+        there, not knowing the speaker)."""
+        tau = self.options.tau_active
+        self._candidate_voices.extend((key, window, scores[:, c].copy()) for c, key in waiting.items())
+        for key, g in self.tracker.promoted:
+            for voice_key, voice_window, column in self._candidate_voices:
+                if voice_key == key:
+                    votes = np.zeros((len(column), max(g + 1, self.windows.n_speakers)))
+                    votes[:, g] = column
+                    abstain = np.ones(votes.shape, dtype=bool)
+                    abstain[:, g] = column <= tau
+                    self.windows.add(voice_window, votes, abstain=abstain)
+        promoted = {key for key, _ in self.tracker.promoted}
+        edge = self.windows.frame_start(self.windows.frozen) if self.windows.frozen is not None else None
+        self._candidate_voices = [v for v in self._candidate_voices
+                                  if v[0] not in promoted and (edge is None or v[1].end > edge)]
 
     def _map_by_continuity(self, window: Window, scores: np.ndarray, active: list[int],
                            mapping: dict[int, int]) -> None:

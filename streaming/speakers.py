@@ -11,8 +11,11 @@ total cosine distance. Thresholds (all in :class:`~streaming.config.DiarizationO
 - ``new_speaker_threshold``: a local speaker farther than this from every centroid is a *candidate* new speaker.
   Candidates close to each other (within the same threshold) from ``new_speaker_windows`` windows, each within
   ``window`` samples of the previous one, become a new global speaker (while fewer than ``max_speakers`` exist);
-  until then the local speaker is unassigned (``None``). A local speaker within the threshold of a centroid that a
-  closer local speaker of the same window took is unassigned too, rather than starting a duplicate.
+  until then the local speaker is unassigned (``None``); after each call, :attr:`SpeakerTracker.joined` says which
+  candidate each embedding joined and :attr:`SpeakerTracker.promoted` which candidates became speakers, so the
+  caller can credit a confirmed speaker with the windows that waited for it. A local speaker within the threshold
+  of a centroid that a closer local speaker of the same window took is unassigned too, rather than starting a
+  duplicate.
 - ``max_speakers``: when every slot is used, local speakers go to the nearest free centroid regardless of distance
   (and, if a window has more local speakers than centroids, to the nearest centroid at all).
 - ``update_threshold``: a centroid only learns from embeddings closer than this, so forced assignments and
@@ -52,6 +55,7 @@ class _Candidate:
     total: np.ndarray
     count: int
     last_seen: int  # position (in samples) of the window that last added to it
+    key: int = -1   # identifies the candidate to callers until it becomes a speaker
 
 
 class SpeakerTracker:
@@ -67,6 +71,10 @@ class SpeakerTracker:
         self._centroids = np.zeros((0, 0), dtype=np.float64)
         self._counts: list[float] = []
         self._candidates: list[_Candidate] = []
+        self._next_key = 0
+        self._last_key = -1
+        self.joined: list[Optional[int]] = []      # per embedding of the last assign(): key of the candidate it joined
+        self.promoted: list[tuple[int, int]] = []  # (candidate key, new global speaker) created by the last assign()
 
     @property
     def n_speakers(self) -> int:
@@ -122,9 +130,12 @@ class SpeakerTracker:
         self._candidates = [c for c in self._candidates if at - c.last_seen <= self.options.window]
         joined: set[int] = set()
         out: list[Optional[int]] = []
+        self.joined, self.promoted = [None] * m, []
         for r, g in enumerate(result):
             if g == _NEW:
                 g = self._candidate(e[r], at, joined)
+                if g is None:
+                    self.joined[r] = self._last_key
             elif g is not None and dist[r, g] <= self.options.update_threshold:
                 self._update(g, e[r])
             out.append(g)
@@ -152,17 +163,21 @@ class SpeakerTracker:
             if id(c) not in joined and d <= best_dist:
                 candidate, best_dist = c, d
         if candidate is None:
-            candidate = _Candidate(embedding.copy(), 1, at)
+            candidate = _Candidate(embedding.copy(), 1, at, self._next_key)
+            self._next_key += 1
             self._candidates.append(candidate)
         else:
             candidate.total = candidate.total + embedding
             candidate.count += 1
             candidate.last_seen = at
         joined.add(id(candidate))
+        self._last_key = candidate.key
         if candidate.count < self.options.new_speaker_windows or self.n_speakers >= self.capacity:
             return None
         self._candidates.remove(candidate)
-        return self._create(candidate.total / candidate.count, candidate.count)
+        g = self._create(candidate.total / candidate.count, candidate.count)
+        self.promoted.append((candidate.key, g))
+        return g
 
     def _create(self, centroid: np.ndarray, count: int) -> int:
         if not self.n_speakers:

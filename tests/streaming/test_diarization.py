@@ -243,6 +243,53 @@ def test_a_speaker_heard_only_in_overlap_is_matched_but_never_created() -> None:
     assert not back and diarizer.speakers == ("S1", "S2")
 
 
+def _handover(options: DiarizationOptions, monkeypatch: pytest.MonkeyPatch, mode: str) -> float:
+    """Speaker 1 takes over from speaker 0 without a pause (0.4 s of overlap) and the segmentation gives both one
+    local speaker: the end of the first S1 turn in seconds (speaker 0 stops at 6.0 s). ``mode``: "as is";
+    "no credit" (confirmed candidates are not credited on earlier windows); "continuity" (also, voices waiting for a
+    candidate are mapped by continuity, as before candidates were tracked)."""
+    from streaming.diarization import StreamingDiarizer as Diarizer
+    from streaming.speakers import SpeakerTracker
+
+    with monkeypatch.context() as patch:
+        if mode in ("no credit", "continuity"):
+            patch.setattr(Diarizer, "_credit_candidates", lambda self, window, scores, waiting: None)
+        if mode == "continuity":
+            assign = SpeakerTracker.assign
+
+            def forget_candidates(self: SpeakerTracker, *args: object, **kwargs: object) -> list:
+                out = assign(self, *args, **kwargs)  # type: ignore[arg-type]
+                self.joined = [None] * len(self.joined)
+                return out
+
+            patch.setattr(SpeakerTracker, "assign", forget_candidates)
+        turns = [Speech(0, ms(500), ms(6000)), Speech(1, ms(5600), ms(14000)), Speech(0, ms(14400), ms(18000))]
+        diarizer = make(options)
+        stream(diarizer, synthesize(turns, ms(19000)), run_fakes(FakeSegmentation(merge=True), FakeEmbedding()))
+        final = diarizer.pop_final_turns()
+    assert [t.speaker for t in final] == ["S1", "S2", "S1"]
+    return final[0].end / ms(1000)
+
+
+def test_a_voice_waiting_for_confirmation_is_not_given_the_previous_speaker(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the merged local speaker drifts from voice 0 to voice 1; once its embedding is far from S1 it is a candidate,
+    # and must not be mapped to S1 by continuity with the previous window (which heard it as S1)
+    end = _handover(OPTIONS, monkeypatch, "as is")
+    assert end <= 7.0 + TOLERANCE / ms(1000)
+    assert _handover(OPTIONS, monkeypatch, "continuity") > end + 0.3
+
+
+def test_a_confirmed_speaker_is_credited_with_the_windows_that_waited_for_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # with a 5 s latency and three windows of confirmation, the waiting windows' frames are still open when S2 is
+    # confirmed: crediting them moves the boundary to where speaker 0 really stops
+    options = DiarizationOptions(latency=ms(5000), new_speaker_windows=3)
+    end = _handover(options, monkeypatch, "as is")
+    assert abs(end - 6.0) <= TOLERANCE / ms(1000)
+    uncredited = _handover(options, monkeypatch, "no credit")
+    assert uncredited > end + 0.15
+    assert _handover(options, monkeypatch, "continuity") > uncredited + 0.3
+
+
 def test_short_streams_are_finalised_by_the_tail_window() -> None:
     diarizer = make(DiarizationOptions(new_speaker_windows=1))
     audio = synthesize([Speech(1, ms(50), ms(350))], ms(400))

@@ -100,6 +100,18 @@ def test_a_new_speaker_needs_confirmation_from_several_windows() -> None:
     assert t.n_speakers == 2
 
 
+def test_assign_says_which_candidate_each_embedding_joined_and_which_were_confirmed() -> None:
+    t = tracker(new_speaker_windows=3)
+    step(t, 0, 0, 1)
+    first = list(t.joined)
+    assert None not in first and first[0] != first[1] and t.promoted == []  # two different candidates
+    step(t, 1, 1, 0)
+    assert t.joined == [first[1], first[0]] and t.promoted == []          # the same ones again, order follows input
+    assert step(t, 2, 0) == [0]
+    assert t.joined == [None] and t.promoted == [(first[0], 0)]           # speaker 0's candidate became S1
+    assert step(t, 3, 0) == [0] and t.joined == [None] and t.promoted == []
+
+
 def test_unconfirmed_candidates_expire_after_a_window_length() -> None:
     t = tracker(new_speaker_windows=2)
     assert step(t, 0, 4) == [None]
