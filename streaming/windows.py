@@ -26,7 +26,6 @@ import numpy as np
 from streaming.config import DiarizationOptions
 
 
-
 class SampleSource(Protocol):
     """What :meth:`SegmentationWindows.cut` needs from ``streaming.audio.AudioBuffer``."""
 
@@ -99,6 +98,7 @@ class SegmentationWindows:
         self._sums = np.zeros((0, 0), dtype=np.float64)
         self._counts = np.zeros((0, 0), dtype=np.float64)  # per frame and global speaker: weight of the votes
         self._talkers = np.zeros((0, 2), dtype=np.float64)  # per frame: weighted sum of speaker counts, weight
+        self._silence = np.zeros(0, dtype=np.float64)  # per frame: weight of the windows that abstained on nobody
 
     # ------------------------------------------------------------------------------------------------ schedule
     def due(self, audio_end: int) -> list[Window]:
@@ -174,18 +174,22 @@ class SegmentationWindows:
         if not valid.any():
             return
         votes = np.repeat(valid[:, None], n_speakers, axis=1)
+        full = valid.copy()  # frames where the window votes on every speaker, also those it does not know
         if abstain is not None:
-            votes &= ~(abstain if abstain.ndim == 2 else abstain[:, None])
-        weights = self._weights(n_frames)[:, None] * votes
+            abstain = abstain if abstain.ndim == 2 else np.repeat(abstain[:, None], n_speakers, axis=1)
+            votes &= ~abstain
+            full &= ~abstain.any(axis=1)
+        frame_weights = self._weights(n_frames)
+        weights = frame_weights[:, None] * votes
         base = self._grow(int(index[valid].min()), int(index[valid].max()) + 1, n_speakers)
         rows = index[valid] - base
         self._sums[rows, :n_speakers] += (scores * weights)[valid]
         self._counts[rows, :n_speakers] += weights[valid]
-        self._counts[rows, n_speakers:] += weights[valid].max(axis=1, initial=0.0)[:, None]
+        self._counts[rows, n_speakers:] += (frame_weights * full)[valid][:, None]
+        self._silence[rows] += (frame_weights * full)[valid]
         if talkers is not None:
-            frame_weights = self._weights(n_frames)[valid]
-            self._talkers[rows, 0] += np.asarray(talkers, dtype=np.float64)[valid] * frame_weights
-            self._talkers[rows, 1] += frame_weights
+            self._talkers[rows, 0] += np.asarray(talkers, dtype=np.float64)[valid] * frame_weights[valid]
+            self._talkers[rows, 1] += frame_weights[valid]
 
     def activity(self, first: int, last: int) -> np.ndarray:
         """Averaged scores of global frames ``[first, last)`` (rows) × global speakers seen so far (columns); frames no
@@ -242,6 +246,7 @@ class SegmentationWindows:
             self._sums = self._sums[drop:]
             self._counts = self._counts[drop:]
             self._talkers = self._talkers[drop:]
+            self._silence = self._silence[drop:]
         self._base += drop
 
     # ------------------------------------------------------------------------------------------------ frame ↔ sample
@@ -280,11 +285,13 @@ class SegmentationWindows:
             old_cols = self._sums.shape[1]
             sums[base - new_base:base - new_base + rows, :old_cols] = self._sums
             counts[base - new_base:base - new_base + rows, :old_cols] = self._counts
-            if old_cols and cols > old_cols:  # a new speaker was silent wherever every speaker got a vote
-                counts[base - new_base:base - new_base + rows, old_cols:] = self._counts.max(axis=1)[:, None]
+            counts[base - new_base:base - new_base + rows, old_cols:] = self._silence[:, None]  # new speakers
             talkers = np.zeros((new_rows, 2), dtype=np.float64)
             talkers[base - new_base:base - new_base + rows] = self._talkers
-            self._sums, self._counts, self._talkers, self._base = sums, counts, talkers, new_base
+            silence = np.zeros(new_rows, dtype=np.float64)
+            silence[base - new_base:base - new_base + rows] = self._silence
+            self._sums, self._counts, self._talkers, self._silence = sums, counts, talkers, silence
+            self._base = new_base
         return new_base
 
 

@@ -170,6 +170,17 @@ def test_a_new_speaker_column_reads_as_silent_where_earlier_windows_voted() -> N
     np.testing.assert_allclose(w.activity(0, N_FRAMES)[:, 1], 0.4)  # the first window heard nobody else
 
 
+def test_a_window_that_abstained_says_nothing_about_speakers_it_did_not_know() -> None:
+    w = windows_with_geometry()
+    abstain = np.zeros((N_FRAMES, 1), dtype=bool)
+    abstain[:50, 0] = True  # heard somebody it could not name in the first 50 frames
+    w.add(Window(0, ms(5000)), np.zeros((N_FRAMES, 1)), abstain=abstain)
+    w.add(Window(0, ms(5000)), np.hstack([np.zeros((N_FRAMES, 1)), np.full((N_FRAMES, 1), 0.8)]))
+    activity = w.activity(0, N_FRAMES)[:, 1]  # the second window names a new speaker everywhere
+    np.testing.assert_allclose(activity[:50], 0.8)   # the first window's abstention covers it too
+    np.testing.assert_allclose(activity[50:], 0.4)   # elsewhere the first window heard nobody else
+
+
 def test_talkers_is_the_rounded_mean_count_of_voices_heard() -> None:
     w = windows_with_geometry()
     one, two = np.ones(N_FRAMES, dtype=np.int64), np.full(N_FRAMES, 2)
