@@ -224,13 +224,11 @@ class StreamingDiarizer:
         for c, g in mapping.items():
             mapped[:, g] = np.maximum(mapped[:, g], voices_scores[:, c])
         mapped[~self.windows.valid_frames(pending.window, n_frames)] = 0.0
-        unmapped = [c for c in active if c not in mapping]
-        abstain = None
-        if unmapped:
-            tau = self.options.tau_active
-            abstain = (voices_scores[:, unmapped] > tau).any(axis=1)[:, None] & (mapped <= tau)
-        heard = (voices_scores > self.options.tau_active) & self.windows.valid_frames(pending.window, n_frames)[:, None]
-        self.windows.add(pending.window, mapped, abstain=abstain, talkers=heard.sum(axis=1))
+        tau = self.options.tau_active
+        unnamed = (voices_scores[:, [c for c in active if c not in mapping]] > tau).any(axis=1)
+        heard = (voices_scores > tau) & self.windows.valid_frames(pending.window, n_frames)[:, None]
+        self.windows.add(pending.window, mapped, abstain=unnamed[:, None] & (mapped <= tau), unnamed=unnamed,
+                         talkers=heard.sum(axis=1))
         self._previous = (pending.window, mapped)
         self._credit_candidates(pending.window, voices_scores, waiting)
 
@@ -247,7 +245,7 @@ class StreamingDiarizer:
                     votes[:, g] = column
                     abstain = np.ones(votes.shape, dtype=bool)
                     abstain[:, g] = column <= tau
-                    self.windows.add(voice_window, votes, abstain=abstain)
+                    self.windows.add(voice_window, votes, abstain=abstain, unnamed=np.ones(len(column), dtype=bool))
         promoted = {key for key, _ in self.tracker.promoted}
         edge = self.windows.frame_start(self.windows.frozen) if self.windows.frozen is not None else None
         self._candidate_voices = [v for v in self._candidate_voices

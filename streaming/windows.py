@@ -157,14 +157,16 @@ class SegmentationWindows:
         return int(round(window.start / geometry.step))
 
     def add(self, window: Window, scores: np.ndarray, abstain: Optional[np.ndarray] = None,
-            talkers: Optional[np.ndarray] = None) -> None:
+            unnamed: Optional[np.ndarray] = None, talkers: Optional[np.ndarray] = None) -> None:
         """Aggregate one window's ``scores[f, g]`` (already mapped to global speakers, 0 where none) into the grid.
 
         Padding frames and frames already final are left out. ``abstain`` (``(frames,)`` or ``(frames, speakers)``
         booleans) marks the votes the window does not cast: where it heard somebody it could not name, it cannot say
         that a given speaker was silent, so those zeros must not dilute the other windows' votes. Every other
-        (frame, speaker) counts the window's score with the frame's aggregation weight. ``talkers``: how many
-        speakers the window hears in each frame, named or not (see :meth:`talkers`).
+        (frame, speaker) counts the window's score with the frame's aggregation weight. ``unnamed`` (``(frames,)``)
+        marks where it heard such a voice: there it casts no vote either for speakers beyond its columns (ones it
+        does not know yet); elsewhere it votes them silent. ``talkers``: how many speakers the window hears in each
+        frame, named or not (see :meth:`talkers`).
         """
         n_frames, n_speakers = scores.shape
         valid = self.valid_frames(window, n_frames)
@@ -176,9 +178,11 @@ class SegmentationWindows:
         votes = np.repeat(valid[:, None], n_speakers, axis=1)
         full = valid.copy()  # frames where the window votes on every speaker, also those it does not know
         if abstain is not None:
-            abstain = abstain if abstain.ndim == 2 else np.repeat(abstain[:, None], n_speakers, axis=1)
-            votes &= ~abstain
-            full &= ~abstain.any(axis=1)
+            votes &= ~(abstain if abstain.ndim == 2 else abstain[:, None])
+            if abstain.ndim == 1:
+                full &= ~abstain
+        if unnamed is not None:
+            full &= ~unnamed
         frame_weights = self._weights(n_frames)
         weights = frame_weights[:, None] * votes
         base = self._grow(int(index[valid].min()), int(index[valid].max()) + 1, n_speakers)

@@ -172,13 +172,14 @@ def test_a_new_speaker_column_reads_as_silent_where_earlier_windows_voted() -> N
 
 def test_a_window_that_abstained_says_nothing_about_speakers_it_did_not_know() -> None:
     w = windows_with_geometry()
-    abstain = np.zeros((N_FRAMES, 1), dtype=bool)
-    abstain[:50, 0] = True  # heard somebody it could not name in the first 50 frames
-    w.add(Window(0, ms(5000)), np.zeros((N_FRAMES, 1)), abstain=abstain)
-    w.add(Window(0, ms(5000)), np.hstack([np.zeros((N_FRAMES, 1)), np.full((N_FRAMES, 1), 0.8)]))
-    activity = w.activity(0, N_FRAMES)[:, 1]  # the second window names a new speaker everywhere
-    np.testing.assert_allclose(activity[:50], 0.8)   # the first window's abstention covers it too
-    np.testing.assert_allclose(activity[50:], 0.4)   # elsewhere the first window heard nobody else
+    unnamed = np.zeros(N_FRAMES, dtype=bool)
+    unnamed[:50] = True  # it heard speaker 0 everywhere, and somebody it could not name in the first 50 frames
+    w.add(Window(0, ms(5000)), np.full((N_FRAMES, 1), 0.9), unnamed=unnamed)
+    w.add(Window(0, ms(5000)), np.hstack([np.full((N_FRAMES, 1), 0.9), np.full((N_FRAMES, 1), 0.8)]))
+    activity = w.activity(0, N_FRAMES)  # the second window names a new speaker everywhere
+    np.testing.assert_allclose(activity[:, 0], 0.9)
+    np.testing.assert_allclose(activity[:50, 1], 0.8)   # the first window said nothing about it there
+    np.testing.assert_allclose(activity[50:, 1], 0.4)   # elsewhere the first window heard nobody else
 
 
 def test_talkers_is_the_rounded_mean_count_of_voices_heard() -> None:
