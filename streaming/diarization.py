@@ -207,26 +207,24 @@ class StreamingDiarizer:
                 columns.append(voice.scores)
         voices_scores = np.stack(columns, axis=1) if columns else np.zeros((len(scores), 0))
         mapping: dict[int, int] = {}
-        waiting: dict[int, int] = {}
         for c, g in zip(clean, self.tracker.assign(list(clean.values()), at=pending.window.end)):
             if g is not None:
                 mapping[c] = g
-        for c, key in zip(clean, self.tracker.joined):
-            if key is not None:
-                waiting[c] = key
+        waiting = {c: key for c, key in zip(clean, self.tracker.joined) if key is not None}  # c → candidate key
         for c, g in zip(overlapped, self.tracker.match(list(overlapped.values()), exclude=list(mapping.values()),
                                                        threshold=self.options.overlap_match_threshold)):
             if g is not None:
                 mapping[c] = g
         self._map_by_continuity(pending.window, voices_scores, [c for c in active if c not in waiting], mapping)
         n_frames = len(scores)
+        valid = self.windows.valid_frames(pending.window, n_frames)
         mapped = np.zeros((n_frames, max(self.tracker.n_speakers, self.windows.n_speakers, 1)))
         for c, g in mapping.items():
             mapped[:, g] = np.maximum(mapped[:, g], voices_scores[:, c])
-        mapped[~self.windows.valid_frames(pending.window, n_frames)] = 0.0
+        mapped[~valid] = 0.0
         tau = self.options.tau_active
         unnamed = (voices_scores[:, [c for c in active if c not in mapping]] > tau).any(axis=1)
-        heard = (voices_scores > tau) & self.windows.valid_frames(pending.window, n_frames)[:, None]
+        heard = (voices_scores > tau) & valid[:, None]
         self.windows.add(pending.window, mapped, abstain=unnamed[:, None] & (mapped <= tau), unnamed=unnamed,
                          talkers=heard.sum(axis=1))
         self._previous = (pending.window, mapped)

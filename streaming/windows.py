@@ -198,28 +198,29 @@ class SegmentationWindows:
     def activity(self, first: int, last: int) -> np.ndarray:
         """Averaged scores of global frames ``[first, last)`` (rows) × global speakers seen so far (columns); frames no
         window has covered, or already final, read as 0."""
-        n = max(0, last - first)
-        out = np.zeros((n, self._sums.shape[1]), dtype=np.float64)
-        if self._base is None:
-            return out
-        a, b = max(first, self._base), min(last, self._base + len(self._counts))
-        if a < b:
-            counts = self._counts[a - self._base:b - self._base]
-            sums = self._sums[a - self._base:b - self._base]
-            out[a - first:b - first] = sums / np.where(counts > 0, counts, 1.0)
+        out = np.zeros((max(0, last - first), self._sums.shape[1]), dtype=np.float64)
+        held = self._held(first, last)
+        if held is not None:
+            counts, at = self._counts[held], held.start + self._base - first
+            out[at:at + len(counts)] = self._sums[held] / np.where(counts > 0, counts, 1.0)
         return out
 
     def talkers(self, first: int, last: int) -> np.ndarray:
         """How many speakers talk in each global frame ``[first, last)``: the windows' weighted mean count of active
         local speakers, rounded (0 where no window counted)."""
         out = np.zeros(max(0, last - first), dtype=np.int64)
-        if self._base is None:
-            return out
-        a, b = max(first, self._base), min(last, self._base + len(self._counts))
-        if a < b:
-            t = self._talkers[a - self._base:b - self._base]
-            out[a - first:b - first] = np.rint(t[:, 0] / np.where(t[:, 1] > 0, t[:, 1], 1.0))
+        held = self._held(first, last)
+        if held is not None:
+            t, at = self._talkers[held], held.start + self._base - first
+            out[at:at + len(t)] = np.rint(t[:, 0] / np.where(t[:, 1] > 0, t[:, 1], 1.0))
         return out
+
+    def _held(self, first: int, last: int) -> Optional[slice]:
+        """Rows of the held arrays for global frames ``[first, last)``; ``None`` when none is held."""
+        if self._base is None:
+            return None
+        a, b = max(first, self._base), min(last, self._base + len(self._counts))
+        return slice(a - self._base, b - self._base) if a < b else None
 
     @property
     def n_speakers(self) -> int:
