@@ -285,17 +285,21 @@ class SegmentationWindows:
         new_rows = max(base + rows, hi) - new_base
         cols = max(self._sums.shape[1], n_speakers)
         if new_base != base or new_rows != rows or cols != self._sums.shape[1]:
-            sums = np.zeros((new_rows, cols), dtype=np.float64)
-            counts = np.zeros((new_rows, cols), dtype=np.float64)
-            old_cols = self._sums.shape[1]
-            sums[base - new_base:base - new_base + rows, :old_cols] = self._sums
-            counts[base - new_base:base - new_base + rows, :old_cols] = self._counts
-            counts[base - new_base:base - new_base + rows, old_cols:] = self._silence[:, None]  # new speakers
-            talkers = np.zeros((new_rows, 2), dtype=np.float64)
-            talkers[base - new_base:base - new_base + rows] = self._talkers
-            silence = np.zeros(new_rows, dtype=np.float64)
-            silence[base - new_base:base - new_base + rows] = self._silence
-            self._sums, self._counts, self._talkers, self._silence = sums, counts, talkers, silence
+            held = slice(base - new_base, base - new_base + rows)
+
+            def moved(old: np.ndarray, width: Optional[int] = None) -> np.ndarray:
+                """``old`` in the new row range (and ``width`` columns, if given), zeros elsewhere."""
+                out = np.zeros((new_rows,) + (old.shape[1:] if width is None else (width,)), dtype=np.float64)
+                if old.ndim == 1:
+                    out[held] = old
+                else:
+                    out[held, :old.shape[1]] = old
+                return out
+
+            counts = moved(self._counts, cols)
+            counts[held, self._counts.shape[1]:] = self._silence[:, None]  # new speakers: silent where all voted
+            self._sums, self._counts = moved(self._sums, cols), counts
+            self._talkers, self._silence = moved(self._talkers), moved(self._silence)
             self._base = new_base
         return new_base
 
