@@ -12,7 +12,11 @@ Systems, all on the same segmentation (PyanNet from the whisperx wheel) and embe
 - ``offline``: pyannote.audio's ``SpeakerDiarization`` pipeline (same 5 s windows every 0.5 s, the same models,
   agglomerative clustering over the whole file: a non-causal reference point);
 - ``diart``: diart 0.9 ``SpeakerDiarization`` at the same latency, run by ``benchmarks/diart_runner.py`` in its own
-  virtual environment (``--diart-python``), skipped when that interpreter is missing.
+  virtual environment (``--diart-python``), skipped when that interpreter is missing;
+- ``oracle`` (not run by default): rechka with *oracle* embeddings (:mod:`benchmarks.oracle_embeddings`, each
+  reference speaker's share of the embedded audio), with the default options (``oracle-emb``) and with fine
+  segments (``oracle-emb-fine``: ``segment_gap`` 50 ms, ``min_segment_speech`` 250 ms, safe when embeddings are
+  exact): what is left is the segmentation model's and the pipeline's, not the embedding model's.
 
 Metrics (pyannote.metrics): DER at collar 0 and at a ±0.25 s collar (NIST; pyannote ``collar=0.5``), with its
 missed / false-alarm / confusion parts, overlap scored; the number of hypothesis speakers; and label *flips*: how
@@ -22,6 +26,7 @@ markdown table.
 
     python -m benchmarks.der                         # every dataset, rechka + offline (+ diart if installed)
     python -m benchmarks.der --datasets sample,ami --systems rechka
+    python -m benchmarks.der --systems oracle          # rechka with oracle embeddings: the segmentation's share
 """
 
 from __future__ import annotations
@@ -31,13 +36,11 @@ import dataclasses
 import itertools
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import soundfile as sf
@@ -45,16 +48,13 @@ import soundfile as sf
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from server.offline import drive_diarizer  # noqa: E402
+from benchmarks.der_systems import Models, offline_pipeline, run_diart, run_offline, run_rechka  # noqa: E402
 from streaming.config import SAMPLE_RATE, DiarizationOptions, ms  # noqa: E402
-from streaming.diarization import StreamingDiarizer  # noqa: E402
-from streaming.work import EmbeddingRequest, Request, Result, SegmentationRequest  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "out"
 SHARED = Path(os.environ.get("RECHKA_SHARED_SPEECH", "/work/shared/speech"))
 PYANNOTE_SAMPLE = Path(__import__("pyannote.audio").audio.__file__).parent / "sample"
 DIART_PYTHON = Path("/tmp/diart-venv/bin/python")
-CHUNK = SAMPLE_RATE  # audio is fed to the diarizer in 1 s chunks
 COMPOSED_SEED = 100  # composed conversations use seeds 100 + n: none of them was used to tune the defaults
 
 
@@ -181,154 +181,6 @@ def to_annotation(turns: Sequence[tuple[str, float, float]]) -> Any:
     return annotation
 
 
-# ---------------------------------------------------------------------------------------------------- systems
-class Models:
-    """The segmentation and embedding adapters, loaded once, with compute counters."""
-
-    def __init__(self, device: str = "cpu") -> None:
-        from server.models.embedding import ResemblyzerEmbedding
-        from server.models.segmentation import SegmentationModel
-
-        self.segmentation = SegmentationModel(device=device, max_batch=32)
-        self.embedding = ResemblyzerEmbedding(device=device, max_batch=32)
-        self.reset_counters()
-
-    def reset_counters(self) -> None:
-        self.windows = 0
-        self.embeddings = 0
-        self.embedded_samples = 0
-
-    def run(self, requests: list[Request]) -> list[Result]:
-        seg = [r for r in requests if isinstance(r, SegmentationRequest)]
-        emb = [r for r in requests if isinstance(r, EmbeddingRequest)]
-        results: dict[int, Result] = {}
-        for batch in _batches(seg, self.segmentation.max_batch):
-            results.update((r.seq, r) for r in self.segmentation.run_batch(batch))
-        for batch in _batches(emb, self.embedding.max_batch):
-            results.update((r.seq, r) for r in self.embedding.run_batch(batch))
-        self.windows += len(seg)
-        self.embeddings += len(emb)
-        self.embedded_samples += sum(len(r.audio) for r in emb)
-        return [results[r.seq] for r in requests]
-
-
-def _batches(items: list, size: int) -> list[list]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
-
-
-def run_rechka(audio: np.ndarray, options: DiarizationOptions, run: Callable[[list[Request]], list[Result]],
-               chunk: int = CHUNK) -> list[tuple[str, float, float]]:
-    """Stream ``audio`` through a diarizer in ``chunk``-sample pieces, answering each request batch at once."""
-    seq = itertools.count()
-    diarizer = StreamingDiarizer(options, "der", 0, lambda: next(seq))
-    turns = drive_diarizer(diarizer, _Buffer(), audio, run, chunk)
-    return [(t.speaker, t.start / SAMPLE_RATE, t.end / SAMPLE_RATE) for t in turns]
-
-
-class _Buffer:
-    """The part of ``streaming.audio.AudioBuffer`` the diarizer reads."""
-
-    def __init__(self) -> None:
-        self.data = np.zeros(0, np.float32)
-        self.start = 0
-
-    @property
-    def end(self) -> int:
-        return self.start + len(self.data)
-
-    def append(self, x: np.ndarray) -> None:
-        self.data = np.concatenate([self.data, x])
-
-    def read(self, a: int, b: int) -> np.ndarray:
-        return self.data[a - self.start:b - self.start].copy()
-
-    def discard_before(self, n: int) -> None:
-        n = min(max(n, self.start), self.end)
-        self.data, self.start = self.data[n - self.start:], n
-
-
-class _ResemblyzerForPyannote:
-    """What pyannote's ``SpeakerDiarization`` needs from an embedding model, backed by rechka's resemblyzer adapter:
-    ``(waveforms (B, 1, N), masks (B, F)) -> (B, D)``, the masked samples of each row embedded (NaN when too few)."""
-
-    sample_rate = SAMPLE_RATE
-    metric = "cosine"
-    min_num_samples = ms(500)
-
-    def __init__(self, adapter: Any) -> None:
-        self.adapter = adapter
-        self.dimension = int(adapter.encoder.linear.out_features)
-        self.samples = 0
-
-    def __call__(self, waveforms: Any, masks: Any = None) -> np.ndarray:
-        audio = waveforms[:, 0].cpu().numpy()
-        out = np.full((len(audio), self.dimension), np.nan, np.float32)
-        chosen, rows = [], []
-        for row, (x, mask) in enumerate(zip(audio, masks.cpu().numpy())):
-            keep = np.repeat(mask > 0.5, int(np.ceil(len(x) / len(mask))))[:len(x)]
-            if keep.sum() >= self.min_num_samples:
-                chosen.append(x[keep[:len(x)]])
-                rows.append(row)
-        if chosen:
-            out[rows] = self.adapter.embed(chosen)
-            self.samples += sum(len(x) for x in chosen)
-        return out
-
-
-def offline_pipeline(models: Models, threshold: float) -> Any:
-    """pyannote.audio's ``SpeakerDiarization`` on the same PyanNet and resemblyzer, agglomerative clustering."""
-    from pyannote.audio.core.io import Audio
-    from pyannote.audio.pipelines import speaker_diarization
-    from pyannote.audio.pipelines.clustering import AgglomerativeClustering
-
-    get_plda = speaker_diarization.get_plda
-    speaker_diarization.get_plda = lambda *args, **kwargs: None  # no PLDA: agglomerative clustering needs none
-    try:
-        pipeline = speaker_diarization.SpeakerDiarization(
-            segmentation=models.segmentation.model, segmentation_step=0.1, embedding_exclude_overlap=True,
-            plda="none", clustering="OracleClustering", segmentation_batch_size=32, embedding_batch_size=32)
-    finally:
-        speaker_diarization.get_plda = get_plda
-    # swap in resemblyzer and a clustering that needs no PLDA (the pipeline only builds hub embeddings itself)
-    pipeline._embedding = _ResemblyzerForPyannote(models.embedding)
-    pipeline._audio = Audio(sample_rate=SAMPLE_RATE, mono="downmix")
-    pipeline.klustering = "AgglomerativeClustering"
-    pipeline.clustering = AgglomerativeClustering(metric="cosine")
-    pipeline._expects_num_speakers = False
-    pipeline.instantiate({"segmentation": {"threshold": 0.5, "min_duration_off": 0.0},
-                          "clustering": {"method": "centroid", "min_cluster_size": 6, "threshold": threshold}})
-    return pipeline
-
-
-def run_offline(pipeline: Any, audio: np.ndarray) -> list[tuple[str, float, float]]:
-    import torch
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        output = pipeline({"waveform": torch.from_numpy(audio)[None], "sample_rate": SAMPLE_RATE, "uri": "file"})
-    annotation = getattr(output, "speaker_diarization", output)
-    return [(str(label), s.start, s.end) for s, _, label in annotation.itertracks(yield_label=True)]
-
-
-def run_diart(items: Sequence[Item], latency: float, python: Path, delta_new: float, tau_active: float,
-              rho_update: float) -> dict[str, list[tuple[str, float, float]]]:
-    """diart 0.9 on the same checkpoints, in its own interpreter (``benchmarks/diart_runner.py``)."""
-    from server.models.cache import fetch_segmentation_checkpoint
-
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "diart.json"
-        command = [str(python), str(ROOT / "benchmarks" / "diart_runner.py"), "--segmentation",
-                   str(fetch_segmentation_checkpoint()), "--latency", str(latency), "--delta-new", str(delta_new),
-                   "--tau-active", str(tau_active), "--rho-update", str(rho_update), "--out", str(out),
-                   *[str(item.wav) for item in items]]
-        env = dict(os.environ, PYTHONPATH="", OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
-        done = subprocess.run(command, env=env, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"diart_runner failed ({done.returncode}):\n{done.stderr[-3000:]}")
-        found = json.loads(out.read_text())
-    return {path: [(t[0], t[1], t[2]) for t in turns] for path, turns in found["turns"].items()}
-
-
 # ---------------------------------------------------------------------------------------------------- report
 def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
     """Per system and dataset: duration-weighted DER (both collars) and its parts, summed flips and speaker-count
@@ -389,7 +241,7 @@ def plot(summary: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", default="sample,ami,composed-espeak,composed-real")
-    parser.add_argument("--systems", default="rechka,offline,diart")
+    parser.add_argument("--systems", default="rechka,offline,diart", help="any of rechka,offline,diart,oracle")
     parser.add_argument("--latencies", default="1.5,5.0", help="seconds; rechka and diart run at each")
     parser.add_argument("--offline-threshold", type=float, default=0.5,
                         help="agglomerative clustering threshold of the offline pipeline (best on sample + AMI)")
@@ -426,6 +278,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                            "embeddings_per_audio_s": round(models.embeddings / total_audio, 3),
                            "embedded_audio_s_per_audio_s": round(models.embedded_samples / SAMPLE_RATE / total_audio, 3)}
             print(f"{name}: done, {costs[name]}", file=sys.stderr)
+    if "oracle" in systems:
+        from benchmarks.oracle_embeddings import OracleEmbeddings
+
+        fine = dataclasses.replace(base, segment_gap=ms(50), min_segment_speech=ms(250))
+        for latency, (tag, options) in itertools.product(latencies, (("", base), ("-fine", fine))):
+            name = f"oracle-emb{tag}@{latency:g}s"
+            options = dataclasses.replace(options, latency=int(round(latency * SAMPLE_RATE)))
+            for item in items:
+                oracle = OracleEmbeddings(references[item.wav], models.run)
+                hypotheses[(name, item.wav)] = run_rechka(audio[item.wav], options, oracle)
+            print(f"{name}: done", file=sys.stderr)
     if "offline" in systems:
         pipeline = offline_pipeline(models, args.offline_threshold)
         started = time.process_time()
@@ -444,7 +307,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for latency in latencies:
                 name = f"diart@{latency:g}s"
                 started = time.time()
-                found = run_diart(items, latency, args.diart_python, delta_new, base.tau_active,
+                found = run_diart([item.wav for item in items], latency, args.diart_python, delta_new, base.tau_active,
                                   args.diart_rho_update)
                 for item in items:
                     hypotheses[(name, item.wav)] = found[str(item.wav)]

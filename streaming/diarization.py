@@ -175,9 +175,10 @@ class StreamingDiarizer:
                 pending.waiting[seq] = (k, i)
                 self._by_seq[seq] = pending
                 audio = np.concatenate([pending.audio[a:b] for a, b in segment.spans])
-                requests.append(EmbeddingRequest(self.session_id, seq, self.channel,
-                                                 pending.window.start + segment.spans[0][0], audio,
-                                                 window_seq=pending.seq, local_speaker=k))
+                start = pending.window.start
+                requests.append(EmbeddingRequest(self.session_id, seq, self.channel, start + segment.spans[0][0], audio,
+                                                 window_seq=pending.seq, local_speaker=k,
+                                                 spans=tuple((start + a, start + b) for a, b in segment.spans)))
         return requests
 
     # ------------------------------------------------------------------------------------------------ resolution

@@ -56,7 +56,10 @@ class SegmentationRequest:
 
 @dataclass(frozen=True, eq=False)
 class EmbeddingRequest:
-    """One speaker embedding for ``audio``: the samples of one local speaker of one window, concatenated."""
+    """One speaker embedding for ``audio``: the samples of one local speaker of one window, concatenated.
+
+    ``spans``: the absolute ``[a, b)`` sample ranges of the stream that ``audio`` concatenates, in order (empty when
+    the caller did not say); models ignore them, evaluation uses them (``benchmarks/oracle_embeddings.py``)."""
 
     session_id: str
     seq: int
@@ -66,6 +69,7 @@ class EmbeddingRequest:
     window_seq: int = -1
     local_speaker: int = -1
     priority: Priority = Priority.NORMAL
+    spans: tuple[tuple[int, int], ...] = ()
 
 
 class AsrKind(IntEnum):

@@ -334,6 +334,10 @@ def test_requests_carry_session_channel_and_absolute_positions() -> None:
     assert follow and all(isinstance(r, EmbeddingRequest) and r.channel == 2 for r in follow)
     first: Optional[EmbeddingRequest] = follow[0]
     assert first is not None and first.start >= 0
+    for r in follow:  # spans say exactly which stream samples the embedded audio concatenates
+        assert r.spans and r.start == r.spans[0][0] and all(a < b for a, b in r.spans)
+        assert all(b1 <= a2 for (_, b1), (a2, _) in zip(r.spans, r.spans[1:]))
+        np.testing.assert_array_equal(r.audio, np.concatenate([buffer.read(a, b) for a, b in r.spans]))
 
 
 def test_history_and_unpopped_turns_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,170 @@
+"""The systems ``benchmarks/der.py`` compares, on the same segmentation and embedding models: rechka's streaming
+diarizer (fed in 1 s chunks), pyannote.audio's offline pipeline and diart 0.9 (in its own interpreter)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from server.offline import drive_diarizer
+from streaming.config import SAMPLE_RATE, DiarizationOptions, ms
+from streaming.diarization import StreamingDiarizer
+from streaming.work import EmbeddingRequest, Request, Result, SegmentationRequest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHUNK = SAMPLE_RATE  # audio is fed to the diarizer in 1 s chunks
+
+
+class Models:
+    """The segmentation and embedding adapters, loaded once, with compute counters."""
+
+    def __init__(self, device: str = "cpu") -> None:
+        from server.models.embedding import ResemblyzerEmbedding
+        from server.models.segmentation import SegmentationModel
+
+        self.segmentation = SegmentationModel(device=device, max_batch=32)
+        self.embedding = ResemblyzerEmbedding(device=device, max_batch=32)
+        self.reset_counters()
+
+    def reset_counters(self) -> None:
+        self.windows = 0
+        self.embeddings = 0
+        self.embedded_samples = 0
+
+    def run(self, requests: list[Request]) -> list[Result]:
+        seg = [r for r in requests if isinstance(r, SegmentationRequest)]
+        emb = [r for r in requests if isinstance(r, EmbeddingRequest)]
+        results: dict[int, Result] = {}
+        for batch in _batches(seg, self.segmentation.max_batch):
+            results.update((r.seq, r) for r in self.segmentation.run_batch(batch))
+        for batch in _batches(emb, self.embedding.max_batch):
+            results.update((r.seq, r) for r in self.embedding.run_batch(batch))
+        self.windows += len(seg)
+        self.embeddings += len(emb)
+        self.embedded_samples += sum(len(r.audio) for r in emb)
+        return [results[r.seq] for r in requests]
+
+
+def _batches(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def run_rechka(audio: np.ndarray, options: DiarizationOptions, run: Callable[[list[Request]], list[Result]],
+               chunk: int = CHUNK) -> list[tuple[str, float, float]]:
+    """Stream ``audio`` through a diarizer in ``chunk``-sample pieces, answering each request batch at once."""
+    seq = itertools.count()
+    diarizer = StreamingDiarizer(options, "der", 0, lambda: next(seq))
+    turns = drive_diarizer(diarizer, _Buffer(), audio, run, chunk)
+    return [(t.speaker, t.start / SAMPLE_RATE, t.end / SAMPLE_RATE) for t in turns]
+
+
+class _Buffer:
+    """The part of ``streaming.audio.AudioBuffer`` the diarizer reads."""
+
+    def __init__(self) -> None:
+        self.data = np.zeros(0, np.float32)
+        self.start = 0
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.data)
+
+    def append(self, x: np.ndarray) -> None:
+        self.data = np.concatenate([self.data, x])
+
+    def read(self, a: int, b: int) -> np.ndarray:
+        return self.data[a - self.start:b - self.start].copy()
+
+    def discard_before(self, n: int) -> None:
+        n = min(max(n, self.start), self.end)
+        self.data, self.start = self.data[n - self.start:], n
+
+
+class _ResemblyzerForPyannote:
+    """What pyannote's ``SpeakerDiarization`` needs from an embedding model, backed by rechka's resemblyzer adapter:
+    ``(waveforms (B, 1, N), masks (B, F)) -> (B, D)``, the masked samples of each row embedded (NaN when too few)."""
+
+    sample_rate = SAMPLE_RATE
+    metric = "cosine"
+    min_num_samples = ms(500)
+
+    def __init__(self, adapter: Any) -> None:
+        self.adapter = adapter
+        self.dimension = int(adapter.encoder.linear.out_features)
+        self.samples = 0
+
+    def __call__(self, waveforms: Any, masks: Any = None) -> np.ndarray:
+        audio = waveforms[:, 0].cpu().numpy()
+        out = np.full((len(audio), self.dimension), np.nan, np.float32)
+        chosen, rows = [], []
+        for row, (x, mask) in enumerate(zip(audio, masks.cpu().numpy())):
+            keep = np.repeat(mask > 0.5, int(np.ceil(len(x) / len(mask))))[:len(x)]
+            if keep.sum() >= self.min_num_samples:
+                chosen.append(x[keep[:len(x)]])
+                rows.append(row)
+        if chosen:
+            out[rows] = self.adapter.embed(chosen)
+            self.samples += sum(len(x) for x in chosen)
+        return out
+
+
+def offline_pipeline(models: Models, threshold: float) -> Any:
+    """pyannote.audio's ``SpeakerDiarization`` on the same PyanNet and resemblyzer, agglomerative clustering."""
+    from pyannote.audio.core.io import Audio
+    from pyannote.audio.pipelines import speaker_diarization
+    from pyannote.audio.pipelines.clustering import AgglomerativeClustering
+
+    get_plda = speaker_diarization.get_plda
+    speaker_diarization.get_plda = lambda *args, **kwargs: None  # no PLDA: agglomerative clustering needs none
+    try:
+        pipeline = speaker_diarization.SpeakerDiarization(
+            segmentation=models.segmentation.model, segmentation_step=0.1, embedding_exclude_overlap=True,
+            plda="none", clustering="OracleClustering", segmentation_batch_size=32, embedding_batch_size=32)
+    finally:
+        speaker_diarization.get_plda = get_plda
+    # swap in resemblyzer and a clustering that needs no PLDA (the pipeline only builds hub embeddings itself)
+    pipeline._embedding = _ResemblyzerForPyannote(models.embedding)
+    pipeline._audio = Audio(sample_rate=SAMPLE_RATE, mono="downmix")
+    pipeline.klustering = "AgglomerativeClustering"
+    pipeline.clustering = AgglomerativeClustering(metric="cosine")
+    pipeline._expects_num_speakers = False
+    pipeline.instantiate({"segmentation": {"threshold": 0.5, "min_duration_off": 0.0},
+                          "clustering": {"method": "centroid", "min_cluster_size": 6, "threshold": threshold}})
+    return pipeline
+
+
+def run_offline(pipeline: Any, audio: np.ndarray) -> list[tuple[str, float, float]]:
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        output = pipeline({"waveform": torch.from_numpy(audio)[None], "sample_rate": SAMPLE_RATE, "uri": "file"})
+    annotation = getattr(output, "speaker_diarization", output)
+    return [(str(label), s.start, s.end) for s, _, label in annotation.itertracks(yield_label=True)]
+
+
+def run_diart(wavs: Sequence[Path], latency: float, python: Path, delta_new: float, tau_active: float,
+              rho_update: float) -> dict[str, list[tuple[str, float, float]]]:
+    """diart 0.9 on the same checkpoints, in its own interpreter (``benchmarks/diart_runner.py``)."""
+    from server.models.cache import fetch_segmentation_checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "diart.json"
+        command = [str(python), str(ROOT / "benchmarks" / "diart_runner.py"), "--segmentation",
+                   str(fetch_segmentation_checkpoint()), "--latency", str(latency), "--delta-new", str(delta_new),
+                   "--tau-active", str(tau_active), "--rho-update", str(rho_update), "--out", str(out),
+                   *[str(wav) for wav in wavs]]
+        env = dict(os.environ, PYTHONPATH="", OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"diart_runner failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        found = json.loads(out.read_text())
+    return {path: [(t[0], t[1], t[2]) for t in turns] for path, turns in found["turns"].items()}
