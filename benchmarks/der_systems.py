@@ -111,7 +111,7 @@ class _ResemblyzerForPyannote:
                 chosen.append(x[keep[:len(x)]])
                 rows.append(row)
         if chosen:
-            out[rows] = self.adapter.embed(chosen)
+            out[rows] = self.adapter.embed([self.adapter.prepare(x) for x in chosen])
             self.samples += sum(len(x) for x in chosen)
         return out
 

@@ -43,11 +43,10 @@ class ResemblyzerForDiart(nn.Module):
         self.threshold = threshold
         try:
             sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-            from server.models.embedding import ResemblyzerEmbedding, normalize_volume
+            from server.models.embedding import ResemblyzerEmbedding
 
             self.adapter = ResemblyzerEmbedding(device="cpu")
             self.encoder = self.adapter.encoder
-            self._normalize = normalize_volume
         except ImportError:
             from resemblyzer import VoiceEncoder
 
@@ -72,12 +71,13 @@ class ResemblyzerForDiart(nn.Module):
         out = np.full((len(chosen), self.dimension), self.dimension ** -0.5, np.float32)  # for digital silence
         rows = [i for i, x in enumerate(chosen) if np.any(x)]
         if rows and self.adapter is not None:
-            out[rows] = self.adapter.embed([self._normalize(chosen[i]) for i in rows])
+            out[rows] = self.adapter.embed([self.adapter.prepare(chosen[i]) for i in rows])
         elif rows:
             from resemblyzer.audio import normalize_volume
 
             for i in rows:
-                out[i] = self.encoder.embed_utterance(normalize_volume(chosen[i], -30, increase_only=True))
+                x = normalize_volume(chosen[i], -30, increase_only=True)
+                out[i] = self.encoder.embed_utterance(np.resize(x, 25600) if len(x) < 25600 else x)  # as prepare()
         return torch.from_numpy(out).float()
 
 

@@ -2,11 +2,14 @@
 pyannote's shipped two-speaker ``sample.wav``, scored against its ``sample.rttm`` with pyannote.metrics.
 
 Thresholds, measured with ``benchmarks/der.py`` (CPU, torch 2.9.1, default ``DiarizationOptions``, 1 s chunks):
-rechka scores DER 0.162 at collar 0 (missed 0.035, false alarm 0.025, confusion 0.101) and 0.069 with a ±0.25 s
-collar, finding the 2 speakers. For scale, on the same two models pyannote's own offline ``SpeakerDiarization``
-pipeline scores 0.147 and diart 0.190 at the same 1.5 s latency (collar 0). The bounds below (0.22 and 0.12) leave
-about five points for numerical differences between machines and devices, which can move a borderline frame or
-assignment; a real regression (a lost or split speaker: 0.35-0.6 here) fails them.
+rechka scores DER 0.145 at collar 0 (missed 0.035, false alarm 0.025, confusion 0.085) and 0.020 with a ±0.25 s
+collar. It finds the 2 speakers, plus a third label on 0.8 s of the overlapped handover at 18 s (short segments are
+embedded on their audio repeated up to 1.6 s, which lowered DER here from 0.162 and on every other data set, and
+brought this duplicate). For scale, on the same two models pyannote's own offline ``SpeakerDiarization`` pipeline
+scores 0.147 and diart 0.190 at the same 1.5 s latency (collar 0). The DER bounds below (0.22 and 0.12) leave
+about five points or more for numerical differences between machines and devices, which can move a borderline frame
+or assignment; a real regression (a lost or split speaker: 0.35-0.6 here) fails them, and so does a split speaker's
+extra label (the labels beyond the two largest may hold at most ``MAX_EXTRA_SPEECH``).
 Skips when the segmentation checkpoint cannot be had (offline machine without the cached whisperx wheel).
 """
 
@@ -29,6 +32,7 @@ pytestmark = pytest.mark.slow
 SAMPLE = Path(pytest.importorskip("pyannote.audio").__file__).parent / "sample"
 MAX_DER = 0.22
 MAX_DER_COLLAR = 0.12
+MAX_EXTRA_SPEECH = 2.0  # seconds of hypothesis speech under labels beyond the two largest (measured 0.8)
 
 
 @pytest.fixture(scope="module")
@@ -70,15 +74,19 @@ def test_sample_wav_der_against_its_reference(models: tuple) -> None:
     der_collar = metrics.DiarizationErrorRate(collar=0.5, skip_overlap=False)(reference, hypothesis, uem=uem)
     assert der <= MAX_DER, f"DER {der:.3f} (collar 0) above {MAX_DER}"
     assert der_collar <= MAX_DER_COLLAR, f"DER {der_collar:.3f} (±0.25 s collar) above {MAX_DER_COLLAR}"
-    assert diarizer.speakers == ("S1", "S2")
+    speech = sorted((hypothesis.label_duration(label) for label in hypothesis.labels()), reverse=True)
+    assert len(speech) >= 2 and min(speech[:2]) > 5.0, speech  # both speakers found, each with a label of its own
+    assert sum(speech[2:]) <= MAX_EXTRA_SPEECH, f"labels beyond the two speakers hold {sum(speech[2:]):.1f} s"
+    assert diarizer.speakers[0] == "S1" and set(diarizer.speakers) == set(hypothesis.labels())
     assert diarizer.final_until == len(audio) and diarizer.idle
 
 
-def test_voice_split_reduces_label_flips_on_a_composed_conversation(models: tuple) -> None:
+def test_voice_split_keeps_voices_apart_on_a_composed_conversation(models: tuple) -> None:
     """Three espeak-ng voices, 90 s with short pauses between turns (``benchmarks.compose``, seed 8). PyanNet often
     gives a voice that follows another after a short pause the previous one's local speaker; the voice split
-    (``change_threshold``) catches that. Measured on CPU: with it DER 0.151 (confusion 0.058) and 5 label flips,
-    without it (``change_threshold=2``) DER 0.202 (confusion 0.108) and 13 flips; both find the 3 speakers."""
+    (``change_threshold``) catches that. Measured on CPU: with it DER 0.164 (confusion 0.070), 3 label flips and the
+    3 speakers; without it (``change_threshold=2``) two voices share one label: 2 speakers, DER 0.388 (confusion
+    0.295)."""
     import shutil
 
     if shutil.which("espeak-ng") is None:
@@ -102,5 +110,5 @@ def test_voice_split_reduces_label_flips_on_a_composed_conversation(models: tupl
 
     split, merged = run(DiarizationOptions()), run(DiarizationOptions(change_threshold=2.0))
     assert split["hyp_speakers"] == split["ref_speakers"] == 3
-    assert split["flips"] < merged["flips"] and split["confusion"] < merged["confusion"], (split, merged)
-    assert split["der_c0"] <= 0.22, split  # measured 0.151; about the sample's margin
+    assert split["confusion"] < merged["confusion"] and split["der_c0"] < merged["der_c0"], (split, merged)
+    assert split["der_c0"] <= 0.22 and split["flips"] <= 6, split  # measured 0.164 and 3; about the sample's margin

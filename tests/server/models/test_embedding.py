@@ -76,6 +76,26 @@ def test_run_batch_normalizes_volume_like_preprocess_wav(resemblyzer: Resemblyze
     np.testing.assert_allclose(result.embedding, expected, atol=1e-5)
 
 
+def test_short_audio_is_repeated_up_to_one_partial_not_zero_padded(resemblyzer: ResemblyzerEmbedding) -> None:
+    t = np.arange(11200) / 16000  # 0.7 s: embed_utterance would zero-pad it to 1.6 s
+    short = (0.3 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+    prepared = resemblyzer.prepare(short)
+    assert len(prepared) == 25600
+    np.testing.assert_array_equal(prepared[:11200], short)
+    np.testing.assert_array_equal(prepared[11200:22400], short)  # cyclic, not padded
+    (result,) = resemblyzer.run_batch([EmbeddingRequest("s", 0, 0, 0, short)])
+    np.testing.assert_allclose(result.embedding, resemblyzer.encoder.embed_utterance(np.resize(short, 25600)),
+                               atol=1e-5)
+    assert 1.0 - float(result.embedding @ resemblyzer.encoder.embed_utterance(short)) > 1e-3  # it does differ
+    long = np.resize(short, 30000)
+    np.testing.assert_array_equal(resemblyzer.prepare(long), long)  # a partial's worth or more: untouched
+    assert len(resemblyzer.prepare(np.zeros(0, np.float32))) == 0
+    plain = ResemblyzerEmbedding("cpu", max_batch=2, repeat_short=False)
+    (unpadded,) = plain.run_batch([EmbeddingRequest("s", 1, 0, 0, short)])
+    np.testing.assert_allclose(unpadded.embedding, plain.encoder.embed_utterance(short), atol=1e-5)
+    assert plain.describe()["repeat_short"] is False and resemblyzer.describe()["repeat_short"] is True
+
+
 def test_silence_gives_a_finite_embedding(resemblyzer: ResemblyzerEmbedding) -> None:
     results = resemblyzer.run_batch([EmbeddingRequest("s", 0, 0, 0, np.zeros(16000, np.float32)),
                                      EmbeddingRequest("s", 1, 0, 0, np.zeros(0, np.float32))])
