@@ -13,6 +13,9 @@ Systems, all on the same segmentation (PyanNet from the whisperx wheel) and embe
   agglomerative clustering over the whole file: a non-causal reference point);
 - ``diart``: diart 0.9 ``SpeakerDiarization`` at the same latency, run by ``benchmarks/diart_runner.py`` in its own
   virtual environment (``--diart-python``), skipped when that interpreter is missing;
+- ``offline-zeropad`` and ``diart-zeropad``: the same two with resemblyzer's own zero padding of audio under 1.6 s
+  instead of the adapter's repetition (``ResemblyzerEmbedding.repeat_short``), which suits them less or more: each
+  is shown both ways;
 - ``oracle`` (not run by default): rechka with *oracle* embeddings (:mod:`benchmarks.oracle_embeddings`, each
   reference speaker's share of the embedded audio), with the default options (``oracle-emb``) and with fine
   segments (``oracle-emb-fine``: ``segment_gap`` 50 ms, ``min_segment_speech`` 250 ms, safe when embeddings are
@@ -241,7 +244,8 @@ def plot(summary: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", default="sample,ami,composed-espeak,composed-real")
-    parser.add_argument("--systems", default="rechka,offline,diart", help="any of rechka,offline,diart,oracle")
+    parser.add_argument("--systems", default="rechka,offline,offline-zeropad,diart,diart-zeropad",
+                        help="any of rechka,offline,offline-zeropad,diart,diart-zeropad,oracle")
     parser.add_argument("--latencies", default="1.5,5.0", help="seconds; rechka and diart run at each")
     parser.add_argument("--offline-threshold", type=float, default=0.5,
                         help="agglomerative clustering threshold of the offline pipeline (best on sample + AMI)")
@@ -289,26 +293,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 oracle = OracleEmbeddings(references[item.wav], models.run)
                 hypotheses[(name, item.wav)] = run_rechka(audio[item.wav], options, oracle)
             print(f"{name}: done", file=sys.stderr)
-    if "offline" in systems:
-        pipeline = offline_pipeline(models, args.offline_threshold)
+    for name, repeat_short in (("offline", True), ("offline-zeropad", False)):
+        if name not in systems:
+            continue
+        pipeline = offline_pipeline(models, args.offline_threshold, repeat_short)
         started = time.process_time()
         for item in items:
-            hypotheses[("offline", item.wav)] = run_offline(pipeline, audio[item.wav])
-        costs["offline"] = {"cpu_s_per_audio_s": round((time.process_time() - started) / total_audio, 4),
-                            "embedded_audio_s_per_audio_s": round(
-                                pipeline._embedding.samples / SAMPLE_RATE / total_audio, 3)}
-        print(f"offline: done, {costs['offline']}", file=sys.stderr)
+            hypotheses[(name, item.wav)] = run_offline(pipeline, audio[item.wav])
+        embedded = pipeline._embedding.samples / SAMPLE_RATE
+        costs[name] = {"cpu_s_per_audio_s": round((time.process_time() - started) / total_audio, 4),
+                       "embedded_audio_s_per_audio_s": round(embedded / total_audio, 3)}
+        print(f"{name}: done, {costs[name]}", file=sys.stderr)
     diart_note = None
-    if "diart" in systems:
+    diart_variants = [(v, repeat) for v, repeat in (("", True), ("-zeropad", False)) if f"diart{v}" in systems]
+    if diart_variants:
         if not args.diart_python.is_file():
             diart_note = f"skipped: no diart interpreter at {args.diart_python}"
         else:
             delta_new = args.diart_delta_new if args.diart_delta_new is not None else base.new_speaker_threshold
-            for latency in latencies:
-                name = f"diart@{latency:g}s"
+            for latency, (variant, repeat_short) in itertools.product(latencies, diart_variants):
+                name = f"diart{variant}@{latency:g}s"
                 started = time.time()
                 found = run_diart([item.wav for item in items], latency, args.diart_python, delta_new, base.tau_active,
-                                  args.diart_rho_update)
+                                  args.diart_rho_update, repeat_short)
                 for item in items:
                     hypotheses[(name, item.wav)] = found[str(item.wav)]
                 costs[name] = {"wall_s_per_audio_s": round((time.time() - started) / total_audio, 4)}

@@ -116,8 +116,10 @@ class _ResemblyzerForPyannote:
         return out
 
 
-def offline_pipeline(models: Models, threshold: float) -> Any:
-    """pyannote.audio's ``SpeakerDiarization`` on the same PyanNet and resemblyzer, agglomerative clustering."""
+def offline_pipeline(models: Models, threshold: float, repeat_short: bool = True) -> Any:
+    """pyannote.audio's ``SpeakerDiarization`` on the same PyanNet and resemblyzer, agglomerative clustering;
+    ``repeat_short=False`` embeds audio under 1.6 s zero-padded (``embed_utterance``) rather than repeated."""
+    from server.models.embedding import ResemblyzerEmbedding
     from pyannote.audio.core.io import Audio
     from pyannote.audio.pipelines import speaker_diarization
     from pyannote.audio.pipelines.clustering import AgglomerativeClustering
@@ -131,7 +133,8 @@ def offline_pipeline(models: Models, threshold: float) -> Any:
     finally:
         speaker_diarization.get_plda = get_plda
     # swap in resemblyzer and a clustering that needs no PLDA (the pipeline only builds hub embeddings itself)
-    pipeline._embedding = _ResemblyzerForPyannote(models.embedding)
+    adapter = models.embedding if repeat_short else ResemblyzerEmbedding(models.embedding.device, repeat_short=False)
+    pipeline._embedding = _ResemblyzerForPyannote(adapter)
     pipeline._audio = Audio(sample_rate=SAMPLE_RATE, mono="downmix")
     pipeline.klustering = "AgglomerativeClustering"
     pipeline.clustering = AgglomerativeClustering(metric="cosine")
@@ -152,7 +155,7 @@ def run_offline(pipeline: Any, audio: np.ndarray) -> list[tuple[str, float, floa
 
 
 def run_diart(wavs: Sequence[Path], latency: float, python: Path, delta_new: float, tau_active: float,
-              rho_update: float) -> dict[str, list[tuple[str, float, float]]]:
+              rho_update: float, repeat_short: bool = True) -> dict[str, list[tuple[str, float, float]]]:
     """diart 0.9 on the same checkpoints, in its own interpreter (``benchmarks/diart_runner.py``)."""
     from server.models.cache import fetch_segmentation_checkpoint
 
@@ -161,7 +164,7 @@ def run_diart(wavs: Sequence[Path], latency: float, python: Path, delta_new: flo
         command = [str(python), str(ROOT / "benchmarks" / "diart_runner.py"), "--segmentation",
                    str(fetch_segmentation_checkpoint()), "--latency", str(latency), "--delta-new", str(delta_new),
                    "--tau-active", str(tau_active), "--rho-update", str(rho_update), "--out", str(out),
-                   *[str(wav) for wav in wavs]]
+                   *([] if repeat_short else ["--zero-pad-short"]), *[str(wav) for wav in wavs]]
         env = dict(os.environ, PYTHONPATH="", OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
         done = subprocess.run(command, env=env, capture_output=True, text=True)
         if done.returncode != 0:

@@ -38,14 +38,15 @@ class ResemblyzerForDiart(nn.Module):
     batched adapter (``server.models.embedding``, importable here: it needs only torch, librosa and numpy) so both
     systems compute identical embeddings; resemblyzer's ``embed_utterance`` when that import fails."""
 
-    def __init__(self, threshold: float = 0.5 ** 3) -> None:
+    def __init__(self, threshold: float = 0.5 ** 3, repeat_short: bool = True) -> None:
         super().__init__()
         self.threshold = threshold
+        self.repeat_short = repeat_short
         try:
             sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
             from server.models.embedding import ResemblyzerEmbedding
 
-            self.adapter = ResemblyzerEmbedding(device="cpu")
+            self.adapter = ResemblyzerEmbedding(device="cpu", repeat_short=repeat_short)
             self.encoder = self.adapter.encoder
         except ImportError:
             from resemblyzer import VoiceEncoder
@@ -77,7 +78,8 @@ class ResemblyzerForDiart(nn.Module):
 
             for i in rows:
                 x = normalize_volume(chosen[i], -30, increase_only=True)
-                out[i] = self.encoder.embed_utterance(np.resize(x, 25600) if len(x) < 25600 else x)  # as prepare()
+                short = self.repeat_short and len(x) < 25600
+                out[i] = self.encoder.embed_utterance(np.resize(x, 25600) if short else x)  # as prepare()
         return torch.from_numpy(out).float()
 
 
@@ -92,6 +94,8 @@ def main() -> int:
     parser.add_argument("--rho-update", type=float, default=0.3)
     parser.add_argument("--delta-new", type=float, default=0.25)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--zero-pad-short", action="store_true",
+                        help="embed audio under 1.6 s zero-padded (resemblyzer's embed_utterance) instead of repeated")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -113,7 +117,8 @@ def main() -> int:
         return Model.from_pretrained(args.segmentation)
 
     config = SpeakerDiarizationConfig(
-        segmentation=SegmentationModel(load_segmentation), embedding=EmbeddingModel(ResemblyzerForDiart),
+        segmentation=SegmentationModel(load_segmentation),
+        embedding=EmbeddingModel(lambda: ResemblyzerForDiart(repeat_short=not args.zero_pad_short)),
         duration=args.duration, step=args.step, latency=args.latency, tau_active=args.tau_active,
         rho_update=args.rho_update, delta_new=args.delta_new, device=torch.device("cpu"))
     pipeline = SpeakerDiarization(config)
