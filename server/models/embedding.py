@@ -10,7 +10,7 @@ partial of every request through the LSTM in one call, then a per-request mean. 
 audio shorter than one partial is repeated cyclically up to 1.6 s (``repeat_short``, see
 :meth:`ResemblyzerEmbedding.prepare`): ``embed_utterance`` zero-pads it instead, so the only partial of a 0.7 s
 segment is mostly silence and the LSTM's last state describes the silence after the speech. Repetition keeps the
-voice: in ``benchmarks/der.py`` (1.5 s latency) it lowered DER on every data set (AMI .2745 → .271, ``sample.wav``
+voice: in ``benchmarks/der.py`` (1.5 s latency) it lowered DER on every data set (AMI .2745 → .269, ``sample.wav``
 .162 → .145) and label flips with it.
 
 Alternatively a pyannote embedding model (e.g. ``pyannote/wespeaker-voxceleb-resnet34-LM``) by HF id or local
