@@ -166,6 +166,13 @@ class AudioBuffer:
             raise ValueError(f"samples [{a}, {b}) are not in the buffer, which holds [{self.start}, {self.end})")
         return self._data[a - self._base:b - self._base].copy()
 
+    def read_retained(self, a: int, b: int) -> tuple[int, np.ndarray]:
+        """What is still held of ``[a, b)``: ``(first, samples)`` with ``first >= a`` (empty when none is).
+
+        For readers whose audio may have been dropped or evicted meanwhile; they cut their span to what remains."""
+        first = min(max(a, self.start), self.end)
+        return first, self.read(first, max(first, min(b, self.end)))
+
     def discard_before(self, n: int) -> None:
         """Forget samples before absolute offset ``n`` (no-op for offsets already gone; never past ``end``)."""
         self._lo = max(self._lo, min(n, self.end) - self._base)

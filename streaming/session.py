@@ -10,9 +10,15 @@ into events. With diarization on (single stream), a ``StreamingDiarizer`` runs b
 
 Backpressure: while the session is behind (audio waiting for the VAD above ``PartialOptions.max_lag``, or more than
 ``max_pending_requests`` final and diarization requests of the channel in flight) partial decodes are skipped and
-counted; audio waiting for the VAD
-beyond ``SessionConfig.max_pending_audio`` is dropped oldest-first (the open utterance closes at the gap). Finals
-are never dropped.
+counted. Audio waiting for the VAD (:attr:`Session.pending_audio`) is bounded by ``SessionConfig.max_pending_audio``:
+with :attr:`Session.drop_when_behind` (a live client, the default) the oldest beyond it is dropped (the open
+utterance closes at the gap); otherwise the caller stops feeding audio while :attr:`Session.has_room` is false, and
+only audio beyond twice the bound (a caller that ignores it) is dropped. Every drop is reported (``audio_dropped``)
+and counted once per stream sample, so ``audio_in == audio_processed + audio_dropped + lag`` at all times.
+
+No read of the buffer can fail: audio an utterance needs that the bounded buffer no longer holds (the VAD stalled
+while a live client kept sending) cuts the utterance's final to what remains (``utterance_truncated`` warning), and a
+partial window reaching into it is skipped. Finals are never dropped.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ from streaming.work import (AsrKind, AsrRequest, AsrResult, EmbeddingRequest, Em
 
 MAX_VAD_CHUNKS = 128  # one VAD request covers at most this many chunks (4.1 s)
 APPEND_PIECE = ms(1_000)  # large messages are buffered in pieces so the pending-audio bound applies within them
+HOLD_LIMIT = 2  # without drop_when_behind, audio beyond this many times max_pending_audio is still dropped
+RESUME_FRACTION = 0.75  # has_room turns true again once pending audio is below this fraction of the bound
 
 
 _RESULT_FOR: dict[type, type] = {VadRequest: VadResult, AsrRequest: AsrResult, SegmentationRequest: SegmentationResult,
@@ -50,12 +58,17 @@ class SessionState(IntEnum):
 
 @dataclass
 class SessionStats:
-    """Counters in samples (16 kHz) or events; ``lag`` = audio received but not yet through the VAD."""
+    """Counters in samples (16 kHz, per stream sample: a multichannel frame counts once) or events.
+
+    ``audio_in`` = ``audio_processed`` (through the VAD) + ``audio_dropped`` + ``lag`` (waiting for the VAD), exactly.
+    ``audio_truncated``: audio through the VAD that an utterance's final lacks (evicted, see the module docstring).
+    """
 
     audio_in: int = 0
     audio_processed: int = 0
     lag: int = 0
     audio_dropped: int = 0
+    audio_truncated: int = 0
     partials_dropped: int = 0
     results_dropped: int = 0
     utterances: int = 0
@@ -114,10 +127,12 @@ class Session:
         self._next_id = 0
         self._utterance_keys = 0
         self._lag_warned = False
+        self.drop_when_behind = True  # False: the caller applies backpressure (see has_room)
+        self._room = True
         streams = config.audio.channels if config.multichannel else 1
         diarize = config.diarization and not config.multichannel
         vad = config.vad
-        capacity = (config.max_pending_audio + vad.max_utterance + vad.min_speech + vad.min_silence
+        capacity = (HOLD_LIMIT * config.max_pending_audio + vad.max_utterance + vad.min_speech + vad.min_silence
                     + 2 * vad.speech_pad + config.diarizer.window + ms(10_000))
         self._channels: list[_Channel] = []
         for c in range(streams):
@@ -181,6 +196,23 @@ class Session:
             self.stats.results_dropped += 1
         self._advance()
 
+    @property
+    def pending_audio(self) -> int:
+        """Samples received but not yet sent to the VAD (the most behind channel)."""
+        return self._channels[0].buffer.end - min(ch.vad_next for ch in self._channels)
+
+    @property
+    def has_room(self) -> bool:
+        """Whether more audio may be fed without exceeding ``max_pending_audio``: false from the bound until the
+        backlog has drained below ``RESUME_FRACTION`` of it (hysteresis, so reading resumes in useful amounts)."""
+        bound = self.config.max_pending_audio
+        pending = self.pending_audio
+        if pending >= bound:
+            self._room = False
+        elif pending < RESUME_FRACTION * bound:
+            self._room = True
+        return self._room or self.state != SessionState.OPEN
+
     # ------------------------------------------------------------------------------------------------ output
     def work_to_run(self) -> list[Request]:
         """Model requests made since the last call."""
@@ -222,19 +254,27 @@ class Session:
             piece = frames[:, a:a + APPEND_PIECE]
             for ch in self._channels:
                 ch.buffer.append(piece[ch.index])
-                self._drop_pending_excess(ch)
             self.stats.audio_in += piece.shape[1]
+            self._drop_pending_excess()
 
-    def _drop_pending_excess(self, ch: _Channel) -> None:
-        """Skip the oldest audio not yet sent to the VAD so at most ``max_pending_audio`` (less a tenth, so warnings
-        come at most every tenth of the bound) waits."""
+    def _drop_pending_excess(self) -> None:
+        """Skip the oldest audio not yet sent to the VAD, on every channel alike, so at most ``max_pending_audio``
+        (less a tenth, so warnings come at most every tenth of the bound) waits; without ``drop_when_behind`` only
+        beyond ``HOLD_LIMIT`` times the bound. Audio the buffer already evicted is skipped in any case."""
         bound = self.config.max_pending_audio
-        if ch.buffer.end - ch.vad_next <= bound and ch.vad_next >= ch.buffer.start:
+        limit = bound if self.drop_when_behind else HOLD_LIMIT * bound
+        behind = min(ch.vad_next for ch in self._channels)
+        evicted = max(ch.buffer.start for ch in self._channels)
+        end = self._channels[0].buffer.end
+        if end - behind <= limit and behind >= evicted:
             return
-        target = max(ch.buffer.end - (bound - bound // 10), ch.buffer.start)
-        dropped = target - ch.vad_next
-        ch.vad_next = ch.skipped_to = target
-        ch.finalize_at = [f for f in ch.finalize_at if f > target]
+        target = max(end - (bound - bound // 10), evicted) if end - behind > limit else evicted
+        dropped = target - behind
+        for ch in self._channels:
+            if ch.vad_next < target:
+                ch.vad_next = target
+                ch.finalize_at = [f for f in ch.finalize_at if f > target]
+            ch.skipped_to = max(ch.skipped_to, target)
         self.stats.audio_dropped += dropped
         self._events.append(wire.Warning(
             "audio_dropped", f"the server fell behind and skipped {dropped / SAMPLE_RATE:.2f} s of audio",
@@ -259,8 +299,9 @@ class Session:
                 retain = min(retain, ch.diarizer.oldest_needed)
             ch.buffer.discard_before(retain)
         stats = self.stats
-        stats.audio_processed = min(max(ch.vad_done, ch.skipped_to) for ch in self._channels)
-        stats.lag = stats.audio_in - stats.audio_processed
+        through = min(max(ch.vad_done, ch.skipped_to) for ch in self._channels)  # every drop ends before it
+        stats.audio_processed = through - stats.audio_dropped
+        stats.lag = stats.audio_in - through
         stats.utterances = sum(ch.transcript.finals_emitted for ch in self._channels)
         if self.state == SessionState.ENDING and all(self._channel_done(ch) for ch in self._channels):
             speakers: tuple[str, ...] = ()
@@ -280,6 +321,8 @@ class Session:
         """Apply due finalize points and the end of stream, then send the next VAD request if none is in flight."""
         if ch.vad_busy:
             return
+        if ch.vad_next < ch.buffer.start:  # evicted before the VAD saw it (only a caller ignoring has_room)
+            self._drop_pending_excess()
         while ch.finalize_at and ch.finalize_at[0] - ch.vad_next < VAD_CHUNK:
             self._on_vad_events(ch, ch.endpointer.flush(ch.finalize_at.pop(0)))
         end = ch.buffer.end
@@ -319,11 +362,25 @@ class Session:
                 utt, ch.open = ch.open, None
                 ch.transcript.close(utt, event.end)
                 ch.policy.cancel()
-                start = max(event.start, ch.buffer.start)
-                audio = ch.buffer.read(start, min(event.end, ch.buffer.end))
+                start, audio = ch.buffer.read_retained(event.start, event.end)
+                if start > utt.start:
+                    self._truncated(utt, start)
+                if len(audio) == 0:  # nothing of it is left: its final is empty (an id may be out already)
+                    ch.transcript.set_final(utt, "", [])
+                    continue
                 request = AsrRequest(self.session_id, self._next_seq(), ch.index, start, audio, utt.key,
                                      AsrKind.FINAL)
                 self._issue([request], "final", ch.index, utterance=utt)
+
+    def _truncated(self, utt: Utterance, start: int) -> None:
+        """The buffer no longer holds ``[utt.start, start)``: the final covers what remains, and the client is told."""
+        assert utt.end is not None
+        missing = min(start, utt.end) - utt.start
+        utt.start = min(start, utt.end - 1)
+        self.stats.audio_truncated += missing
+        self._events.append(wire.Warning(
+            "utterance_truncated", f"the server fell behind and the first {missing / SAMPLE_RATE:.2f} s of an "
+                                   "utterance were lost before it could be transcribed", dropped_seconds=missing / SAMPLE_RATE))
 
     # ------------------------------------------------------------------------------------------------ partials
     def _partial_current(self, ch: _Channel, entry: _InFlight) -> bool:
@@ -351,6 +408,10 @@ class Session:
             return
         if lag <= options.max_lag // 2:
             self._lag_warned = False
+        if window[0] < ch.buffer.start:  # its audio was evicted: no partial over it (the final is cut anyway)
+            ch.policy.skip(window[1])
+            self.stats.partials_dropped += 1
+            return
         ch.policy.start(window)
         a, b = window
         request = AsrRequest(self.session_id, self._next_seq(), ch.index, a, ch.buffer.read(a, b), ch.open.key,
