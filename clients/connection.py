@@ -22,6 +22,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from streaming import wire
+from streaming.protocols.base import CloseCode
 
 from clients.captions import LiveCaptions
 from clients.protocol import (PERMANENT_CLOSE_CODES, ProtocolError, describe_close, dump_client_message,
@@ -257,7 +258,7 @@ class StreamClient:
                     continue
                 if buffer.finished:
                     if producer.done() and producer.exception() is not None:
-                        await ws.close(1000, "audio source failed")
+                        await ws.close(CloseCode.NORMAL, "audio source failed")
                         return
                     await ws.send(dump_client_message(wire.Stop()))
                     self._stop_sent = True

@@ -12,6 +12,7 @@ import json
 from typing import Any, Optional, Union
 
 from streaming import wire
+from streaming.protocols.base import CloseCode
 
 __all__ = [
     "ProtocolError", "dump_client_message", "parse_server_event", "seconds_to_samples", "describe_close",
@@ -21,16 +22,16 @@ __all__ = [
 _CLIENT_TYPES = {wire.Start: "start", wire.Finalize: "finalize", wire.Stop: "stop", wire.KeepAlive: "keepalive"}
 
 #: Close codes after which reconnecting cannot help (the same request would be refused again).
-PERMANENT_CLOSE_CODES = frozenset({1003, 1008, 1009})
+PERMANENT_CLOSE_CODES = frozenset({CloseCode.UNSUPPORTED_DATA, CloseCode.POLICY_VIOLATION, CloseCode.MESSAGE_TOO_BIG})
 
 _CLOSE_HINTS = {
-    1000: "the server closed the stream",
-    1001: "the server is going away (restart or drain); reconnecting may help",
-    1003: "the server cannot use this audio format; check --encoding/--sample-rate/--multichannel",
-    1008: "the server rejected a message (protocol violation or failed authentication)",
-    1009: "a message was larger than the server accepts; use a smaller --chunk-ms",
-    1011: "the server hit an internal error",
-    1013: "the server is overloaded; try again later",
+    CloseCode.NORMAL: "the server closed the stream",
+    CloseCode.GOING_AWAY: "the server is going away (restart or drain); reconnecting may help",
+    CloseCode.UNSUPPORTED_DATA: "the server cannot use this audio format; check --encoding/--sample-rate/--multichannel",
+    CloseCode.POLICY_VIOLATION: "the server rejected a message (protocol violation or failed authentication)",
+    CloseCode.MESSAGE_TOO_BIG: "a message was larger than the server accepts; use a smaller --chunk-ms",
+    CloseCode.INTERNAL_ERROR: "the server hit an internal error",
+    CloseCode.TRY_AGAIN_LATER: "the server is overloaded; try again later",
 }
 
 

@@ -224,6 +224,11 @@ class Session:
         events, self._events = self._events, []
         return events
 
+    @property
+    def finals_outstanding(self) -> bool:
+        """A finalize not yet applied, or an ended utterance whose final is not out yet."""
+        return any(ch.finalize_at or ch.transcript.closed_waiting for ch in self._channels)
+
     # ------------------------------------------------------------------------------------------------ internals
     def _transition(self, state: SessionState) -> None:
         """The only place the lifecycle changes: OPEN → ENDING → CLOSED."""

@@ -75,6 +75,11 @@ class ChannelTranscript:
         """Utterances whose final is not out yet (the open one included)."""
         return len(self._queue)
 
+    @property
+    def closed_waiting(self) -> bool:
+        """An ended utterance whose final is not out yet."""
+        return any(u.closed for u in self._queue)
+
     def open(self, key: int, start: int) -> Utterance:
         utterance = Utterance(key, start)
         self._queue.append(utterance)

@@ -167,13 +167,21 @@ class Ready:
 
 
 @dataclass(frozen=True)
+class SpeechStarted:
+    """The VAD heard speech begin on ``channel`` at sample ``start`` (a core event; protocol v1 does not send it)."""
+
+    channel: int
+    start: int
+
+
+@dataclass(frozen=True)
 class End:
     audio_samples: int
     utterances: int
     speakers: tuple[str, ...] = field(default_factory=tuple)
 
 
-ServerEvent = Union[Ready, Partial, Final, SpeakerTurns, Warning, Error, End]
+ServerEvent = Union[Ready, Partial, Final, SpeakerTurns, Warning, Error, End, SpeechStarted]
 
 
 def event_to_dict(event: ServerEvent) -> dict[str, Any]:

@@ -6,14 +6,16 @@
   gaps bridged) is a word named after its dominant frequency, ``w440`` for 440 Hz, with its sample times. It counts
   the samples it encodes per request kind (for the partials budget) and can jitter word times (seeded).
 - :func:`tone_bursts`: tones separated by silence, with the exact sample spans of each tone.
+- :class:`ProtocolDriver`: drives a protocol object of ``streaming/protocols/`` as the server does, no socket.
 
 All are functions ``list[Request] -> list[Result]`` (callable objects), usable with ``server.offline``.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
@@ -162,3 +164,59 @@ def pcm16(audio: np.ndarray) -> bytes:
 def fake_run(vad: Optional[FakeVad] = None, asr: Optional[FakeAsr] = None) -> Run:
     """``server.offline`` run function over a fake VAD and ASR."""
     return run_requests_by_kind({VadRequest: vad or FakeVad(), AsrRequest: asr or FakeAsr()})
+
+
+class ProtocolDriver:
+    """A sans-I/O protocol object (``streaming/protocols/``) driven like the server drives it, with fake models
+    that answer at once: after each input, the protocol's work runs until it asks for none. ``sent`` collects the
+    messages (text as JSON objects, bytes as is), ``close`` the close it decided."""
+
+    def __init__(self, protocol: Any, run: Optional[Run] = None) -> None:
+        self.protocol = protocol
+        self.run = run or fake_run()
+        self.sent: list[Any] = []
+        self.held = False  # True: model work waits in ``waiting`` until ``release()``
+        self.waiting: list[Any] = []
+
+    @property
+    def close(self) -> Any:
+        return self.protocol.close
+
+    def _collect(self) -> None:
+        for message in self.protocol.messages_to_send():
+            data = message.data
+            self.sent.append(json.loads(data) if isinstance(data, str) else data)
+
+    def settle(self) -> None:
+        while True:
+            self._collect()
+            work = self.waiting + self.protocol.work_to_run()
+            self.waiting = []
+            if self.held or not work:
+                self.waiting = work
+                self._collect()
+                return
+            for result in self.run(work):
+                self.protocol.receive_result(result)
+
+    def release(self) -> None:
+        self.held = False
+        self.settle()
+
+    def text(self, message: Any) -> "ProtocolDriver":
+        self.protocol.receive_text(message if isinstance(message, str) else json.dumps(message))
+        self.settle()
+        return self
+
+    def audio(self, data: bytes, chunk: int = 3200) -> "ProtocolDriver":
+        for a in range(0, max(len(data), 1), chunk):
+            self.protocol.receive_bytes(data[a:a + chunk])
+            self.settle()
+        return self
+
+    def of(self, kind: str, key: str = "type") -> list[Any]:
+        return [m for m in self.sent if isinstance(m, dict) and m.get(key) == kind]
+
+    @property
+    def types(self) -> list[str]:
+        return [m.get("type", "") for m in self.sent if isinstance(m, dict)]

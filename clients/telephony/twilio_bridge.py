@@ -29,6 +29,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from streaming import wire
+from streaming.protocols.base import CloseCode, close_reason
 
 from clients.connection import ConnectOptions, GaveUp, Refused, StreamClient
 from clients.formats import format_timestamp, speaker_of
@@ -237,11 +238,11 @@ class TwilioBridge:
                     call.receive(frame)
                 except UnsupportedTwilioFormat as e:
                     log.error("closing stream: %s", e)
-                    await twilio.close(1003, str(e)[:120])
+                    await twilio.close(CloseCode.UNSUPPORTED_DATA, close_reason(str(e)))
                     break
                 except (InvalidTwilioMessage, InvalidTwilioState) as e:
                     log.error("closing stream: %s", e)
-                    await twilio.close(1008, str(e)[:120])
+                    await twilio.close(CloseCode.POLICY_VIOLATION, close_reason(str(e)))
                     break
                 if audio is None and call.state == CallState.STREAMING:
                     audio = _CallAudio(call.channels)
