@@ -52,6 +52,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.der_systems import Models, offline_pipeline, run_diart, run_offline, run_rechka  # noqa: E402
+from server.models.cache import CAMPPLUS, EMBEDDING_DEFAULT, SEGMENTATION_3, SEGMENTATION_DEFAULT  # noqa: E402
+from server.models.registry import fit_diarizer  # noqa: E402
 from streaming.config import SAMPLE_RATE, DiarizationOptions, ms  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "out"
@@ -59,6 +61,7 @@ SHARED = Path(os.environ.get("RECHKA_SHARED_SPEECH", "/work/shared/speech"))
 PYANNOTE_SAMPLE = Path(__import__("pyannote.audio").audio.__file__).parent / "sample"
 DIART_PYTHON = Path("/tmp/diart-venv/bin/python")
 COMPOSED_SEED = 100  # composed conversations use seeds 100 + n: none of them was used to tune the defaults
+OFFLINE_THRESHOLD = {EMBEDDING_DEFAULT: 0.5, CAMPPLUS: 0.6}  # agglomerative clustering, per embedding model
 
 
 @dataclasses.dataclass
@@ -244,85 +247,42 @@ def plot(summary: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", default="sample,ami,composed-espeak,composed-real")
-    parser.add_argument("--systems", default="rechka,offline,offline-zeropad,diart,diart-zeropad",
+    parser.add_argument("--systems", default="rechka,offline,diart",
                         help="any of rechka,offline,offline-zeropad,diart,diart-zeropad,oracle")
-    parser.add_argument("--latencies", default="1.5,5.0", help="seconds; rechka and diart run at each")
-    parser.add_argument("--offline-threshold", type=float, default=0.5,
-                        help="agglomerative clustering threshold of the offline pipeline (best on sample + AMI)")
+    parser.add_argument("--segmentation-models", default=f"{SEGMENTATION_DEFAULT},{SEGMENTATION_3}")
+    parser.add_argument("--embedding-models", default=f"{EMBEDDING_DEFAULT},{CAMPPLUS}")
+    parser.add_argument("--latencies", default="0.5,1.5,5.0", help="seconds; rechka and diart run at each")
+    parser.add_argument("--offline-threshold", type=float, default=None,
+                        help="agglomerative clustering threshold of the offline pipeline (default: per embedding "
+                             f"model, best on the development sets: {OFFLINE_THRESHOLD})")
     parser.add_argument("--diart-python", type=Path, default=DIART_PYTHON)
     parser.add_argument("--diart-delta-new", type=float, default=None,
                         help="diart's new-speaker distance (default: rechka's new_speaker_threshold)")
     parser.add_argument("--diart-rho-update", type=float, default=0.3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--cache-dir", type=Path, default=OUT / "der-cache",
+                        help="model results per model pair, reused by later runs ('none': no cache)")
     parser.add_argument("--out", type=Path, default=OUT / "der.json")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
 
     items = datasets(args.datasets.split(","))
-    systems = args.systems.split(",")
-    latencies = [float(x) for x in args.latencies.split(",")]
-    base = DiarizationOptions()
-    models = Models(args.device)
     audio = {item.wav: load_audio(item.wav) for item in items}
     references = {item.wav: load_reference(item.rttm) for item in items}
     hypotheses: dict[tuple[str, Path], list[tuple[str, float, float]]] = {}
     costs: dict[str, dict[str, float]] = {}
-    total_audio = sum(len(a) for a in audio.values()) / SAMPLE_RATE
-
-    if "rechka" in systems:
-        for latency in latencies:
-            name = f"rechka@{latency:g}s"
-            options = dataclasses.replace(base, latency=int(round(latency * SAMPLE_RATE)))
-            models.reset_counters()
-            started = time.process_time()
-            for item in items:
-                hypotheses[(name, item.wav)] = run_rechka(audio[item.wav], options, models.run)
-            costs[name] = {"cpu_s_per_audio_s": round((time.process_time() - started) / total_audio, 4),
-                           "windows_per_audio_s": round(models.windows / total_audio, 3),
-                           "embeddings_per_audio_s": round(models.embeddings / total_audio, 3),
-                           "embedded_audio_s_per_audio_s": round(models.embedded_samples / SAMPLE_RATE / total_audio, 3)}
-            print(f"{name}: done, {costs[name]}", file=sys.stderr)
-    if "oracle" in systems:
-        from benchmarks.oracle_embeddings import OracleEmbeddings
-
-        fine = dataclasses.replace(base, segment_gap=ms(50), min_segment_speech=ms(250))
-        for latency, (tag, options) in itertools.product(latencies, (("", base), ("-fine", fine))):
-            name = f"oracle-emb{tag}@{latency:g}s"
-            options = dataclasses.replace(options, latency=int(round(latency * SAMPLE_RATE)))
-            for item in items:
-                oracle = OracleEmbeddings(references[item.wav], models.run)
-                hypotheses[(name, item.wav)] = run_rechka(audio[item.wav], options, oracle)
-            print(f"{name}: done", file=sys.stderr)
-    for name, repeat_short in (("offline", True), ("offline-zeropad", False)):
-        if name not in systems:
-            continue
-        pipeline = offline_pipeline(models, args.offline_threshold, repeat_short)
-        started = time.process_time()
-        for item in items:
-            hypotheses[(name, item.wav)] = run_offline(pipeline, audio[item.wav])
-        embedded = pipeline._embedding.samples / SAMPLE_RATE
-        costs[name] = {"cpu_s_per_audio_s": round((time.process_time() - started) / total_audio, 4),
-                       "embedded_audio_s_per_audio_s": round(embedded / total_audio, 3)}
-        print(f"{name}: done, {costs[name]}", file=sys.stderr)
-    diart_note = None
-    diart_variants = [(v, repeat) for v, repeat in (("", True), ("-zeropad", False)) if f"diart{v}" in systems]
-    if diart_variants:
-        if not args.diart_python.is_file():
-            diart_note = f"skipped: no diart interpreter at {args.diart_python}"
-        else:
-            delta_new = args.diart_delta_new if args.diart_delta_new is not None else base.new_speaker_threshold
-            for latency, (variant, repeat_short) in itertools.product(latencies, diart_variants):
-                name = f"diart{variant}@{latency:g}s"
-                started = time.time()
-                found = run_diart([item.wav for item in items], latency, args.diart_python, delta_new, base.tau_active,
-                                  args.diart_rho_update, repeat_short)
-                for item in items:
-                    hypotheses[(name, item.wav)] = found[str(item.wav)]
-                costs[name] = {"wall_s_per_audio_s": round((time.time() - started) / total_audio, 4)}
-                print(f"{name}: done, {costs[name]}", file=sys.stderr)
-        if diart_note:
-            print(f"diart: {diart_note}", file=sys.stderr)
-
+    described: dict[str, Any] = {}
+    notes: list[str] = []
+    for segmentation, embedding in itertools.product(args.segmentation_models.split(","),
+                                                     args.embedding_models.split(",")):
+        cache = None if str(args.cache_dir) == "none" else args.cache_dir / f"{segmentation}+{embedding}.pkl"
+        models = Models(args.device, segmentation, embedding, cache)
+        run_systems(args, models, items, audio, references, hypotheses, costs, notes)
+        models.save()
+        described[models.tag] = {"segmentation": models.segmentation.describe(),
+                                 "embedding": models.embedding.describe(),
+                                 "options": dataclasses.asdict(fit_diarizer(DiarizationOptions(), models.segmentation,
+                                                                            models.embedding))}
     rows = []
     for (system, wav), turns in hypotheses.items():
         item = next(i for i in items if i.wav == wav)
@@ -333,15 +293,83 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         rows.append(row)
     summary = summarise(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    result = {"options": {k: v for k, v in dataclasses.asdict(base).items()},
-              "offline_threshold": args.offline_threshold, "diart": diart_note or "ran", "costs": costs,
-              "summary": summary, "files": rows,
-              "models": {"segmentation": models.segmentation.describe(), "embedding": models.embedding.describe()}}
+    result = {"command": sys.argv, "notes": notes, "costs": costs, "summary": summary, "files": rows,
+              "models": described}
     args.out.write_text(json.dumps(result, indent=1, default=str))
     plot(summary, args.out.with_suffix(".png"))
     print(markdown(summary))
     print(f"\nwrote {args.out} and {args.out.with_suffix('.png')}", file=sys.stderr)
     return 0
+
+
+def run_systems(args: argparse.Namespace, models: Models, items: list[Item], audio: dict[Path, np.ndarray],
+                references: dict[Path, Any], hypotheses: dict[tuple[str, Path], list[tuple[str, float, float]]],
+                costs: dict[str, dict[str, float]], notes: list[str]) -> None:
+    """Every requested system on one (segmentation, embedding) pair; system names carry the pair's tag."""
+    systems = args.systems.split(",")
+    latencies = [float(x) for x in args.latencies.split(",")]
+    base = fit_diarizer(DiarizationOptions(), models.segmentation, models.embedding)
+    total_audio = sum(len(a) for a in audio.values()) / SAMPLE_RATE
+    tag = models.tag
+    if "rechka" in systems:
+        for latency in latencies:
+            name = f"rechka {tag}@{latency:g}s"
+            options = dataclasses.replace(base, latency=min(base.window, int(round(latency * SAMPLE_RATE))))
+            models.reset_counters()
+            started = time.process_time()
+            for item in items:
+                hypotheses[(name, item.wav)] = run_rechka(audio[item.wav], options, models.run)
+            costs[name] = {"cpu_s_per_audio_s": round((time.process_time() - started) / total_audio, 4),
+                           "model_cpu_s_per_audio_s": round(models.cpu_s / total_audio, 4),
+                           "computed_windows_per_audio_s": round(models.windows / total_audio, 3),
+                           "computed_embeddings_per_audio_s": round(models.embeddings / total_audio, 3),
+                           "embedded_audio_s_per_audio_s": round(models.embedded_samples / SAMPLE_RATE / total_audio,
+                                                                 3)}
+            print(f"{name}: done, {costs[name]}", file=sys.stderr, flush=True)
+    if "oracle" in systems:
+        from benchmarks.oracle_embeddings import OracleEmbeddings
+
+        fine = dataclasses.replace(base, segment_gap=ms(50), min_segment_speech=ms(250))
+        for latency, (variant, options) in itertools.product(latencies, (("", base), ("-fine", fine))):
+            name = f"oracle-emb{variant} {_segmentation_tag(models)}@{latency:g}s"
+            options = dataclasses.replace(options, latency=min(base.window, int(round(latency * SAMPLE_RATE))))
+            for item in items:
+                oracle = OracleEmbeddings(references[item.wav], models.run)
+                hypotheses[(name, item.wav)] = run_rechka(audio[item.wav], options, oracle)
+            print(f"{name}: done", file=sys.stderr, flush=True)
+    embedding = models.names[1]
+    threshold = args.offline_threshold if args.offline_threshold is not None else OFFLINE_THRESHOLD[embedding]
+    for variant, repeat_short in (("offline", True), ("offline-zeropad", False)):
+        if variant not in systems or (not repeat_short and embedding != EMBEDDING_DEFAULT):
+            continue
+        name = f"{variant} {tag}"
+        pipeline = offline_pipeline(models, threshold, repeat_short)
+        started = time.process_time()
+        for item in items:
+            hypotheses[(name, item.wav)] = run_offline(pipeline, audio[item.wav])
+        embedded = pipeline._embedding.samples / SAMPLE_RATE
+        costs[name] = {"cpu_s_per_audio_s": round((time.process_time() - started) / total_audio, 4),
+                       "embedded_audio_s_per_audio_s": round(embedded / total_audio, 3), "threshold": threshold}
+        print(f"{name}: done, {costs[name]}", file=sys.stderr, flush=True)
+    variants = [(v, repeat) for v, repeat in (("", True), ("-zeropad", False)) if f"diart{v}" in systems
+                and (repeat or embedding == EMBEDDING_DEFAULT)]
+    if variants and not args.diart_python.is_file():
+        notes.append(f"diart skipped: no diart interpreter at {args.diart_python}")
+        variants = []
+    delta_new = args.diart_delta_new if args.diart_delta_new is not None else base.new_speaker_threshold
+    for latency, (variant, repeat_short) in itertools.product(latencies, variants):
+        name = f"diart{variant} {tag}@{latency:g}s"
+        started = time.time()
+        found = run_diart([item.wav for item in items], latency, args.diart_python, delta_new, base.tau_active,
+                          args.diart_rho_update, repeat_short, models=models)
+        for item in items:
+            hypotheses[(name, item.wav)] = found[str(item.wav)]
+        costs[name] = {"wall_s_per_audio_s": round((time.time() - started) / total_audio, 4), "delta_new": delta_new}
+        print(f"{name}: done, {costs[name]}", file=sys.stderr, flush=True)
+
+
+def _segmentation_tag(models: Models) -> str:
+    return models.tag.split("+")[0]
 
 
 if __name__ == "__main__":

@@ -3,17 +3,22 @@ diarizer (fed in 1 s chunks), pyannote.audio's offline pipeline and diart 0.9 (i
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import itertools
 import json
 import os
+import pickle
 import subprocess
 import tempfile
+import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from server.models.cache import EMBEDDING_DEFAULT, SEGMENTATION_3, SEGMENTATION_DEFAULT
 from server.offline import drive_diarizer
 from streaming.config import SAMPLE_RATE, DiarizationOptions, ms
 from streaming.diarization import StreamingDiarizer
@@ -24,33 +29,73 @@ CHUNK = SAMPLE_RATE  # audio is fed to the diarizer in 1 s chunks
 
 
 class Models:
-    """The segmentation and embedding adapters, loaded once, with compute counters."""
+    """The segmentation and embedding adapters (by ``--segmentation-model`` / ``--embedding-model`` name), loaded
+    once, with compute counters and a result cache.
 
-    def __init__(self, device: str = "cpu") -> None:
-        from server.models.embedding import ResemblyzerEmbedding
+    The cache maps (model, request kind, audio) to the model's output, so a second run over the same audio (another
+    latency, other tracking thresholds: neither changes what is asked) costs no model compute; ``cache_file``
+    keeps it across runs. Counters and ``cpu_s`` count only requests actually computed.
+    """
+
+    def __init__(self, device: str = "cpu", segmentation: str = SEGMENTATION_DEFAULT,
+                 embedding: str = EMBEDDING_DEFAULT, cache_file: Optional[Path] = None) -> None:
+        from server.models.embedding import load_embedding_model
         from server.models.segmentation import SegmentationModel
 
-        self.segmentation = SegmentationModel(device=device, max_batch=32)
-        self.embedding = ResemblyzerEmbedding(device=device, max_batch=32)
+        self.names = (segmentation, embedding)
+        self.segmentation = SegmentationModel(segmentation, device=device, max_batch=32)
+        self.embedding = load_embedding_model(embedding, device, 32)
+        self.cache_file = cache_file
+        self._cache: dict[tuple[str, bytes], Any] = {}
+        if cache_file is not None and cache_file.is_file():
+            self._cache = pickle.loads(cache_file.read_bytes())
         self.reset_counters()
+
+    @property
+    def tag(self) -> str:
+        """``seg+emb`` short names for system labels (``pyannet``/``seg30``, ``resemblyzer``/``campplus``)."""
+        segmentation, embedding = self.names
+        return f"{SHORT.get(segmentation, segmentation)}+{SHORT.get(embedding, embedding)}"
 
     def reset_counters(self) -> None:
         self.windows = 0
         self.embeddings = 0
         self.embedded_samples = 0
+        self.cpu_s = 0.0
 
     def run(self, requests: list[Request]) -> list[Result]:
-        seg = [r for r in requests if isinstance(r, SegmentationRequest)]
-        emb = [r for r in requests if isinstance(r, EmbeddingRequest)]
         results: dict[int, Result] = {}
-        for batch in _batches(seg, self.segmentation.max_batch):
-            results.update((r.seq, r) for r in self.segmentation.run_batch(batch))
-        for batch in _batches(emb, self.embedding.max_batch):
-            results.update((r.seq, r) for r in self.embedding.run_batch(batch))
-        self.windows += len(seg)
-        self.embeddings += len(emb)
-        self.embedded_samples += sum(len(r.audio) for r in emb)
+        todo: dict[str, list[Request]] = {"seg": [], "emb": []}
+        for r in requests:
+            kind = "seg" if isinstance(r, SegmentationRequest) else "emb"
+            hit = self._cache.get((kind, _key(r.audio)))
+            if hit is None:
+                todo[kind].append(r)
+            else:
+                results[r.seq] = dataclasses.replace(hit, session_id=r.session_id, seq=r.seq)
+        started = time.process_time()
+        for kind, model in (("seg", self.segmentation), ("emb", self.embedding)):
+            for batch in _batches(todo[kind], model.max_batch):
+                for request, result in zip(batch, model.run_batch(batch)):
+                    results[request.seq] = result
+                    self._cache[(kind, _key(request.audio))] = result
+        self.cpu_s += time.process_time() - started
+        self.windows += len(todo["seg"])
+        self.embeddings += len(todo["emb"])
+        self.embedded_samples += sum(len(r.audio) for r in todo["emb"])
         return [results[r.seq] for r in requests]
+
+    def save(self) -> None:
+        if self.cache_file is not None:
+            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+            self.cache_file.write_bytes(pickle.dumps(self._cache))
+
+
+SHORT = {SEGMENTATION_DEFAULT: "pyannet", SEGMENTATION_3: "seg30"}
+
+
+def _key(audio: np.ndarray) -> bytes:
+    return hashlib.sha1(np.ascontiguousarray(audio, np.float32).tobytes()).digest() + len(audio).to_bytes(8, "little")
 
 
 def _batches(items: list, size: int) -> list[list]:
@@ -88,9 +133,10 @@ class _Buffer:
         self.data, self.start = self.data[n - self.start:], n
 
 
-class _ResemblyzerForPyannote:
-    """What pyannote's ``SpeakerDiarization`` needs from an embedding model, backed by rechka's resemblyzer adapter:
-    ``(waveforms (B, 1, N), masks (B, F)) -> (B, D)``, the masked samples of each row embedded (NaN when too few)."""
+class _AdapterForPyannote:
+    """What pyannote's ``SpeakerDiarization`` needs from an embedding model, backed by rechka's adapter (resemblyzer
+    or CAM++: ``prepare`` + ``embed``): ``(waveforms (B, 1, N), masks (B, F)) -> (B, D)``, the masked samples of
+    each row embedded (NaN when too few)."""
 
     sample_rate = SAMPLE_RATE
     metric = "cosine"
@@ -98,7 +144,7 @@ class _ResemblyzerForPyannote:
 
     def __init__(self, adapter: Any) -> None:
         self.adapter = adapter
-        self.dimension = int(adapter.encoder.linear.out_features)
+        self.dimension = int(adapter.describe()["dimension"])
         self.samples = 0
 
     def __call__(self, waveforms: Any, masks: Any = None) -> np.ndarray:
@@ -117,8 +163,9 @@ class _ResemblyzerForPyannote:
 
 
 def offline_pipeline(models: Models, threshold: float, repeat_short: bool = True) -> Any:
-    """pyannote.audio's ``SpeakerDiarization`` on the same PyanNet and resemblyzer, agglomerative clustering;
-    ``repeat_short=False`` embeds audio under 1.6 s zero-padded (``embed_utterance``) rather than repeated."""
+    """pyannote.audio's ``SpeakerDiarization`` on the same segmentation and embedding models, agglomerative
+    clustering; ``repeat_short=False`` (resemblyzer only) embeds audio under 1.6 s zero-padded (``embed_utterance``)
+    rather than repeated."""
     from server.models.embedding import ResemblyzerEmbedding
     from pyannote.audio.core.io import Audio
     from pyannote.audio.pipelines import speaker_diarization
@@ -132,14 +179,16 @@ def offline_pipeline(models: Models, threshold: float, repeat_short: bool = True
             plda="none", clustering="OracleClustering", segmentation_batch_size=32, embedding_batch_size=32)
     finally:
         speaker_diarization.get_plda = get_plda
-    # swap in resemblyzer and a clustering that needs no PLDA (the pipeline only builds hub embeddings itself)
+    # swap in rechka's embedding adapter and a clustering that needs no PLDA (the pipeline only builds hub embeddings itself)
     adapter = models.embedding if repeat_short else ResemblyzerEmbedding(models.embedding.device, repeat_short=False)
-    pipeline._embedding = _ResemblyzerForPyannote(adapter)
+    pipeline._embedding = _AdapterForPyannote(adapter)
     pipeline._audio = Audio(sample_rate=SAMPLE_RATE, mono="downmix")
     pipeline.klustering = "AgglomerativeClustering"
     pipeline.clustering = AgglomerativeClustering(metric="cosine")
     pipeline._expects_num_speakers = False
-    pipeline.instantiate({"segmentation": {"threshold": 0.5, "min_duration_off": 0.0},
+    segmentation = {"min_duration_off": 0.0} if models.segmentation.powerset is not None else \
+        {"threshold": 0.5, "min_duration_off": 0.0}  # a powerset model's activity needs no threshold
+    pipeline.instantiate({"segmentation": segmentation,
                           "clustering": {"method": "centroid", "min_cluster_size": 6, "threshold": threshold}})
     return pipeline
 
@@ -155,14 +204,21 @@ def run_offline(pipeline: Any, audio: np.ndarray) -> list[tuple[str, float, floa
 
 
 def run_diart(wavs: Sequence[Path], latency: float, python: Path, delta_new: float, tau_active: float,
-              rho_update: float, repeat_short: bool = True) -> dict[str, list[tuple[str, float, float]]]:
-    """diart 0.9 on the same checkpoints, in its own interpreter (``benchmarks/diart_runner.py``)."""
+              rho_update: float, repeat_short: bool = True,
+              models: Optional[Models] = None) -> dict[str, list[tuple[str, float, float]]]:
+    """diart 0.9 on the same checkpoints (``models``' pair; default PyanNet + resemblyzer), in its own interpreter
+    (``benchmarks/diart_runner.py``), with the segmentation model's window as diart's duration."""
     from server.models.cache import fetch_segmentation_checkpoint
 
+    segmentation = models.segmentation.checkpoint if models is not None else str(fetch_segmentation_checkpoint())
+    duration = models.segmentation.window / SAMPLE_RATE if models is not None else 5.0
+    embedding = ["--embedding", models.names[1], "--embedding-checkpoint", models.embedding.checkpoint] \
+        if models is not None else []
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "diart.json"
-        command = [str(python), str(ROOT / "benchmarks" / "diart_runner.py"), "--segmentation",
-                   str(fetch_segmentation_checkpoint()), "--latency", str(latency), "--delta-new", str(delta_new),
+        command = [str(python), str(ROOT / "benchmarks" / "diart_runner.py"), "--segmentation", segmentation,
+                   "--duration", str(duration), *embedding, "--latency", str(min(latency, duration)),
+                   "--delta-new", str(delta_new),
                    "--tau-active", str(tau_active), "--rho-update", str(rho_update), "--out", str(out),
                    *([] if repeat_short else ["--zero-pad-short"]), *[str(wav) for wav in wavs]]
         env = dict(os.environ, PYTHONPATH="", OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))

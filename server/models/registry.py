@@ -8,23 +8,24 @@ Everything that makes start-up impossible raises one of three errors with a para
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Union
 
 from server.models.audit import ModelPlacement, audit_models
 from server.models.base import BatchModel
-from server.models.cache import SEGMENTATION_DEFAULT, ModelUnavailable
+from server.models.cache import EMBEDDING_DEFAULT, SEGMENTATION_DEFAULT, ModelUnavailable
 from server.models.device import resolve_device
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from server.config import ServerConfig
+    from streaming.config import DiarizationOptions
 
 log = logging.getLogger(__name__)
 
 ASR_DEFAULT = "v2_ctc"
-EMBEDDING_DEFAULT = "resemblyzer"
 
 
 class Models(NamedTuple):
@@ -88,6 +89,25 @@ def load_models(asr: Union["ServerConfig", str, None] = ASR_DEFAULT, segmentatio
         for model in models.values():
             model.warmup()
     return Models(models, placement)
+
+
+def fit_diarizer(options: "DiarizationOptions", segmentation: Any, embedding: Any) -> "DiarizationOptions":
+    """``options`` with the segmentation model's window (its training duration: PyanNet 5 s, segmentation-3.0 10 s)
+    and the tracking thresholds calibrated for the embedding model (its adapter's ``tracking``; none for
+    resemblyzer, whose calibration is ``DiarizationOptions``' defaults). ``update_threshold`` follows a changed
+    ``new_speaker_threshold`` unless the preset sets it."""
+    tracking = dict(getattr(embedding, "tracking", {}))
+    if "new_speaker_threshold" in tracking:
+        tracking.setdefault("update_threshold", tracking["new_speaker_threshold"])
+    window = int(getattr(segmentation, "window", options.window))
+    latency = min(options.latency, window)
+    return dataclasses.replace(options, window=window, latency=latency, **tracking)
+
+
+def fit_session(config: "ServerConfig", models: dict[str, BatchModel]) -> "ServerConfig":
+    """The server config whose session diarizer fits the loaded models (see :func:`fit_diarizer`)."""
+    diarizer = fit_diarizer(config.session.diarizer, models["segmentation"], models["embedding"])
+    return dataclasses.replace(config, session=dataclasses.replace(config.session, diarizer=diarizer))
 
 
 def _load_asr(model: str, device: str, max_batch: int, quantize: Optional[str] = None) -> Any:

