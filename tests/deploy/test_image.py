@@ -219,3 +219,20 @@ async def stream_then_sigterm(url: str, audio: bytes, count: int, pid: int) -> t
     os.kill(pid, signal.SIGTERM)
     await asyncio.gather(*readers)
     return received, before, time.monotonic() - signalled
+
+
+def test_dockerignore_keeps_what_the_dockerfile_copies() -> None:
+    """.dockerignore excludes everything (`**`) and lets through what the Dockerfile copies: each COPY source
+    from the build context must be let through, or the build fails on a missing file."""
+    lines = [line.strip() for line in (REPO / ".dockerignore").read_text(encoding="utf-8").splitlines()]
+    rules = [line for line in lines if line and not line.startswith("#")]
+    assert rules[0] == "**"
+    allowed = {rule[1:].rstrip("/") for rule in rules if rule.startswith("!")}
+    for word, rest in dockerfile_instructions():
+        if word != "COPY" or "--from" in rest:
+            continue
+        *sources, _ = rest.split()
+        for source in sources:
+            path = source.rstrip("/")
+            assert (REPO / path).exists(), f"COPY {source}: no such file"
+            assert any(path == a or path.startswith(a + "/") for a in allowed), f".dockerignore drops {source}"

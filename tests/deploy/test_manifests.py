@@ -19,7 +19,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from server.app import RechkaServer
-from server.config import ServerConfig, config_from_args
+from server.config import ServerConfig, build_parser, config_from_args, env_name
 from tests.deploy.conftest import KUBERNETES, container, one, pod_environment, render
 from tests.server.conftest import http_get, run
 from tests.server.fake_models import FAKE_PLACEMENT, fake_models
@@ -208,6 +208,18 @@ def test_prometheus_adapter_rule_serves_the_hpa_metric(kubectl: str) -> None:
         assert {k: v["resource"] for k, v in rule["resources"]["overrides"].items()} == {"namespace": "namespace",
                                                                                         "pod": "pod"}
         assert "<<.Series>>" in rule["metricsQuery"] and "<<.GroupBy>>" in rule["metricsQuery"]
+
+
+# Read by the entrypoint or the model cache, not flags of the server (scripts/serve.sh, server/models/cache.py).
+NOT_FLAGS = {"RECHKA_SKIP_BOOTSTRAP", "RECHKA_ALLOCATOR", "RECHKA_CACHE", "RECHKA_TOKENS"}
+
+
+def test_every_rechka_variable_is_one_the_server_reads(kubectl: str, overlay: str) -> None:
+    # config_from_args ignores an unknown RECHKA_* name, so a misspelt flag would silently keep its default
+    flags = {env_name(action.dest) for action in build_parser()._actions if action.dest != "help"}
+    variables = {k for k in pod_environment(render(kubectl, overlay), SECRETS) if k.startswith("RECHKA_")}
+    assert len(variables - NOT_FLAGS) >= 3
+    assert variables - NOT_FLAGS <= flags, f"not server flags: {sorted(variables - NOT_FLAGS - flags)}"
 
 
 def test_tokens_come_from_a_secret(kubectl: str, overlay: str) -> None:

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import threading
+import time
 from typing import Any, Sequence
 
 import numpy as np
@@ -65,18 +66,26 @@ def test_drain_flushes_finals_sends_end_and_closes_1001() -> None:
 
 
 def test_sigterm_drains_the_server() -> None:
-    async def main() -> Received:
+    """SIGTERM with streams open: each gets its open utterance's final, then ``end``, then 1001, within the grace."""
+    freqs = [550, 750]
+
+    async def main() -> tuple[list[Received], float, float]:
         async with serving() as server:
-            _, readers = await open_streams(server, [550])
+            _, readers = await open_streams(server, freqs)
             serving_task = asyncio.create_task(serve_until_signal(server))
             await asyncio.sleep(0.05)  # the handlers are installed
+            signalled = time.monotonic()
             os.kill(os.getpid(), signal.SIGTERM)
+            results = await asyncio.gather(*readers)
+            closed = time.monotonic() - signalled
             await serving_task
             assert server.draining
-            return await readers[0]
+            return list(results), closed, server.config.shutdown_grace
 
-    got = run(main())
-    assert got.final_words == ["w550"] and got.types[-1] == "end" and got.close_code == 1001
+    results, closed, grace = run(main())
+    for freq, got in zip(freqs, results):
+        assert got.final_words == [f"w{freq}"] and got.types[-1] == "end" and got.close_code == 1001
+    assert closed < grace, f"the streams closed {closed:.1f} s after SIGTERM, beyond the {grace} s grace"
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, "the SIGTERM handler was not removed"
 
 
