@@ -255,7 +255,7 @@ def test_ingress_example_is_valid_and_routes_to_the_service(kubectl: str) -> Non
     assert all(b["port"]["name"] in {p["name"] for p in service["spec"]["ports"]} for b in backends)
     annotations = ingress["metadata"]["annotations"]
     for key in ("proxy-read-timeout", "proxy-send-timeout"):
-        # nginx cuts a websocket that is quiet one way for this long; the server's own idle limit must come first
+        # above nginx's 60 s default, far above the server's 20 s pings, and the server's idle limit comes first
         assert int(annotations[f"nginx.ingress.kubernetes.io/{key}"]) > 60 > config.idle_timeout
 
 
