@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 from server.models.cache import SEGMENTATION_DEFAULT
+from server.models.gigaam_models import DEFAULT_MODEL, PUBLISHED
 from streaming.config import SessionConfig
 
 DEFAULT_STATIC_DIR = Path(__file__).resolve().parent.parent / "clients" / "web"
@@ -32,7 +33,8 @@ class ServerConfig:
     """Everything ``python -m server`` needs, validated at construction (``ValueError`` names the fix).
 
     device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
-    asr_model: a GigaAM model name (``v2_ctc``, ``v2_rnnt``, …) or a checkpoint path.
+    asr_model: a GigaAM model name (``server.models.gigaam_models.PUBLISHED``: ``v2_ctc``, ``v3_e2e_rnnt``, …) or a
+        checkpoint path; docs/models.md says which to choose.
     asr_quantize: ``none`` or ``int8`` (dynamic int8 GigaAM, CPU only).
     max_sessions: concurrent streams; beyond it new connections get HTTP 503 with ``Retry-After``.
     max_message_bytes: largest websocket message accepted; a larger one closes the stream with 1009.
@@ -51,7 +53,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     device: str = "auto"
-    asr_model: str = "v2_ctc"
+    asr_model: str = DEFAULT_MODEL
     asr_quantize: Optional[str] = None
     segmentation_model: str = SEGMENTATION_DEFAULT
     embedding_model: str = "resemblyzer"
@@ -76,7 +78,7 @@ class ServerConfig:
         _check(bool(self.host), "ServerConfig.host must not be empty; use 0.0.0.0 to listen on every interface")
         _check(0 <= self.port <= 65535, "ServerConfig.port must be 0-65535 (0 picks a free port)")
         _check(bool(_DEVICE.match(self.device)), "ServerConfig.device must be auto, cpu, cuda or cuda:N")
-        _check(bool(self.asr_model), "ServerConfig.asr_model must name a GigaAM model (v2_ctc) or a checkpoint path")
+        _check(bool(self.asr_model), f"ServerConfig.asr_model must name a GigaAM model ({DEFAULT_MODEL}) or a checkpoint path")
         _check(self.max_sessions >= 1, "ServerConfig.max_sessions must be >= 1")
         _check(1024 <= self.max_message_bytes <= 64 << 20,
                "ServerConfig.max_message_bytes must be between 1 KiB and 64 MiB (default 1 MiB)")
@@ -124,7 +126,7 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("host", str, "interface to listen on (default 127.0.0.1; 0.0.0.0 for all)"),
     ("port", int, "TCP port (default 8000; 0 picks a free one)"),
     ("device", str, "auto, cpu, cuda or cuda:N (default auto)"),
-    ("asr_model", str, "GigaAM model name or checkpoint path (default v2_ctc)"),
+    ("asr_model", str, f"GigaAM model name ({', '.join(PUBLISHED)}) or checkpoint path (default {DEFAULT_MODEL})"),
     ("asr_quantize", str, "none or int8: dynamic int8 GigaAM on the CPU (default none)"),
     ("segmentation_model", str, f"pyannote segmentation checkpoint name or path (default {SEGMENTATION_DEFAULT})"),
     ("embedding_model", str, "speaker embedding model (default resemblyzer)"),

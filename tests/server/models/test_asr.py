@@ -13,7 +13,7 @@ import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from server.models.asr import MAX_AUDIO_SAMPLES, SAMPLES_PER_FRAME, AsrOptions, GigaAmAsr, ModelUnavailable
+from server.models.asr import MAX_AUDIO_SAMPLES, AsrOptions, GigaAmAsr, ModelUnavailable
 from server.models.base import BatchModel
 from server.models.gigaam_compat import build_model, encode_batch, load_checkpoint
 from streaming.work import AsrKind, AsrRequest, AsrResult
@@ -154,10 +154,10 @@ def test_word_times_are_monotone_within_audio_and_relative_to_it(asr: GigaAmAsr,
     for audio, plain, shifted in zip(audios, asr.run_batch(_requests(audios)), asr.run_batch(_requests(padded))):
         _assert_words_well_formed(plain, len(audio))
         _assert_words_well_formed(shifted, len(audio) + pad)
-        assert shifted.words[0].start >= pad - 3 * SAMPLES_PER_FRAME
+        assert shifted.words[0].start >= pad - 3 * asr.spec.samples_per_frame
         if [w.text for w in plain.words] == [w.text for w in shifted.words]:
             for a, b in zip(plain.words, shifted.words):
-                assert abs((b.start - pad) - a.start) <= 3 * SAMPLES_PER_FRAME
+                assert abs((b.start - pad) - a.start) <= 3 * asr.spec.samples_per_frame
 
 
 def test_empty_audio_gives_empty_result_and_long_audio_is_refused(asr: GigaAmAsr) -> None:
