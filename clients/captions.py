@@ -14,6 +14,8 @@ from typing import Optional
 
 from streaming import wire
 
+from streaming.transcript import revise
+
 from clients.formats import merge_turns, speaker_of, turns_from_finals
 
 __all__ = ["LiveCaptions"]
@@ -43,6 +45,8 @@ class LiveCaptions:
         self.end: Optional[wire.End] = None
         self.offset = 0
         self.sessions = 0
+        self.revisions = 0  # revisions applied
+        self._session_first = 0  # index in ``finals`` of this session's first final
         self.acknowledged = 0
         self.heard_until = 0
         self.lag: Optional[int] = None
@@ -54,6 +58,7 @@ class LiveCaptions:
             raise ValueError("session offset must be >= 0 samples")
         self.offset = offset
         self.sessions += 1
+        self._session_first = len(self.finals)
         self.partials.clear()
         self.ready = None
         self.end = None
@@ -84,6 +89,9 @@ class LiveCaptions:
                 self._see_speaker(w.speaker)
             self.acknowledged = max(self.acknowledged, event.end)
             self._progress(event.end, audio_sent)
+        elif isinstance(event, wire.SpeakerRevision):
+            event = dataclasses.replace(event, words=_shift_words(event.words, off))
+            self._revise(event)
         elif isinstance(event, wire.SpeakerTurns):
             shifted = tuple(dataclasses.replace(t, start=t.start + off, end=t.end + off) for t in event.turns)
             event = wire.SpeakerTurns(shifted)
@@ -102,6 +110,23 @@ class LiveCaptions:
             self.end = event
             self.partials.clear()
         return event
+
+    def _revise(self, revision: wire.SpeakerRevision) -> None:
+        """Replace the final ``revision`` names (this session's, newest first) by its re-split parts."""
+        for i in range(len(self.finals) - 1, self._session_first - 1, -1):
+            final = self.finals[i]
+            if final.utterance_id == revision.utterance_id and final.channel == revision.channel:
+                self.finals[i:i + 1] = revise(final, revision)
+                self.revisions += 1
+                for w in revision.words:
+                    self._see_speaker(w.speaker)
+                self._see_speaker(revision.speaker)
+                return
+
+    def revised(self, revision: wire.SpeakerRevision) -> list[wire.Final]:
+        """The finals of the utterance a (received, absolute-time) revision named, as they are now."""
+        return [f for f in self.finals[self._session_first:]
+                if f.utterance_id == revision.utterance_id and f.channel == revision.channel]
 
     def _progress(self, end: int, audio_sent: int) -> None:
         self.heard_until = max(self.heard_until, end)

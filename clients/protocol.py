@@ -104,6 +104,9 @@ def parse_server_event(text: Union[str, bytes]) -> wire.ServerEvent:
         return wire.Final(utterance_id=_field(obj, "utterance_id", int), channel=int(obj.get("channel", 0)),
                           start=_time(obj, "start"), end=_time(obj, "end"), text=_field(obj, "text", str),
                           words=_words(obj.get("words") or []), speaker=obj.get("speaker"))
+    if kind == "speaker_revision":
+        return wire.SpeakerRevision(utterance_id=_field(obj, "utterance_id", int), channel=int(obj.get("channel", 0)),
+                                    words=_words(_field(obj, "words", list)), speaker=obj.get("speaker"))
     if kind == "speaker_turns":
         turns = []
         for t in _field(obj, "turns", list):

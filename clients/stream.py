@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--multichannel", action="store_true", help="keep the file's channels; one transcript each")
     p.add_argument("--no-diarization", action="store_true", help="do not label speakers")
     p.add_argument("--max-speakers", type=int, help="upper bound on distinct speakers")
+    p.add_argument("--settled-speakers", action="store_true",
+                   help="finals wait for settled speakers (about 1.5 s later) instead of being revised")
     p.add_argument("--no-partials", action="store_true", help="ask for finals only")
     p.add_argument("--chunk-ms", type=float, default=100.0, help="audio per websocket message (default 100)")
     p.add_argument("--max-retries", type=int, default=5, help="reconnect attempts in a row (default 5; 0 = none)")
@@ -101,7 +103,7 @@ async def _stream(args: argparse.Namespace, view: TerminalView, options: Connect
     paced = PacedSource(source, speed)
     start = wire.Start(multichannel=args.multichannel, diarization=not args.no_diarization,
                        max_speakers=args.max_speakers, interim_results=not args.no_partials,
-                       speaker_turns=not args.no_diarization)
+                       speaker_turns=not args.no_diarization, settled_speakers=args.settled_speakers)
     client = StreamClient(options, start, on_event=view.event, on_status=lambda s: view.refresh())
     view.attach(client.captions, client.status)
 

@@ -21,7 +21,7 @@ from clients.captions import LiveCaptions
 from clients.connection import StreamStatus
 from clients.formats import format_timestamp, speaker_of
 
-__all__ = ["SPEAKER_COLOURS", "speaker_colour", "final_text", "partial_text", "status_text", "snapshot_svg",
+__all__ = ["SPEAKER_COLOURS", "speaker_colour", "final_text", "revised_text", "partial_text", "status_text", "snapshot_svg",
            "TerminalView"]
 
 #: Colours by speaker number (S1 → first); chosen to stay readable on dark and light backgrounds.
@@ -56,6 +56,13 @@ def final_text(final: wire.Final, known: list[str]) -> Text:
     if label:
         line.append(f"{label:<4}", style=f"bold {colour}")
     line.append(final.text.strip(), style=colour)
+    return line
+
+
+def revised_text(final: wire.Final, known: list[str]) -> Text:
+    """A final line again after a speaker revision, marked ``↻`` (the terminal cannot rewrite scrolled lines)."""
+    line = Text("↻ ", style="dim")
+    line.append_text(final_text(final, known))
     return line
 
 
@@ -153,6 +160,9 @@ class TerminalView:
         known = self.captions.speakers if self.captions is not None else []
         if isinstance(event, wire.Final) and event.text.strip():
             self.console.print(final_text(event, known))
+        elif isinstance(event, wire.SpeakerRevision) and self.captions is not None:
+            for final in self.captions.revised(event):  # lines already printed stay: the correction follows
+                self.console.print(revised_text(final, known))
         elif isinstance(event, wire.Warning):
             extra = f" ({event.dropped_seconds:.1f} s dropped)" if event.dropped_seconds else ""
             self.note(f"server warning {event.code}: {event.message}{extra}")

@@ -211,6 +211,9 @@ class SessionConfig:
     """Everything one :class:`~streaming.session.Session` needs.
 
     multichannel: transcribe each channel on its own, labelled ``ch0``, ``ch1``…; no diarization compute.
+    settled_speakers: a final waits until diarization has settled the speakers of its words (never revised, about
+        ``DiarizationOptions.latency`` later); by default it goes out as soon as its words are decoded, with the
+        speakers diarization holds then, and a ``SpeakerRevision`` follows if the settled speakers differ.
     max_pending_audio: bound on audio received but not yet through VAD (backpressure); beyond it the oldest
         audio is dropped and the client is warned with the dropped seconds.
     """
@@ -220,6 +223,7 @@ class SessionConfig:
     diarization: bool = True
     interim_results: bool = True
     speaker_turns: bool = False
+    settled_speakers: bool = False
     vad: VadOptions = field(default_factory=VadOptions)
     partials: PartialOptions = field(default_factory=PartialOptions)
     diarizer: DiarizationOptions = field(default_factory=DiarizationOptions)

@@ -141,7 +141,7 @@ class Session:
                 from streaming.diarization import StreamingDiarizer  # only sessions that diarize need it
                 diarizer = StreamingDiarizer(config.diarizer, session_id, c, self._next_seq)
             label = f"ch{c}" if config.multichannel else None
-            transcript = ChannelTranscript(c, self._allocate_id, label, diarizer)
+            transcript = ChannelTranscript(c, self._allocate_id, label, diarizer, config.settled_speakers)
             self._channels.append(_Channel(c, config, transcript, capacity, diarizer))
 
     # ------------------------------------------------------------------------------------------------ input

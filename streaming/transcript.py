@@ -6,9 +6,13 @@ utterance of its channel has its final out. So, per channel, a client sees at mo
 time, ids increase in emission order, and a final split at speaker changes takes consecutive ids.
 
 Speakers come from a :class:`SpeakerSource` (the channel's ``StreamingDiarizer``) or a fixed label (multichannel
-``ch{c}``, or ``None`` without diarization). With a source, a final waits until ``final_until`` reaches the
-utterance's end (or the stream ended); each word gets ``speaker_for(word)``, and the final is split at word
-boundaries where the speaker changes. Partials carry the provisional speaker of the utterance so far.
+``ch{c}``, or ``None`` without diarization). With a source, each word gets ``speaker_for(word)`` and the final is
+split at word boundaries where the speaker changes. By default a final goes out as soon as its words are back, with
+the speakers diarization holds for them then (provisional past ``final_until``); once ``final_until`` reaches the
+utterance's end (or the stream ended) its words are labelled again, and every final sent for it whose labels
+changed gets one :class:`~streaming.wire.SpeakerRevision` (:func:`revise` applies it). With ``settled=True`` a
+final instead waits for ``final_until`` and is never revised. Partials carry the provisional speaker of the
+utterance so far.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from streaming import wire
 from streaming.work import Word
 
 MAX_WAITING = 32  # utterances held for speakers at most; beyond, the oldest goes out with provisional speakers
+MAX_UNSETTLED = 64  # sent utterances kept for a revision at most; beyond, the oldest is never revised
 
 
 class SpeakerSource(Protocol):
@@ -62,18 +67,22 @@ class ChannelTranscript:
     """The utterances of one channel awaiting events; see the module docstring for the ordering rules."""
 
     def __init__(self, channel: int, allocate_id: Callable[[], int], label: Optional[str] = None,
-                 speakers: Optional[SpeakerSource] = None) -> None:
+                 speakers: Optional[SpeakerSource] = None, settled: bool = False) -> None:
         self.channel = channel
         self.label = label
         self.speakers = speakers
+        self.settled = settled
         self._allocate_id = allocate_id
         self._queue: deque[Utterance] = deque()
+        self._unsettled: deque[tuple[int, list[wire.Final]]] = deque()  # (utterance end, its finals as sent)
         self.finals_emitted = 0
+        self.words_sent = 0  # words in finals
+        self.words_revised = 0  # words whose speaker a revision changed
 
     @property
     def waiting(self) -> int:
-        """Utterances whose final is not out yet (the open one included)."""
-        return len(self._queue)
+        """Utterances whose final is not out yet (the open one included) or that may still be revised."""
+        return len(self._queue) + len(self._unsettled)
 
     @property
     def closed_waiting(self) -> bool:
@@ -113,15 +122,45 @@ class ChannelTranscript:
                 head.held_partial = None
                 break
             assert head.end is not None
-            speakers_final = (self.speakers is None or ended or self.speakers.final_until >= head.end
-                              or len(self._queue) > MAX_WAITING)
-            if not speakers_final:
+            if self.settled and not (self._speakers_final(head.end, ended) or len(self._queue) > MAX_WAITING):
                 break
             self._queue.popleft()
-            events.extend(self._finals(head))
+            finals = self._finals(head)
+            events.extend(finals)
+            self.words_sent += sum(len(f.words) for f in finals)
+            if self.speakers is not None and not self.settled and not self._speakers_final(head.end, ended):
+                self._unsettled.append((head.end, finals))
+        while self._unsettled and (self._speakers_final(self._unsettled[0][0], ended)
+                                   or len(self._unsettled) > MAX_UNSETTLED):
+            end, finals = self._unsettled.popleft()
+            if self._speakers_final(end, ended):
+                events.extend(self._revisions(finals))
         return events
 
     # ------------------------------------------------------------------------------------------------ internals
+    def _speakers_final(self, end: int, ended: bool) -> bool:
+        return self.speakers is None or ended or self.speakers.final_until >= end
+
+    def _labelled(self, words: Sequence[wire.WordTiming]) -> list[wire.WordTiming]:
+        """``words`` with the speakers diarization holds for them now; unheard words take a neighbour's."""
+        assert self.speakers is not None
+        labelled = [wire.WordTiming(w.word, w.start, w.end, self.speakers.speaker_for(w.start, w.end)) for w in words]
+        return [w for group in split_by_speaker(labelled) for w in group]
+
+    def _revisions(self, finals: list[wire.Final]) -> list[wire.SpeakerRevision]:
+        """One revision per final of one utterance whose settled speakers differ from those sent."""
+        assert self.speakers is not None
+        settled = iter(self._labelled([w for f in finals for w in f.words]))
+        out = []
+        for final in finals:
+            words = tuple(next(settled) for _ in final.words)
+            speaker = words[0].speaker if words else self.speakers.speaker_for(final.start, final.end)
+            changed = sum(a.speaker != b.speaker for a, b in zip(words, final.words))
+            if changed or (not words and speaker != final.speaker):
+                self.words_revised += changed
+                out.append(wire.SpeakerRevision(final.utterance_id, final.channel, words, speaker))
+        return out
+
     def _id_of(self, utterance: Utterance) -> int:
         if utterance.utterance_id is None:
             utterance.utterance_id = self._allocate_id()
@@ -141,22 +180,40 @@ class ChannelTranscript:
             self.finals_emitted += 1
             return [wire.Final(self._id_of(utterance), self.channel, utterance.start, utterance.end,
                                utterance.final_text, tuple(labelled), self.label)]
-        groups = split_by_speaker([wire.WordTiming(w.word, w.start, w.end, self.speakers.speaker_for(w.start, w.end))
-                                   for w in words])
+        groups = split_by_speaker(self._labelled(words))
         if len(groups) <= 1:
             speaker = groups[0][0].speaker if groups else self.speakers.speaker_for(utterance.start, utterance.end)
             self.finals_emitted += 1
             return [wire.Final(self._id_of(utterance), self.channel, utterance.start, utterance.end,
                                utterance.final_text, tuple(groups[0]) if groups else (), speaker)]
         finals = []
-        bounds = [utterance.start] + [(a[-1].end + b[0].start) // 2 for a, b in zip(groups, groups[1:])] \
-            + [utterance.end]
-        for i, group in enumerate(groups):
+        for i, (group, (a, b)) in enumerate(zip(groups, _bounds(groups, utterance.start, utterance.end))):
             uid = self._id_of(utterance) if i == 0 else self._allocate_id()
-            finals.append(wire.Final(uid, self.channel, bounds[i], bounds[i + 1], " ".join(w.word for w in group),
-                                     tuple(group), group[0].speaker))
+            finals.append(wire.Final(uid, self.channel, a, b, " ".join(w.word for w in group), tuple(group),
+                                     group[0].speaker))
         self.finals_emitted += len(finals)
         return finals
+
+
+def _bounds(groups: Sequence[Sequence[wire.WordTiming]], start: int, end: int) -> list[tuple[int, int]]:
+    """The span of each group of a split final: cut halfway between neighbouring groups, the outer ends kept."""
+    cuts = [start] + [(a[-1].end + b[0].start) // 2 for a, b in zip(groups, groups[1:])] + [end]
+    return list(zip(cuts, cuts[1:]))
+
+
+def revise(final: wire.Final, revision: wire.SpeakerRevision) -> list[wire.Final]:
+    """A final as its revision says: its words with their settled speakers, split where the speaker changes into
+    finals that keep the utterance id (text = the group's words joined by spaces; cut halfway between groups).
+    A final without words only takes the revision's speaker."""
+    if not final.words or len(revision.words) != len(final.words):
+        return [wire.Final(final.utterance_id, final.channel, final.start, final.end, final.text, final.words,
+                           revision.speaker)]
+    groups = split_by_speaker(revision.words)
+    if len(groups) == 1:
+        return [wire.Final(final.utterance_id, final.channel, final.start, final.end, final.text, tuple(groups[0]),
+                           groups[0][0].speaker)]
+    return [wire.Final(final.utterance_id, final.channel, a, b, " ".join(w.word for w in group), tuple(group),
+                       group[0].speaker) for group, (a, b) in zip(groups, _bounds(groups, final.start, final.end))]
 
 
 def split_by_speaker(words: Sequence[wire.WordTiming]) -> list[list[wire.WordTiming]]:

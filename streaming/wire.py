@@ -34,6 +34,7 @@ class Start:
     max_speakers: Optional[int] = None
     interim_results: bool = True
     speaker_turns: bool = False
+    settled_speakers: bool = False
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ _START_FIELDS: dict[str, tuple[type, ...]] = {
     "max_speakers": (int, type(None)),
     "interim_results": (bool,),
     "speaker_turns": (bool,),
+    "settled_speakers": (bool,),
 }
 
 
@@ -134,6 +136,18 @@ class Final:
 
 
 @dataclass(frozen=True)
+class SpeakerRevision:
+    """Diarization settled other speakers for words of the final ``utterance_id`` already sent: ``words`` are that
+    final's words in order, each with its settled speaker; ``speaker`` is the settled speaker of its first word (of
+    its span for a final without words). Sent at most once per final; ``streaming.transcript.revise`` applies it."""
+
+    utterance_id: int
+    channel: int
+    words: tuple[WordTiming, ...]
+    speaker: Optional[str] = None
+
+
+@dataclass(frozen=True)
 class Turn:
     speaker: str
     start: int
@@ -181,7 +195,12 @@ class End:
     speakers: tuple[str, ...] = field(default_factory=tuple)
 
 
-ServerEvent = Union[Ready, Partial, Final, SpeakerTurns, Warning, Error, End, SpeechStarted]
+ServerEvent = Union[Ready, Partial, Final, SpeakerRevision, SpeakerTurns, Warning, Error, End, SpeechStarted]
+
+
+def _words_to_dicts(words: tuple[WordTiming, ...]) -> list[dict[str, Any]]:
+    s = samples_to_seconds
+    return [{"word": w.word, "start": s(w.start), "end": s(w.end), "speaker": w.speaker} for w in words]
 
 
 def event_to_dict(event: ServerEvent) -> dict[str, Any]:
@@ -193,8 +212,10 @@ def event_to_dict(event: ServerEvent) -> dict[str, Any]:
     if isinstance(event, Final):
         return {"type": "final", "utterance_id": event.utterance_id, "channel": event.channel,
                 "speaker": event.speaker, "start": s(event.start), "end": s(event.end), "text": event.text,
-                "words": [{"word": w.word, "start": s(w.start), "end": s(w.end), "speaker": w.speaker}
-                          for w in event.words]}
+                "words": _words_to_dicts(event.words)}
+    if isinstance(event, SpeakerRevision):
+        return {"type": "speaker_revision", "utterance_id": event.utterance_id, "channel": event.channel,
+                "speaker": event.speaker, "words": _words_to_dicts(event.words)}
     if isinstance(event, SpeakerTurns):
         return {"type": "speaker_turns", "turns": [
             {"speaker": t.speaker, "channel": t.channel, "start": s(t.start), "end": s(t.end)} for t in event.turns]}

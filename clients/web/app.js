@@ -4,6 +4,8 @@
 // queued and sent right after the start message, so nothing said at the first moment is lost. Stop flushes the
 // worklet, sends {"type":"stop"} and waits for the server's "end" before closing.
 
+import { revisedFinals } from './revise.js';
+
 const TARGET_RATE = 16000;
 const CHUNK_MS = 100;
 const PALETTE_SIZE = 8;
@@ -75,8 +77,7 @@ function renderPartial() {
   ui.partial.textContent = parts.join('  |  ');
 }
 
-function addFinal(event) {
-  ui.placeholder.hidden = true;
+function finalItem(event) {
   const item = document.createElement('li');
   const time = document.createElement('span');
   time.className = 'time';
@@ -90,8 +91,27 @@ function addFinal(event) {
   text.textContent = event.text;
   text.style.color = event.speaker ? speakerColour(event.speaker) : '';
   item.append(time, speaker, text);
+  return item;
+}
+
+function addFinal(event) {
+  ui.placeholder.hidden = true;
+  const item = finalItem(event);
   ui.finals.append(item);
+  session.finals.set(`${event.channel}:${event.utterance_id}`, { event, items: [item] });
   item.scrollIntoView({ block: 'nearest' });
+}
+
+function reviseFinal(revision) {
+  const entry = session.finals.get(`${revision.channel}:${revision.utterance_id}`);
+  if (!entry) return; // an empty final, never shown
+  const items = revisedFinals(entry.event, revision).map(finalItem);
+  for (const item of items) item.classList.add('revised');
+  entry.items[0].before(...items);
+  for (const old of entry.items) old.remove();
+  entry.items = items;
+  for (const w of revision.words || []) noteSpeaker(w.speaker);
+  noteSpeaker(revision.speaker);
 }
 
 function onServerEvent(event) {
@@ -114,6 +134,9 @@ function onServerEvent(event) {
       if (event.text.trim()) addFinal(event);
       break;
     }
+    case 'speaker_revision':
+      reviseFinal(event);
+      break;
     case 'speaker_turns':
       for (const turn of event.turns) noteSpeaker(turn.speaker);
       break;
@@ -234,7 +257,7 @@ function finishSending() {
 async function start() {
   showError('');
   session = {
-    ws: null, audio: null, queue: [], partials: new Map(), speakers: new Set(), sentBytes: 0,
+    ws: null, audio: null, queue: [], partials: new Map(), finals: new Map(), speakers: new Set(), sentBytes: 0,
     startSent: false, ready: false, ended: false, stopping: false, flushed: false, error: '',
   };
   ui.legend.replaceChildren();

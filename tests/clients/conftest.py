@@ -9,6 +9,7 @@ times. A client that resumes after a drop must therefore reproduce each second's
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import shutil
@@ -60,6 +61,8 @@ class Script:
     close_on_start: per connection, answer ``start`` with an error event and this close code.
     token: required bearer token (header or ``?token=``), if set.
     static_dir: serve ``/`` and ``/static/<file>`` from here (as the real server serves ``clients/web``).
+    revise: on ``stop``, before ``end``, send a ``speaker_revision`` for every final sent (single channel): its
+        word's speaker swapped (``S1`` ↔ ``S2``), as diarization settling late would.
     """
 
     http_status: dict[int, int] = field(default_factory=dict)
@@ -70,6 +73,7 @@ class Script:
     token: Optional[str] = None
     static_dir: Optional[Path] = None
     tls: Optional[tuple[Path, Path]] = None  # (certificate, key): serve wss://
+    revise: bool = False
 
 
 class ScriptedServer:
@@ -170,6 +174,7 @@ class ScriptedServer:
         drop_at = self.script.drop_after.get(index)
         frame = (1 if mulaw else 2) * channels
         block_bytes = rate * frame
+        sent: list[wire.Final] = []
         try:
             async for message in ws:
                 if isinstance(message, bytes):
@@ -184,10 +189,12 @@ class ScriptedServer:
                             await ws.send(wire.dump_event(wire.Partial(utterance, c, second * RATE,
                                                                        second * RATE + RATE // 2, "…")))
                             speaker = f"ch{c}" if channels > 1 else f"S{1 + int(block[0, c]) % 2}"
-                            await ws.send(wire.dump_event(wire.Final(
+                            final = wire.Final(
                                 utterance, c, second * RATE, (second + 1) * RATE, str(int(block[0, c])),
                                 (wire.WordTiming(str(int(block[0, c])), second * RATE, (second + 1) * RATE,
-                                                 speaker),), speaker)))
+                                                 speaker),), speaker)
+                            sent.append(final)
+                            await ws.send(wire.dump_event(final))
                             utterance += 1
                         second += 1
                     if drop_at is not None and received >= drop_at * block_bytes:
@@ -206,6 +213,10 @@ class ScriptedServer:
                         samples = received // frame * RATE // rate
                         self.audio_bytes[index] = received  # recorded before the client can see the end
                         self.audio[index] = bytes(everything)
+                        for final in sent if self.script.revise and channels == 1 else ():
+                            other = {"S1": "S2", "S2": "S1"}[final.speaker or "S1"]
+                            words = tuple(dataclasses.replace(w, speaker=other) for w in final.words)
+                            await ws.send(wire.dump_event(wire.SpeakerRevision(final.utterance_id, 0, words, other)))
                         await ws.send(wire.dump_event(wire.End(samples, utterance, ("S1", "S2"))))
                         await ws.close(1000)
                         return

@@ -6,6 +6,7 @@ import pytest
 
 from streaming import wire
 
+from clients import formats
 from clients.captions import LiveCaptions
 
 S = wire.SAMPLE_RATE
@@ -76,3 +77,20 @@ def test_errors_warnings_and_ready_are_recorded() -> None:
     assert [w.code for w in c.warnings] == ["overloaded"] and [e.code for e in c.errors] == ["internal"]
     with pytest.raises(ValueError):
         c.new_session(-1)
+
+
+def test_a_speaker_revision_re_splits_its_final_in_this_session_only() -> None:
+    W = wire.WordTiming
+    c = LiveCaptions()
+    c.new_session(0)
+    c.receive(wire.Final(0, 0, 0, 4 * S, "a b", (W("a", 0, S, "S1"), W("b", 2 * S, 3 * S, "S1")), "S1"))
+    c.new_session(4 * S)  # a reconnect: ids start over
+    c.receive(wire.Final(0, 0, 0, 4 * S, "x y", (W("x", 0, S, "S1"), W("y", 2 * S, 3 * S, "S1")), "S1"))
+    c.receive(wire.SpeakerRevision(0, 0, (W("x", 0, S, "S1"), W("y", 2 * S, 3 * S, "S2")), "S1"))
+    assert [(f.utterance_id, f.text, f.speaker, f.start, f.end) for f in c.finals] == [
+        (0, "a b", "S1", 0, 4 * S), (0, "x", "S1", 4 * S, 4 * S + 3 * S // 2), (0, "y", "S2", 4 * S + 3 * S // 2, 8 * S)]
+    assert c.revisions == 1 and c.speakers == ["S1", "S2"]
+    assert [w.start for f in c.finals[1:] for w in f.words] == [4 * S, 6 * S]  # revision times shifted too
+    assert formats.to_txt(c.finals).splitlines()[1:] == [
+        "[00:00:04.000 - 00:00:05.500] S1: x", "[00:00:05.500 - 00:00:08.000] S2: y"]
+    assert [(t.speaker, t.start) for t in c.speaker_turns()][-2:] == [("S1", 4 * S), ("S2", 6 * S)]

@@ -17,6 +17,9 @@ EVENTS = [
     wire.Final(3, 0, 16000, 48016, "один два", (wire.WordTiming("один", 16000, 30000, "S1"),
                                                  wire.WordTiming("два", 31008, 48016, "S2")), "S1"),
     wire.Final(5, 1, 0, 1600, "", (), None),
+    wire.SpeakerRevision(3, 0, (wire.WordTiming("один", 16000, 30000, "S2"),
+                                wire.WordTiming("два", 31008, 48016, "S2")), "S2"),
+    wire.SpeakerRevision(5, 1, (), None),
     wire.SpeakerTurns((wire.Turn("S1", 0, 32000, 0), wire.Turn("S2", 32000, 64000, 1))),
     wire.Warning("audio_dropped", "dropped 1.5 s", 1.5),
     wire.Warning("partials_dropped", "behind", None),
@@ -52,7 +55,7 @@ def test_malformed_events_raise_protocol_error(text: str, words: str) -> None:
 
 
 @pytest.mark.parametrize("message", [
-    wire.Start(), wire.Start("mulaw", 8000, 2, True, False, 3, False, True), wire.Finalize(), wire.Stop(),
+    wire.Start(), wire.Start("mulaw", 8000, 2, True, False, 3, False, True, True), wire.Finalize(), wire.Stop(),
     wire.KeepAlive(),
 ])
 def test_client_messages_parse_back_on_the_server(message: wire.ClientMessage) -> None:

@@ -43,6 +43,24 @@ def test_cli_writes_every_format_consistently(scripted_server, counting_wav, tmp
     assert "[00:01.000] S2  1001" in printed and "● done" in printed
 
 
+def test_cli_applies_speaker_revisions_to_the_view_and_every_format(scripted_server, counting_wav, tmp_path: Path,
+                                                                    capsys) -> None:
+    server = scripted_server(revise=True)
+    wav = counting_wav(3, name="talk.wav")
+    assert main([str(wav), "--url", server.url, "--as-fast-as-possible", "--out-dir", str(tmp_path), "--no-live"]) == 0
+    revised = [(k * S, (k + 1) * S, str(1000 + k), f"S{2 - k % 2}") for k in range(3)]  # S1 <-> S2 swapped
+    doc = json.loads((tmp_path / "talk.json").read_text())
+    assert [(f["text"], f["speaker"], [w["speaker"] for w in f["words"]]) for f in doc["finals"]] == [
+        (t, s, [s]) for _, _, t, s in revised]
+    for parse, name in ((formats.parse_srt, "talk.srt"), (formats.parse_vtt, "talk.vtt")):
+        assert [(c.start, c.end, c.text, c.speaker) for c in parse((tmp_path / name).read_text())] == revised
+    rttm = formats.parse_rttm((tmp_path / "talk.rttm").read_text())
+    assert [(t.speaker, t.start, t.end) for _, t in rttm] == [(s, a, b) for a, b, _, s in revised]
+    assert (tmp_path / "talk.txt").read_text().splitlines()[0] == "[00:00:00.000 - 00:00:01.000] S2: 1000"
+    printed = capsys.readouterr().out.splitlines()
+    assert "[00:00.000] S1  1000" in printed and "↻ [00:00.000] S2  1000" in printed  # the line, then its correction
+
+
 def test_cli_reports_a_refusal_and_exits_1(scripted_server, counting_wav, tmp_path: Path, capsys) -> None:
     server = scripted_server(token="secret")
     code = main([str(counting_wav(1)), "--url", server.url, "--out-dir", str(tmp_path), "--no-live",

@@ -413,7 +413,8 @@ def test_the_diarizer_hook_delays_finals_splits_them_and_reports_turns(monkeypat
                                                                                               len(b.audio))]
     ScriptedDiarizer.instances = []
     monkeypatch.setattr(streaming.diarization, "StreamingDiarizer", ScriptedDiarizer)
-    cfg = dataclasses.replace(config(interim_results=False), diarization=True, speaker_turns=True)
+    cfg = dataclasses.replace(config(interim_results=False), diarization=True, speaker_turns=True,
+                              settled_speakers=True)
     h = Harness(cfg, extra={SegmentationRequest: segment})
     h.feed(b.audio[:z2 + ms(1_600)])  # the first utterance ended; its speakers are not final yet
     assert of(h.events, wire.Final) == [] and h.asr.calls[AsrKind.FINAL] == 1
@@ -428,6 +429,30 @@ def test_the_diarizer_hook_delays_finals_splits_them_and_reports_turns(monkeypat
     turns = [t for e in of(h.events, wire.SpeakerTurns) for t in e.turns]
     assert [t.speaker for t in turns] == ["S1", "S2", "S1"]
     assert h.events[-1] == wire.End(len(b.audio), 3, ("S1", "S2"))
+
+
+def test_finals_go_out_before_diarization_settles_and_a_revision_follows(monkeypatch: pytest.MonkeyPatch) -> None:
+    import streaming.diarization
+
+    b = tone_bursts([(440, 1.0), (660, 1.0)], gaps=[1.2], lead=0.5, tail=0.3)
+    (a1, z1), (a2, z2) = b.spans
+    ScriptedDiarizer.script = [("S1", 0, len(b.audio))]
+    ScriptedDiarizer.instances = []
+    monkeypatch.setattr(streaming.diarization, "StreamingDiarizer", ScriptedDiarizer)
+    cfg = dataclasses.replace(config(interim_results=False), diarization=True)
+    h = Harness(cfg, extra={SegmentationRequest: segment})
+    h.feed(b.audio[:z1 + ms(800)])  # the first utterance ended; diarization is not final up to its end
+    (diarizer,) = ScriptedDiarizer.instances
+    (first,) = of(h.events, wire.Final)
+    assert diarizer.final_until < first.end and (first.utterance_id, first.speaker) == (0, "S1")
+    ScriptedDiarizer.script = [("S2", 0, (z1 + a2) // 2), ("S1", (z1 + a2) // 2, len(b.audio))]
+    h.feed(b.audio[z1 + ms(800):])
+    h.end()
+    (revision,) = of(h.events, wire.SpeakerRevision)
+    assert (revision.utterance_id, revision.speaker) == (0, "S2")
+    assert [w.speaker for w in revision.words] == ["S2"] * len(first.words)
+    assert h.events.index(revision) < len(h.events) - 1 and isinstance(h.events[-1], wire.End)
+    assert [f.speaker for f in of(h.events, wire.Final)] == ["S1", "S1"]
 
 
 def test_real_streaming_diarizer_labels_tone_speakers() -> None:

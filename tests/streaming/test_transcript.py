@@ -6,7 +6,8 @@ import itertools
 from typing import Optional
 
 from streaming import wire
-from streaming.transcript import MAX_WAITING, ChannelTranscript, absolute_words, split_by_speaker
+from streaming.transcript import (MAX_UNSETTLED, MAX_WAITING, ChannelTranscript, absolute_words, revise,
+                                  split_by_speaker)
 from streaming.work import Word
 
 W = wire.WordTiming
@@ -78,7 +79,7 @@ def test_empty_partials_are_not_sent_and_take_no_id() -> None:
 def test_finals_wait_for_final_speakers_and_split_at_speaker_changes() -> None:
     ids = counter()
     speakers = ScriptedSpeakers([("S1", 0, 5_000), ("S2", 5_000, 9_000)])
-    t = ChannelTranscript(0, lambda: next(ids), speakers=speakers)
+    t = ChannelTranscript(0, lambda: next(ids), speakers=speakers, settled=True)
     u = t.open(1, 1_000)
     (partial,) = t.partial(u, 4_000, "a b")
     assert partial.speaker == "S1" and partial.utterance_id == 0
@@ -99,7 +100,7 @@ def test_finals_wait_for_final_speakers_and_split_at_speaker_changes() -> None:
 
 def test_the_end_of_the_stream_releases_finals_without_final_speakers() -> None:
     speakers = ScriptedSpeakers([("S1", 0, 10_000)])
-    t = ChannelTranscript(0, itertools.count().__next__, speakers=speakers)
+    t = ChannelTranscript(0, itertools.count().__next__, speakers=speakers, settled=True)
     u = t.open(1, 0)
     t.close(u, 5_000)
     t.set_final(u, "a", [W("a", 100, 4_000)])
@@ -121,7 +122,7 @@ def test_a_final_without_words_gets_the_utterance_speaker() -> None:
 
 def test_too_many_waiting_utterances_release_the_oldest() -> None:
     speakers = ScriptedSpeakers([])
-    t = ChannelTranscript(0, itertools.count().__next__, speakers=speakers)
+    t = ChannelTranscript(0, itertools.count().__next__, speakers=speakers, settled=True)
     utterances = []
     for k in range(MAX_WAITING + 1):
         u = t.open(k, k * 1_000)
@@ -150,3 +151,97 @@ def test_split_by_speaker_attaches_unknown_words_to_their_neighbours() -> None:
         [("a", "S1"), ("b", "S1"), ("c", "S1")], [("d", "S2"), ("e", "S2")]]
     assert split_by_speaker([W("a", 0, 1, None)]) == [[W("a", 0, 1, None)]]
     assert split_by_speaker([]) == []
+
+
+# --------------------------------------------------------------------------------------------- revisions (default)
+def _sent_then_settled() -> tuple[ChannelTranscript, ScriptedSpeakers, list[wire.Final]]:
+    """An utterance whose final goes out while diarization still says S1 for all of it."""
+    speakers = ScriptedSpeakers([("S1", 0, 9_000)])
+    t = ChannelTranscript(0, itertools.count().__next__, speakers=speakers)
+    u = t.open(1, 1_000)
+    t.close(u, 8_000)
+    t.set_final(u, "a b c d", [W("a", 1_200, 2_000), W("b", 2_500, 4_000), W("c", 5_200, 6_000),
+                               W("d", 6_500, 7_800)])
+    finals = t.ready()
+    return t, speakers, finals
+
+
+def test_a_final_goes_out_at_once_with_provisional_speakers_and_one_revision_follows() -> None:
+    t, speakers, finals = _sent_then_settled()
+    assert [(f.utterance_id, f.speaker, f.text) for f in finals] == [(0, "S1", "a b c d")]
+    assert t.waiting == 1  # it may still be revised
+    speakers.turns = [("S1", 0, 5_000), ("S2", 5_000, 9_000)]  # diarization changed its mind
+    speakers.final_until = 7_999
+    assert t.ready() == []  # not settled yet
+    speakers.final_until = 8_000
+    (revision,) = t.ready()
+    assert isinstance(revision, wire.SpeakerRevision)
+    assert (revision.utterance_id, revision.channel, revision.speaker) == (0, 0, "S1")
+    assert [(w.word, w.start, w.end, w.speaker) for w in revision.words] == [
+        ("a", 1_200, 2_000, "S1"), ("b", 2_500, 4_000, "S1"), ("c", 5_200, 6_000, "S2"), ("d", 6_500, 7_800, "S2")]
+    assert t.ready() == [] and t.waiting == 0  # at most one revision per final
+    assert (t.words_sent, t.words_revised) == (4, 2)
+    pieces = revise(finals[0], revision)
+    assert [(f.utterance_id, f.speaker, f.text, f.start, f.end) for f in pieces] == [
+        (0, "S1", "a b", 1_000, 4_600), (0, "S2", "c d", 4_600, 8_000)]
+
+
+def test_no_revision_when_the_settled_speakers_agree() -> None:
+    t, speakers, finals = _sent_then_settled()
+    speakers.final_until = 8_000
+    assert t.ready() == [] and t.waiting == 0 and t.words_revised == 0
+
+
+def test_a_split_final_is_revised_per_sent_part_that_changed() -> None:
+    speakers = ScriptedSpeakers([("S1", 0, 5_000), ("S2", 5_000, 9_000)])
+    t = ChannelTranscript(0, itertools.count().__next__, speakers=speakers)
+    u = t.open(1, 0)
+    t.close(u, 8_000)
+    t.set_final(u, "a b c", [W("a", 500, 2_000), W("b", 4_200, 4_800), W("c", 6_000, 7_000)])
+    finals = t.ready()
+    assert [(f.utterance_id, f.text, f.speaker) for f in finals] == [(0, "a b", "S1"), (1, "c", "S2")]
+    speakers.turns = [("S1", 0, 4_000), ("S2", 4_000, 9_000)]  # "b" was S2's
+    speakers.final_until = 9_000
+    (revision,) = t.ready()
+    assert revision.utterance_id == 0 and [w.speaker for w in revision.words] == ["S1", "S2"]
+    assert [(f.text, f.speaker) for f in revise(finals[0], revision)] == [("a", "S1"), ("b", "S2")]
+
+
+def test_the_end_of_the_stream_settles_every_sent_final() -> None:
+    t, speakers, _ = _sent_then_settled()
+    speakers.turns = [("S2", 0, 9_000)]
+    (revision,) = t.ready(ended=True)
+    assert revision.speaker == "S2" and {w.speaker for w in revision.words} == {"S2"}
+    assert t.waiting == 0
+
+
+def test_a_final_without_words_is_revised_by_its_speaker() -> None:
+    speakers = ScriptedSpeakers([("S1", 0, 9_000)])
+    t = ChannelTranscript(0, itertools.count().__next__, speakers=speakers)
+    u = t.open(1, 0)
+    t.close(u, 5_000)
+    t.set_final(u, "что-то", [])
+    (final,) = t.ready()
+    speakers.turns, speakers.final_until = [("S3", 0, 9_000)], 5_000
+    (revision,) = t.ready()
+    assert (revision.words, revision.speaker) == ((), "S3")
+    assert [(f.text, f.speaker) for f in revise(final, revision)] == [("что-то", "S3")]
+
+
+def test_unsettled_finals_are_bounded() -> None:
+    speakers = ScriptedSpeakers([("S1", 0, 1 << 40)])
+    t = ChannelTranscript(0, itertools.count().__next__, speakers=speakers)
+    for k in range(MAX_UNSETTLED + 5):
+        u = t.open(k, k * 1_000)
+        t.close(u, k * 1_000 + 500)
+        t.set_final(u, f"w{k}", [W(f"w{k}", k * 1_000, k * 1_000 + 400)])
+        assert len(t.ready()) == 1  # the final, never held
+    assert t.waiting == MAX_UNSETTLED
+
+
+def test_multichannel_and_undiarized_finals_are_never_held_for_revision() -> None:
+    t = ChannelTranscript(0, itertools.count().__next__)
+    u = t.open(1, 0)
+    t.close(u, 1_000)
+    t.set_final(u, "a", [W("a", 0, 900)])
+    assert len(t.ready()) == 1 and t.waiting == 0

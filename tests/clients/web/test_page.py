@@ -64,6 +64,42 @@ def test_microphone_audio_reaches_the_server_and_captions_appear(launch_chromium
     assert page.locator("#error").is_hidden()
 
 
+def test_speaker_revisions_relabel_the_finals_in_place(launch_chromium, scripted_server, tmp_path: Path) -> None:
+    server = scripted_server(static_dir=WEB, revise=True)
+    page = launch_chromium(tone_wav(tmp_path / "tone.wav")).new_page()
+    page.goto(page_url(server))
+    page.click("#toggle")
+    page.wait_for_function("document.querySelectorAll('#finals li').length >= 2", timeout=20_000)
+    before = page.locator("#finals li .speaker").all_inner_texts()
+    page.click("#toggle")
+    page.wait_for_selector("#state:has-text('done')", timeout=10_000)
+    texts = page.locator("#finals li .text").all_inner_texts()
+    speakers = page.locator("#finals li .speaker").all_inner_texts()
+    assert speakers == [{"S1": "S2", "S2": "S1"}[f"S{1 + int(t) % 2}"] for t in texts]  # every final was swapped
+    assert speakers[:len(before)] != before and page.locator("#finals li.revised").count() == len(texts)
+
+
+def test_the_page_splits_a_revised_final_as_the_server_does(launch_chromium, scripted_server) -> None:
+    from streaming.transcript import revise
+    from streaming import wire
+
+    S = RATE
+    W = wire.WordTiming
+    final = wire.Final(4, 0, 0, 5 * S, "a b c", (W("a", 0, S, "S1"), W("b", 2 * S, 3 * S, "S1"),
+                                                  W("c", 3 * S + 8, 4 * S, "S1")), "S1")
+    revision = wire.SpeakerRevision(4, 0, (W("a", 0, S, "S1"), W("b", 2 * S, 3 * S, None),
+                                           W("c", 3 * S + 8, 4 * S, "S2")), "S1")
+    server = scripted_server(static_dir=WEB)
+    page = launch_chromium().new_page()
+    page.goto(page_url(server))
+    got = page.evaluate("async ([f, r]) => (await import('/static/revise.js')).revisedFinals(f, r)",
+                        [wire.event_to_dict(final), wire.event_to_dict(revision)])
+    want = [wire.event_to_dict(f) for f in revise(final, revision)]
+    assert [(g["start"], g["end"], g["text"], g["speaker"], [w["speaker"] for w in g["words"]]) for g in got] == [
+        (w["start"], w["end"], w["text"], w["speaker"], [x["speaker"] for x in w["words"]]) for w in want]
+    assert [g["text"] for g in got] == ["a b", "c"]
+
+
 def test_a_refused_stream_is_explained_and_a_token_fixes_it(launch_chromium, scripted_server,
                                                           tmp_path: Path) -> None:
     server = scripted_server(static_dir=WEB, token="s3cret")

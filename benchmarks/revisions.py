@@ -1,0 +1,120 @@
+"""How many words of finals sent before diarization settled get another speaker later (``speaker_revision``).
+
+Each recording of the development sets of ``benchmarks/der.py`` (pyannote's sample, the AMI snippets and the 60 s
+AMI excerpt, conversations composed from real voices) is streamed through a :class:`~streaming.session.Session` at
+the defaults (Silero VAD, PyanNet segmentation, resemblyzer embeddings: the real models) with every request answered
+at once (``server.offline.drive_session``, 1 s chunks): a final goes out the moment its utterance closes, the
+earliest any server could send it, so the speakers it carries are the least settled they can be. ASR is not what
+is measured: a stand-in gives every utterance one word per ``--word-ms`` of its audio, so words cover the speech as
+GigaAM's would. Revised share = words whose speaker a revision changed / words in finals.
+
+    python -m benchmarks.revisions                         # sample, ami, composed-real
+    python -m benchmarks.revisions --datasets ami --limit 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.der import OUT, datasets, load_audio  # noqa: E402
+from server.offline import drive_session, run_requests_by_kind  # noqa: E402
+from streaming import wire  # noqa: E402
+from streaming.config import SAMPLE_RATE, SessionConfig, ms  # noqa: E402
+from streaming.session import Session  # noqa: E402
+from streaming.work import (AsrRequest, AsrResult, EmbeddingRequest, SegmentationRequest, VadRequest,  # noqa: E402
+                            Word)
+
+
+class TiledWords:
+    """Stand-in ASR: one word per ``word`` samples of each request's audio (the last one shorter)."""
+
+    def __init__(self, word: int) -> None:
+        self.word = word
+
+    def run_batch(self, requests: Sequence[AsrRequest]) -> list[AsrResult]:
+        out = []
+        for r in requests:
+            n = len(r.audio)
+            words = tuple(Word(f"w{k}", a, min(a + self.word, n)) for k, a in enumerate(range(0, n, self.word)))
+            out.append(AsrResult(r.session_id, r.seq, " ".join(w.text for w in words), words))
+        return out
+
+
+def revised_share(events: Sequence[wire.ServerEvent]) -> dict[str, Any]:
+    """Words in finals, words a revision gave another speaker, revisions, finals."""
+    finals = {(e.channel, e.utterance_id): e for e in events if isinstance(e, wire.Final)}
+    words = sum(len(f.words) for f in finals.values())
+    revised = 0
+    revisions = [e for e in events if isinstance(e, wire.SpeakerRevision)]
+    for r in revisions:
+        sent = finals[(r.channel, r.utterance_id)]
+        revised += sum(a.speaker != b.speaker for a, b in zip(sent.words, r.words))
+    return {"finals": len(finals), "words": words, "revisions": len(revisions), "revised_words": revised,
+            "revised_share": revised / words if words else 0.0}
+
+
+def run_item(wav: Path, models: dict[type, Any], word: int) -> dict[str, Any]:
+    audio = load_audio(wav)
+    pcm = (audio.clip(-1, 1) * 32767).astype("<i2").tobytes()
+    session = Session("revisions", SessionConfig(interim_results=False))
+    started = time.perf_counter()
+    events = drive_session(session, run_requests_by_kind(models), pcm, chunk_bytes=2 * SAMPLE_RATE)
+    row = revised_share(events)
+    row.update(audio_seconds=len(audio) / SAMPLE_RATE, wall_seconds=time.perf_counter() - started)
+    return row
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--datasets", default="sample,ami,composed-real")
+    p.add_argument("--limit", type=int, default=0, help="at most this many recordings per dataset (0 = all)")
+    p.add_argument("--word-ms", type=float, default=400.0, help="stand-in word length (default 400 ms)")
+    p.add_argument("--out", type=Path, default=OUT / "revisions.json")
+    args = p.parse_args(argv)
+
+    from server.models.embedding import ResemblyzerEmbedding
+    from server.models.segmentation import SegmentationModel
+    from server.models.vad import VadModel
+
+    models: dict[type, Any] = {VadRequest: VadModel("cpu").run_batch,
+                               SegmentationRequest: SegmentationModel(device="cpu", max_batch=32).run_batch,
+                               EmbeddingRequest: ResemblyzerEmbedding(device="cpu", max_batch=32).run_batch,
+                               AsrRequest: TiledWords(ms(args.word_ms)).run_batch}
+    rows = []
+    counts: dict[str, int] = {}
+    for item in datasets(args.datasets.split(",")):
+        counts[item.dataset] = counts.get(item.dataset, 0) + 1
+        if args.limit and counts[item.dataset] > args.limit:
+            continue
+        row = {"dataset": item.dataset, "name": item.name, **run_item(item.wav, models, ms(args.word_ms))}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    totals: dict[str, dict[str, Any]] = {}
+    for row in rows + [dict(r, dataset="all") for r in rows]:
+        t = totals.setdefault(row["dataset"], {"recordings": 0, "words": 0, "revised_words": 0, "revisions": 0,
+                                               "finals": 0, "audio_seconds": 0.0})
+        for key in ("words", "revised_words", "revisions", "finals", "audio_seconds"):
+            t[key] += row[key]
+        t["recordings"] += 1
+    for t in totals.values():
+        t["revised_share"] = t["revised_words"] / t["words"] if t["words"] else 0.0
+    result = {"command": " ".join(["python -m benchmarks.revisions", *(argv or sys.argv[1:])]),
+              "word_ms": args.word_ms, "rows": rows, "totals": totals}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print("| dataset | recordings | words | revised words | share |\n|---|---|---|---|---|")
+    for name, t in totals.items():
+        print(f"| {name} | {t['recordings']} | {t['words']} | {t['revised_words']} | {100 * t['revised_share']:.2f} % |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""benchmarks/revisions.py: the stand-in ASR's words and the revised-word count."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from benchmarks.revisions import TiledWords, revised_share
+from streaming import wire
+from streaming.work import AsrKind, AsrRequest
+
+W = wire.WordTiming
+
+
+def test_tiled_words_cover_the_audio() -> None:
+    (result,) = TiledWords(400).run_batch([AsrRequest("s", 1, 0, 0, np.zeros(1_000, np.float32), 0, AsrKind.FINAL)])
+    assert [(w.start, w.end) for w in result.words] == [(0, 400), (400, 800), (800, 1_000)]
+    assert result.text == "w0 w1 w2"
+
+
+def test_revised_share_counts_words_whose_speaker_changed() -> None:
+    events = [wire.Final(0, 0, 0, 10, "a b", (W("a", 0, 4, "S1"), W("b", 5, 9, "S1")), "S1"),
+              wire.Final(1, 0, 10, 20, "c", (W("c", 11, 19, "S2"),), "S2"),
+              wire.SpeakerRevision(0, 0, (W("a", 0, 4, "S1"), W("b", 5, 9, "S2")), "S1")]
+    share = revised_share(events)
+    assert (share["words"], share["revised_words"], share["revisions"]) == (3, 1, 1)
+    assert abs(share["revised_share"] - 1 / 3) < 1e-9
