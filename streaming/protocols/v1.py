@@ -28,7 +28,7 @@ def session_config_for(start: wire.Start, base: SessionConfig) -> SessionConfig:
     return dataclasses.replace(
         base, audio=AudioFormat(start.encoding, start.sample_rate, start.channels), multichannel=start.multichannel,
         diarization=start.diarization, interim_results=start.interim_results, speaker_turns=start.speaker_turns,
-        diarizer=diarizer)
+        settled_speakers=start.settled_speakers, diarizer=diarizer)
 
 
 class V1Protocol(StreamProtocol):
