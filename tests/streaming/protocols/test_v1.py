@@ -34,7 +34,8 @@ def test_start_opens_the_session_and_ready_carries_the_effective_config_limits_a
     assert ready["type"] == "ready" and ready["session_id"] == "sid-1" and ready["models"] == MODELS
     assert ready["config"] == {"encoding": "mulaw", "sample_rate": 8000, "channels": 1, "multichannel": False,
                                "diarization": False, "max_speakers": None, "interim_results": True,
-                               "speaker_turns": False, "max_message_bytes": 4096, "idle_timeout": 7.0}
+                               "speaker_turns": False, "settled_speakers": False, "max_message_bytes": 4096,
+                               "idle_timeout": 7.0}
     assert d.protocol.phase == Phase.STREAMING and d.protocol.session.config.audio.sample_rate == 8000
 
 
