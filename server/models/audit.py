@@ -49,6 +49,13 @@ def audit_model(name: str, adapter: Any, device: Union[str, torch.device]) -> Mo
     dtypes: set[str] = set()
     parameters = 0
     for root_name, root in adapter.modules().items():
+        if hasattr(root, "get_providers") and hasattr(root, "run"):  # an ONNX Runtime session: its providers say
+            have = onnx_device(root)
+            if not _same_device(have, want):
+                raise PlacementError(f"model {name!r}: the ONNX Runtime session {root_name} runs on {have} "
+                                     f"(providers {root.get_providers()}), not on {want}")
+            devices.add(str(have))
+            continue
         for path, tensor, is_parameter in _tensors(root, root_name):
             if id(tensor) in seen:
                 continue
@@ -62,6 +69,15 @@ def audit_model(name: str, adapter: Any, device: Union[str, torch.device]) -> Mo
             if is_parameter:
                 parameters += tensor.numel()
     return ModelPlacement(name, tuple(sorted(devices)), tuple(sorted(dtypes)), parameters, len(seen))
+
+
+def onnx_device(session: Any) -> torch.device:
+    """The device of an ONNX Runtime session, from its first execution provider."""
+    providers = session.get_providers()
+    if providers and providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
+        options = session.get_provider_options().get(providers[0], {})
+        return torch.device("cuda", int(options.get("device_id", 0)))
+    return torch.device("cpu")
 
 
 def _same_device(have: torch.device, want: torch.device) -> bool:

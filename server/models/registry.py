@@ -55,7 +55,8 @@ class Models(NamedTuple):
 
 def load_models(asr: Union["ServerConfig", str, None] = ASR_DEFAULT, segmentation: str = SEGMENTATION_DEFAULT,
                 embedding: str = EMBEDDING_DEFAULT, device: Optional[str] = None, *, max_batch: int = 16,
-                warmup: bool = True, wheel: Optional["Path"] = None, asr_quantize: Optional[str] = None) -> Models:
+                warmup: bool = True, wheel: Optional["Path"] = None, asr_quantize: Optional[str] = None,
+                asr_engine: str = "torch") -> Models:
     """Load, audit and (optionally) warm up the models.
 
     ``asr``: a GigaAM model name or checkpoint path, or ``None`` to leave ASR out (``rechka-fetch-models
@@ -63,12 +64,13 @@ def load_models(asr: Union["ServerConfig", str, None] = ASR_DEFAULT, segmentatio
     ``device``: ``None``/``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (see :func:`~server.models.device.resolve_device`).
     ``wheel``: a local whisperx wheel for the default segmentation weights (offline installs).
     ``asr_quantize``: ``"int8"`` for dynamic int8 GigaAM on the CPU (see ``server.models.asr.AsrOptions``).
+    ``asr_engine``: ``"torch"`` or ``"onnx"`` (:mod:`server.models.asr_onnx`; ``asr_quantize`` then picks its graph).
     """
     if asr is not None and not isinstance(asr, str):
         config = asr
         asr, segmentation, embedding = config.asr_model, config.segmentation_model, config.embedding_model
         device, max_batch = config.device, config.max_batch
-        asr_quantize = config.asr_quantize
+        asr_quantize, asr_engine = config.asr_quantize, config.asr_engine
     target = resolve_device(device)
     name = str(target)
 
@@ -82,7 +84,7 @@ def load_models(asr: Union["ServerConfig", str, None] = ASR_DEFAULT, segmentatio
         "embedding": load_embedding_model(embedding, name, max_batch),
     }
     if asr is not None:
-        models["asr"] = _load_asr(asr, name, max_batch, asr_quantize)
+        models["asr"] = _load_asr(asr, name, max_batch, asr_quantize, asr_engine)
     placement = audit_models(models, target)
     for model_name, entry in placement.items():
         log.info("model %-12s %s (%s)", model_name, entry.summary(), models[model_name].describe().get("checkpoint"))
@@ -111,11 +113,17 @@ def fit_session(config: "ServerConfig", models: dict[str, BatchModel]) -> "Serve
     return dataclasses.replace(config, session=dataclasses.replace(config.session, diarizer=diarizer))
 
 
-def _load_asr(model: str, device: str, max_batch: int, quantize: Optional[str] = None) -> Any:
+def _load_asr(model: str, device: str, max_batch: int, quantize: Optional[str] = None, engine: str = "torch") -> Any:
     """GigaAM, imported only when needed; its own "unavailable" error is re-raised as :class:`ModelUnavailable`."""
     from server.models import asr as asr_module
 
     try:
+        if engine == "onnx":
+            from server.models.asr_onnx import OnnxGigaAmAsr
+
+            return OnnxGigaAmAsr(model, device, max_batch, precision=quantize or "fp32")
+        if engine != "torch":
+            raise ValueError(f"unknown ASR engine {engine!r}; use torch or onnx")
         return asr_module.GigaAmAsr(model, device, max_batch, quantize=quantize)
     except ModelUnavailable:
         raise

@@ -18,8 +18,8 @@ def test_defaults_match_the_documented_ones() -> None:
 
 def test_a_flag_wins_over_the_environment_which_wins_over_the_default() -> None:
     env = {"RECHKA_PORT": "9001", "RECHKA_MAX_SESSIONS": "7", "RECHKA_ALLOW_RANDOM_WEIGHTS": "yes"}
-    config = config_from_args(["--port", "9002", "--max-wait-ms", "2.5"], env)
-    assert (config.port, config.max_sessions, config.max_wait_ms) == (9002, 7, 2.5)
+    config = config_from_args(["--port", "9002", "--max-wait-ms", "2.5", "--asr-engine", "onnx"], env)
+    assert (config.port, config.max_sessions, config.max_wait_ms, config.asr_engine) == (9002, 7, 2.5, "onnx")
     assert config.allow_random_weights is True
 
 
@@ -50,6 +50,7 @@ def test_an_empty_or_missing_tokens_file_is_refused(tmp_path: Path) -> None:
     (["--max-batch", "0"], "max_batch must be 1-1024"),
     (["--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.key"], "tls_cert: file"),
     (["--shutdown-grace", "-1"], "shutdown_grace must be >= 0"),
+    (["--asr-engine", "tensorflow"], "asr_engine must be torch or onnx"),
 ])
 def test_bad_values_raise_a_value_error_that_names_the_fix(argv: list[str], fix: str) -> None:
     with pytest.raises(ValueError, match=fix):

@@ -1,0 +1,173 @@
+"""GigaAM's encoder on ONNX Runtime (``--asr-engine onnx``): the same adapter as :class:`~server.models.asr.GigaAmAsr`
+with only the encoder swapped, so log-mels, CTC/RNNT decoding and word timings stay the torch path's.
+
+The graph is exported by this module, not by gigaam (whose ``to_onnx`` takes torch 2.9's dynamo exporter and traces
+at batch 1 without masks): :class:`MaskedEncoder` wraps :func:`~server.models.gigaam_compat.encode_features`, the
+torch path's own masked forward (padded frames zeroed before each subsampling convolution, attention masked), and
+``torch.onnx.export(..., dynamo=False)`` traces it with dynamic batch and time axes, so a ragged batch gives what
+the torch path gives. ``int8`` is ONNX Runtime's dynamic quantization with QInt8 weights of the MatMul ops only (the
+issue's measurements: QUInt8 and quantizing the convolutions too were slower on the CPU).
+
+Graphs live in the rechka cache (``$RECHKA_CACHE/onnx``), named by the SHA-256 of the encoder's weights (the
+checkpoint's content, so any checkpoint or random-weights build gets its own), the export recipe and the
+precision; they are built on first use (``rechka-fetch-models --asr-engine onnx`` builds them ahead) and never
+committed. On CUDA the session uses the CUDA execution provider and fails rather than falling back to the CPU; the
+device audit checks the session's providers and ``/health`` shows engine, precision and
+providers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from server.models.asr import GigaAmAsr
+from server.models.audit import onnx_device
+from server.models.cache import cache_dir
+from server.models.gigaam_compat import encode_features, features_batch
+
+log = logging.getLogger(__name__)
+
+RECIPE = "masked-v1"  # bump when the exported graph changes, so stale cache entries are not reused
+OPSET = 17
+PRECISIONS = ("fp32", "int8")
+
+
+class MaskedEncoder(torch.nn.Module):
+    """``(features (B, T, F) zero-padded log-mels, lengths (B,))`` → ``(encoded (B, T', D), encoded lengths)``, with
+    the torch path's ragged-batch masks (the attention mask is built at every batch size, so one graph fits all)."""
+
+    def __init__(self, encoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder  # encode_features reads ``.encoder`` of what it is given
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return encode_features(self, features, lengths, mask_always=True)  # type: ignore[arg-type]
+
+
+def weights_key(encoder: torch.nn.Module) -> str:
+    """SHA-256 over the encoder's parameter and buffer names and bytes (its checkpoint's content) plus the recipe."""
+    digest = hashlib.sha256(f"{RECIPE}/opset{OPSET}/torch{torch.__version__}".encode())
+    for name, tensor in sorted(encoder.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def export_encoder(encoder: torch.nn.Module, path: Path, features: int) -> None:
+    """Export :class:`MaskedEncoder` (float32, on the CPU) to ``path`` with dynamic batch and time axes."""
+    wrapper = MaskedEncoder(encoder).eval()
+    x = torch.randn(2, 300, features)
+    lengths = torch.tensor([300, 211])
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter is the one that works here
+        torch.onnx.export(wrapper, (x, lengths), str(path), input_names=["features", "lengths"],
+                          output_names=["encoded", "encoded_lengths"], opset_version=OPSET, dynamo=False,
+                          dynamic_axes={"features": {0: "batch", 1: "time"}, "lengths": {0: "batch"},
+                                        "encoded": {0: "batch", 1: "frames"}, "encoded_lengths": {0: "batch"}})
+
+
+def quantize_int8(source: Path, target: Path) -> None:
+    """ONNX Runtime dynamic quantization: QInt8 weights, MatMul ops only."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(source, target, op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8)
+
+
+def _atomic(build: Any, target: Path) -> None:
+    """Run ``build(tmp_path)`` and move the result to ``target`` (concurrent builders never see half a file)."""
+    fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp.onnx", dir=target.parent)
+    os.close(fd)
+    try:
+        build(Path(tmp))
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def ensure_graph(encoder: torch.nn.Module, features: int, precision: str, root: Optional[Path] = None) -> Path:
+    """The cached graph of ``encoder`` at ``precision``, exported (and quantized) first if it is missing."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"ONNX precision {precision!r} is not supported; use one of {', '.join(PRECISIONS)}")
+    folder = (root or cache_dir()) / "onnx"
+    folder.mkdir(parents=True, exist_ok=True)
+    key = weights_key(encoder)[:24]
+    fp32 = folder / f"gigaam-encoder-{key}-fp32.onnx"
+    if not fp32.is_file():
+        log.info("exporting the GigaAM encoder to %s", fp32)
+        cpu = encoder if next(encoder.parameters()).device.type == "cpu" else _cpu_copy(encoder)
+        _atomic(lambda tmp: export_encoder(cpu, tmp, features), fp32)
+    if precision == "fp32":
+        return fp32
+    int8 = folder / f"gigaam-encoder-{key}-int8.onnx"
+    if not int8.is_file():
+        log.info("quantizing %s to int8", fp32)
+        _atomic(lambda tmp: quantize_int8(fp32, tmp), int8)
+    return int8
+
+
+def _cpu_copy(encoder: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    clone = copy.deepcopy(encoder)
+    clone = clone.float().to("cpu")
+    return clone
+
+
+class OnnxGigaAmAsr(GigaAmAsr):
+    """:class:`GigaAmAsr` whose encoder runs on ONNX Runtime (``precision`` ``fp32`` or ``int8``).
+
+    ``threads``: ONNX Runtime's intra-op threads (default: torch's); its threads do not spin between runs (they
+    would take the cores from the other models' batchers)."""
+
+    def __init__(self, model: str = "v2_ctc", device: str = "cpu", max_batch: int = 16, precision: str = "int8",
+                 threads: Optional[int] = None, **options: Any) -> None:
+        import onnxruntime as ort
+
+        if precision not in PRECISIONS:
+            raise ValueError(f"OnnxGigaAmAsr precision {precision!r} is not supported; use one of "
+                             f"{', '.join(PRECISIONS)}")
+        options.pop("quantize", None)  # torch's dynamic int8 does not apply: precision says what the graph holds
+        super().__init__(model, device, max_batch, fp16=False, **options)
+        self.precision = precision
+        features = self.spec.frontend.features
+        self.graph = ensure_graph(self.model.encoder, features, precision)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads or torch.get_num_threads()
+        so.inter_op_num_threads = 1
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if self.device.type == "cuda":
+            providers: list[Any] = [("CUDAExecutionProvider", {"device_id": self.device.index or 0})]
+        else:
+            providers = ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(self.graph), so, providers=providers)
+        if onnx_device(self.session).type != self.device.type:
+            raise RuntimeError(f"ONNX Runtime could not use {self.device} (providers {self.session.get_providers()});"
+                               f" install onnxruntime-gpu for CUDA, or use --asr-engine torch")
+        self._encoder_parameters = sum(p.numel() for p in self.model.encoder.parameters())
+        self.model.encoder = torch.nn.Identity()  # its weights live in the graph now; keep only what still runs
+
+    def _encode(self, wavs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        x, lengths = features_batch(self.model, wavs)
+        encoded, frames = self.session.run(None, {"features": x.float().cpu().numpy(),
+                                                  "lengths": lengths.cpu().numpy().astype(np.int64)})
+        return torch.from_numpy(encoded).to(self.device), torch.from_numpy(frames).to(self.device)
+
+    def modules(self) -> dict[str, Any]:
+        return {"gigaam": self.model, "onnx_encoder": self.session}
+
+    def describe(self) -> dict[str, Any]:
+        out = super().describe()
+        out.update(engine="onnx", precision=self.precision, providers=self.session.get_providers(),
+                   graph=self.graph.name, quantize=None,
+                   parameters=out["parameters"] + self._encoder_parameters)
+        return out

@@ -1,0 +1,132 @@
+"""The ONNX Runtime GigaAM engine against the torch path on the tiny trained model (and the small RNNT built from it):
+the same log-probs within 1e-4 and the same text on held-out utterances in ragged batches (fp32); int8 within one
+CER point of fp32; graphs cached by the weights' hash outside the repository; the audit reads the session's device."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from server.models.asr import GigaAmAsr
+from server.models.asr_onnx import OnnxGigaAmAsr, ensure_graph, weights_key
+from server.models.audit import PlacementError, audit_model
+from tests.server.models.test_asr import TINY_CKPT, _cer, _requests, held_out, needs_espeak, rnnt_ckpt  # noqa: F401
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("rechka-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RECHKA_CACHE", str(root))
+        yield root
+
+
+@pytest.fixture(scope="module")
+def torch_asr() -> GigaAmAsr:
+    torch.set_num_threads(2)
+    return GigaAmAsr(str(TINY_CKPT), device="cpu", max_batch=8)
+
+
+@pytest.fixture(scope="module")
+def fp32(cache: Path) -> OnnxGigaAmAsr:
+    return OnnxGigaAmAsr(str(TINY_CKPT), device="cpu", max_batch=8, precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def int8(cache: Path) -> OnnxGigaAmAsr:
+    return OnnxGigaAmAsr(str(TINY_CKPT), device="cpu", max_batch=8, precision="int8")
+
+
+def _log_probs(asr: GigaAmAsr, audios: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.inference_mode():
+        encoded, lengths = asr._encode([torch.from_numpy(a) for a in audios])
+        return asr.model.head(encoder_output=encoded.transpose(1, 2)), lengths
+
+
+@needs_espeak
+def test_fp32_log_probs_and_text_equal_torch_on_ragged_batches(torch_asr: GigaAmAsr, fp32: OnnxGigaAmAsr,
+                                                              held_out) -> None:
+    _, audios = held_out
+    assert len({len(a) for a in audios}) > 1
+    for batch in (audios, audios[:5], audios[5:8], [audios[3]]):  # ragged batches of several sizes, and one row
+        want, want_len = _log_probs(torch_asr, batch)
+        got, got_len = _log_probs(fp32, batch)
+        assert torch.equal(want_len, got_len)
+        for row, n in enumerate(want_len.tolist()):
+            assert float((want[row, :n] - got[row, :n]).abs().max()) <= 1e-4
+    onnx = fp32.run_batch(_requests(audios))
+    reference = torch_asr.run_batch(_requests(audios))
+    assert all(r.text for r in onnx)
+    assert [r.text for r in onnx] == [r.text for r in reference]
+    assert [r.words for r in onnx] == [r.words for r in reference]
+
+
+@needs_espeak
+def test_int8_keeps_the_held_out_cer_within_one_point_of_fp32(fp32: OnnxGigaAmAsr, int8: OnnxGigaAmAsr,
+                                                             held_out) -> None:
+    texts, audios = held_out
+    chars = sum(len(t) for t in texts)
+    cer = {name: sum(_cer(t, r.text) for t, r in zip(texts, asr.run_batch(_requests(audios)))) / chars
+           for name, asr in (("fp32", fp32), ("int8", int8))}
+    assert cer["int8"] <= cer["fp32"] + 0.01, cer
+    assert int8.graph.stat().st_size < fp32.graph.stat().st_size  # the weights really are int8
+
+
+@needs_espeak
+def test_rnnt_on_onnx_gives_the_torch_text_on_ragged_batches(rnnt_ckpt: Path, cache: Path, held_out) -> None:
+    _, audios = held_out
+    onnx = OnnxGigaAmAsr(str(rnnt_ckpt), max_batch=8, precision="fp32")
+    reference = GigaAmAsr(str(rnnt_ckpt), max_batch=8)
+    assert onnx.describe()["head"] == "rnnt"
+    got = onnx.run_batch(_requests(audios))
+    assert [r.text for r in got] == [r.text for r in reference.run_batch(_requests(audios))]
+    assert [r.text for r in got[:4]] == [r.text for r in onnx.run_batch(_requests(audios[:4]))]
+
+
+def test_graphs_are_cached_by_weights_hash_outside_the_repository(fp32: OnnxGigaAmAsr, torch_asr: GigaAmAsr,
+                                                                 cache: Path) -> None:
+    assert fp32.graph.parent == cache / "onnx" and weights_key(torch_asr.model.encoder)[:24] in fp32.graph.name
+    assert not str(fp32.graph).startswith(str(ROOT))
+    before = fp32.graph.stat().st_mtime_ns
+    again = ensure_graph(torch_asr.model.encoder, 64, "fp32")
+    assert again == fp32.graph and again.stat().st_mtime_ns == before  # reused, not exported again
+    changed = GigaAmAsr(str(TINY_CKPT)).model.encoder
+    with torch.no_grad():
+        next(changed.parameters()).add_(1e-3)
+    assert weights_key(changed) != weights_key(torch_asr.model.encoder)
+    with pytest.raises(ValueError, match="fp32, int8"):
+        ensure_graph(changed, 64, "int4")
+
+
+def test_describe_and_the_audit_read_the_session(fp32: OnnxGigaAmAsr) -> None:
+    info = fp32.describe()
+    assert (info["engine"], info["precision"], info["providers"]) == ("onnx", "fp32", ["CPUExecutionProvider"])
+    assert info["parameters"] > sum(p.numel() for p in fp32.model.parameters())  # the graph's weights counted
+    placement = audit_model("asr", fp32, "cpu")
+    assert placement.devices == ("cpu",)
+
+    class OnCuda:
+        def modules(self) -> dict:
+            return {"onnx_encoder": FakeSession()}
+
+    class FakeSession:
+        def run(self, *args: object) -> None: ...
+
+        def get_providers(self) -> list[str]:
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+        def get_provider_options(self) -> dict:
+            return {"CUDAExecutionProvider": {"device_id": "1"}}
+
+    with pytest.raises(PlacementError, match="cuda:1"):
+        audit_model("asr", OnCuda(), "cpu")
+
+
+def test_unknown_precision_is_refused(cache: Path) -> None:
+    with pytest.raises(ValueError, match="fp32, int8"):
+        OnnxGigaAmAsr(str(TINY_CKPT), precision="int4")
