@@ -77,6 +77,24 @@ def probe_channels(path: Path) -> int:
         raise SourceError(f"cannot read audio from {path}: {detail}") from None
 
 
+def _ffmpeg_command(path: Path, channels: int) -> list[str]:
+    """ffmpeg decoding the first audio stream of ``path`` to 16 kHz PCM s16le with ``channels`` on stdout."""
+    return [_need("ffmpeg"), "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", "-f", "s16le",
+            "-acodec", "pcm_s16le", "-ar", str(wire.SAMPLE_RATE), "-ac", str(channels), "-"]
+
+
+def decode_file(path: Path) -> bytes:
+    """The whole of ``path`` as 16 kHz mono PCM s16le; :class:`SourceError` if it is missing or ffmpeg fails."""
+    path = Path(path)
+    if not path.is_file():
+        raise SourceError(f"no such file: {path}")
+    proc = subprocess.run(_ffmpeg_command(path, 1), stdin=subprocess.DEVNULL, capture_output=True)
+    if proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace").strip()
+        raise SourceError(f"ffmpeg could not decode {path}: {err or 'exit ' + str(proc.returncode)}")
+    return proc.stdout[:len(proc.stdout) // 2 * 2]
+
+
 class FileSource:
     """Decodes a file with an ffmpeg subprocess to 16 kHz PCM s16le, mono or (``multichannel``) all channels."""
 
@@ -94,9 +112,7 @@ class FileSource:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """Yield chunks of whole frames until the file ends; raise :class:`SourceError` if ffmpeg fails."""
-        cmd = [_need("ffmpeg"), "-nostdin", "-v", "error", "-i", str(self.path), "-map", "0:a:0",
-               "-f", "s16le", "-acodec", "pcm_s16le", "-ar", str(wire.SAMPLE_RATE),
-               "-ac", str(self.format.channels), "-"]
+        cmd = _ffmpeg_command(self.path, self.format.channels)
         self._proc = proc = await asyncio.create_subprocess_exec(
             *cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert proc.stdout is not None and proc.stderr is not None

@@ -29,7 +29,7 @@ from clients.connection import ConnectOptions, GaveUp, Refused, StreamClient
 from clients.sources import FileSource, MicSource, PacedSource, SourceError
 from clients.view import TerminalView
 
-__all__ = ["main", "build_parser", "write_outputs", "OUTPUT_FORMATS"]
+__all__ = ["main", "build_parser", "parse_formats", "write_outputs", "OUTPUT_FORMATS"]
 
 DEFAULT_URL = "ws://127.0.0.1:8000/v1/stream"
 OUTPUT_FORMATS = ("json", "srt", "vtt", "rttm", "txt")
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _formats(text: str) -> tuple[str, ...]:
+def parse_formats(text: str) -> tuple[str, ...]:
     if text.strip().lower() == "none":
         return ()
     chosen = tuple(f.strip().lower() for f in text.split(",") if f.strip())
@@ -159,7 +159,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.max_speakers is not None and not 1 <= args.max_speakers <= 32:
         parser.error("--max-speakers must be between 1 and 32")
     try:
-        which = _formats(args.formats)
+        which = parse_formats(args.formats)
         options = ConnectOptions(url=args.url, token=args.token, cafile=args.cafile, insecure=args.insecure,
                                  max_retries=args.max_retries, chunk_ms=args.chunk_ms)
     except ValueError as e:

@@ -5,6 +5,11 @@ audio in chunks and, after each chunk, runs the session's work until it asks for
 back before the next audio arrives (an infinitely fast server). :func:`drive_diarizer` does the same for a lone
 ``StreamingDiarizer`` (DER evaluation). :func:`run_requests_by_kind` builds the ``run`` function from one batch
 function per request type (``adapter.run_batch`` fits).
+
+:func:`drive_whole` is the whole-file mode (``rechka-transcribe``): several sessions fed in large chunks side by
+side, their requests batched together per model, and final decodes held back until ``asr_batch`` of them (or
+nothing else) is waiting, so GigaAM sees large batches. Results reach each session exactly as from a server (out
+of order across kinds, in order per VAD chain), so the events are the live ones.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import numpy as np
 from streaming import wire
 from streaming.diarization import StreamingDiarizer
 from streaming.session import Session
-from streaming.work import Request, Result
+from streaming.work import AsrRequest, Request, Result
 
 Run = Callable[[list[Request]], list[Result]]
 BatchFunction = Callable[[list[Request]], Sequence[Result]]
@@ -96,3 +101,43 @@ def drive_diarizer(diarizer: StreamingDiarizer, buffer: Any, audio: np.ndarray, 
         turns += diarizer.pop_final_turns()
     settle(diarizer.finish(buffer))
     return turns + diarizer.pop_final_turns()
+
+
+def drive_whole(sessions: Sequence[Session], audios: Sequence[bytes], run: Run, chunk_bytes: int = 640_000,
+                asr_batch: int = 32) -> list[list[wire.ServerEvent]]:
+    """Feed each session its whole ``audio`` (``chunk_bytes`` per message, default 20 s of 16 kHz s16le), then stop
+    it; batch every kind of request across all sessions, final ASR requests ``asr_batch`` at a time. Returns each
+    session's events. ``chunk_bytes`` must stay under the sessions' ``max_pending_audio``."""
+    if chunk_bytes <= 0 or asr_batch < 1:
+        raise ValueError("chunk_bytes must be positive and asr_batch >= 1")
+    events: list[list[wire.ServerEvent]] = [[] for _ in sessions]
+    owner: dict[int, int] = {}  # id(request) → session index
+    held: list[Request] = []  # ASR requests waiting for a full batch
+
+    def settle(final: bool) -> None:
+        nonlocal held
+        for _ in range(1_000_000):
+            work: list[Request] = []
+            for i, session in enumerate(sessions):
+                for request in session.work_to_run():
+                    owner[id(request)] = i
+                    (held if isinstance(request, AsrRequest) else work).append(request)
+                events[i] += session.events_to_send()
+            if not work and (len(held) < asr_batch and not (final and held)):
+                return
+            if not work:
+                work, held = held[:asr_batch], held[asr_batch:]
+            for request, result in zip(work, run(work)):
+                sessions[owner.pop(id(request))].receive_result(result)
+        raise RuntimeError("the sessions still asked for work after 1e6 rounds")
+
+    longest = max((len(a) for a in audios), default=0)
+    for offset in range(0, longest, chunk_bytes):
+        for session, audio in zip(sessions, audios):
+            if offset < len(audio):
+                session.receive_audio(audio[offset:offset + chunk_bytes])
+        settle(final=False)
+    for session in sessions:
+        session.receive_end()
+    settle(final=True)
+    return events

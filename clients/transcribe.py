@@ -1,0 +1,134 @@
+"""``rechka-transcribe``: whole files transcribed in this process, as fast as the machine allows, no server.
+
+    rechka-transcribe meeting.mp3 call.wav --out-dir out/
+    rechka-transcribe *.ogg --out-dir out/ --device cuda --formats srt,txt
+
+Each file (anything ffmpeg reads, mixed to 16 kHz mono) goes through the same :class:`~streaming.session.Session`
+and the same models as a live stream (Silero VAD, diarization, GigaAM), loaded once and audited as the server
+does (:func:`server.models.registry.load_models`); :func:`server.offline.drive_whole` feeds the files side by side
+in large chunks and batches every model's work across them (finals ``--asr-batch`` at a time). Partials are off;
+speakers are the settled ones (revisions applied). Writes ``<stem>.json``, ``.srt``, ``.vtt``, ``.rttm`` and
+``.txt`` per file, as ``rechka-stream`` does. Exit status: 0 done, 1 a file or model failed, 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from streaming import wire
+from streaming.config import SessionConfig
+
+from clients.captions import LiveCaptions
+from clients.sources import SourceError, decode_file
+from clients.stream import OUTPUT_FORMATS, parse_formats, write_outputs
+
+__all__ = ["main", "build_parser", "transcribe"]
+
+MAX_PARALLEL = 4  # files decoded and driven side by side (their audio is held in memory)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rechka-transcribe", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("files", nargs="+", type=Path, help="audio/video files ffmpeg can read")
+    p.add_argument("--out-dir", type=Path, required=True, help="where transcripts go")
+    p.add_argument("--formats", default=",".join(OUTPUT_FORMATS),
+                   help=f"comma-separated subset of {','.join(OUTPUT_FORMATS)}")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--asr-model", default="v2_ctc", help="GigaAM model name or checkpoint path (default v2_ctc)")
+    p.add_argument("--asr-engine", choices=("torch", "onnx"), default="torch", help="GigaAM encoder engine")
+    p.add_argument("--asr-quantize", choices=("none", "int8"), default="none", help="int8 GigaAM on the CPU")
+    p.add_argument("--segmentation-model", default=None, help="as rechka-server's flag (default: the server's)")
+    p.add_argument("--embedding-model", default=None, help="as rechka-server's flag (default: the server's)")
+    p.add_argument("--asr-batch", type=int, default=32, help="finals decoded per GigaAM batch (default 32)")
+    p.add_argument("--no-diarization", action="store_true", help="do not label speakers")
+    p.add_argument("--max-speakers", type=int, help="upper bound on distinct speakers")
+    p.add_argument("--allow-random-weights", action="store_true",
+                   help="accept random:v2_ctc models (speed measurements only: the text is garbage)")
+    return p
+
+
+def transcribe(paths: Sequence[Path], models: Any, config: SessionConfig, asr_batch: int = 32,
+               parallel: int = MAX_PARALLEL) -> list[LiveCaptions]:
+    """Transcribe ``paths`` with loaded ``models`` (a :class:`~server.models.registry.Models`); one
+    :class:`LiveCaptions` per file, in order (their ``finals`` carry the settled speakers)."""
+    from server.offline import drive_whole, run_requests_by_kind
+    from streaming.session import Session
+    from streaming.work import AsrRequest, EmbeddingRequest, SegmentationRequest, VadRequest
+
+    run = run_requests_by_kind({VadRequest: models.vad.run_batch, SegmentationRequest: models.segmentation.run_batch,
+                                EmbeddingRequest: models.embedding.run_batch, AsrRequest: models.asr.run_batch})
+    out: list[LiveCaptions] = []
+    for first in range(0, len(paths), parallel):
+        group = paths[first:first + parallel]
+        audios = [decode_file(p) for p in group]
+        sessions = [Session(f"file-{first + i}", config) for i in range(len(group))]
+        for events in drive_whole(sessions, audios, run, asr_batch=asr_batch):
+            captions = LiveCaptions()
+            captions.new_session(0)
+            for event in events:
+                captions.receive(event)
+            out.append(captions)
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        which = parse_formats(args.formats)
+    except ValueError as e:
+        parser.error(str(e))
+    if args.asr_batch < 1:
+        parser.error("--asr-batch must be >= 1")
+    if args.max_speakers is not None and not 1 <= args.max_speakers <= 32:
+        parser.error("--max-speakers must be between 1 and 32")
+    missing = [str(p) for p in args.files if not p.is_file()]
+    if missing:
+        parser.error(f"no such file: {', '.join(missing)}")
+    from server.models.registry import fit_diarizer, load_models
+
+    started = time.perf_counter()
+    chosen = {k: v for k, v in (("segmentation", args.segmentation_model), ("embedding", args.embedding_model)) if v}
+    try:
+        models = load_models(args.asr_model, device=args.device, max_batch=args.asr_batch,
+                             asr_quantize=None if args.asr_quantize == "none" else args.asr_quantize,
+                             asr_engine=args.asr_engine, **chosen)
+    except Exception as exc:  # weights, device or placement: the message says what to do
+        print(f"rechka-transcribe: the models cannot be loaded:\n\n{exc}", file=sys.stderr)
+        return 1
+    if models.asr.describe().get("random_weights") and not args.allow_random_weights:
+        print("rechka-transcribe: the ASR model has random weights (garbage text); pass --allow-random-weights "
+              "to run it anyway (speed measurements only)", file=sys.stderr)
+        return 1
+    loaded = time.perf_counter()
+    base = SessionConfig(interim_results=False, diarization=not args.no_diarization)
+    diarizer = fit_diarizer(base.diarizer, models.segmentation, models.embedding)  # as the server does
+    if args.max_speakers is not None:
+        diarizer = dataclasses.replace(diarizer, max_speakers=args.max_speakers)
+    base = dataclasses.replace(base, diarizer=diarizer)
+    try:
+        results = transcribe(args.files, models, base, args.asr_batch)
+    except SourceError as exc:
+        print(f"rechka-transcribe: {exc}", file=sys.stderr)
+        return 1
+    wall = time.perf_counter() - loaded
+    audio = sum((c.end.audio_samples if c.end else 0) for c in results) / wire.SAMPLE_RATE
+    for path, captions in zip(args.files, results):
+        extra = {"source": str(path), "mode": "whole-file", "models": {k: m.describe() for k, m in
+                                                                        models.models.items()}}
+        written = write_outputs(captions, args.out_dir, path.stem, which, extra)
+        print(f"{path}: {len(captions.finals)} finals, {len(captions.speakers)} speakers -> "
+              f"{', '.join(str(p) for p in written)}", file=sys.stderr)
+    print(f"rechka-transcribe: {audio:.1f} s of audio in {wall:.1f} s (RTF {wall / max(audio, 1e-9):.3f}; "
+          f"models loaded in {loaded - started:.1f} s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""server.offline.drive_whole: whole files through sessions side by side, finals batched, the live events."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.offline import drive_session, drive_whole, run_requests_by_kind
+from streaming import wire
+from streaming.config import SessionConfig
+from streaming.session import Session, SessionState
+from streaming.work import AsrRequest, VadRequest
+from tests.fakes import FakeAsr, FakeVad, pcm16, tone_bursts
+
+
+def _finals(events: list) -> list[tuple]:
+    return [(e.utterance_id, e.start, e.end, e.text) for e in events if isinstance(e, wire.Final)]
+
+
+def test_whole_files_give_the_live_finals_with_finals_decoded_in_large_batches() -> None:
+    config = SessionConfig(interim_results=False, diarization=False)
+    files = [pcm16(tone_bursts([(300 + 40 * k, 0.6) for k in range(n)], gaps=0.7).audio) for n in (9, 4, 12)]
+    live = [drive_session(Session(f"l{i}", config), run_requests_by_kind({VadRequest: FakeVad(),
+                                                                        AsrRequest: FakeAsr()}), audio)
+            for i, audio in enumerate(files)]
+    batches: list[int] = []
+    asr = FakeAsr()
+
+    def counting_asr(requests: list) -> list:
+        batches.append(len(requests))
+        return asr(requests)
+
+    sessions = [Session(f"w{i}", config) for i in range(len(files))]
+    whole = drive_whole(sessions, files, run_requests_by_kind({VadRequest: FakeVad(), AsrRequest: counting_asr}),
+                        chunk_bytes=2 * 16_000 * 5, asr_batch=8)
+    assert [_finals(e) for e in whole] == [_finals(e) for e in live]
+    assert sum(batches) == 25 and max(batches) == 8 and len(batches) <= 5  # not one call per utterance
+    assert all(s.state == SessionState.CLOSED for s in sessions)
+    assert all(isinstance(e[-1], wire.End) for e in whole)
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(ValueError, match="asr_batch"):
+        drive_whole([], [], lambda r: [], asr_batch=0)
+    assert drive_whole([], [], lambda r: []) == []
