@@ -3,10 +3,11 @@
 Each recording of the development sets of ``benchmarks/der.py`` (pyannote's sample, the AMI snippets and the 60 s
 AMI excerpt, conversations composed from real voices) is streamed through a :class:`~streaming.session.Session` at
 the defaults (Silero VAD, PyanNet segmentation, resemblyzer embeddings: the real models) with every request answered
-at once (``server.offline.drive_session``, 1 s chunks): a final goes out the moment its utterance closes, the
-earliest any server could send it, so the speakers it carries are the least settled they can be. ASR is not what
-is measured: a stand-in gives every utterance one word per ``--word-ms`` of its audio, so words cover the speech as
-GigaAM's would. Revised share = words whose speaker a revision changed / words in finals.
+at once, in 100 ms chunks, except final decodes: their results come back ``--asr-delay-ms`` of audio later (0: the
+moment the utterance closes, the earliest any server could send the final, so its speakers are the least settled
+they can be; a real server's GigaAM takes 0.2-0.5 s). ASR is not what is measured: a stand-in gives every
+utterance one word per ``--word-ms`` of its audio, so words cover the speech as GigaAM's would. Revised share =
+words whose speaker a revision changed / words in finals.
 
     python -m benchmarks.revisions                         # sample, ami, composed-real
     python -m benchmarks.revisions --datasets ami --limit 3
@@ -25,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.der import OUT, datasets, load_audio  # noqa: E402
-from server.offline import drive_session, run_requests_by_kind  # noqa: E402
+from server.offline import run_requests_by_kind  # noqa: E402
 from streaming import wire  # noqa: E402
 from streaming.config import SAMPLE_RATE, SessionConfig, ms  # noqa: E402
 from streaming.session import Session  # noqa: E402
@@ -61,12 +62,44 @@ def revised_share(events: Sequence[wire.ServerEvent]) -> dict[str, Any]:
             "revised_share": revised / words if words else 0.0}
 
 
-def run_item(wav: Path, models: dict[type, Any], word: int) -> dict[str, Any]:
+def drive_with_asr_delay(session: Session, run: Any, pcm: bytes, delay: int, chunk: int = ms(100)) -> list:
+    """Feed ``pcm`` in ``chunk``-sample messages answering every request at once, except final decodes, whose
+    results are handed back once ``delay`` more samples have been fed (all of them at the end)."""
+    events: list[wire.ServerEvent] = []
+    waiting: list[tuple[int, Any]] = []  # (release at fed sample, result)
+
+    def pump(fed: int, flush: bool = False) -> None:
+        while True:
+            work = session.work_to_run()
+            events.extend(session.events_to_send())
+            due = [r for t, r in waiting if flush or t <= fed]
+            waiting[:] = [(t, r) for t, r in waiting if not (flush or t <= fed)]
+            if not work and not due:
+                return
+            for request, result in zip(work, run(work)):
+                if isinstance(request, AsrRequest):
+                    waiting.append((fed + delay, result))
+                else:
+                    due.append(result)
+            for result in due:
+                session.receive_result(result)
+
+    fed = 0
+    for a in range(0, len(pcm), 2 * chunk):
+        session.receive_audio(pcm[a:a + 2 * chunk])
+        fed += len(pcm[a:a + 2 * chunk]) // 2
+        pump(fed)
+    session.receive_end()
+    pump(fed, flush=True)
+    return events
+
+
+def run_item(wav: Path, models: dict[type, Any], word: int, delay: int) -> dict[str, Any]:
     audio = load_audio(wav)
     pcm = (audio.clip(-1, 1) * 32767).astype("<i2").tobytes()
     session = Session("revisions", SessionConfig(interim_results=False))
     started = time.perf_counter()
-    events = drive_session(session, run_requests_by_kind(models), pcm, chunk_bytes=2 * SAMPLE_RATE)
+    events = drive_with_asr_delay(session, run_requests_by_kind(models), pcm, delay)
     row = revised_share(events)
     row.update(audio_seconds=len(audio) / SAMPLE_RATE, wall_seconds=time.perf_counter() - started)
     return row
@@ -77,6 +110,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--datasets", default="sample,ami,composed-real")
     p.add_argument("--limit", type=int, default=0, help="at most this many recordings per dataset (0 = all)")
     p.add_argument("--word-ms", type=float, default=400.0, help="stand-in word length (default 400 ms)")
+    p.add_argument("--asr-delay-ms", type=float, default=0.0, help="audio fed before a final decode is back")
     p.add_argument("--out", type=Path, default=OUT / "revisions.json")
     args = p.parse_args(argv)
 
@@ -94,7 +128,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         counts[item.dataset] = counts.get(item.dataset, 0) + 1
         if args.limit and counts[item.dataset] > args.limit:
             continue
-        row = {"dataset": item.dataset, "name": item.name, **run_item(item.wav, models, ms(args.word_ms))}
+        row = {"dataset": item.dataset, "name": item.name, **run_item(item.wav, models, ms(args.word_ms), ms(args.asr_delay_ms))}
         rows.append(row)
         print(json.dumps(row), flush=True)
     totals: dict[str, dict[str, Any]] = {}
@@ -107,7 +141,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for t in totals.values():
         t["revised_share"] = t["revised_words"] / t["words"] if t["words"] else 0.0
     result = {"command": " ".join(["python -m benchmarks.revisions", *(argv or sys.argv[1:])]),
-              "word_ms": args.word_ms, "rows": rows, "totals": totals}
+              "word_ms": args.word_ms, "asr_delay_ms": args.asr_delay_ms, "rows": rows, "totals": totals}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print("| dataset | recordings | words | revised words | share |\n|---|---|---|---|---|")

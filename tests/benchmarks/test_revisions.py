@@ -24,3 +24,22 @@ def test_revised_share_counts_words_whose_speaker_changed() -> None:
     share = revised_share(events)
     assert (share["words"], share["revised_words"], share["revisions"]) == (3, 1, 1)
     assert abs(share["revised_share"] - 1 / 3) < 1e-9
+
+
+def test_final_decodes_come_back_after_the_delay_and_everything_is_flushed() -> None:
+    from benchmarks.revisions import drive_with_asr_delay
+    from server.offline import run_requests_by_kind
+    from streaming.config import SessionConfig
+    from streaming.session import Session
+    from streaming.work import VadRequest
+    from tests.fakes import FakeAsr, FakeVad, pcm16, tone_bursts
+
+    bursts = tone_bursts([(440, 0.8), (660, 0.8)], gaps=1.0, tail=0.2)
+    run = run_requests_by_kind({VadRequest: FakeVad(), AsrRequest: FakeAsr()})
+    config = SessionConfig(interim_results=False, diarization=False)
+    audio = pcm16(bursts.audio)
+    prompt = drive_with_asr_delay(Session("a", config), run, audio, 0)
+    late = drive_with_asr_delay(Session("b", config), run, audio, 16_000 * 10)  # longer than the stream
+    finals = [[(e.text, e.start, e.end) for e in events if isinstance(e, wire.Final)] for events in (prompt, late)]
+    assert finals[0] == finals[1] and len(finals[0]) == 2
+    assert isinstance(late[-1], wire.End)
