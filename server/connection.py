@@ -74,11 +74,11 @@ def close_code_for(error: RechkaError) -> int:
 
 def session_config_for(start: wire.Start, config: ServerConfig) -> SessionConfig:
     """The SessionConfig of a ``start`` message over the server's session defaults."""
-    if start.max_speakers is not None and not 1 <= start.max_speakers <= 32:
-        raise InvalidMessage("field 'max_speakers' must be between 1 and 32, or null")
     base = config.session
-    diarizer = dataclasses.replace(base.diarizer, max_speakers=start.max_speakers) \
-        if start.max_speakers is not None else base.diarizer
+    try:
+        diarizer = base.diarizer.with_speaker_counts(start.min_speakers, start.max_speakers, start.num_speakers)
+    except ValueError as exc:
+        raise InvalidMessage(str(exc)) from None
     return dataclasses.replace(
         base, audio=AudioFormat(start.encoding, start.sample_rate, start.channels), multichannel=start.multichannel,
         diarization=start.diarization, interim_results=start.interim_results, speaker_turns=start.speaker_turns,

@@ -6,11 +6,13 @@ Every duration is in samples at 16 kHz (``SAMPLE_RATE``); use :func:`ms` to writ
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
 SAMPLE_RATE = 16000
 VAD_CHUNK = 512  # Silero VAD's chunk at 16 kHz (32 ms)
+MAX_SPEAKERS = 32  # the most global speakers one channel may have (and the bound when max_speakers is None)
 
 
 def ms(milliseconds: float) -> int:
@@ -125,7 +127,13 @@ class DiarizationOptions:
         default resemblyzer embeddings, whose same-speaker distances are small (benchmarks/der.py: 0.25 is best on
         AMI, pyannote's sample and composed conversations); pyannote/WeSpeaker embeddings need about 0.5-0.7.
     centroid_rate: weight of a new embedding in its centroid's running mean (0 = plain mean).
-    max_speakers: upper bound on global speakers (None = unbounded, capped at 32).
+    max_speakers: upper bound on global speakers (None = unbounded, capped at ``MAX_SPEAKERS``). When every slot is
+        used, a voice joins the nearest free speaker however far it is: there are no phantom speakers beyond it.
+    min_speakers: lower bound hint (None = none). Until that many speakers exist, a new speaker needs one window's
+        evidence instead of ``new_speaker_windows``, and a voice the segmentation model separates from a closer one
+        in the same window founds a new speaker instead of being left out. A session that never hears that many
+        distinct voices ends with fewer (streaming cannot invent the rest). Set both bounds for an exact count
+        (:meth:`with_speaker_counts`).
     new_speaker_windows: a new global speaker is created only once embeddings far from every centroid (and close
         to each other) came from this many windows within ``window`` samples of each other; until then those local
         speakers stay unassigned. One noisy embedding thus cannot found a duplicate speaker (1 = create at once).
@@ -154,6 +162,7 @@ class DiarizationOptions:
     new_speaker_threshold: float = 0.25
     centroid_rate: float = 0.0
     max_speakers: Optional[int] = None
+    min_speakers: Optional[int] = None
     new_speaker_windows: int = 2
     aggregation: str = "hamming"
     update_threshold: Optional[float] = None
@@ -175,8 +184,10 @@ class DiarizationOptions:
         _check(self.min_embedding_speech >= 0, "DiarizationOptions.min_embedding_speech must be >= 0")
         _check(0.0 < self.new_speaker_threshold < 2.0, "DiarizationOptions.new_speaker_threshold must be in (0, 2)")
         _check(0.0 <= self.centroid_rate < 1.0, "DiarizationOptions.centroid_rate must be in [0, 1)")
-        _check(self.max_speakers is None or 1 <= self.max_speakers <= 32,
-               "DiarizationOptions.max_speakers must be 1-32 or None")
+        _check(self.max_speakers is None or 1 <= self.max_speakers <= MAX_SPEAKERS,
+               f"DiarizationOptions.max_speakers must be 1-{MAX_SPEAKERS} or None")
+        _check(self.min_speakers is None or 1 <= self.min_speakers <= (self.max_speakers or MAX_SPEAKERS),
+               "DiarizationOptions.min_speakers must be None or between 1 and max_speakers")
         _check(1 <= self.new_speaker_windows <= self.window // self.step,
                "DiarizationOptions.new_speaker_windows must be between 1 and window / step (2 is a good default)")
         _check(self.aggregation in ("hamming", "mean"),
@@ -195,6 +206,26 @@ class DiarizationOptions:
                "DiarizationOptions.change_threshold must be in (0, 2]; 2 never splits a local speaker")
         _check(0.0 < self.overlap_match_threshold <= 2.0,
                "DiarizationOptions.overlap_match_threshold must be in (0, 2]")
+
+
+    def with_speaker_counts(self, min_speakers: Optional[int] = None, max_speakers: Optional[int] = None,
+                            num_speakers: Optional[int] = None) -> "DiarizationOptions":
+        """These options with one session's speaker-count hints (``None`` keeps the option); ``num_speakers`` is an
+        exact count, i.e. both bounds. Raises ``ValueError`` naming the field (a client's bad ``start``)."""
+        for name, value in (("min_speakers", min_speakers), ("max_speakers", max_speakers),
+                            ("num_speakers", num_speakers)):
+            if value is not None and not 1 <= value <= MAX_SPEAKERS:
+                raise ValueError(f"field '{name}' must be between 1 and {MAX_SPEAKERS}, or null")
+        if num_speakers is not None:
+            if min_speakers not in (None, num_speakers) or max_speakers not in (None, num_speakers):
+                raise ValueError("field 'num_speakers' contradicts 'min_speakers'/'max_speakers'; give the exact "
+                                 "count alone, or only the bounds")
+            min_speakers = max_speakers = num_speakers
+        low = self.min_speakers if min_speakers is None else min_speakers
+        high = self.max_speakers if max_speakers is None else max_speakers
+        if low is not None and high is not None and low > high:
+            raise ValueError(f"field 'min_speakers' ({low}) must not exceed 'max_speakers' ({high})")
+        return dataclasses.replace(self, min_speakers=low, max_speakers=high)
 
 
 @dataclass(frozen=True)

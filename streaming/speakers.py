@@ -16,6 +16,8 @@ total cosine distance. Thresholds (all in :class:`~streaming.config.DiarizationO
   caller can credit a confirmed speaker with the windows that waited for it. A local speaker within the threshold
   of a centroid that a closer local speaker of the same window took is unassigned too, rather than starting a
   duplicate.
+- ``min_speakers``: until that many speakers exist, one window confirms a candidate, and a local speaker displaced
+  by a closer one of its window (both near one centroid) becomes a candidate rather than unassigned.
 - ``max_speakers``: when every slot is used, local speakers go to the nearest free centroid regardless of distance
   (and, if a window has more local speakers than centroids, to the nearest centroid at all).
 - ``update_threshold``: a centroid only learns from embeddings closer than this, so forced assignments and
@@ -30,9 +32,8 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from streaming.config import DiarizationOptions
+from streaming.config import MAX_SPEAKERS, DiarizationOptions
 
-MAX_SPEAKERS = 32  # the bound used when DiarizationOptions.max_speakers is None
 _NEW = -1  # marks a local speaker that is far from every centroid
 
 
@@ -64,6 +65,7 @@ class SpeakerTracker:
     def __init__(self, options: DiarizationOptions) -> None:
         self.options = options
         self.capacity = options.max_speakers if options.max_speakers is not None else MAX_SPEAKERS
+        self.minimum = options.min_speakers or 0
         self.reset()
 
     def reset(self) -> None:
@@ -108,6 +110,7 @@ class SpeakerTracker:
         if self.n_speakers and e.shape[1] != self._centroids.shape[1]:
             raise ValueError(f"embedding size changed from {self._centroids.shape[1]} to {e.shape[1]}")
         m, n = len(e), self.n_speakers
+        below_minimum = n < self.minimum
         dist = self.distances(e)
         threshold = self.options.new_speaker_threshold
         free = [g for g in range(n) if g not in set(exclude)]
@@ -121,9 +124,10 @@ class SpeakerTracker:
             placed[r] = True
             if c < len(free):
                 result[r] = free[c]
-            elif not (n and dist[r].min() <= threshold):
+            elif not (n and dist[r].min() <= threshold) or below_minimum:
                 result[r] = _NEW
             # else: displaced by a closer local speaker of this window; a duplicate speaker would be worse
+            # (below min_speakers the model's word that these are two voices is taken instead)
         for r in range(m):
             if not placed[r] and n:
                 result[r] = int(np.argmin(dist[r]))  # no slot left at all: the nearest centroid
@@ -172,7 +176,8 @@ class SpeakerTracker:
             candidate.last_seen = at
         joined.add(id(candidate))
         self._last_key = candidate.key
-        if candidate.count < self.options.new_speaker_windows or self.n_speakers >= self.capacity:
+        needed = 1 if self.n_speakers < self.minimum else self.options.new_speaker_windows
+        if candidate.count < needed or self.n_speakers >= self.capacity:
             return None
         self._candidates.remove(candidate)
         g = self._create(candidate.total / candidate.count, candidate.count)

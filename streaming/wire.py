@@ -35,6 +35,8 @@ class Start:
     interim_results: bool = True
     speaker_turns: bool = False
     settled_speakers: bool = False
+    min_speakers: Optional[int] = None
+    num_speakers: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,8 @@ _START_FIELDS: dict[str, tuple[type, ...]] = {
     "multichannel": (bool,),
     "diarization": (bool,),
     "max_speakers": (int, type(None)),
+    "min_speakers": (int, type(None)),
+    "num_speakers": (int, type(None)),
     "interim_results": (bool,),
     "speaker_turns": (bool,),
     "settled_speakers": (bool,),

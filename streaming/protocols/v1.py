@@ -16,15 +16,13 @@ from streaming.config import AudioFormat, SessionConfig
 from streaming.errors import InvalidAudio, InvalidMessage, InvalidState
 from streaming.protocols.base import Close, StreamProtocol
 
-MAX_SPEAKERS = 32
-
 
 def session_config_for(start: wire.Start, base: SessionConfig) -> SessionConfig:
     """The SessionConfig of a ``start`` message over the server's session defaults."""
-    if start.max_speakers is not None and not 1 <= start.max_speakers <= MAX_SPEAKERS:
-        raise InvalidMessage(f"field 'max_speakers' must be between 1 and {MAX_SPEAKERS}, or null")
-    diarizer = dataclasses.replace(base.diarizer, max_speakers=start.max_speakers) \
-        if start.max_speakers is not None else base.diarizer
+    try:
+        diarizer = base.diarizer.with_speaker_counts(start.min_speakers, start.max_speakers, start.num_speakers)
+    except ValueError as exc:
+        raise InvalidMessage(str(exc)) from None
     return dataclasses.replace(
         base, audio=AudioFormat(start.encoding, start.sample_rate, start.channels), multichannel=start.multichannel,
         diarization=start.diarization, interim_results=start.interim_results, speaker_turns=start.speaker_turns,

@@ -47,3 +47,20 @@ def test_options_are_frozen() -> None:
 def test_bad_values_name_the_field(cls: type, kwargs: dict, field: str) -> None:
     with pytest.raises(ValueError, match=f"{cls.__name__}.{field}"):
         cls(**kwargs)
+
+
+def test_speaker_count_hints_are_validated_and_combined() -> None:
+    base = DiarizationOptions()
+    assert base.with_speaker_counts() == base
+    hinted = base.with_speaker_counts(min_speakers=2, max_speakers=4)
+    assert (hinted.min_speakers, hinted.max_speakers) == (2, 4)
+    assert hinted.with_speaker_counts(num_speakers=3).max_speakers == 3
+    assert base.with_speaker_counts(num_speakers=3, min_speakers=3).min_speakers == 3  # consistent: fine
+    for kwargs, message in ((dict(min_speakers=0), "'min_speakers' must be between 1 and 32"),
+                            (dict(num_speakers=33), "'num_speakers' must be between 1 and 32"),
+                            (dict(min_speakers=3, max_speakers=2), "must not exceed 'max_speakers'"),
+                            (dict(num_speakers=2, max_speakers=3), "contradicts")):
+        with pytest.raises(ValueError, match=message):
+            base.with_speaker_counts(**kwargs)
+    with pytest.raises(ValueError, match="DiarizationOptions.min_speakers"):
+        DiarizationOptions(min_speakers=3, max_speakers=2)

@@ -131,6 +131,33 @@ def test_max_speakers_assigns_the_nearest_when_full() -> None:
     assert result[:2] == [0, 1] and result[2] == 1 and t.n_speakers == 2
 
 
+def test_min_speakers_takes_the_models_word_for_two_voices_until_enough_exist() -> None:
+    """Two similar voices (closer than the threshold) heard together in one window: without a hint the second is
+    left out (a duplicate would be worse); with min_speakers=2 it founds S2, and needs one window to do so."""
+    similar = unit(VOICES[0] + 0.15 * VOICES[1])
+    plain = tracker(new_speaker_windows=2)
+    hinted = tracker(new_speaker_windows=2, min_speakers=2)
+    assert [plain.assign([voice(0)], at=ms(500 * w))[0] for w in range(3)] == [None, 0, 0]
+    assert [hinted.assign([voice(0)], at=ms(500 * w))[0] for w in range(3)] == [0, 0, 0]  # one window founds S1
+    assert sorted(plain.assign([voice(0), similar], at=ms(1500)), key=lambda g: g is None) == [0, None]
+    assert sorted(hinted.assign([voice(0), similar], at=ms(1500))) == [0, 1] and hinted.n_speakers == 2
+    # the minimum reached, the usual rules are back: a third similar voice is not a new speaker
+    third = unit(VOICES[0] + 0.15 * VOICES[2])
+    assert set(hinted.assign([voice(0), similar, third], at=ms(2000))) == {0, 1, None} and hinted.n_speakers == 2
+    # and a truly new voice again needs new_speaker_windows windows
+    assert [hinted.assign([voice(4)], at=ms(2500 + 500 * w))[0] for w in range(2)] == [None, 2]
+
+
+def test_an_exact_count_bounds_both_ways() -> None:
+    options = DiarizationOptions(new_speaker_threshold=0.3, new_speaker_windows=3).with_speaker_counts(
+        num_speakers=2)
+    assert (options.min_speakers, options.max_speakers) == (2, 2)
+    t = SpeakerTracker(options)
+    labels = [step(t, w, v)[0] for w, v in enumerate((0, 1, 2, 3, 0, 1))]
+    assert labels[:2] == [0, 1]  # below the count one window founds a speaker (not new_speaker_windows=3)
+    assert labels[4:] == [0, 1] and set(labels[2:4]) <= {0, 1} and t.n_speakers == 2  # no third speaker
+
+
 def test_centroids_follow_the_mean_and_ignore_far_forced_matches() -> None:
     t = tracker(max_speakers=1, new_speaker_threshold=0.3)
     embeddings = [voice(0, noise=0.1) for _ in range(20)]

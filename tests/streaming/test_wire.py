@@ -13,13 +13,16 @@ from streaming.errors import InvalidMessage
 def test_start_with_every_field() -> None:
     text = json.dumps({"type": "start", "encoding": "mulaw", "sample_rate": 8000, "channels": 2,
                        "multichannel": True, "diarization": False, "max_speakers": 3, "interim_results": False,
-                       "speaker_turns": True})
-    assert wire.parse_client_message(text) == wire.Start("mulaw", 8000, 2, True, False, 3, False, True)
+                       "speaker_turns": True, "min_speakers": 2, "num_speakers": None})
+    assert wire.parse_client_message(text) == wire.Start("mulaw", 8000, 2, True, False, 3, False, True,
+                                                         min_speakers=2, num_speakers=None)
 
 
 def test_start_defaults_and_bytes_input() -> None:
     assert wire.parse_client_message(b'{"type": "start"}') == wire.Start()
     assert wire.parse_client_message('{"type": "start", "max_speakers": null}').max_speakers is None
+    hints = wire.parse_client_message('{"type": "start", "min_speakers": 2, "num_speakers": null}')
+    assert (hints.min_speakers, hints.num_speakers) == (2, None)
 
 
 @pytest.mark.parametrize("kind, cls", [("finalize", wire.Finalize), ("stop", wire.Stop), ("keepalive", wire.KeepAlive)])
@@ -38,6 +41,7 @@ def test_simple_messages(kind: str, cls: type) -> None:
     ('{"type": "start", "sample_rate": true}', "'sample_rate' must be int"),
     ('{"type": "start", "diarization": 1}', "'diarization' must be bool"),
     ('{"type": "start", "max_speakers": 2.5}', "'max_speakers' must be int or null"),
+    ('{"type": "start", "num_speakers": "2"}', "'num_speakers' must be int or null"),
 ])
 def test_bad_messages_say_what_is_wrong(text: str, fragment: str) -> None:
     with pytest.raises(InvalidMessage, match=fragment.replace("[", r"\[")):

@@ -33,9 +33,9 @@ def test_start_opens_the_session_and_ready_carries_the_effective_config_limits_a
     ready = d.sent[0]
     assert ready["type"] == "ready" and ready["session_id"] == "sid-1" and ready["models"] == MODELS
     assert ready["config"] == {"encoding": "mulaw", "sample_rate": 8000, "channels": 1, "multichannel": False,
-                               "diarization": False, "max_speakers": None, "interim_results": True,
-                               "speaker_turns": False, "settled_speakers": False, "max_message_bytes": 4096,
-                               "idle_timeout": 7.0}
+                               "diarization": False, "max_speakers": None, "min_speakers": None,
+                               "num_speakers": None, "interim_results": True, "speaker_turns": False,
+                               "settled_speakers": False, "max_message_bytes": 4096, "idle_timeout": 7.0}
     assert d.protocol.phase == Phase.STREAMING and d.protocol.session.config.audio.sample_rate == 8000
 
 
@@ -172,3 +172,15 @@ def test_a_close_reason_fits_a_close_frame_even_with_cyrillic() -> None:
     d.protocol._fail("invalid_message", "слово " * 60, CloseCode.POLICY_VIOLATION)
     reason = d.close.reason
     assert len(reason.encode()) <= 123 and reason and "слово" in reason
+
+
+def test_speaker_count_hints_reach_the_tracker_and_bad_ones_close_1008() -> None:
+    d = driver().text({"type": "start", "min_speakers": 2, "max_speakers": 3})
+    assert d.sent[0]["config"]["min_speakers"] == 2
+    options = d.protocol.session.config.diarizer
+    assert (options.min_speakers, options.max_speakers) == (2, 3)
+    exact = driver().text({"type": "start", "num_speakers": 4}).protocol.session.config.diarizer
+    assert (exact.min_speakers, exact.max_speakers) == (4, 4)
+    bad = driver().text({"type": "start", "num_speakers": 2, "min_speakers": 3})
+    assert bad.sent[0]["type"] == "error" and bad.sent[0]["code"] == "invalid_message"
+    assert "contradicts" in bad.sent[0]["message"] and bad.close.code == CloseCode.POLICY_VIOLATION
