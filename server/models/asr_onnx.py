@@ -6,7 +6,10 @@ at batch 1 without masks): :class:`MaskedEncoder` wraps :func:`~server.models.gi
 torch path's own masked forward (padded frames zeroed before each subsampling convolution, attention masked), and
 ``torch.onnx.export(..., dynamo=False)`` traces it with dynamic batch and time axes, so a ragged batch gives what
 the torch path gives. ``int8`` is ONNX Runtime's dynamic quantization with QInt8 weights of the MatMul ops only (the
-issue's measurements: QUInt8 and quantizing the convolutions too were slower on the CPU).
+issue's measurements: QUInt8 and quantizing the convolutions too were slower on the CPU), with ``reduce_range``
+(7-bit weights): without VNNI, x86's u8×s8 kernels saturate their 16-bit sums; on the 2-core AVX2 benchmark CPU
+full 8-bit weights moved log-probs by up to 0.31, 7-bit ones by 0.029, at the same speed
+(``benchmarks/asr_engines.py``, docs/benchmarks.md).
 
 Graphs live in the rechka cache (``$RECHKA_CACHE/onnx``), named by the SHA-256 of the encoder's weights (the
 checkpoint's content, so any checkpoint or random-weights build gets its own), the export recipe and the
@@ -76,10 +79,10 @@ def export_encoder(encoder: torch.nn.Module, path: Path, features: int) -> None:
 
 
 def quantize_int8(source: Path, target: Path) -> None:
-    """ONNX Runtime dynamic quantization: QInt8 weights, MatMul ops only."""
+    """ONNX Runtime dynamic quantization: QInt8 weights (7-bit range, see the module docstring), MatMul ops only."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(source, target, op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8)
+    quantize_dynamic(source, target, op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8, reduce_range=True)
 
 
 def _atomic(build: Any, target: Path) -> None:
@@ -108,7 +111,7 @@ def ensure_graph(encoder: torch.nn.Module, features: int, precision: str, root: 
         _atomic(lambda tmp: export_encoder(cpu, tmp, features), fp32)
     if precision == "fp32":
         return fp32
-    int8 = folder / f"gigaam-encoder-{key}-int8.onnx"
+    int8 = folder / f"gigaam-encoder-{key}-int8r.onnx"  # r: reduce_range
     if not int8.is_file():
         log.info("quantizing %s to int8", fp32)
         _atomic(lambda tmp: quantize_int8(fp32, tmp), int8)

@@ -64,7 +64,8 @@ def load_models(asr: Union["ServerConfig", str, None] = ASR_DEFAULT, segmentatio
     ``device``: ``None``/``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (see :func:`~server.models.device.resolve_device`).
     ``wheel``: a local whisperx wheel for the default segmentation weights (offline installs).
     ``asr_quantize``: ``"int8"`` for dynamic int8 GigaAM on the CPU (see ``server.models.asr.AsrOptions``).
-    ``asr_engine``: ``"torch"`` or ``"onnx"`` (:mod:`server.models.asr_onnx`; ``asr_quantize`` then picks its graph).
+    ``asr_engine``: ``"torch"`` or ``"onnx"`` (:mod:`server.models.asr_onnx`; ``asr_quantize`` then picks its graph),
+    or ``"auto"`` (:func:`asr_engine_for`); ``asr_quantize="auto"`` likewise.
     """
     if asr is not None and not isinstance(asr, str):
         config = asr
@@ -84,6 +85,7 @@ def load_models(asr: Union["ServerConfig", str, None] = ASR_DEFAULT, segmentatio
         "embedding": load_embedding_model(embedding, name, max_batch),
     }
     if asr is not None:
+        asr_engine, asr_quantize = asr_engine_for(target.type, asr_engine, asr_quantize)
         models["asr"] = _load_asr(asr, name, max_batch, asr_quantize, asr_engine)
     placement = audit_models(models, target)
     for model_name, entry in placement.items():
@@ -111,6 +113,17 @@ def fit_session(config: "ServerConfig", models: dict[str, BatchModel]) -> "Serve
     """The server config whose session diarizer fits the loaded models (see :func:`fit_diarizer`)."""
     diarizer = fit_diarizer(config.session.diarizer, models["segmentation"], models["embedding"])
     return dataclasses.replace(config, session=dataclasses.replace(config.session, diarizer=diarizer))
+
+
+def asr_engine_for(device_type: str, engine: str = "auto",
+                   quantize: Optional[str] = "auto") -> tuple[str, Optional[str]]:
+    """``auto`` resolved for a device: ONNX Runtime int8 on the CPU (the measured CPU default, see
+    ``server.config.ServerConfig``), torch without quantization on CUDA (this environment has no onnxruntime-gpu)."""
+    if engine == "auto":
+        engine = "onnx" if device_type == "cpu" else "torch"
+    if quantize == "auto":
+        quantize = "int8" if engine == "onnx" and device_type == "cpu" else None
+    return engine, quantize
 
 
 def _load_asr(model: str, device: str, max_batch: int, quantize: Optional[str] = None, engine: str = "torch") -> Any:

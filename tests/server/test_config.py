@@ -14,6 +14,17 @@ def test_defaults_match_the_documented_ones() -> None:
     config = config_from_args([], {})
     assert (config.host, config.port, config.asr_model, config.device) == ("127.0.0.1", 8000, "v2_ctc", "auto")
     assert config.tokens == frozenset() and not config.tls and not config.allow_random_weights
+    assert (config.asr_engine, config.asr_quantize) == ("auto", "auto")
+
+
+def test_auto_engine_is_onnx_int8_on_the_cpu_and_torch_on_cuda() -> None:
+    from server.models.registry import asr_engine_for
+
+    assert asr_engine_for("cpu") == ("onnx", "int8")
+    assert asr_engine_for("cuda") == ("torch", None)
+    assert asr_engine_for("cpu", "torch") == ("torch", None)
+    assert asr_engine_for("cpu", "onnx", None) == ("onnx", None)
+    assert asr_engine_for("cpu", "torch", "int8") == ("torch", "int8")
 
 
 def test_a_flag_wins_over_the_environment_which_wins_over_the_default() -> None:
@@ -50,7 +61,8 @@ def test_an_empty_or_missing_tokens_file_is_refused(tmp_path: Path) -> None:
     (["--max-batch", "0"], "max_batch must be 1-1024"),
     (["--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.key"], "tls_cert: file"),
     (["--shutdown-grace", "-1"], "shutdown_grace must be >= 0"),
-    (["--asr-engine", "tensorflow"], "asr_engine must be torch or onnx"),
+    (["--asr-engine", "tensorflow"], "asr_engine must be auto, torch or onnx"),
+    (["--device", "cuda", "--asr-quantize", "int8"], "asr_quantize=int8 needs --device cpu"),
 ])
 def test_bad_values_raise_a_value_error_that_names_the_fix(argv: list[str], fix: str) -> None:
     with pytest.raises(ValueError, match=fix):
