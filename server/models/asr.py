@@ -92,7 +92,9 @@ def _load(options: AsrOptions) -> tuple[GigaAmNet, Optional[Path], bool]:
     """(network on the CPU, checkpoint path or ``None``, random weights?)."""
     spec = options.model
     if spec.startswith(RANDOM_PREFIX):
-        return build_model(random_config(spec[len(RANDOM_PREFIX):])), None, True
+        with torch.random.fork_rng():  # the same random weights at every start: an ONNX graph cached once serves all
+            torch.manual_seed(0)
+            return build_model(random_config(spec[len(RANDOM_PREFIX):])), None, True
     path = Path(spec).expanduser()
     tokenizer: Optional[Path] = None
     if not path.is_file():
