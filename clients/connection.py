@@ -7,6 +7,12 @@ from the end of the newest final (``captions.acknowledged``): audio after it is 
 the drop is transcribed whole, and event times are shifted so the transcript keeps one time line. Speaker labels
 restart with each server session. Refusals that a retry cannot fix (401/403, close codes 1003/1008/1009) stop at
 once with :class:`Refused`.
+
+A file is sent as fast as the server takes it: the server slows a client that runs ahead of real time by not
+reading its socket (backpressure), so ``ws.send`` simply waits, and nothing is dropped or needs a reconnect. Its
+websocket pings would wait behind the audio too, so a file stream has no ping deadline (the server's own
+timeouts end a dead stream). Audio lost is counted once: what fell out of the replay window while disconnected
+(``lost_samples``) and what the server reported dropping (``server_dropped_samples``).
 """
 
 from __future__ import annotations
@@ -116,7 +122,8 @@ class StreamStatus:
     audio_sent: int = 0  # samples at 16 kHz, absolute
     session_id: str = ""
     reconnects: int = 0
-    lost_samples: int = 0
+    lost_samples: int = 0  # never resent: it fell out of the replay window while disconnected
+    server_dropped_samples: int = 0  # the server reported skipping it (audio_dropped, utterance_truncated)
     notes: list[str] = field(default_factory=list)
 
 
@@ -145,6 +152,8 @@ class StreamClient:
         self._sent_frames = 0
         self._stop_sent = False
         self._room = asyncio.Event()
+        self._lost_until = 0  # frames before this are already counted in lost_samples
+        self._live = True
 
     def _set(self, state: str, detail: str = "") -> None:
         self.status.state, self.status.detail = state, detail
@@ -155,6 +164,7 @@ class StreamClient:
         fmt = source.format
         start = replace(self.start, encoding=fmt.encoding, sample_rate=fmt.sample_rate, channels=fmt.channels,
                         multichannel=self.start.multichannel or fmt.channels > 1)
+        self._live = source.live
         buffer = ReplayBuffer(fmt.frame_bytes, max(1, int(self.options.replay_seconds * fmt.sample_rate)))
         producer = asyncio.create_task(self._produce(source, buffer))
         try:
@@ -185,8 +195,11 @@ class StreamClient:
         failures = 0
         while True:
             resume = fmt.samples_to_frames(self.captions.acknowledged) if self.captions.sessions else 0
-            if resume < buffer.start:  # the replay window was too short: that audio is lost
-                self.status.lost_samples += fmt.frames_to_samples(buffer.start - resume)
+            if resume < buffer.start:  # the replay window was too short: that audio is lost (counted once)
+                counted = max(resume, self._lost_until)
+                if buffer.start > counted:
+                    self.status.lost_samples += fmt.frames_to_samples(buffer.start - counted)
+                self._lost_until = buffer.start
                 resume = buffer.start
             try:
                 await self._session(start, fmt, buffer, resume, producer)
@@ -214,7 +227,7 @@ class StreamClient:
         try:
             ws = await connect(self.options.url, additional_headers=headers,
                                ssl=self.options.ssl_context(), open_timeout=self.options.open_timeout,
-                               max_size=4 * 2**20)
+                               max_size=4 * 2**20, **({} if self._live else {"ping_timeout": None}))
         except InvalidStatus as e:
             code = e.response.status_code
             if code in (429, 502, 503, 504):
@@ -283,6 +296,8 @@ class StreamClient:
                     self.status.session_id = event.session_id
                 elif isinstance(event, wire.Error):
                     error = event
+                elif isinstance(event, wire.Warning) and event.dropped_seconds:
+                    self.status.server_dropped_samples += round(event.dropped_seconds * wire.SAMPLE_RATE)
                 self._on_event(event)
                 if isinstance(event, wire.End) and self._stop_sent:
                     return  # otherwise the server ended early (drain, idle timeout): its close says why

@@ -125,6 +125,8 @@ def parse_server_event(text: Union[str, bytes]) -> wire.ServerEvent:
         return wire.Ready(session_id=_field(obj, "session_id", str), config=dict(obj.get("config") or {}),
                           models=dict(obj.get("models") or {}))
     if kind == "end":
+        optional = {name: _time(obj, key) for name, key in (("processed_samples", "processed_seconds"),
+                                                            ("dropped_samples", "dropped_seconds")) if key in obj}
         return wire.End(audio_samples=_time(obj, "audio_seconds"), utterances=_field(obj, "utterances", int),
-                        speakers=tuple(obj.get("speakers") or ()))
+                        speakers=tuple(obj.get("speakers") or ()), **optional)
     raise ProtocolError(f"unknown server event type {kind!r}")

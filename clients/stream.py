@@ -4,7 +4,8 @@
     python -m clients.stream --mic --url wss://asr.example.com/v1/stream --token $TOKEN
 
 Files are decoded by ffmpeg (16 kHz PCM, mono unless ``--multichannel``) and sent at real time (``--speed``,
-``--as-fast-as-possible``). At the end ``<name>.json``, ``.srt``, ``.vtt``, ``.rttm`` and ``.txt`` are written.
+``--as-fast-as-possible``: the server slows the upload to its own pace, nothing is dropped). At the end
+``<name>.json``, ``.srt``, ``.vtt``, ``.rttm`` and ``.txt`` are written.
 After a dropped connection the client reconnects with backoff and resumes from the end of the last final (see
 :mod:`clients.connection`). Ctrl-C once stops the audio and waits for the last finals; twice aborts.
 Exit status: 0 done, 1 refused or failed, 2 bad arguments, 130 aborted.
@@ -140,6 +141,9 @@ async def _stream(args: argparse.Namespace, view: TerminalView, options: Connect
         loop.remove_signal_handler(signal.SIGINT)
     if client.status.lost_samples:
         view.note(f"{client.status.lost_samples / wire.SAMPLE_RATE:.1f} s of audio were lost while disconnected")
+    if client.status.server_dropped_samples:
+        view.note(f"the server skipped {client.status.server_dropped_samples / wire.SAMPLE_RATE:.1f} s of audio "
+                  "(it fell behind this live stream)")
     if which and (client.captions.finals or code == 0):
         extra = {"source": str(args.file) if args.file else "microphone", "url": options.url,
                  "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),

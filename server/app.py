@@ -146,7 +146,9 @@ class RechkaServer:
         self.server = await serve(
             self._handle, self.config.host, self.config.port, process_request=self._process_request,
             max_size=self.config.max_message_bytes, ssl=self._ssl_context(), server_header="rechka",
-            logger=logging.getLogger("rechka.websockets"))
+            # no pong deadline: while a fast client is held back (backpressure) its pongs wait behind its audio;
+            # dead clients are caught by the idle and flush timeouts instead
+            ping_timeout=None, logger=logging.getLogger("rechka.websockets"))
         self._port = int(self.server.sockets[0].getsockname()[1])
 
     @property

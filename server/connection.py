@@ -6,6 +6,9 @@ work and queues its new events. One sender task writes the queued events in orde
 ``end`` or an ``error``. Errors map to close codes: ``InvalidMessage``/``InvalidState`` → 1008,
 ``InvalidAudio``/``UnsupportedFormat`` → 1003, anything else (a model failure included) → ``internal`` + 1011 with
 no internals in the message. Idle timeout and server drain end the stream like ``stop`` but close with 1001.
+
+Backpressure (:mod:`server.backpressure`): a client sending faster than real time is not read from while its
+session's pending audio is at its bound (``Session.has_room``); a real-time client's oldest audio is dropped instead.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any, Optional, Union
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from server.backpressure import ClientPace, ReadGate
 from server.batcher import BatcherPool
 from server.config import ServerConfig
 from server.metrics import ServerMetrics
@@ -107,6 +111,8 @@ class Connection:
         self._bytes_per_frame = 2
         self._rate = SAMPLE_RATE
         self._flush_timer: Optional[asyncio.TimerHandle] = None
+        self._pace = ClientPace()
+        self._gate = ReadGate()  # closed while an unpaced client's pending audio is at its bound
 
     # ----------------------------------------------------------------------------------------------- run
     async def run(self) -> None:
@@ -135,6 +141,8 @@ class Connection:
     async def _receive_loop(self) -> None:
         idle = self.ctx.config.idle_timeout
         while True:
+            if self.phase == Phase.STREAMING:
+                await self._gate.wait()  # backpressure: not reading lets TCP flow control slow the client
             try:
                 if self.phase <= Phase.STREAMING:
                     async with asyncio.timeout(idle):
@@ -221,6 +229,8 @@ class Connection:
             self._first_audio_at = now
         self._received_samples += nbytes / self._bytes_per_frame * SAMPLE_RATE / self._rate
         self._arrivals.append((self._received_samples, now))
+        if self.session is not None:  # a client ahead of real time is slowed down, never dropped
+            self.session.drop_when_behind = not self._pace.note(self._received_samples / SAMPLE_RATE, now)
         while len(self._arrivals) > 1 and self._arrivals[0][0] < self._received_samples - ARRIVALS_KEPT:
             self._arrivals.popleft()
 
@@ -277,6 +287,8 @@ class Connection:
         """The only place the phase changes; it only moves forward."""
         assert phase > self.phase, f"{self.phase.name} → {phase.name}"
         self.phase = phase
+        if phase > Phase.STREAMING:
+            self._gate.set(True)  # nothing more to hold back: late messages are read (and ignored)
 
     # ----------------------------------------------------------------------------------------------- session I/O
     def _pump(self) -> None:
@@ -290,6 +302,8 @@ class Connection:
             self._outbound.put_nowait(event)
             if isinstance(event, wire.End):
                 self._close_after_queued(self._end_code, self._end_reason)
+        if self._gate.set(session.drop_when_behind or session.has_room):
+            self.ctx.metrics.read_pauses.inc()
         self._update_stats()
 
     def _submit(self, request: Request) -> None:

@@ -25,6 +25,9 @@ class ServerMetrics:
         self.audio_dropped = Counter("rechka_audio_dropped_seconds", "Audio dropped under overload", registry=r)
         self.partials_dropped = Counter("rechka_partials_dropped", "Partial decodes skipped under lag", registry=r)
         self.overloaded = Counter("rechka_overloaded_warnings", "'overloaded' warnings sent", registry=r)
+        self.read_pauses = Counter(
+            "rechka_read_pauses", "Times a stream's socket stopped being read (backpressure on a fast client)",
+            registry=r)
         self.model_busy = Counter("rechka_model_busy_seconds", "Wall time spent in run_batch", ["model"], registry=r)
         self.real_time_factor = Gauge(
             "rechka_real_time_factor",

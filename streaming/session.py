@@ -314,7 +314,8 @@ class Session:
                 speakers = tuple(f"ch{ch.index}" for ch in self._channels if ch.transcript.finals_emitted)
             elif self._channels[0].diarizer is not None:
                 speakers = tuple(self._channels[0].diarizer.speakers)
-            self._events.append(wire.End(stats.audio_in, stats.utterances, speakers))
+            self._events.append(wire.End(stats.audio_in, stats.utterances, speakers, stats.audio_processed,
+                                         stats.audio_dropped))
             self._transition(SessionState.CLOSED)
 
     def _channel_done(self, ch: _Channel) -> bool:

@@ -194,9 +194,14 @@ class SpeechStarted:
 
 @dataclass(frozen=True)
 class End:
+    """The stream's summary. ``audio_samples`` received = ``processed_samples`` + ``dropped_samples`` exactly (at
+    16 kHz; ``None`` where a peer did not say)."""
+
     audio_samples: int
     utterances: int
     speakers: tuple[str, ...] = field(default_factory=tuple)
+    processed_samples: Optional[int] = None
+    dropped_samples: Optional[int] = None
 
 
 ServerEvent = Union[Ready, Partial, Final, SpeakerRevision, SpeakerTurns, Warning, Error, End, SpeechStarted]
@@ -233,8 +238,13 @@ def event_to_dict(event: ServerEvent) -> dict[str, Any]:
     if isinstance(event, Ready):
         return {"type": "ready", "session_id": event.session_id, "config": event.config, "models": event.models}
     if isinstance(event, End):
-        return {"type": "end", "audio_seconds": s(event.audio_samples), "utterances": event.utterances,
-                "speakers": list(event.speakers)}
+        out = {"type": "end", "audio_seconds": s(event.audio_samples), "utterances": event.utterances,
+               "speakers": list(event.speakers)}
+        if event.processed_samples is not None:
+            out["processed_seconds"] = s(event.processed_samples)
+        if event.dropped_samples is not None:
+            out["dropped_seconds"] = s(event.dropped_samples)
+        return out
     raise TypeError(f"not a server event: {type(event).__name__}")
 
 

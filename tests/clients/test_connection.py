@@ -136,3 +136,37 @@ def test_tls_needs_a_trusted_certificate(scripted_server, counting_wav, tls_cert
 def test_options_are_validated(kwargs, words) -> None:
     with pytest.raises(ValueError, match=words):
         ConnectOptions(**kwargs)  # type: ignore[arg-type]
+
+
+def test_audio_lost_across_repeated_drops_is_counted_once(scripted_server, counting_wav) -> None:
+    # the first session acknowledges 6 s and drops; the replay window (3 s) no longer holds all that followed; the
+    # next two sessions drop before any final, so each reconnect finds a gap behind the last final again: the
+    # audio lost is what lies between that final and where the last session resumed, counted once
+    server = scripted_server(drop_after={0: 6.5, 1: 0.3, 2: 0.3})
+    client, captions, _ = run_client(server.url, counting_wav(11), replay_seconds=3)
+    assert captions.sessions == 4 and client.status.reconnects == 3
+    assert captions.finals[5].end == 6 * RATE and captions.offset > 6 * RATE
+    assert client.status.lost_samples == captions.offset - 6 * RATE
+
+
+def test_a_file_at_full_speed_through_the_real_server_needs_no_reconnect(counting_wav) -> None:
+    import dataclasses
+
+    from streaming.config import SessionConfig, ms
+    from tests.server.conftest import serving
+    from tests.server.fake_models import fake_models
+
+    path = counting_wav(120)  # constant values: the fake VAD hears two minutes of speech without a pause
+    session = dataclasses.replace(SessionConfig(diarization=False), max_pending_audio=ms(3_000))
+
+    async def main() -> tuple[StreamClient, object]:
+        async with serving(fake_models(delay=0.01), session=session) as server:
+            client = StreamClient(ConnectOptions(url=server.url, max_retries=0), wire.Start(diarization=False))
+            captions = await client.run(FileSource(path))
+            return client, captions
+
+    client, captions = asyncio.run(main())
+    assert client.status.reconnects == 0 and client.status.lost_samples == 0
+    assert client.status.server_dropped_samples == 0
+    assert captions.end is not None and captions.end.audio_samples == 120 * RATE
+    assert captions.end.dropped_samples == 0

@@ -94,4 +94,4 @@ def test_real_vad_and_asr_through_the_session(models: tuple, conversation: tuple
         assert similarity[-1] >= similarity[0] - 0.1  # later partials are no further from the final
         heard = " ".join(w.word for w in final.words if w.start < partials[-1].end)  # what the last one covered
         assert difflib.SequenceMatcher(None, partials[-1].text, heard).ratio() >= 0.6 or not heard
-    assert events[-1] == wire.End(len(audio), len(PHRASES), ())
+    assert events[-1] == wire.End(len(audio), len(PHRASES), (), len(audio), 0)

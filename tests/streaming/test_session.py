@@ -91,7 +91,7 @@ def test_each_utterance_gets_one_final_over_its_samples_with_absolute_words() ->
         assert abs(word.start - a) <= 2 * 160 and abs(word.end - z) <= 2 * 160 and word.speaker is None
     requests = [r for r in asr.requests if r.kind == AsrKind.FINAL]
     assert [(r.start, r.start + len(r.audio)) for r in requests] == [(f.start, f.end) for f in finals]
-    assert events[-1] == wire.End(len(b.audio), 3, ())
+    assert events[-1] == wire.End(len(b.audio), 3, (), len(b.audio), 0)
     assert of(events, wire.Partial) == [] and asr.calls[AsrKind.PARTIAL] == 0
 
 
@@ -130,7 +130,7 @@ def test_multichannel_transcribes_each_channel_with_its_label() -> None:
     ids = [e.utterance_id for e in events if isinstance(e, (wire.Partial, wire.Final))]
     first_seen = list(dict.fromkeys(ids))
     assert first_seen == sorted(first_seen) == [0, 1]  # ids increase in the order they are first used
-    assert events[-1] == wire.End(len(left.audio), 2, ("ch0", "ch1"))
+    assert events[-1] == wire.End(len(left.audio), 2, ("ch0", "ch1"), len(left.audio), 0)
 
 
 def test_finalize_closes_the_utterance_at_the_audio_received() -> None:
@@ -263,7 +263,7 @@ def test_audio_beyond_max_pending_is_dropped_oldest_first_with_a_warning() -> No
     assert len(finals) == 2 and finals[0].end <= stalled_end < finals[1].start  # the gap closed the first one
     ids = {e.utterance_id for e in h.events if isinstance(e, (wire.Partial, wire.Final))}
     assert {f.utterance_id for f in finals} == ids  # every utterance got its final
-    assert h.events[-1] == wire.End(len(b.audio), 2, ())
+    assert h.events[-1] == wire.End(len(b.audio), 2, (), len(b.audio) - stats.audio_dropped, stats.audio_dropped)
 
 
 def test_buffers_stay_bounded_on_a_long_stream() -> None:
@@ -302,10 +302,10 @@ def test_lifecycle_and_end_after_the_last_final() -> None:
 
 def test_a_stream_without_speech_ends_with_no_utterances() -> None:
     events, asr = run_whole(np.zeros(seconds(1.3), dtype=np.float32), config())
-    assert events == [wire.End(seconds(1.3), 0, ())] and asr.requests == []
+    assert events == [wire.End(seconds(1.3), 0, (), seconds(1.3), 0)] and asr.requests == []
     s = Session("s1", config())
     s.receive_end()
-    assert s.events_to_send() == [wire.End(0, 0, ())] and s.state == SessionState.CLOSED
+    assert s.events_to_send() == [wire.End(0, 0, (), 0, 0)] and s.state == SessionState.CLOSED
 
 
 def test_finalize_in_silence_or_twice_does_nothing_more() -> None:
@@ -428,7 +428,7 @@ def test_the_diarizer_hook_delays_finals_splits_them_and_reports_turns(monkeypat
     assert finals[0].end == finals[1].start and finals[0].words[0].speaker == "S1"
     turns = [t for e in of(h.events, wire.SpeakerTurns) for t in e.turns]
     assert [t.speaker for t in turns] == ["S1", "S2", "S1"]
-    assert h.events[-1] == wire.End(len(b.audio), 3, ("S1", "S2"))
+    assert h.events[-1] == wire.End(len(b.audio), 3, ("S1", "S2"), len(b.audio), 0)
 
 
 def test_finals_go_out_before_diarization_settles_and_a_revision_follows(monkeypatch: pytest.MonkeyPatch) -> None:
