@@ -158,3 +158,18 @@ def metric_value(text: str, name: str, labels: str = "") -> float:
 
 def silence(seconds: float) -> bytes:
     return np.zeros(int(seconds * 16000), dtype="<i2").tobytes()
+
+
+def small_gigaam_cfg(name: str = "v3_ctc") -> Any:
+    """The full-size random-weights cfg of a GigaAM architecture (``v2_ctc``, ``v3_rnnt``, …), shrunk to two
+    32-wide Conformer layers so it builds and runs in milliseconds."""
+    from server.models.gigaam_compat import random_config
+
+    cfg = random_config(name)
+    cfg.encoder.n_layers, cfg.encoder.d_model, cfg.encoder.n_heads = 2, 32, 2
+    if name.endswith("ctc"):
+        cfg.head.feat_in = 32
+    else:
+        cfg.head.joint.enc_hidden = 32
+    return cfg
+

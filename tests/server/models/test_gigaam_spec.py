@@ -4,25 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from server.models.gigaam_compat import build_model, load_net, random_config
+from server.models.gigaam_compat import build_model, encode_batch, load_net, random_config
 from server.models.gigaam_spec import FrontEnd, UnsupportedCheckpoint, parse_cfg
+from tests.server.conftest import small_gigaam_cfg
 
 TINY_V2 = Path(__file__).resolve().parents[2] / "assets" / "tiny_gigaam_ctc.ckpt"
 
 
-def _small(name: str = "v3_ctc"):
-    """The full-size random cfg of ``name``, shrunk to two 32-wide layers so it builds in milliseconds."""
-    cfg = random_config(name)
-    cfg.encoder.n_layers, cfg.encoder.d_model, cfg.encoder.n_heads = 2, 32, 2
-    if name.endswith("ctc"):
-        cfg.head.feat_in = 32
-    else:
-        cfg.head.joint.enc_hidden = 32
-    return cfg
+_small = small_gigaam_cfg
 
 
 def test_v2_and_v3_cfgs_parse_with_their_defaults() -> None:
@@ -106,3 +100,19 @@ def test_v3_layers_change_the_computation_as_configured() -> None:
 def test_the_tiny_v2_checkpoint_still_loads_through_the_validated_path() -> None:
     net = load_net(TINY_V2)
     assert net.spec.frontend == FrontEnd() and net.spec.encoder.subsampling == "conv2d"
+
+
+@pytest.mark.parametrize("name", ["v3_ctc", "v2_ctc"])
+def test_ragged_encoder_frames_equal_unbatched_runs(name: str) -> None:
+    """Noise up to the last sample, so padding would leak into the subsampling (conv1d for v3, conv2d for v2) and
+    the convolutions of the shorter rows if it were not masked."""
+    torch.manual_seed(0)
+    net = build_model(_small(name))
+    rng = np.random.default_rng(0)
+    audios = [torch.from_numpy((rng.standard_normal(n) * 0.1).astype(np.float32)) for n in (16000, 7001, 3333, 641)]
+    with torch.inference_mode():
+        encoded, lengths = encode_batch(net, audios)
+        for row, audio in enumerate(audios):
+            single, frames = net(audio[None], torch.tensor([len(audio)]))
+            assert int(lengths[row]) == int(frames[0]) == single.shape[-1]
+            torch.testing.assert_close(encoded[row, : lengths[row]], single[0].transpose(0, 1), atol=1e-4, rtol=1e-4)
