@@ -26,6 +26,7 @@ from streaming.config import SessionConfig, ms
 from clients.captions import LiveCaptions
 from clients.sources import SourceError, decode_file
 from clients.stream import OUTPUT_FORMATS, parse_formats, write_outputs
+from server.models.gigaam_models import DEFAULT_MODEL
 
 __all__ = ["main", "build_parser", "transcribe"]
 
@@ -40,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--formats", default=",".join(OUTPUT_FORMATS),
                    help=f"comma-separated subset of {','.join(OUTPUT_FORMATS)}")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--asr-model", default="v2_ctc", help="GigaAM model name or checkpoint path (default v2_ctc)")
+    p.add_argument("--asr-model", default=DEFAULT_MODEL,
+                   help=f"GigaAM model name or checkpoint path (default {DEFAULT_MODEL}; see docs/models.md)")
     p.add_argument("--asr-engine", choices=("auto", "torch", "onnx"), default="auto",
                    help="GigaAM encoder engine (default auto: onnx on the CPU, as rechka-server)")
     p.add_argument("--asr-quantize", choices=("auto", "none", "int8"), default="auto",
@@ -53,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between diarization windows (default: the live one, 0.5; 1.0 halves its cost)")
     p.add_argument("--max-speakers", type=int, help="upper bound on distinct speakers")
     p.add_argument("--allow-random-weights", action="store_true",
-                   help="accept random:v2_ctc models (speed measurements only: the text is garbage)")
+                   help="accept random:<name> models (speed measurements only: the text is garbage)")
     return p
 
 

@@ -36,6 +36,7 @@ from server.models.asr import GigaAmAsr
 from server.models.audit import onnx_device
 from server.models.cache import cache_dir
 from server.models.gigaam_compat import encode_features, features_batch
+from server.models.gigaam_models import DEFAULT_MODEL
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ class OnnxGigaAmAsr(GigaAmAsr):
     ``threads``: ONNX Runtime's intra-op threads (default: torch's); its threads do not spin between runs (they
     would take the cores from the other models' batchers)."""
 
-    def __init__(self, model: str = "v2_ctc", device: str = "cpu", max_batch: int = 16, precision: str = "int8",
+    def __init__(self, model: str = DEFAULT_MODEL, device: str = "cpu", max_batch: int = 16, precision: str = "int8",
                  threads: Optional[int] = None, **options: Any) -> None:
         import onnxruntime as ort
 

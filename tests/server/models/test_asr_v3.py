@@ -280,3 +280,41 @@ def test_random_v3_architecture_is_full_size() -> None:
     info = GigaAmAsr("random:v3_ctc").describe()
     assert info["random_weights"] is True and info["encoder"] == "16x768 rotary"
     assert info["subsampling"] == "conv1d x4" and info["frontend"] == "n_fft 320 win 320 hop 160 center False"
+
+
+# -- the ONNX Runtime engine --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("rechka-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RECHKA_CACHE", str(root))
+        yield root
+
+
+@pytest.mark.parametrize("head", ["ctc", "rnnt"])
+def test_onnx_engine_gives_the_torch_finals_for_v3(head: str, ctc, rnnt, held_out, onnx_cache: Path) -> None:
+    from server.models.asr_onnx import OnnxGigaAmAsr
+
+    torch_model = ctc if head == "ctc" else rnnt
+    onnx = OnnxGigaAmAsr(str(V3_CTC if head == "ctc" else V3_RNNT), max_batch=8, precision="fp32")
+    assert onnx.describe()["engine"] == "onnx" and onnx.spec == torch_model.spec
+    _, audios = held_out
+    for got, want in zip(onnx.run_batch(_requests(audios)), torch_model.run_batch(_requests(audios))):
+        assert (got.text, got.words) == (want.text, want.words)
+
+
+def test_onnx_export_of_the_published_v3_encoder_layout(tmp_path: Path, onnx_cache: Path) -> None:
+    """conv1d subsampling and layer-norm convolutions export, and ragged batches match the torch encoder."""
+    from server.models.asr_onnx import OnnxGigaAmAsr
+
+    path = _char_checkpoint(tmp_path, "ctc")
+    onnx, reference = OnnxGigaAmAsr(str(path), precision="fp32"), GigaAmAsr(str(path))
+    rng = np.random.default_rng(1)
+    audios = [torch.from_numpy((rng.standard_normal(n) * 0.1).astype(np.float32)) for n in (9000, 4000, 320)]
+    with torch.inference_mode():
+        (got, got_len), (want, want_len) = onnx._encode(audios), reference._encode(audios)
+    assert torch.equal(got_len, want_len)
+    for row, n in enumerate(want_len.tolist()):
+        torch.testing.assert_close(got[row, :n], want[row, :n], atol=1e-4, rtol=1e-4)
