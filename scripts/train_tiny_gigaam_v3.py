@@ -15,7 +15,10 @@ repository; they load into float32 like any checkpoint), the tokenizer next to e
 ``<checkpoint stem>_tokenizer.model`` (gigaam's naming).
 
 * ``ctc``: the converted CTC model, fine-tuned with CTC loss.
-* ``rnnt``: the same encoder with an RNNT head whose joint starts as the CTC head (its hidden layer holds x and -x,
+* ``distill``: the published v3 encoder layout (``conv1d`` subsampling, ``layer_norm`` convolutions) learnt from a
+  converted CTC model by distillation (its frame posteriors and subsampling output); on a busy 2-core CPU this needs
+  more minutes than a fine-tune, so the committed models keep the v2 layout.
+* ``rnnt``: the encoder of ``--init`` (either layout) with an RNNT head whose joint starts as the CTC head (its hidden layer holds x and -x,
   so ReLU passes both signs) plus a random 1-layer LSTM prediction network, fine-tuned with torchaudio's RNNT loss.
 
 The committed checkpoints (3.2 and 3.4 MB) came from 6-minute fine-tunes on a busy 2-core CPU (720 CTC steps, 290
@@ -166,6 +169,10 @@ def convert(head: str, tokenizer: Path, init: Optional[Path]) -> tuple[Any, Any]
     built.decoding.model_path = str(tokenizer)
     net = build_model(built)
     source = load_checkpoint(init) if init is not None else teacher
+    if init is not None:  # the encoder layout of the model it starts from (conv2d/batch norm or conv1d/layer norm)
+        cfg.encoder = source["cfg"].encoder
+        built.encoder = source["cfg"].encoder
+        net = build_model(built)
     encoder = {k: v.float() for k, v in source["state_dict"].items() if k.startswith("encoder.")}
     net.load_state_dict(encoder, strict=False)
     if init is None:
@@ -277,9 +284,87 @@ def train(head: str, out: Path, minutes: float, utterances: int, seed: int, init
           f"on {len(eval_jobs)} utterances", flush=True)
 
 
+def distill(out: Path, init: Path, minutes: float, utterances: int, seed: int, max_batch_seconds: float,
+            lr: float) -> None:
+    """The published v3 encoder layout (``conv1d`` subsampling with kernel 5, ``layer_norm`` convolutions) taught
+    by the converted CTC model ``init``: the student starts from its weights (new subsampling, fresh layer
+    norms) and learns its frame posteriors (KL divergence) and subsampling output (mean squared error)."""
+    import omegaconf
+    import torch
+
+    from server.models.gigaam_compat import build_model, load_checkpoint
+
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer = out.with_name(out.stem + "_tokenizer.model")
+    if init.with_name(init.stem + "_tokenizer.model").resolve() != tokenizer.resolve():
+        shutil.copy(init.with_name(init.stem + "_tokenizer.model"), tokenizer)
+    source = load_checkpoint(init)
+    teacher_cfg = source["cfg"].copy()
+    teacher_cfg.decoding.model_path = str(tokenizer)
+    teacher = build_model(teacher_cfg, source["state_dict"])
+    cfg = omegaconf.OmegaConf.create(omegaconf.OmegaConf.to_container(source["cfg"]))
+    cfg.encoder.update(subsampling="conv1d", subs_kernel_size=5, conv_norm_type="layer_norm")
+    student_cfg = cfg.copy()
+    student_cfg.decoding.model_path = str(tokenizer)
+    student = build_model(student_cfg)
+    kept = {k: v.float() for k, v in source["state_dict"].items()
+            if not k.startswith("encoder.pre_encode.") and ".conv.batch_norm." not in k}
+    student.load_state_dict(kept, strict=False)
+
+    t0 = time.monotonic()
+    jobs = make_jobs(utterances, seed, base.TRAIN_VOICES, held_out=False)
+    audios = base.synthesize_many(jobs, processes=1)
+    eval_jobs = make_jobs(40, seed + 1, base.HELD_OUT_VOICES, held_out=True)
+    eval_audios = base.synthesize_many(eval_jobs, processes=1)
+    print(f"synthesised {len(audios)} utterances in {time.monotonic() - t0:.0f} s; teacher held-out CER "
+          f"{base.evaluate(teacher, eval_jobs, eval_audios):.4f}", flush=True)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=1e-2)
+    np_rng, py_rng = np.random.default_rng(seed), random.Random(seed)
+    start, budget, step = time.monotonic(), minutes * 60.0, 0
+    while time.monotonic() - start < budget:
+        for batch in base.make_batches([len(a) + int(0.4 * base.SAMPLE_RATE) for a in audios],
+                                       int(max_batch_seconds * base.SAMPLE_RATE), py_rng):
+            progress = (time.monotonic() - start) / budget
+            if progress >= 1.0:
+                break
+            for group in optimizer.param_groups:
+                group["lr"] = lr * min(1.0, (step + 1) / 50) * max(0.5 * (1.0 + math.cos(math.pi * progress)), 0.02)
+            wavs = [torch.from_numpy(base.augment(audios[i], np_rng)) for i in batch]
+            lengths = torch.tensor([len(w) for w in wavs])
+            features, frames = teacher.preprocessor(torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True), lengths)
+            with torch.no_grad():
+                target_sub, _ = teacher.encoder.pre_encode(features.transpose(1, 2), frames)
+                target_encoded, encoded_len = teacher.encoder(features, frames)
+                target = teacher.head(target_encoded)
+            student.train()
+            sub, _ = student.encoder.pre_encode(features.transpose(1, 2), frames)
+            encoded, _ = student.encoder(features, frames)
+            log_probs = student.head(encoded)
+            valid = (torch.arange(log_probs.shape[1])[None, :] < encoded_len[:, None]).float()
+            kl = ((target.exp() * (target - log_probs)).sum(-1) * valid).sum() / valid.sum()
+            mse = (((sub - target_sub) ** 2).mean(-1) * valid).sum() / valid.sum()
+            loss = kl + mse
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(student.parameters(), 5.0)
+            optimizer.step()
+            step += 1
+            if step % 20 == 0:
+                print(f"step {step} kl {kl.item():.4f} mse {mse.item():.4f} "
+                      f"elapsed {(time.monotonic() - start) / 60:.1f} min", flush=True)
+    student.eval()
+    state = {k: v.half() if v.is_floating_point() else v for k, v in student.state_dict().items()}
+    torch.save({"cfg": cfg, "state_dict": state}, out)
+    student.load_state_dict(state)
+    print(f"saved {out} ({out.stat().st_size / 1e6:.2f} MB) after {step} steps; held-out CER "
+          f"{base.evaluate(student, eval_jobs, eval_audios):.4f} on {len(eval_jobs)} utterances", flush=True)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("head", choices=("ctc", "rnnt"))
+    parser.add_argument("head", choices=("ctc", "rnnt", "distill"))
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--init", type=Path, default=None, help="rnnt: the tiny v3 CTC checkpoint to start from")
     parser.add_argument("--tokenizer", type=Path, default=None, help="reuse this SentencePiece model")
@@ -289,6 +374,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--max-batch-seconds", type=float, default=30.0)
     parser.add_argument("--lr", type=float, default=1e-3)
     args = parser.parse_args(argv)
+    if args.head == "distill":
+        distill(args.out, args.init, args.minutes, args.utterances, args.seed, args.max_batch_seconds, args.lr)
+        return
     train(args.head, args.out, args.minutes, args.utterances, args.seed, args.init, args.max_batch_seconds, args.lr,
           args.tokenizer)
 

@@ -27,6 +27,7 @@ from server.models.gigaam_net import LogMelFeatures
 from server.models.gigaam_spec import FrontEnd, parse_cfg
 from streaming.work import AsrKind, AsrRequest
 from tests.server.conftest import small_gigaam_cfg
+from tests.server.models.test_asr_onnx import cache  # noqa: F401  (RECHKA_CACHE in a temporary folder)
 
 ROOT = Path(__file__).resolve().parents[3]
 ASSETS = ROOT / "tests" / "assets"
@@ -285,16 +286,8 @@ def test_random_v3_architecture_is_full_size() -> None:
 # -- the ONNX Runtime engine --------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def onnx_cache(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("rechka-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RECHKA_CACHE", str(root))
-        yield root
-
-
 @pytest.mark.parametrize("head", ["ctc", "rnnt"])
-def test_onnx_engine_gives_the_torch_finals_for_v3(head: str, ctc, rnnt, held_out, onnx_cache: Path) -> None:
+def test_onnx_engine_gives_the_torch_finals_for_v3(head: str, ctc, rnnt, held_out, cache: Path) -> None:
     from server.models.asr_onnx import OnnxGigaAmAsr
 
     torch_model = ctc if head == "ctc" else rnnt
@@ -305,7 +298,7 @@ def test_onnx_engine_gives_the_torch_finals_for_v3(head: str, ctc, rnnt, held_ou
         assert (got.text, got.words) == (want.text, want.words)
 
 
-def test_onnx_export_of_the_published_v3_encoder_layout(tmp_path: Path, onnx_cache: Path) -> None:
+def test_onnx_export_of_the_published_v3_encoder_layout(tmp_path: Path, cache: Path) -> None:
     """conv1d subsampling and layer-norm convolutions export, and ragged batches match the torch encoder."""
     from server.models.asr_onnx import OnnxGigaAmAsr
 
