@@ -49,8 +49,10 @@ COPY --from=builder /opt/rechka-cache /opt/rechka-cache
 COPY --from=builder --chown=10001:10001 /opt/home/.cache /home/rechka/.cache
 COPY scripts/serve.sh scripts/
 # RECHKA_* are server flags (python -m server --help); RECHKA_SKIP_BOOTSTRAP tells serve.sh the env is installed.
+# NUMBA_CACHE_DIR: numba (librosa, imported by the models) caches compiled functions at import; in /tmp, the one
+# writable place under Kubernetes' readOnlyRootFilesystem (tests/deploy runs the entrypoint on a read-only root).
 ENV PATH=/opt/venv/bin:$PATH RECHKA_SKIP_BOOTSTRAP=1 RECHKA_CACHE=/opt/rechka-cache RECHKA_HOST=0.0.0.0 \
-    RECHKA_PORT=8000 OMP_WAIT_POLICY=PASSIVE PYTHONUNBUFFERED=1
+    RECHKA_PORT=8000 OMP_WAIT_POLICY=PASSIVE PYTHONUNBUFFERED=1 NUMBA_CACHE_DIR=/tmp/numba-cache
 USER 10001:10001
 EXPOSE 8000
 # /health answers once the models are loaded and audited (startup takes up to a few minutes on a CPU).

