@@ -10,6 +10,7 @@ streams flush their finals for ``shutdown_grace`` seconds, then close whatever i
 from __future__ import annotations
 
 import asyncio
+import datetime
 import email.utils
 import hmac
 import http
@@ -17,6 +18,7 @@ import json
 import logging
 import ssl
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Mapping, Optional
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -30,10 +32,17 @@ from server.config import ServerConfig
 from server.connection import Connection, ConnectionContext
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, ServerMetrics
 from server.models.base import BatchModel
+from streaming.protocols.base import Limits, StreamProtocol
+from streaming.protocols import deepgram
+from streaming.protocols.v1 import V1Protocol
+from streaming.protocols.vosk import VoskProtocol
 
 log = logging.getLogger("rechka.server")
 
 STREAM_PATH = "/v1/stream"
+DEEPGRAM_PATH = "/v1/listen"
+VOSK_PATH = "/vosk"
+STREAM_PATHS = (STREAM_PATH, DEEPGRAM_PATH, VOSK_PATH)
 RETRY_AFTER_SECONDS = 5
 CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
@@ -66,10 +75,11 @@ def json_response(status: int, obj: Any, extra_headers: Optional[Mapping[str, st
 
 
 def bearer_token(request: Request) -> Optional[str]:
-    """The token of ``Authorization: Bearer <token>``, else of ``?token=<token>``, else ``None``."""
+    """The token of ``Authorization: Bearer <token>`` (or Deepgram's ``Token <token>``), else of ``?token=<token>``,
+    else ``None``."""
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
+    if scheme.lower() in ("bearer", "token") and value.strip():
         return value.strip()
     values = parse_qs(urlsplit(request.path).query).get("token")
     return values[0] if values else None
@@ -192,8 +202,8 @@ class RechkaServer:
     # ----------------------------------------------------------------------------------------------- HTTP
     def _process_request(self, connection: ServerConnection, request: Request) -> Optional[Response]:
         path = urlsplit(request.path).path
-        if path == STREAM_PATH:
-            return self._admit(connection, request)
+        if path in STREAM_PATHS:
+            return self._admit(connection, request, path)
         if path == "/health":
             return json_response(200, {"status": "draining" if self.draining else "ok",
                                        "uptime_seconds": round(time.monotonic() - self._started, 1),
@@ -212,9 +222,12 @@ class RechkaServer:
             return http_response(200, file.read_bytes(), content_type)
         return http_response(404, b"not found\n", "text/plain; charset=utf-8")
 
-    def _admit(self, connection: ServerConnection, request: Request) -> Optional[Response]:
+    def _admit(self, connection: ServerConnection, request: Request, path: str) -> Optional[Response]:
         if not token_allowed(bearer_token(request), self.config.tokens):
             self.metrics.connections_rejected.labels(reason="unauthorized").inc()
+            if path == DEEPGRAM_PATH:
+                return json_response(401, deepgram.error_body("Invalid credentials.", str(uuid.uuid4())),
+                                     {"WWW-Authenticate": 'Token realm="rechka"', "dg-error": "Invalid credentials."})
             return http_response(401, b"missing or unknown token: send Authorization: Bearer <token> "
                                       b"or ?token=<token>\n", "text/plain; charset=utf-8",
                                  {"WWW-Authenticate": 'Bearer realm="rechka"'})
@@ -224,6 +237,12 @@ class RechkaServer:
             text = "server is shutting down\n" if self.draining else "server is at its session limit; retry later\n"
             return http_response(503, text.encode(), "text/plain; charset=utf-8",
                                  {"Retry-After": str(RETRY_AFTER_SECONDS)})
+        if path == DEEPGRAM_PATH:
+            try:
+                deepgram.parse_query(parse_qs(urlsplit(request.path).query))
+            except deepgram.InvalidQuery as exc:
+                self.metrics.connections_rejected.labels(reason="bad_request").inc()
+                return json_response(400, deepgram.error_body(str(exc), str(uuid.uuid4())), {"dg-error": str(exc)})
         # Reserve a slot now (so concurrent handshakes cannot overshoot); freed when the TCP connection ends.
         self._slots.add(connection)
         release = asyncio.ensure_future(connection.wait_closed())
@@ -231,11 +250,32 @@ class RechkaServer:
         return None
 
     # ----------------------------------------------------------------------------------------------- streams
+    @property
+    def limits(self) -> Limits:
+        """What every protocol object gets from this server."""
+        config = self.config
+        return Limits(session=config.session, models=self.models_info, max_message_bytes=config.max_message_bytes,
+                      idle_timeout=config.idle_timeout,
+                      flush_timeout=max(config.shutdown_grace, config.flush_timeout))
+
+    def _protocol_for(self, ws: ServerConnection) -> StreamProtocol:
+        """The protocol object of the path the client upgraded on (its handshake was checked by ``_admit``)."""
+        assert ws.request is not None
+        url = urlsplit(ws.request.path)
+        session_id = str(uuid.uuid4())
+        if url.path == DEEPGRAM_PATH:
+            created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+            return deepgram.DeepgramProtocol(session_id, self.limits, deepgram.parse_query(parse_qs(url.query)),
+                                             created.replace("+00:00", "Z"))
+        if url.path == VOSK_PATH:
+            return VoskProtocol(session_id, self.limits)
+        return V1Protocol(session_id.replace("-", ""), self.limits)
+
     async def _handle(self, ws: ServerConnection) -> None:
         assert self.pool is not None
         context = ConnectionContext(config=self.config, pool=self.pool, metrics=self.metrics,
                                     models=self.models_info)
-        connection = Connection(ws, context)
+        connection = Connection(ws, context, self._protocol_for(ws))
         self.connections.add(connection)
         try:
             if self.draining:

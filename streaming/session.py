@@ -361,6 +361,7 @@ class Session:
     def _on_vad_events(self, ch: _Channel, events: list[VadEvent]) -> None:
         for event in events:
             if isinstance(event, SpeechStart):
+                self._events.append(wire.SpeechStarted(ch.index, event.start))
                 self._utterance_keys += 1
                 ch.open = ch.transcript.open(self._utterance_keys, event.start)
                 ch.policy.reset(event.start)

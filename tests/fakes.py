@@ -166,6 +166,14 @@ def fake_run(vad: Optional[FakeVad] = None, asr: Optional[FakeAsr] = None) -> Ru
     return run_requests_by_kind({VadRequest: vad or FakeVad(), AsrRequest: asr or FakeAsr()})
 
 
+def _fake_run_with_diarization() -> Run:
+    from streaming.work import EmbeddingRequest, SegmentationRequest
+    from tests.fakes_diarization import FakeEmbedding, FakeSegmentation  # it imports this module
+
+    return run_requests_by_kind({VadRequest: FakeVad(), AsrRequest: FakeAsr(), SegmentationRequest: FakeSegmentation(),
+                                 EmbeddingRequest: FakeEmbedding()})
+
+
 class ProtocolDriver:
     """A sans-I/O protocol object (``streaming/protocols/``) driven like the server drives it, with fake models
     that answer at once: after each input, the protocol's work runs until it asks for none. ``sent`` collects the
@@ -173,7 +181,7 @@ class ProtocolDriver:
 
     def __init__(self, protocol: Any, run: Optional[Run] = None) -> None:
         self.protocol = protocol
-        self.run = run or fake_run()
+        self.run = run or _fake_run_with_diarization()
         self.sent: list[Any] = []
         self.held = False  # True: model work waits in ``waiting`` until ``release()``
         self.waiting: list[Any] = []

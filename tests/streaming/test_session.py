@@ -295,7 +295,7 @@ def test_lifecycle_and_end_after_the_last_final() -> None:
             call()
     h.release()
     assert h.session.state == SessionState.CLOSED
-    assert [type(e) for e in h.events] == [wire.Final, wire.End]
+    assert [type(e) for e in h.events] == [wire.SpeechStarted, wire.Final, wire.End]
     h.session.receive_result(AsrResult("s1", 1, "late"))
     assert h.session.stats.results_dropped == 1 and h.session.events_to_send() == []
 
