@@ -35,6 +35,8 @@ from server.models.base import BatchModel
 from streaming.protocols.base import Limits, StreamProtocol
 from streaming.protocols import deepgram
 from streaming.protocols.v1 import V1Protocol
+from streaming.errors import InvalidMessage
+from streaming.protocols import vosk
 from streaming.protocols.vosk import VoskProtocol
 
 log = logging.getLogger("rechka.server")
@@ -243,6 +245,12 @@ class RechkaServer:
             except deepgram.InvalidQuery as exc:
                 self.metrics.connections_rejected.labels(reason="bad_request").inc()
                 return json_response(400, deepgram.error_body(str(exc), str(uuid.uuid4())), {"dg-error": str(exc)})
+        if path == VOSK_PATH:
+            try:
+                vosk.parse_query(parse_qs(urlsplit(request.path).query))
+            except InvalidMessage as exc:
+                self.metrics.connections_rejected.labels(reason="bad_request").inc()
+                return http_response(400, f"{exc}\n".encode(), "text/plain; charset=utf-8")
         # Reserve a slot now (so concurrent handshakes cannot overshoot); freed when the TCP connection ends.
         self._slots.add(connection)
         release = asyncio.ensure_future(connection.wait_closed())
@@ -268,7 +276,7 @@ class RechkaServer:
             return deepgram.DeepgramProtocol(session_id, self.limits, deepgram.parse_query(parse_qs(url.query)),
                                              created.replace("+00:00", "Z"))
         if url.path == VOSK_PATH:
-            return VoskProtocol(session_id, self.limits)
+            return VoskProtocol(session_id, self.limits, vosk.parse_query(parse_qs(url.query)))
         return V1Protocol(session_id.replace("-", ""), self.limits)
 
     async def _handle(self, ws: ServerConnection) -> None:

@@ -2,7 +2,7 @@
 FreeSWITCH ``mod_vosk`` and other Vosk clients.
 
 Text ``{"config": {"sample_rate": 8000.0, "words": true, …}}`` before the first audio sets the stream up (later
-configs change nothing, as with Vosk); binary messages are mono 16-bit PCM; ``{"eof" : 1}`` ends the stream and
+configs change nothing, as with Vosk; without one, ``/vosk?sample_rate=16000`` in the URL or Vosk's 8000); binary messages are mono 16-bit PCM; ``{"eof" : 1}`` ends the stream and
 ``{"reset" : 1}`` ends the current utterance (both as the exact literals Vosk compares, or any JSON equal to
 them). Vosk answers in lockstep, and so does this: exactly one reply per audio message, ``{"partial": "…"}`` or,
 once an utterance is final, ``{"result": [{"conf", "end", "start", "word"}…], "text": "…"}``; ``reset`` is
@@ -32,6 +32,17 @@ _CONFIG_TYPES: dict[str, tuple[type, ...]] = {
     "max_alternatives": (int,), "phrase_list": (list,), "model": (str,), "partial_words": (bool,)}
 
 
+def parse_query(query: dict[str, list[str]]) -> int:
+    """The sample rate of a ``/vosk?sample_rate=N`` URL (8000 without one); ``InvalidMessage`` if not a number."""
+    values = query.get("sample_rate")
+    if not values:
+        return SAMPLE_RATE
+    try:
+        return int(float(values[-1]))
+    except ValueError:
+        raise InvalidMessage("sample_rate in the URL must be a number of Hz") from None
+
+
 def _command(text: str) -> Optional[str]:
     """``"eof"``/``"reset"`` for Vosk's literals (or JSON equal to them), else ``None``."""
     if text in (EOF_LITERAL, RESET_LITERAL):
@@ -50,9 +61,9 @@ def _command(text: str) -> Optional[str]:
 class VoskProtocol(StreamProtocol):
     """One Vosk stream; the session opens with the first audio message (as Vosk creates its recognizer)."""
 
-    def __init__(self, session_id: str, limits: Limits) -> None:
+    def __init__(self, session_id: str, limits: Limits, sample_rate: int = SAMPLE_RATE) -> None:
         super().__init__(session_id, limits)
-        self.sample_rate = SAMPLE_RATE
+        self.sample_rate = sample_rate  # the URL's ?sample_rate= (for clients that send no config), else 8000
         self.words = True
         self.diarization = limits.session.diarization
         self._replies: deque[str] = deque()  # "audio" or "reset", answered in order

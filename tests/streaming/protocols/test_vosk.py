@@ -100,6 +100,18 @@ def test_bad_messages_close_1008_with_the_reason(message: str) -> None:
     assert d.sent == [] and d.close.code == CloseCode.POLICY_VIOLATION and d.close.reason
 
 
+def test_a_client_without_config_takes_the_urls_sample_rate() -> None:
+    from streaming.errors import InvalidMessage
+    from streaming.protocols.vosk import parse_query
+
+    assert parse_query({}) == 8000 and parse_query({"sample_rate": ["16000"]}) == 16000
+    with pytest.raises(InvalidMessage):
+        parse_query({"sample_rate": ["wideband"]})
+    d = ProtocolDriver(VoskProtocol("v", Limits(session=SessionConfig(diarization=False)), 16000))
+    d.audio(pcm16(tone_bursts([(440, 0.8)], gaps=0.9).audio)).text(EOF_LITERAL)
+    assert [m["text"] for m in replies(d) if m.get("text")] == ["w440"]
+
+
 def test_an_unsupported_rate_closes_1003() -> None:
     d = driver().text({"config": {"sample_rate": 4000}}).audio(b"\0" * 320)
     assert d.close.code == CloseCode.UNSUPPORTED_DATA and "sample_rate" in d.close.reason
