@@ -161,6 +161,14 @@ def pcm16(audio: np.ndarray) -> bytes:
     return (np.clip(audio, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes()
 
 
+def stereo_tones() -> bytes:
+    """3 s of interleaved 2-channel 16-bit PCM: 400 Hz on channel 0 at 0.3-1.1 s, 800 Hz on channel 1 at 1.5-2.3 s."""
+    t = np.arange(3 * SAMPLE_RATE) / SAMPLE_RATE
+    left = np.where((t > 0.3) & (t < 1.1), 0.3 * np.sin(2 * np.pi * 400 * t), 0.0)
+    right = np.where((t > 1.5) & (t < 2.3), 0.3 * np.sin(2 * np.pi * 800 * t), 0.0)
+    return (np.stack([left, right], axis=1) * 32767).astype("<i2").tobytes()
+
+
 def fake_run(vad: Optional[FakeVad] = None, asr: Optional[FakeAsr] = None) -> Run:
     """``server.offline`` run function over a fake VAD and ASR."""
     return run_requests_by_kind({VadRequest: vad or FakeVad(), AsrRequest: asr or FakeAsr()})

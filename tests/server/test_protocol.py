@@ -16,7 +16,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from streaming.config import SessionConfig, ms
-from tests.fakes import dominant_frequency
+from tests.fakes import dominant_frequency, stereo_tones
 from tests.server.conftest import (Received, exchange, read_all, run, serving, silence, stream, tones_audio)
 from tests.server.fake_models import fake_models
 
@@ -93,11 +93,7 @@ def test_finalize_closes_the_open_utterance_without_waiting_for_silence() -> Non
 
 
 def test_multichannel_streams_are_transcribed_per_channel() -> None:
-    n = 16000
-    t = np.arange(3 * n) / 16000
-    left = np.where((t > 0.3) & (t < 1.1), 0.3 * np.sin(2 * np.pi * 400 * t), 0.0)
-    right = np.where((t > 1.5) & (t < 2.3), 0.3 * np.sin(2 * np.pi * 800 * t), 0.0)
-    pcm = (np.stack([left, right], axis=1) * 32767).astype("<i2").tobytes()
+    pcm = stereo_tones()
 
     async def main() -> Received:
         async with serving() as server:

@@ -12,7 +12,7 @@ from streaming.config import SessionConfig, ms
 from streaming.protocols.base import CloseCode, Limits
 from streaming.protocols.deepgram import (DeepgramOptions, DeepgramProtocol, InvalidQuery, error_body, parse_query,
                                           speaker_number)
-from tests.fakes import ProtocolDriver, pcm16, tone_bursts
+from tests.fakes import ProtocolDriver, pcm16, stereo_tones, tone_bursts
 
 MODELS = {"asr": {"name": "fake-asr", "checkpoint": "/m/tiny.ckpt", "head": "ctc"}}
 SID = "0f8b7a52-6a5e-4f57-9d36-0ad2b1a1c0de"
@@ -159,11 +159,7 @@ def test_an_utterance_end_waits_for_the_gap_and_a_short_gap_gives_none() -> None
 
 
 def test_multichannel_results_carry_their_channel_and_no_speaker() -> None:
-    n = 16000
-    t = np.arange(3 * n) / 16000
-    left = np.where((t > 0.3) & (t < 1.1), 0.3 * np.sin(2 * np.pi * 400 * t), 0.0)
-    right = np.where((t > 1.5) & (t < 2.3), 0.3 * np.sin(2 * np.pi * 800 * t), 0.0)
-    pcm = (np.stack([left, right], axis=1) * 32767).astype("<i2").tobytes()
+    pcm = stereo_tones()
     d = driver("encoding=linear16&channels=2&multichannel=true").audio(pcm)
     d.text({"type": "CloseStream"})
     by_channel = {tuple(m["channel_index"]): m["channel"]["alternatives"][0] for m in d.of("Results")}
