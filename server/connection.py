@@ -65,6 +65,7 @@ class Connection:
         self._first_partial_seen = False
         self._arrivals: deque[tuple[int, float]] = deque()  # (stream samples at 16 kHz after a message, time)
         self._flush_timer: Optional[asyncio.TimerHandle] = None
+        self._room = asyncio.Event()  # set by the pump: the receive loop re-checks the session's backlog
 
     # ----------------------------------------------------------------------------------------------- run
     async def run(self) -> None:
@@ -91,6 +92,7 @@ class Connection:
 
     async def _receive_loop(self) -> None:
         while True:
+            await self._wait_for_room()
             try:
                 async with asyncio.timeout(self.protocol.idle_timeout):
                     message = await self.ws.recv()
@@ -100,6 +102,15 @@ class Connection:
             except ConnectionClosed:
                 return
             self._step(self._feed, message)
+
+    async def _wait_for_room(self) -> None:
+        """Backpressure: a session that holds audio back instead of dropping it (``drop_when_behind`` off) is not
+        read from while its backlog is full; TCP then slows the client down. The wait is no client idleness."""
+        session = self.protocol.session
+        while (session is not None and not session.drop_when_behind and not session.has_room
+               and not self._closed):
+            self._room.clear()
+            await self._room.wait()
 
     def _feed(self, message: Union[str, bytes]) -> None:
         if isinstance(message, bytes):
@@ -153,6 +164,7 @@ class Connection:
             self._submit(request)
         for message in protocol.messages_to_send():
             self._outbound.put_nowait(message)
+        self._room.set()
         close = protocol.close
         if close is not None:
             self._closed = True
@@ -226,8 +238,9 @@ class Connection:
         # Behind = how long the oldest audio not yet through VAD has been waiting, in wall time. Counting samples
         # instead would call every faster-than-real-time client "overloaded" the moment it sends a file.
         waited = 0.0
-        if stats.audio_processed < stats.audio_in:
-            arrived = self._arrival_of(stats.audio_processed + 1)
+        done = stats.audio_processed + stats.audio_dropped  # stream samples the VAD is past
+        if done < stats.audio_in:
+            arrived = self._arrival_of(done + 1)
             if arrived is not None:
                 waited = time.monotonic() - arrived
         bound = self.ctx.config.overload_lag
