@@ -65,7 +65,7 @@ class DeepgramOptions:
         return dataclasses.replace(
             base, audio=AudioFormat(ENCODINGS[self.encoding], self.sample_rate, self.channels),
             multichannel=self.multichannel, diarization=self.diarize, interim_results=self.interim_results,
-            speaker_turns=False, vad=vad)
+            speaker_turns=False, settled_speakers=True, vad=vad)  # Deepgram has no revisions: finals wait for them
 
 
 def _flag(name: str, value: str) -> bool:

@@ -111,7 +111,8 @@ class VoskProtocol(StreamProtocol):
         if self.session is None:
             base = self.limits.session
             self._start(dataclasses.replace(base, audio=AudioFormat("pcm_s16le", self.sample_rate, 1),
-                                            multichannel=False, diarization=self.diarization, speaker_turns=False))
+                                            multichannel=False, diarization=self.diarization, speaker_turns=False,
+                                            settled_speakers=True))  # Vosk has no revisions: finals wait for them
         assert self.session is not None
         self.session.receive_audio(data)
         self._replies.append("audio")

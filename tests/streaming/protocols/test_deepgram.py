@@ -44,6 +44,7 @@ def test_the_query_livekit_sends_is_accepted_and_maps_to_the_session() -> None:
     config = got.session_config(SessionConfig())
     assert config.audio.encoding == "pcm_s16le" and config.audio.sample_rate == 24000
     assert config.diarization and config.interim_results and config.vad.min_silence == ms(200)
+    assert config.settled_speakers  # Deepgram has no revisions: a final's speakers are the settled ones
 
 
 @pytest.mark.parametrize("query, field", [
