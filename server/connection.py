@@ -6,6 +6,9 @@ callbacks, on the event loop thread) and the same pump follows. One sender task 
 and closes the socket with the protocol's close. The protocol decides every timeout (``idle_timeout``,
 ``flush_timeout``); this module only keeps the clock, the metrics and the overload measurement (wall time).
 What a message means, which error it is and which close code follows live in ``streaming/protocols/``.
+
+Backpressure (:mod:`server.backpressure`): a client sending faster than real time is not read from while its
+session's pending audio is at its bound (``Session.has_room``); a real-time client's oldest audio is dropped instead.
 """
 
 from __future__ import annotations
@@ -21,12 +24,13 @@ from typing import Any, Optional, Union
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from server.backpressure import ClientPace, ReadGate
 from server.batcher import BatcherPool
 from server.config import ServerConfig
 from server.metrics import ServerMetrics
 from streaming import wire
 from streaming.config import SAMPLE_RATE
-from streaming.protocols.base import INTERNAL_MESSAGE, Close, CloseCode, Outgoing, StreamProtocol
+from streaming.protocols.base import INTERNAL_MESSAGE, Close, CloseCode, Outgoing, Phase, StreamProtocol
 from streaming.work import Request
 
 log = logging.getLogger("rechka.connection")
@@ -65,7 +69,8 @@ class Connection:
         self._first_partial_seen = False
         self._arrivals: deque[tuple[int, float]] = deque()  # (stream samples at 16 kHz after a message, time)
         self._flush_timer: Optional[asyncio.TimerHandle] = None
-        self._room = asyncio.Event()  # set by the pump: the receive loop re-checks the session's backlog
+        self._pace = ClientPace()
+        self._gate = ReadGate()  # closed while an unpaced client's pending audio is at its bound
 
     # ----------------------------------------------------------------------------------------------- run
     async def run(self) -> None:
@@ -92,7 +97,8 @@ class Connection:
 
     async def _receive_loop(self) -> None:
         while True:
-            await self._wait_for_room()
+            if self.protocol.phase == Phase.STREAMING:
+                await self._gate.wait()  # backpressure: not reading lets TCP flow control slow the client
             try:
                 async with asyncio.timeout(self.protocol.idle_timeout):
                     message = await self.ws.recv()
@@ -102,15 +108,6 @@ class Connection:
             except ConnectionClosed:
                 return
             self._step(self._feed, message)
-
-    async def _wait_for_room(self) -> None:
-        """Backpressure: a session that holds audio back instead of dropping it (``drop_when_behind`` off) is not
-        read from while its backlog is full; TCP then slows the client down. The wait is no client idleness."""
-        session = self.protocol.session
-        while (session is not None and not session.drop_when_behind and not session.has_room
-               and not self._closed):
-            self._room.clear()
-            await self._room.wait()
 
     def _feed(self, message: Union[str, bytes]) -> None:
         if isinstance(message, bytes):
@@ -164,7 +161,12 @@ class Connection:
             self._submit(request)
         for message in protocol.messages_to_send():
             self._outbound.put_nowait(message)
-        self._room.set()
+        session = protocol.session
+        if session is not None and protocol.phase == Phase.STREAMING:
+            if self._gate.set(session.drop_when_behind or session.has_room):
+                self.ctx.metrics.read_pauses.inc()
+        else:
+            self._gate.set(True)  # nothing more to hold back: late messages are read (the protocol ignores them)
         close = protocol.close
         if close is not None:
             self._closed = True
@@ -214,6 +216,8 @@ class Connection:
             self._first_audio_at = now
         received = session.stats.audio_in
         self._arrivals.append((received, now))
+        # a client ahead of real time is slowed down, never dropped (decided from this message on)
+        session.drop_when_behind = not self._pace.note(received / SAMPLE_RATE, now)
         while len(self._arrivals) > 1 and self._arrivals[0][0] < received - ARRIVALS_KEPT:
             self._arrivals.popleft()
 
