@@ -204,3 +204,12 @@ def test_undecodable_audio_and_server_failures_are_errors_with_deepgrams_close_c
 
 def test_speaker_labels_become_deepgram_integers() -> None:
     assert [speaker_number(s) for s in ("S1", "S2", "S12", None, "ch0")] == [0, 1, 11, 0, 0]
+
+
+def test_two_speakers_get_deepgram_speakers_0_and_1_on_every_word() -> None:
+    pcm = pcm16(tone_bursts([(300, 2.0), (700, 2.0)], gaps=0.9).audio)  # the fake diarization: one voice per tone
+    d = driver("encoding=linear16&diarize=true").audio(pcm)
+    d.text({"type": "CloseStream"})
+    finals = [m["channel"]["alternatives"][0] for m in d.of("Results") if m["is_final"]]
+    assert [f["transcript"] for f in finals] == ["w300", "w700"]
+    assert [[w["speaker"] for w in f["words"]] for f in finals] == [[0], [1]]
