@@ -231,7 +231,13 @@ def compose(n_speakers: int, minutes: float = 5.0, seed: int = 0, overlap_rate: 
         cursor = max(cursor, start + len(audio)) + int(pause * SR)
         previous = speaker
 
-    total = cursor + SR
+    return mix_turns(placed, labels, cursor + SR, rng, name or f"{source}_{n_speakers}spk_s{seed}")
+
+
+def mix_turns(placed: Sequence[tuple[int, int, np.ndarray]], labels: Sequence[str], total: int,
+              rng: np.random.Generator, name: str) -> Conversation:
+    """``(speaker, start, audio)`` turns mixed over a -55 dBFS noise floor of ``total`` samples (peak kept under
+    0.99), with the reference: each turn's own speech regions."""
     mix = (rng.normal(size=total) * 10 ** (-55 / 20)).astype(np.float32)
     reference: list[tuple[str, int, int]] = []
     for speaker, start, audio in placed:
@@ -240,7 +246,7 @@ def compose(n_speakers: int, minutes: float = 5.0, seed: int = 0, overlap_rate: 
     peak = float(np.abs(mix).max())
     if peak > 0.99:
         mix *= 0.99 / peak
-    return Conversation(name or f"{source}_{n_speakers}spk_s{seed}", mix, reference)
+    return Conversation(name, mix, reference)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

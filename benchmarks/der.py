@@ -61,6 +61,7 @@ SHARED = Path(os.environ.get("RECHKA_SHARED_SPEECH", "/work/shared/speech"))
 PYANNOTE_SAMPLE = Path(__import__("pyannote.audio").audio.__file__).parent / "sample"
 DIART_PYTHON = Path("/tmp/diart-venv/bin/python")
 COMPOSED_SEED = 100  # composed conversations use seeds 100 + n: none of them was used to tune the defaults
+COMPOSED_SPEAKERS = {"espeak": (2, 3, 4, 6), "real": (3, 5)}  # one composed conversation per speaker count
 OFFLINE_THRESHOLD = {EMBEDDING_DEFAULT: 0.5, CAMPPLUS: 0.6}  # agglomerative clustering, per embedding model
 
 
@@ -73,7 +74,8 @@ class Item:
 
 
 # ---------------------------------------------------------------------------------------------------- datasets
-def datasets(names: Sequence[str], composed_minutes: float = 5.0) -> list[Item]:
+def datasets(names: Sequence[str], composed_minutes: float = 5.0,
+             speakers: Optional[dict[str, Sequence[int]]] = None) -> list[Item]:
     items: list[Item] = []
     if "sample" in names and (PYANNOTE_SAMPLE / "sample.wav").is_file():
         items.append(Item("sample", "pyannote_sample", PYANNOTE_SAMPLE / "sample.wav", PYANNOTE_SAMPLE / "sample.rttm"))
@@ -90,7 +92,7 @@ def datasets(names: Sequence[str], composed_minutes: float = 5.0) -> list[Item]:
             continue
         from benchmarks.compose import OUT_DIR, compose
 
-        for n in ((2, 3, 4, 6) if source == "espeak" else (3, 5)):
+        for n in (speakers or COMPOSED_SPEAKERS)[source]:
             seed = COMPOSED_SEED + n
             name = f"{source}_{n}spk_s{seed}"
             wav = OUT_DIR / f"{name}.wav"
@@ -247,6 +249,8 @@ def plot(summary: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", default="sample,ami,composed-espeak,composed-real")
+    parser.add_argument("--espeak-speakers", default="2,3,4,6", help="composed espeak conversations (speaker counts)")
+    parser.add_argument("--real-speakers", default="3,5", help="composed real-voice conversations (speaker counts)")
     parser.add_argument("--systems", default="rechka,offline,diart",
                         help="any of rechka,offline,offline-zeropad,diart,diart-zeropad,oracle")
     parser.add_argument("--segmentation-models", default=f"{SEGMENTATION_DEFAULT},{SEGMENTATION_3}")
@@ -266,7 +270,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
 
-    items = datasets(args.datasets.split(","))
+    speakers = {"espeak": [int(n) for n in args.espeak_speakers.split(",")],
+                "real": [int(n) for n in args.real_speakers.split(",")]}
+    items = datasets(args.datasets.split(","), speakers=speakers)
     audio = {item.wav: load_audio(item.wav) for item in items}
     references = {item.wav: load_reference(item.rttm) for item in items}
     hypotheses: dict[tuple[str, Path], list[tuple[str, float, float]]] = {}

@@ -98,10 +98,10 @@ def load_models(asr: Union["ServerConfig", str, None] = ASR_DEFAULT, segmentatio
 
 def fit_diarizer(options: "DiarizationOptions", segmentation: Any, embedding: Any) -> "DiarizationOptions":
     """``options`` with the segmentation model's window (its training duration: PyanNet 5 s, segmentation-3.0 10 s)
-    and the tracking thresholds calibrated for the embedding model (its adapter's ``tracking``; none for
-    resemblyzer, whose calibration is ``DiarizationOptions``' defaults). ``update_threshold`` follows a changed
+    and the tracking options calibrated for the models (the adapters' ``tracking``, the embedding model's winning;
+    none for PyanNet and resemblyzer, whose calibration is ``DiarizationOptions``' defaults). ``update_threshold`` follows a changed
     ``new_speaker_threshold`` unless the preset sets it."""
-    tracking = dict(getattr(embedding, "tracking", {}))
+    tracking = {**getattr(segmentation, "tracking", {}), **getattr(embedding, "tracking", {})}
     if "new_speaker_threshold" in tracking:
         tracking.setdefault("update_threshold", tracking["new_speaker_threshold"])
     window = int(getattr(segmentation, "window", options.window))

@@ -191,3 +191,13 @@ def test_segmentation3_powerset_becomes_per_speaker_activity(segmentation3) -> N
     assert (scores.sum(axis=1) <= 2.0 + 1e-4).all()
     heard = (scores > 0.5).sum(axis=0) * result.frame_step / 16000
     assert (heard > 1.0).sum() == 2
+
+
+def test_the_diarizer_fits_segmentation3_and_campplus(segmentation3, campplus) -> None:  # type: ignore[no-untyped-def]
+    from server.models.registry import fit_diarizer
+    from streaming.config import DiarizationOptions
+
+    options = fit_diarizer(DiarizationOptions(), segmentation3, campplus)
+    assert options.window == segmentation3.window == 160000 and options.latency == DiarizationOptions().latency
+    assert options.new_speaker_threshold == options.update_threshold == campplus.tracking["new_speaker_threshold"]
+    assert options.change_threshold == campplus.tracking["change_threshold"]
