@@ -171,3 +171,12 @@ def edit_distance(a: str, b: str) -> int:
         for j, cb in enumerate(b, 1):
             prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
     return row[-1]
+
+
+def test_health_shows_the_default_cpu_engine_and_its_audited_device(rechka_server) -> None:
+    import urllib.request
+
+    with urllib.request.urlopen(rechka_server.http + "/health", timeout=10) as response:
+        asr = json.loads(response.read())["models"]["asr"]
+    assert (asr["engine"], asr["precision"], asr["providers"]) == ("onnx", "int8", ["CPUExecutionProvider"])
+    assert asr["graph"].endswith("-int8r.onnx") and "cpu" in str(asr.get("device") or asr.get("devices"))
