@@ -80,14 +80,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for kind, timer in timers.items():
         models.models[kind].run_batch = timer  # type: ignore[method-assign]
     config = session_config(models, step=args.diarization_step)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     (captions,) = transcribe([wav], models, config, args.asr_batch)
-    wall = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     audio_s = (captions.end.audio_samples if captions.end else 0) / SAMPLE_RATE
     turns = [(t.speaker, t.start / SAMPLE_RATE, t.end / SAMPLE_RATE) for t in captions.speaker_turns()]
     result: dict[str, Any] = {
         "benchmark": "whole_file", "command": command_line("whole_file"), "machine": machine_info(),
         "recording": str(wav), "audio_seconds": audio_s, "wall_seconds": wall, "rtf": wall / audio_s,
+        "cpu_seconds": cpu, "cpu_seconds_per_audio_second": cpu / audio_s,
+        "mean_cores_used": cpu / wall,
         "load_seconds": load_s, "finals": len(captions.finals), "revisions": captions.revisions,
         "speakers": len(captions.speakers), "diarization_step_s": config.diarizer.step / SAMPLE_RATE,
         "models": {k: {"busy_seconds": t.seconds, "rtf": t.seconds / audio_s, "calls": t.calls,
