@@ -45,7 +45,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -215,6 +215,36 @@ def _loss(net: Any, head: str, features: Any, feature_lengths: Any, targets: lis
         blank=blank, reduction="mean", clamp=-1)
 
 
+def _timed_batches(audios: Sequence[np.ndarray], max_batch_seconds: float, minutes: float,
+                   rng: random.Random) -> Iterator[tuple[list[int], float]]:
+    """Length-bucketed batches, epoch after epoch, with the elapsed share of the ``minutes`` budget, until spent."""
+    start, budget = time.monotonic(), minutes * 60.0
+    while True:
+        for batch in base.make_batches([len(a) + int(0.4 * base.SAMPLE_RATE) for a in audios],
+                                       int(max_batch_seconds * base.SAMPLE_RATE), rng):
+            progress = (time.monotonic() - start) / budget
+            if progress >= 1.0:
+                return
+            yield batch, progress
+
+
+def _features(net: Any, audios: Sequence[np.ndarray], batch: list[int], rng: np.random.Generator) -> tuple[Any, Any]:
+    import torch
+
+    wavs = [torch.from_numpy(base.augment(audios[i], rng)) for i in batch]
+    lengths = torch.tensor([len(w) for w in wavs])
+    return net.preprocessor(torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True), lengths)
+
+
+def _save(net: Any, cfg: Any, out: Path) -> None:
+    """Save with float16 tensors (small files) and load them back, so what is evaluated is what was saved."""
+    import torch
+
+    state = {k: v.half() if v.is_floating_point() else v for k, v in net.state_dict().items()}
+    torch.save({"cfg": cfg, "state_dict": state}, out)
+    net.load_state_dict(state)
+
+
 def train(head: str, out: Path, minutes: float, utterances: int, seed: int, init: Optional[Path],
           max_batch_seconds: float, lr: float, tokenizer_from: Optional[Path] = None) -> None:
     import sentencepiece as spm
@@ -248,37 +278,24 @@ def train(head: str, out: Path, minutes: float, utterances: int, seed: int, init
     targets = [torch.tensor(spell(sp, text)) for text, *_ in jobs]
 
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=1e-2)
-    np_rng, py_rng = np.random.default_rng(seed), random.Random(seed)
-    start, budget, step = time.monotonic(), minutes * 60.0, 0
-    while time.monotonic() - start < budget:
-        for batch in base.make_batches([len(a) + int(0.4 * base.SAMPLE_RATE) for a in audios],
-                                       int(max_batch_seconds * base.SAMPLE_RATE), py_rng):
-            progress = (time.monotonic() - start) / budget
-            if progress >= 1.0:
-                break
-            for group in optimizer.param_groups:
-                group["lr"] = lr * max(0.5 * (1.0 + math.cos(math.pi * progress)), 0.02)
-            net.train()
-            net.encoder.pre_encode.eval()
-            for layer in net.encoder.layers:
-                layer.conv.batch_norm.eval()  # keep the teacher's statistics
-            wavs = [torch.from_numpy(base.augment(audios[i], np_rng)) for i in batch]
-            lengths = torch.tensor([len(w) for w in wavs])
-            features, feature_lengths = net.preprocessor(torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True),
-                                                         lengths)
-            loss = _loss(net, head, features, feature_lengths, [targets[i] for i in batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, 5.0)
-            optimizer.step()
-            step += 1
-            if step % 20 == 0:
-                print(f"step {step} loss {loss.item():.3f} elapsed {(time.monotonic() - start) / 60:.1f} min",
-                      flush=True)
+    np_rng, py_rng, step = np.random.default_rng(seed), random.Random(seed), 0
+    for batch, progress in _timed_batches(audios, max_batch_seconds, minutes, py_rng):
+        for group in optimizer.param_groups:
+            group["lr"] = lr * max(0.5 * (1.0 + math.cos(math.pi * progress)), 0.02)
+        net.train()
+        for layer in net.encoder.layers:
+            layer.conv.batch_norm.eval()  # keep the teacher's statistics
+        features, feature_lengths = _features(net, audios, batch, np_rng)
+        loss = _loss(net, head, features, feature_lengths, [targets[i] for i in batch])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 5.0)
+        optimizer.step()
+        step += 1
+        if step % 20 == 0:
+            print(f"step {step} loss {loss.item():.3f} ({progress:.0%} of the time)", flush=True)
     net.eval()
-    state = {k: v.half() if v.is_floating_point() else v for k, v in net.state_dict().items()}
-    torch.save({"cfg": cfg, "state_dict": state}, out)
-    net.load_state_dict(state)  # evaluate what was saved
+    _save(net, cfg, out)
     cer = base.evaluate(net, eval_jobs, eval_audios)
     print(f"saved {out} ({out.stat().st_size / 1e6:.2f} MB) after {step} steps; held-out CER {cer:.4f} "
           f"on {len(eval_jobs)} utterances", flush=True)
@@ -320,45 +337,52 @@ def distill(out: Path, init: Path, minutes: float, utterances: int, seed: int, m
     eval_audios = base.synthesize_many(eval_jobs, processes=1)
     print(f"synthesised {len(audios)} utterances in {time.monotonic() - t0:.0f} s; teacher held-out CER "
           f"{base.evaluate(teacher, eval_jobs, eval_audios):.4f}", flush=True)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=1e-2)
+    # Three stages, each a share of the time: the new subsampling learns the teacher's (mean squared error), then
+    # each layer's layer-norm convolution learns the teacher's batch-norm one on the teacher's own inputs, then the
+    # whole student learns the teacher's frame posteriors (KL divergence).
+    stages = [(0.4, student.encoder.pre_encode), (0.3, torch.nn.ModuleList(l.conv for l in student.encoder.layers)),
+              (0.3, student)]
     np_rng, py_rng = np.random.default_rng(seed), random.Random(seed)
-    start, budget, step = time.monotonic(), minutes * 60.0, 0
-    while time.monotonic() - start < budget:
-        for batch in base.make_batches([len(a) + int(0.4 * base.SAMPLE_RATE) for a in audios],
-                                       int(max_batch_seconds * base.SAMPLE_RATE), py_rng):
-            progress = (time.monotonic() - start) / budget
-            if progress >= 1.0:
-                break
+    captured: list[tuple[Any, Any, Any]] = []
+    hooks = [layer.conv.register_forward_hook(lambda m, args, kwargs, out: captured.append((args[0], kwargs, out)),
+                                              with_kwargs=True) for layer in teacher.encoder.layers]
+    for number, (share, trained) in enumerate(stages, 1):
+        optimizer = torch.optim.AdamW(trained.parameters(), lr=lr, weight_decay=1e-2)
+        step = 0
+        for batch, progress in _timed_batches(audios, max_batch_seconds, minutes * share, py_rng):
             for group in optimizer.param_groups:
-                group["lr"] = lr * min(1.0, (step + 1) / 50) * max(0.5 * (1.0 + math.cos(math.pi * progress)), 0.02)
-            wavs = [torch.from_numpy(base.augment(audios[i], np_rng)) for i in batch]
-            lengths = torch.tensor([len(w) for w in wavs])
-            features, frames = teacher.preprocessor(torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True), lengths)
+                group["lr"] = lr * min(1.0, (step + 1) / 20) * max(0.5 * (1.0 + math.cos(math.pi * progress)), 0.05)
+            features, frames = _features(teacher, audios, batch, np_rng)
+            captured.clear()
             with torch.no_grad():
-                target_sub, _ = teacher.encoder.pre_encode(features.transpose(1, 2), frames)
-                target_encoded, encoded_len = teacher.encoder(features, frames)
+                target_sub, sub_len = teacher.encoder.pre_encode(features.transpose(1, 2), frames)
+                target_encoded, _ = teacher.encoder(features, frames)
                 target = teacher.head(target_encoded)
+            valid = (torch.arange(target.shape[1])[None, :] < sub_len[:, None]).float()
             student.train()
-            sub, _ = student.encoder.pre_encode(features.transpose(1, 2), frames)
-            encoded, _ = student.encoder(features, frames)
-            log_probs = student.head(encoded)
-            valid = (torch.arange(log_probs.shape[1])[None, :] < encoded_len[:, None]).float()
-            kl = ((target.exp() * (target - log_probs)).sum(-1) * valid).sum() / valid.sum()
-            mse = (((sub - target_sub) ** 2).mean(-1) * valid).sum() / valid.sum()
-            loss = kl + mse
+            if number == 1:
+                sub, _ = student.encoder.pre_encode(features.transpose(1, 2), frames)
+                loss = (((sub - target_sub) ** 2).mean(-1) * valid).sum() / valid.sum()
+            elif number == 2:
+                loss = sum((((layer.conv(x, **kwargs) - y) ** 2).mean(-1) * valid).sum() / valid.sum()
+                           for layer, (x, kwargs, y) in zip(student.encoder.layers, captured))
+            else:
+                log_probs = student.head(student.encoder(features, frames)[0])
+                loss = ((target.exp() * (target - log_probs)).sum(-1) * valid).sum() / valid.sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(student.parameters(), 5.0)
+            torch.nn.utils.clip_grad_norm_(trained.parameters(), 5.0)
             optimizer.step()
             step += 1
             if step % 20 == 0:
-                print(f"step {step} kl {kl.item():.4f} mse {mse.item():.4f} "
-                      f"elapsed {(time.monotonic() - start) / 60:.1f} min", flush=True)
-    student.eval()
-    state = {k: v.half() if v.is_floating_point() else v for k, v in student.state_dict().items()}
-    torch.save({"cfg": cfg, "state_dict": state}, out)
-    student.load_state_dict(state)
-    print(f"saved {out} ({out.stat().st_size / 1e6:.2f} MB) after {step} steps; held-out CER "
+                print(f"stage {number} step {step} loss {loss.item():.4f} ({progress:.0%})", flush=True)
+        student.eval()
+        print(f"stage {number}: {step} steps; held-out CER {base.evaluate(student, eval_jobs, eval_audios):.4f}",
+              flush=True)
+    for hook in hooks:
+        hook.remove()
+    _save(student, cfg, out)
+    print(f"saved {out} ({out.stat().st_size / 1e6:.2f} MB); held-out CER "
           f"{base.evaluate(student, eval_jobs, eval_audios):.4f} on {len(eval_jobs)} utterances", flush=True)
 
 
