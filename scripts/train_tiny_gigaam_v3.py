@@ -1,34 +1,37 @@
 """Make tiny GigaAM-v3-format models (end-to-end style: a SentencePiece vocabulary with capitals, commas and full
-stops) for tests that need real v3 checkpoints, from the trained tiny v2 model (``train_tiny_gigaam.py``).
+stops; v3's front end and encoder layout) for tests that need real v3 checkpoints, taught by the trained tiny v2
+model (``train_tiny_gigaam.py``).
 
-Training a Conformer from scratch takes far more CPU than a shared test machine gives, so the models start from the
-tiny v2 model's trained weights: its encoder is moved onto v3's front end (``center=False`` 20 ms windows:
-``n_fft = win_length = 320``, hop 160; the v2 encoder transcribes these features at about the same CER) and its
-character head onto a SentencePiece vocabulary built from the espeak lexicon (each character's row copied to that
-character's piece, the space's to ``▁``; capitals, punctuation and whole-word pieces start silent). Then the head
-and the last Conformer layer are fine-tuned on e2e sentences (first word capitalised, a comma after a word one time
-in four, a full stop at the end; espeak-ng pauses at the commas). The encoder keeps v2's ``conv2d`` subsampling and
-``batch_norm`` convolutions (v3 cfg values too; the published v3 models use ``conv1d`` and ``layer_norm``, which the
-tests check on small random-weight models). Models are built by rechka's own loader
-(:func:`server.models.gigaam_compat.build_model`) and saved in gigaam's format with float16 tensors (a small
-repository; they load into float32 like any checkpoint), the tokenizer next to each as
-``<checkpoint stem>_tokenizer.model`` (gigaam's naming).
+Training a Conformer from scratch takes far more CPU than a shared test machine gives, so three cheaper steps:
 
-* ``ctc``: the converted CTC model, fine-tuned with CTC loss.
-* ``distill``: the published v3 encoder layout (``conv1d`` subsampling, ``layer_norm`` convolutions) learnt from a
-  converted CTC model by distillation (its frame posteriors and subsampling output); on a busy 2-core CPU this needs
-  more minutes than a fine-tune, so the committed models keep the v2 layout.
-* ``rnnt``: the encoder of ``--init`` (either layout) with an RNNT head whose joint starts as the CTC head (its hidden layer holds x and -x,
-  so ReLU passes both signs) plus a random 1-layer LSTM prediction network, fine-tuned with torchaudio's RNNT loss.
+* ``ctc``: the tiny v2 model's encoder moved onto v3's front end (``center=False`` 20 ms windows:
+  ``n_fft = win_length = 320``, hop 160; the v2 encoder transcribes these features at about the same CER), its
+  character head onto a SentencePiece vocabulary built from the espeak lexicon (each character's row copied to that
+  character's piece, the space's to ``▁``; capitals, punctuation and whole-word pieces start silent); then the head
+  and the last Conformer layer fine-tuned with CTC loss on e2e sentences (first word capitalised, a comma after a
+  word one time in four, a full stop at the end; espeak-ng pauses at the commas). Its encoder still has v2's
+  ``conv2d`` subsampling and ``batch_norm`` convolutions.
+* ``distill``: the published v3 encoder layout (``conv1d`` subsampling with kernel 5, ``layer_norm`` convolutions)
+  taught by the ``ctc`` model in three stages: the new subsampling learns the teacher's output, each layer-norm
+  convolution the teacher's batch-norm one on the teacher's inputs, then the whole student the teacher's frame
+  posteriors (KL divergence).
+* ``rnnt``: the encoder of ``--init`` with an RNNT head whose joint starts as the CTC head (its hidden layer holds x
+  and -x, so ReLU passes both signs) plus a random 1-layer LSTM prediction network, fine-tuned with torchaudio's RNNT
+  loss.
 
-The committed checkpoints (3.2 and 3.4 MB) came from 6-minute fine-tunes on a busy 2-core CPU (720 CTC steps, 290
-RNNT steps on 800 utterances): held-out CER 4.4 % (CTC) and 3.5 % (RNNT) on 40 e2e sentences from voices and word
-sequences never trained on, capitals and punctuation counted.
+Models are built by rechka's own loader (:func:`server.models.gigaam_compat.build_model`) and saved in gigaam's
+format with float16 tensors (a small repository; they load into float32 like any checkpoint), the tokenizer next to
+each as ``<checkpoint stem>_tokenizer.model`` (gigaam's naming). The committed checkpoints are the ``distill`` CTC
+model (12 minutes on a busy 2-core CPU) and the ``rnnt`` model built on it (6 minutes): 2.6 and 2.8 MB, held-out CER
+9.0 % each on 40 e2e sentences from voices and word sequences never trained on, capitals and punctuation counted
+(the ``ctc`` step alone gave 4.4 %).
 
-Usage (a few CPU-minutes each)::
+Usage::
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python scripts/train_tiny_gigaam_v3.py ctc --minutes 6 \\
-        --out tests/assets/tiny_v3_e2e_ctc.ckpt
+        --tokenizer tests/assets/tiny_v3_e2e_ctc_tokenizer.model --out /tmp/v3/converted.ckpt
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python scripts/train_tiny_gigaam_v3.py distill --minutes 12 \\
+        --init /tmp/v3/converted.ckpt --out tests/assets/tiny_v3_e2e_ctc.ckpt
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python scripts/train_tiny_gigaam_v3.py rnnt --minutes 6 \\
         --init tests/assets/tiny_v3_e2e_ctc.ckpt --out tests/assets/tiny_v3_e2e_rnnt.ckpt
 
