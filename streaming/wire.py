@@ -15,6 +15,8 @@ from streaming.errors import InvalidMessage
 
 SAMPLE_RATE = 16000
 ENCODINGS = ("pcm_s16le", "pcm_f32le", "mulaw", "alaw")
+MAX_TEXT_BYTES = 16 * 1024  # a control message is a flat object of a few hundred bytes
+MAX_NAME_SHOWN = 40  # characters of a client's unknown field name echoed in an error
 
 
 def samples_to_seconds(samples: int) -> float:
@@ -77,9 +79,11 @@ def parse_client_message(text: Union[str, bytes]) -> ClientMessage:
     Formats (encoding names, rates, channel counts) are checked later by the audio decoder, which raises
     ``UnsupportedFormat``; here only JSON shape and field types are checked.
     """
+    if len(text) > MAX_TEXT_BYTES:
+        raise InvalidMessage(f"text messages must be at most {MAX_TEXT_BYTES} bytes; audio goes in binary messages")
     try:
         obj = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly deep nesting
         raise InvalidMessage("text messages must be JSON objects") from None
     if not isinstance(obj, dict):
         raise InvalidMessage("text messages must be JSON objects")
@@ -91,7 +95,7 @@ def parse_client_message(text: Union[str, bytes]) -> ClientMessage:
                 continue
             types = _START_FIELDS.get(name)
             if types is None:
-                raise InvalidMessage(f"unknown field {name!r} in start; known: {', '.join(_START_FIELDS)}")
+                raise InvalidMessage(f"unknown field {shown(name)} in start; known: {', '.join(_START_FIELDS)}")
             # bool is an int subclass: reject true/false where a number is expected
             if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
                 expected = " or ".join("null" if t is type(None) else t.__name__ for t in types)
@@ -107,6 +111,11 @@ def parse_client_message(text: Union[str, bytes]) -> ClientMessage:
     if kind is None:
         raise InvalidMessage('text messages need a "type" field')
     raise InvalidMessage("unknown message type; expected start, finalize, stop or keepalive")
+
+
+def shown(name: str) -> str:
+    """A client-supplied name as quoted in an error message: ``repr``, cut to ``MAX_NAME_SHOWN`` characters."""
+    return repr(name) if len(name) <= MAX_NAME_SHOWN else repr(name[:MAX_NAME_SHOWN]) + "…"
 
 
 # --------------------------------------------------------------------------------------------- server → client

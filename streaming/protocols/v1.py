@@ -48,7 +48,7 @@ class V1Protocol(StreamProtocol):
             self._pump()
         elif isinstance(message, wire.Stop):
             if self._client_ended:
-                raise InvalidState("stop was already received")
+                return  # a repeated stop changes nothing: the finals being flushed still come
             self._end_by_client()
 
     def _on_bytes(self, data: bytes) -> None:

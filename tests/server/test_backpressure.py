@@ -79,5 +79,11 @@ def test_a_real_time_client_on_an_overloaded_server_gets_bounded_lag_with_the_dr
     assert end["processed_seconds"] + end["dropped_seconds"] == pytest.approx(end["audio_seconds"], abs=0.002)
     assert metric_value(metrics, "rechka_read_pauses_total") == 0  # a live client is never held back
     assert metric_value(metrics, "rechka_audio_dropped_seconds_total") == pytest.approx(reported, abs=0.002)
+    received = metric_value(metrics, "rechka_audio_received_seconds_total")
+    processed = metric_value(metrics, "rechka_audio_processed_seconds_total")
+    assert received == pytest.approx(audio, abs=0.001)
+    assert processed == pytest.approx(end["processed_seconds"], abs=0.002)  # dropped audio is not "processed"
+    assert processed + metric_value(metrics, "rechka_audio_dropped_seconds_total") == pytest.approx(received,
+                                                                                                   abs=0.003)
     # bounded lag: the stream ends within the pending bound plus a few model calls after real time
     assert took < audio + 1.0 + 4 * 1.5 + 2.0
