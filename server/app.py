@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import datetime
 import email.utils
+import functools
+import hashlib
 import hmac
 import http
 import json
@@ -118,13 +120,39 @@ def static_file(root: Optional[Path], url_path: str) -> Optional[Path]:
 
 
 def model_info(models: Mapping[str, BatchModel], placement: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """Per model: its ``describe()`` plus the audited placement (``device``, ``dtype``…), for ready and /health."""
+    """Per model: its ``describe()`` plus the audited placement (``device``, ``dtype``…), for ready and /health.
+
+    Both are open to unauthenticated clients, so no file-system path is shown: a path becomes its file name and the
+    file's SHA-256 (first 16 hex digits) under ``<key>_sha256``."""
     out: dict[str, Any] = {}
     for name, model in models.items():
         info = dict(model.describe())
         info.update(placement.get(name, {}))
-        out[name] = info
+        out[name] = without_paths(info)
     return out
+
+
+def without_paths(info: Mapping[str, Any]) -> dict[str, Any]:
+    """``info`` with every absolute path replaced by its name (and a file's hash beside it)."""
+    out: dict[str, Any] = {}
+    for key, value in info.items():
+        if isinstance(value, str) and (value.startswith(("/", "~")) or (len(value) > 2 and value[1:3] == ":\\")):
+            path = Path(value).expanduser()
+            out[key] = path.name
+            if path.is_file():
+                out[f"{key}_sha256"] = file_sha256(path)[:16]
+        else:
+            out[key] = value
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class RechkaServer:
@@ -186,14 +214,24 @@ class RechkaServer:
         grace = self.config.shutdown_grace if grace is None else grace
         self.draining = True
         if self.server is not None:
-            self.server.server.close()  # stop listening; handshakes in progress get 503
+            # keep listening while draining: new connections and /ready get 503 + Retry-After, not a refused TCP
+            # connection (a load balancer moves on); the listener closes with the last stream
+            deadline = asyncio.get_running_loop().time() + grace
             for connection in list(self.connections):
                 connection.begin_drain()
             tasks = [t for t in self.server.handler_tasks if not t.done()]
             if tasks:
                 await asyncio.wait(tasks, timeout=grace)
             self.server.close(close_connections=True, code=1001, reason="server shutting down")
-            await self.server.wait_closed()
+            # a client that stopped reading never answers the close handshake: do not wait websockets' 10 s
+            # close_timeout for it past the grace period
+            try:
+                await asyncio.wait_for(self.server.wait_closed(),
+                                       max(0.1, deadline - asyncio.get_running_loop().time()))
+            except asyncio.TimeoutError:
+                for ws in list(self.server.all_connections):  # those closing too
+                    ws.transport.abort()
+                await self.server.wait_closed()
         if self.pool is not None:
             await self.pool.close()
 
@@ -207,9 +245,13 @@ class RechkaServer:
         if path in STREAM_PATHS:
             return self._admit(connection, request, path)
         if path == "/health":
-            return json_response(200, {"status": "draining" if self.draining else "ok",
-                                       "uptime_seconds": round(time.monotonic() - self._started, 1),
-                                       "sessions": len(self._slots), "models": self.models_info})
+            problems = self.pool.problems(self.config.model_timeout) if self.pool is not None else {}
+            status = "unhealthy" if problems else "draining" if self.draining else "ok"
+            body = {"status": status, "uptime_seconds": round(time.monotonic() - self._started, 1),
+                    "sessions": len(self._slots), "models": self.models_info}
+            if problems:
+                body["problems"] = problems  # model name → what is wrong; a supervisor restarts the process
+            return json_response(503 if problems else 200, body)
         if path == "/ready":
             ready = not self.draining and len(self._slots) < self.config.max_sessions
             body = {"ready": ready, "sessions": len(self._slots), "max_sessions": self.config.max_sessions,

@@ -6,7 +6,12 @@ request arrives it takes whatever else is queued (lowest ``priority`` first: fin
 thread (a ``ThreadPoolExecutor(max_workers=1)`` shared by every batcher of that device, so a GPU never runs two
 batches at once). On the CPU, ``cpu_threads`` > 1 lets different models run side by side (each batcher still runs
 one batch at a time), so the diarization models do not wait behind a long GigaAM decode. Each request's future gets its result, or the exception. A failed batch of several requests is
-retried one request at a time, so one bad request fails only its own session.
+retried one request at a time, so one bad request fails only its own session; a batch that ran out of GPU memory
+(``torch.cuda.OutOfMemoryError``) is split in halves and each half retried, down to single requests.
+
+Health (:meth:`BatcherPool.problems`): a batcher whose consumer task died, whose executor can no longer run work,
+or whose model call has been running longer than ``hang_limit`` seconds is reported (and logged once) with the
+model's name; ``/health`` then answers 503 so a supervisor restarts the process.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,6 +41,13 @@ MODEL_FOR_REQUEST: dict[type, str] = {
 
 class BatcherClosed(RuntimeError):
     """The batcher was closed before the request ran."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is a CUDA out-of-memory error (without importing torch where it is not loaded)."""
+    torch = sys.modules.get("torch")
+    oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None) if torch is not None else None
+    return oom is not None and isinstance(exc, oom)
 
 
 @dataclass(order=True)
@@ -67,6 +80,7 @@ class Batcher:
         self._closed = False
         self._task = self._loop.create_task(self._consume(), name=f"batcher-{self.name}")
         self.batches_run = 0
+        self.running_since: Optional[float] = None  # monotonic start of the model call in progress
 
     # ------------------------------------------------------------------------------------------- public
     def submit(self, request: Request) -> asyncio.Future:
@@ -82,6 +96,19 @@ class Batcher:
     @property
     def depth(self) -> int:
         return self._queue.qsize()
+
+    def problem(self, hang_limit: float) -> Optional[str]:
+        """Why this batcher cannot serve (its consumer died, its executor is unusable, a call hangs), or None."""
+        if self._closed:
+            return None
+        if self._task.done():
+            error = None if self._task.cancelled() else self._task.exception()
+            return f"its inference loop stopped ({type(error).__name__ if error else 'cancelled'})"
+        if getattr(self._executor, "_shutdown", False) or getattr(self._executor, "_broken", False):
+            return "its inference thread is gone"
+        if self.running_since is not None and time.monotonic() - self.running_since > hang_limit:
+            return f"a model call has been running for {time.monotonic() - self.running_since:.0f} s"
+        return None
 
     async def close(self) -> None:
         """Stop the consumer; every request not yet run fails with :class:`BatcherClosed`."""
@@ -136,6 +163,13 @@ class Batcher:
             if len(batch) == 1:
                 self._resolve(batch[0], exc=exc)
                 return
+            if is_out_of_memory(exc):  # smaller batches may fit: halve and retry each half
+                log.warning("%s: batch of %d ran out of GPU memory; retrying as two of %d and %d", self.name,
+                            len(batch), len(batch) // 2, len(batch) - len(batch) // 2)
+                half = len(batch) // 2
+                await self._run(batch[:half])
+                await self._run(batch[half:])
+                return
             log.warning("%s: batch of %d failed (%s); retrying one by one", self.name, len(batch), exc)
             for item in batch:
                 if item.future.done():
@@ -154,6 +188,7 @@ class Batcher:
 
     async def _call(self, requests: list[Request]) -> list[Result]:
         started = time.perf_counter()
+        self.running_since = time.monotonic()
         try:
             results = await self._loop.run_in_executor(self._executor, self._run_batch, requests)
         except Exception:
@@ -161,6 +196,7 @@ class Batcher:
                 self._metrics.batch_failures.labels(model=self.name).inc()
             raise
         finally:
+            self.running_since = None
             self.batches_run += 1
             if self._metrics is not None:
                 self._metrics.add_busy(self.name, time.perf_counter() - started)
@@ -197,6 +233,7 @@ class BatcherPool:
             raise ValueError("BatcherPool cpu_threads must be >= 1")
         self._executors: dict[str, ThreadPoolExecutor] = {}
         self.batchers: dict[str, Batcher] = {}
+        self._reported: dict[str, str] = {}
         for name, model in models.items():
             device = devices.get(name, "cpu")
             executor = self._executors.get(device)
@@ -205,6 +242,16 @@ class BatcherPool:
                 executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"infer-{device}")
                 self._executors[device] = executor
             self.batchers[name] = Batcher(model, executor, max_batch, max_wait, metrics, name=name)
+
+    def problems(self, hang_limit: float) -> dict[str, str]:
+        """Model name → why its batcher cannot serve; each new problem is logged once with the model's name."""
+        found = {name: why for name, b in self.batchers.items() if (why := b.problem(hang_limit)) is not None}
+        for name, why in found.items():
+            if self._reported.get(name) != why.split(" for ")[0]:
+                self._reported[name] = why.split(" for ")[0]
+                label = self.batchers[name].model.describe().get("name", name)
+                log.error("model %s (%s) is unhealthy: %s", name, label, why)
+        return found
 
     def submit(self, request: Request) -> asyncio.Future:
         """Route ``request`` to the batcher of its model."""

@@ -51,8 +51,9 @@ class ServerConfig:
         waited ``max_wait_ms``.
     overload_lag: seconds (wall time) the oldest unprocessed audio may wait before a stream is warned ``overloaded``.
     shutdown_grace: on SIGTERM, seconds open streams get to flush their finals before being closed.
-    flush_timeout: after ``stop`` (or an idle timeout), seconds a stream's remaining finals may take; beyond it the
-        stream is closed 1013 ``overloaded``.
+    flush_timeout: after ``stop`` (or an idle timeout), seconds a stream's remaining finals may go without any
+        model result (progress); beyond it the stream is closed 1013 ``overloaded``.
+    model_timeout: a model call running longer than this makes ``/health`` answer 503 (the process is stuck).
     tokens: accepted bearer tokens; empty means no authentication.
     """
 
@@ -76,6 +77,7 @@ class ServerConfig:
     tls_key: Optional[str] = None
     shutdown_grace: float = 10.0
     flush_timeout: float = 30.0
+    model_timeout: float = 120.0
     allow_random_weights: bool = False
     static_dir: Optional[Path] = DEFAULT_STATIC_DIR
     log_level: str = "INFO"
@@ -107,6 +109,7 @@ class ServerConfig:
             _check(path is None or Path(path).is_file(), f"ServerConfig.{name}: file {path!r} does not exist")
         _check(self.shutdown_grace >= 0, "ServerConfig.shutdown_grace must be >= 0 seconds (default 10)")
         _check(self.flush_timeout > 0, "ServerConfig.flush_timeout must be > 0 seconds (default 30)")
+        _check(self.model_timeout > 0, "ServerConfig.model_timeout must be > 0 seconds (default 120)")
         _check(self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
                "ServerConfig.log_level must be DEBUG, INFO, WARNING or ERROR")
 
@@ -151,7 +154,8 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("tls_cert", str, "PEM certificate: serve wss:// (needs --tls-key)"),
     ("tls_key", str, "PEM private key for --tls-cert"),
     ("shutdown_grace", float, "seconds to flush open streams on SIGTERM (default 10)"),
-    ("flush_timeout", float, "seconds a stopped stream's finals may take before close 1013 (default 30)"),
+    ("flush_timeout", float, "seconds a stopped stream's finals may make no progress before close 1013 (default 30)"),
+    ("model_timeout", float, "seconds one model call may run before /health answers 503 (default 120)"),
     ("static_dir", str, "folder served at / and /static/ (default clients/web; 'none' disables)"),
     ("log_level", str, "DEBUG, INFO, WARNING or ERROR (default INFO)"),
 ]

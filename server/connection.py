@@ -204,6 +204,9 @@ class Connection:
             log.error("session %s: model failure", self.session_id, exc_info=error)
             self._step(self.protocol.fail_internal)
             return
+        if self._flush_timer is not None:  # progress: the flush limit counts from the latest result
+            self._flush_timer.cancel()
+            self._flush_timer = None
         self._step(self.protocol.receive_result, future.result())
 
     # ----------------------------------------------------------------------------------------------- metrics
@@ -247,6 +250,10 @@ class Connection:
             arrived = self._arrival_of(done + 1)
             if arrived is not None:
                 waited = time.monotonic() - arrived
+        if self.protocol.phase == Phase.ENDING and session.finals_outstanding and self._arrivals:
+            # after stop the VAD may be done while finals still wait: their wait counts too, so the client hears
+            # "overloaded" before a flush that runs out of time costs it a final
+            waited = max(waited, time.monotonic() - self._arrivals[-1][1])
         bound = self.ctx.config.overload_lag
         if waited > bound and not self._overloaded:
             self._overloaded = True

@@ -116,10 +116,11 @@ class StreamProtocol:
         self._begin_end(Close(CloseCode.GOING_AWAY, "idle timeout"))
 
     def timeout_flush(self) -> None:
-        """The finals were not out within :attr:`flush_timeout` seconds of the end of audio."""
+        """While the finals flush, no model result came for :attr:`flush_timeout` seconds (the connection re-arms
+        the limit at every result, so a long backlog that is being worked through is not cut off)."""
         if self.phase == Phase.ENDING:
             limit = self.limits.flush_timeout
-            self._fail("overloaded", f"the server could not finish this stream's finals within {limit:.0f} s; "
+            self._fail("overloaded", f"the server made no progress on this stream's finals for {limit:.0f} s; "
                                      "it is overloaded, try again later", CloseCode.TRY_AGAIN_LATER)
 
     def begin_drain(self) -> None:
@@ -136,7 +137,7 @@ class StreamProtocol:
 
     def warn_overloaded(self, waited: float) -> None:
         """The oldest unprocessed audio has waited ``waited`` seconds (the connection keeps the clock)."""
-        if self.phase == Phase.STREAMING:
+        if self.phase in (Phase.STREAMING, Phase.ENDING):  # after stop too: before it can cost a final
             self._on_events([wire.Warning(
                 "overloaded", f"the server is {waited:.1f} s behind this stream; results are delayed "
                               "and old audio may be dropped")])
