@@ -13,7 +13,6 @@ import asyncio
 import datetime
 import email.utils
 import functools
-import hashlib
 import hmac
 import http
 import json
@@ -34,6 +33,7 @@ from server.config import ServerConfig
 from server.connection import Connection, ConnectionContext
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, ServerMetrics
 from server.models.base import BatchModel
+from server.models.cache import sha256_file
 from streaming.protocols.base import Limits, StreamProtocol
 from streaming.protocols import deepgram
 from streaming.protocols.v1 import V1Protocol
@@ -148,11 +148,8 @@ def without_paths(info: Mapping[str, Any]) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=None)
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """The file's SHA-256, computed once per path."""
+    return sha256_file(path)
 
 
 class RechkaServer:
