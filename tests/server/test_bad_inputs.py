@@ -138,3 +138,25 @@ def test_fuzzed_audio_decodes_or_raises_invalid_audio(encoding: str, rate: int, 
         return
     expected = total // width * 16000 / rate
     assert abs(frames - expected) <= 2 + 16000 / rate  # the resampler's rounding
+
+
+def test_a_flood_of_tiny_messages_loses_nothing() -> None:
+    audio = tones_audio([440])
+    got = _exchange([START, *(audio[i:i + 3] for i in range(0, len(audio), 3)), {"type": "stop"}])
+    (end,) = got.of("end")
+    assert got.close_code == 1000 and got.final_words == ["w440"]
+    assert end["audio_seconds"] == len(audio) // 2 / 16000 and end["dropped_seconds"] == 0
+
+
+@pytest.mark.parametrize("token", ["x" * 6000, "bad token\u00e9", "", "Bearer"])
+def test_huge_or_malformed_tokens_are_refused_before_the_upgrade(token: str) -> None:
+    from tests.server.conftest import http_get
+
+    async def main() -> int:
+        async with serving(tokens=frozenset({"secret"})) as server:
+            reply = await http_get(server.port, "/v1/stream", {
+                "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                "Sec-WebSocket-Version": "13", "Authorization": f"Bearer {token}".encode("utf-8").decode("latin-1")})
+            return reply.status
+
+    assert run(main()) in (400, 401, 413, 431)
