@@ -134,19 +134,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--server-arg", action="append", default=[], metavar="ARG", help="extra server argument (repeat)")
     p.add_argument("--url", help="connect to this running server instead of starting one")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--finish-timeout", type=float, default=1800.0,
+                   help="seconds the server may take after the last chunk (its --flush-timeout is set to it)")
     p.add_argument("--out-dir", type=Path, default=OUT_DIR)
     args = p.parse_args(argv)
     conversation, plan = compose_long(args.minutes, args.blocks, args.seed)
     audio = np.clip(conversation.audio * 32767, -32768, 32767).astype(np.int16)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    server_args = ["--asr-model", str(TINY_ASR), "--device", "cpu", *args.server_arg]
+    server_args = ["--asr-model", str(TINY_ASR), "--device", "cpu", "--flush-timeout", str(args.finish_timeout),
+                   "--idle-timeout", str(args.finish_timeout), *args.server_arg]
     with ExitStack() as stack:
         url, _, _, server = connect_or_start(stack, args.url, None, server_args,
                                              args.out_dir / f"long_diarization-{stamp}-server.log")
         started = time.time()
         log = asyncio.run(stream_session(url, audio, speed=args.speed, chunk=SAMPLE_RATE // 10,
                                          start={"speaker_turns": True, "interim_results": False},
-                                         finish_timeout=600.0))
+                                         finish_timeout=args.finish_timeout))
         wall = time.time() - started
     turns = [(t["speaker"], float(t["start"]), float(t["end"])) for _, e in log.events
              if e.get("type") == "speaker_turns" for t in e["turns"]]
