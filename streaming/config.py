@@ -63,40 +63,49 @@ class VadOptions:
 
 @dataclass(frozen=True)
 class PartialOptions:
-    """How partial transcripts are produced while an utterance is open.
+    """How partial transcripts are produced while an utterance is open (``streaming/partials.py``).
 
-    cadence: minimum new audio between two partials (default 0.5 s).
-    left_context: audio re-encoded before the committed prefix's end, for acoustic context. Under the budget the
-        steady partial interval is about ``(left_context + uncommitted tail) / (budget_ratio - 1)``: 0.4 s gives ~1 s
-        at budget 1.5; raise ``budget_ratio`` for faster partials at more compute.
+    first_partial: the first partial is due once the open utterance holds this much audio (default 300 ms: at once
+        when the VAD opens it, since ``VadOptions.speech_pad + min_speech`` is already 350 ms), so the first
+        words show ~0.3 s after speech starts.
+    cadence: minimum new audio between two later partials (default 0.5 s).
+    cadence_growth: the interval grows to this fraction of the utterance's length once that is longer (0.1: 1 s
+        between partials at 10 s), so long utterances get fewer, longer decodes.
+    left_context: audio re-encoded before the committed prefix's end, for acoustic context, when the budget pays
+        for it (at budget 1.0 it never does: each partial encodes only new audio).
     max_window: the longest audio one partial decode may encode; older words are committed.
-    budget_ratio: total partial encoding is kept under ``budget_ratio`` × the utterance's length, so the cost of
-        partials is linear in utterance length (cadence stretches when windows are long).
+    budget_ratio: a hard cap: the samples all partials of an utterance encode stay at most ``budget_ratio`` × the
+        utterance's length so far, hence at most ``budget_ratio`` × its one final pass (default 1.0). Above 1
+        the spare budget buys ``left_context`` and re-decoding of uncommitted words (1.5: the earlier default).
     agreement_tolerance: two consecutive decodes agree on a word when its text is equal and both its start and its
         end moved by at most this much.
-    fresh_tail: words ending in the last ``fresh_tail`` samples of a decode window are never committed (the audio
-        may cut them off).
+    fresh_tail: words ending in the last ``fresh_tail`` samples of a decode window are never committed by
+        agreement (the audio may cut them off).
     max_lag: partials are skipped while more audio than this waits for the VAD (the session is behind).
     max_pending_requests: partials are also skipped while a channel has more final-ASR and diarization requests
         than this in flight.
     """
 
     enabled: bool = True
+    first_partial: int = ms(300)
     cadence: int = ms(500)
+    cadence_growth: float = 0.1
     left_context: int = ms(400)
     max_window: int = ms(4_000)
-    budget_ratio: float = 1.5
+    budget_ratio: float = 1.0
     agreement_tolerance: int = ms(200)
     fresh_tail: int = ms(500)
     max_lag: int = ms(2_000)
     max_pending_requests: int = 8
 
     def __post_init__(self) -> None:
+        _check(self.first_partial >= ms(100), "PartialOptions.first_partial must be >= 100 ms")
         _check(self.cadence >= ms(100), "PartialOptions.cadence must be >= 100 ms")
+        _check(0 <= self.cadence_growth < 1, "PartialOptions.cadence_growth must be in [0, 1); 0 keeps the cadence fixed")
         _check(self.left_context >= 0, "PartialOptions.left_context must be >= 0")
         _check(self.max_window > self.left_context + self.cadence,
                "PartialOptions.max_window must exceed left_context + cadence")
-        _check(self.budget_ratio > 0, "PartialOptions.budget_ratio must be > 0 (1.5 keeps partials under 1.5x a final)")
+        _check(self.budget_ratio > 0, "PartialOptions.budget_ratio must be > 0 (1.0 keeps partials under one final pass)")
         _check(self.agreement_tolerance >= 0, "PartialOptions.agreement_tolerance must be >= 0 samples")
         _check(0 <= self.fresh_tail < self.max_window, "PartialOptions.fresh_tail must be >= 0 and below max_window")
         _check(self.max_lag >= VAD_CHUNK, f"PartialOptions.max_lag must be >= {VAD_CHUNK} samples (one VAD chunk)")

@@ -1,20 +1,26 @@
-"""Partial transcripts of one open utterance: windowed decodes, a committed prefix and a compute budget.
+"""Partial transcripts of one open utterance: windowed decodes, a committed prefix and a hard compute budget.
 
-Each partial decode re-encodes only a recent window ``[committed_end - left_context, now]`` (at most
-``max_window`` long). Words that two consecutive decodes agree on (same text, start and end within
-``agreement_tolerance``) and that end before the window's last ``fresh_tail`` samples join the *committed prefix*
-and are never decoded again except as left context. When the uncommitted span would no longer fit into
-``max_window``, the previous decode's words in front of the window are committed as they are.
+Budget (a hard cap): the samples encoded by all partials of an utterance never exceed ``budget_ratio`` × the
+utterance's length so far. A partial window never reaches past the utterance, so its partials cost at most
+``budget_ratio`` × its one final pass (default 1.0).
 
-The partial text is the committed words followed by the latest decode's uncommitted words.
+Windows: the first decode is due once the utterance holds ``first_partial`` of audio (an early, short window); then
+one every ``max(cadence, cadence_growth × utterance length)`` of new audio. A decode re-encodes
+``[committed_end - left_context, now]`` (at most ``max_window``) when the budget pays for it. When it does not,
+above budget 1.0 the decode waits (the budget grows faster than the window); at or below 1.0 waiting cannot help,
+so it takes the latest window the budget pays for, never starting after the previous window's end (every sample
+is decoded by some partial). At budget 1.0 each partial thus encodes only audio no partial has encoded yet: no
+context, and a word cut by a window's end stays in the partial text as two pieces until the final replaces it.
 
-Budget: the samples encoded by all partials of an utterance stay at most ``budget_ratio`` × the utterance's length
-so far; a decode is due only when it fits (so the cadence stretches when windows are long). Since windows are
-bounded, the cost of partials is linear in utterance length.
+Words that two consecutive decodes agree on (same text, start and end within ``agreement_tolerance``) and that end
+before the window's last ``fresh_tail`` samples join the *committed prefix*. When a window starts after the
+re-encode point (``max_window`` or the budget), the previous decode's words in front of its reach are committed as
+they are. The partial text is the committed words followed by the latest decode's uncommitted words.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 from streaming.config import PartialOptions
@@ -39,31 +45,56 @@ class PartialPolicy:
         self.encoded = 0  # samples encoded by the partials of this utterance
         self.decodes = 0
         self.in_flight: Optional[tuple[int, int]] = None
-        self._last_end = utterance_start  # end of the last window sent
+        self._last_end = utterance_start  # end of the last window sent (or skipped)
+        self._decoded_end = utterance_start  # end of the last window sent: audio before it has been decoded
         self._previous: list[WordTiming] = []  # the last decode's uncommitted words
         self._latest_text = ""  # the last decode's uncommitted text when it had no word timings
 
     # ------------------------------------------------------------------------------------------------ scheduling
-    def window_for(self, now: int) -> tuple[int, int]:
-        """The window a decode at ``now`` would encode."""
-        start = max(self.utterance_start, self.committed_end - self.options.left_context)
-        return max(start, now - self.options.max_window), now
+    def budget(self, now: int) -> int:
+        """Samples the partials of this utterance may still encode at ``now``."""
+        return math.floor(self.options.budget_ratio * (now - self.utterance_start)) - self.encoded
+
+    def interval(self, now: int) -> int:
+        """New audio needed since the last window before the next decode (the first: ``first_partial``)."""
+        opt = self.options
+        if self._last_end == self.utterance_start:  # nothing sent or skipped yet
+            return opt.first_partial
+        return max(opt.cadence, int(opt.cadence_growth * (now - self.utterance_start)))
+
+    def _natural_start(self) -> int:
+        return max(self.utterance_start, self.committed_end - self.options.left_context)
+
+    def window_for(self, now: int) -> Optional[tuple[int, int]]:
+        """The window a decode at ``now`` would encode, or ``None`` to wait for budget.
+
+        The natural window when the budget pays for it; else above budget 1.0 ``None`` (the budget catches up);
+        else (waiting cannot help) the latest window the budget pays for, if that still reaches the audio decoded
+        last (or ``max_window``).
+        """
+        earliest = now - self.options.max_window
+        a = max(self._natural_start(), earliest)
+        budget = self.budget(now)
+        if now - a <= budget:
+            return a, now
+        if self.options.budget_ratio > 1:
+            return None  # the budget grows faster than the window: wait for it rather than lose the context
+        a = now - budget
+        if a > max(self._decoded_end, earliest) or a >= now:  # the budget cannot pay for the new audio
+            return None
+        return a, now
 
     def due(self, now: int) -> Optional[tuple[int, int]]:
-        """The window to decode now, or ``None``: one in flight, under ``cadence`` of new audio, or over budget."""
-        if self.in_flight is not None or now - self._last_end < self.options.cadence:
+        """The window to decode now, or ``None``: one in flight, too little new audio, or no budget for it."""
+        if self.in_flight is not None or now - self._last_end < self.interval(now):
             return None
-        a, b = self.window_for(now)
-        if self.encoded + (b - a) > self.options.budget_ratio * (now - self.utterance_start):
-            return None
-        return a, b
+        return self.window_for(now)
 
     def start(self, window: tuple[int, int]) -> None:
         """A decode of ``window`` was sent: count it and commit what will fall out of the window's reach."""
         a, b = window
-        natural = max(self.utterance_start, self.committed_end - self.options.left_context)
-        if a > natural:  # the uncommitted span outgrew max_window: commit what the window no longer reaches
-            reach = a + self.options.left_context
+        if a > self._natural_start():  # the window starts late (max_window or budget): commit what it cannot reach
+            reach = min(a + self.options.left_context, self._decoded_end)
             keep = [w for w in self._previous if (w.start + w.end) / 2 >= reach]
             self._commit([w for w in self._previous if (w.start + w.end) / 2 < reach])
             self.committed_end = max(self.committed_end, reach)
@@ -71,10 +102,10 @@ class PartialPolicy:
         self.in_flight = window
         self.encoded += b - a
         self.decodes += 1
-        self._last_end = b
+        self._last_end = self._decoded_end = b
 
     def skip(self, now: int) -> None:
-        """A due decode was not sent (the session is behind): wait another ``cadence`` before the next one."""
+        """A due decode was not sent (the session is behind): wait another interval before the next one."""
         self._last_end = now
 
     def cancel(self) -> None:

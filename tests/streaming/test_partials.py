@@ -4,11 +4,21 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from streaming.config import PartialOptions, ms
+from streaming.config import VAD_CHUNK, PartialOptions, SessionConfig, VadOptions, ms
 from streaming.partials import PartialPolicy
+from streaming.session import Session
+from streaming.vad import SpeechStart, VadEndpointer
 from streaming.wire import WordTiming
+from streaming.work import AsrKind, AsrRequest, VadRequest
+from server.offline import drive_session, run_requests_by_kind
+from tests.fakes import FakeAsr, FakeVad, pcm16, tone_bursts
+
+SPARE = PartialOptions(budget_ratio=1.5)  # spare budget: left context, agreement and re-decoding of cut words
 
 WORD, STEP = ms(300), ms(400)  # a synthetic talker: a 300 ms word every 400 ms
 
@@ -46,7 +56,7 @@ def run_utterance(policy: PartialPolicy, decode: Callable, length: int, step: in
 
 
 def test_budget_and_window_bounds_hold_over_a_long_utterance() -> None:
-    opt = PartialOptions()
+    opt = SPARE
     policy = PartialPolicy(opt, 0)
     windows = run_utterance(policy, decoder(truth()), ms(20_000))
     assert all(b - a <= opt.max_window for (a, b), _ in windows)
@@ -59,7 +69,7 @@ def test_budget_and_window_bounds_hold_over_a_long_utterance() -> None:
 
 def test_committed_prefix_follows_the_speech() -> None:
     words = truth()
-    policy = PartialPolicy(PartialOptions(), 0)
+    policy = PartialPolicy(SPARE, 0)
     windows = run_utterance(policy, decoder(words), ms(20_000))
     last_end = windows[-1][0][1]
     committed = policy.committed
@@ -106,25 +116,114 @@ def test_agreement_needs_same_text_and_close_times(change: dict, committed: int)
     assert len(policy.committed) == committed
 
 
-def test_one_decode_in_flight_and_cadence() -> None:
-    opt = PartialOptions(cadence=ms(500))
+def test_one_decode_in_flight_first_partial_and_cadence() -> None:
+    opt = PartialOptions(first_partial=ms(300), cadence=ms(500))
     policy = PartialPolicy(opt, ms(10_000))
-    assert policy.due(ms(10_400)) is None  # less than cadence of audio
-    window = policy.due(ms(10_500))
-    assert window == (ms(10_000), ms(10_500))
+    assert policy.due(ms(10_200)) is None  # less than first_partial of audio
+    window = policy.due(ms(10_300))
+    assert window == (ms(10_000), ms(10_300))
     policy.start(window)
     assert policy.due(ms(11_500)) is None  # in flight
     policy.on_result([])
-    assert policy.due(ms(10_900)) is None  # less than cadence since the last window
-    assert policy.due(ms(11_000)) is not None
+    assert policy.due(ms(10_700)) is None  # less than cadence since the last window
+    assert policy.due(ms(10_800)) == (ms(10_300), ms(10_800))  # budget 1.0: only the new audio
 
 
 def test_skip_waits_another_cadence() -> None:
     policy = PartialPolicy(PartialOptions(cadence=ms(500)), 0)
     assert policy.due(ms(600)) is not None
     policy.skip(ms(600))
-    assert policy.due(ms(1_000)) is None and policy.due(ms(1_100)) is not None
+    assert policy.due(ms(1_000)) is None and policy.due(ms(1_100)) == (0, ms(1_100))
     assert policy.encoded == 0
+
+
+def test_cadence_grows_with_the_utterance() -> None:
+    opt = PartialOptions(cadence=ms(500), cadence_growth=0.1)
+    policy = PartialPolicy(opt, 0)
+    windows = run_utterance(policy, decoder(truth()), ms(20_000))
+    gaps = [(b2, b2 - b1) for ((_, b1), _), ((_, b2), _) in zip(windows, windows[1:])]
+    assert all(gap == max(opt.cadence, -(-int(0.1 * b) // ms(100)) * ms(100)) for b, gap in gaps)  # 100 ms steps
+    assert gaps[0][1] == ms(500) and gaps[-1][1] >= ms(1_800)
+
+
+def test_at_budget_one_each_partial_encodes_only_new_audio() -> None:
+    policy = PartialPolicy(PartialOptions(), 0)
+    windows = run_utterance(policy, decoder(truth()), ms(12_000))
+    assert windows[0][0][0] == 0
+    assert all(a == prev_b for ((a, _), _), ((_, prev_b), _) in zip(windows[1:], windows))  # abutting
+    assert policy.encoded == windows[-1][0][1]  # every sample encoded exactly once
+    assert policy.encoded <= ms(12_000)
+    text = policy.text.split()
+    assert [w for i, w in enumerate(text) if i == 0 or w != text[i - 1]] == [w.word for w in truth(30)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(budget=st.floats(0.3, 2.0), first=st.integers(ms(100), ms(1_000)), cadence=st.integers(ms(100), ms(1_500)),
+       growth=st.floats(0, 0.5), context=st.integers(0, ms(1_000)), length=st.integers(ms(100), ms(25_000)),
+       step=st.sampled_from([VAD_CHUNK, ms(50), ms(100), ms(320), 128 * VAD_CHUNK]), skips=st.sets(st.integers(0, 80)),
+       start=st.integers(0, 10 ** 7))
+def test_the_budget_is_never_exceeded_on_any_utterance(budget: float, first: int, cadence: int, growth: float,
+                                                       context: int, length: int, step: int, skips: set,
+                                                       start: int) -> None:
+    opt = PartialOptions(budget_ratio=budget, first_partial=first, cadence=cadence, cadence_growth=growth,
+                         left_context=context, max_window=max(ms(4_000), context + cadence + 1))
+    policy, decode = PartialPolicy(opt, start), decoder([WordTiming(w.word, w.start + start, w.end + start)
+                                                         for w in truth(70)])
+    decoded_to = start
+    for k, now in enumerate(range(start + step, start + length + 1, step)):
+        window = policy.due(now)
+        if window is None:
+            continue
+        if k in skips:
+            policy.skip(now)
+            continue
+        a, b = window
+        assert b == now and 0 < b - a <= opt.max_window
+        if budget >= 1.0 and now - decoded_to <= opt.max_window:
+            assert a <= decoded_to  # no audio is left without a partial
+        policy.start(window)
+        decoded_to = b
+        assert policy.encoded <= budget * (now - start)  # the hard cap
+        policy.on_result(decode(window))
+    assert policy.encoded <= budget * max(length, 0)
+
+
+def test_the_first_partial_is_due_when_the_vad_opens_the_utterance() -> None:
+    """With the default VAD and partial options, the first partial request goes out at speech start + ≤ 0.5 s."""
+    vad, opt = VadOptions(), PartialOptions()
+    for onset_chunk in (40, 41, 57):
+        endpointer = VadEndpointer(vad)
+        probs = np.zeros(200)
+        probs[onset_chunk:150] = 0.9
+        policy = None
+        for i, p in enumerate(probs):
+            events = endpointer.push(np.array([p]), i * VAD_CHUNK)
+            for e in events:
+                if isinstance(e, SpeechStart):
+                    policy = PartialPolicy(opt, e.start)
+            if policy is not None:
+                now = min(endpointer.position, endpointer.speech_until)
+                if policy.due(now) is not None:
+                    break
+        onset = onset_chunk * VAD_CHUNK
+        assert policy is not None and now - onset <= ms(500) - ms(150)  # leaves ≥ 150 ms for VAD + the decode
+        assert policy.due(now) == (policy.utterance_start, now)
+
+
+def test_finals_do_not_depend_on_the_partial_policy() -> None:
+    """The same final requests (samples and offsets) with partials off, at budget 1.0 and at budget 1.5."""
+    audio = pcm16(tone_bursts([(300 + 40 * k, 0.3) for k in range(30)], gaps=0.15, lead=0.5, tail=1.0).audio)
+    finals = []
+    for partials in (PartialOptions(enabled=False), PartialOptions(), SPARE):
+        asr = FakeAsr(record=True)
+        config = SessionConfig(diarization=False, partials=partials)
+        drive_session(Session("s", config), run_requests_by_kind({VadRequest: FakeVad(), AsrRequest: asr}), audio)
+        final = [(r.start, r.audio.tobytes()) for r in asr.requests if r.kind == AsrKind.FINAL]
+        finals.append(final)
+        if partials.enabled:
+            assert asr.samples[AsrKind.PARTIAL] <= partials.budget_ratio * sum(len(a) // 4 for _, a in final)
+    assert finals[0] == finals[1] == finals[2] and len(finals[0]) >= 1
+
 
 
 def test_windows_that_outgrow_max_window_commit_what_falls_out() -> None:
@@ -157,10 +256,11 @@ def test_reset_starts_a_new_utterance() -> None:
     run_utterance(policy, decoder(truth()), ms(5_000))
     policy.reset(ms(60_000))
     assert (policy.committed, policy.encoded, policy.text, policy.in_flight) == ([], 0, "", None)
-    assert policy.due(ms(60_500)) == (ms(60_000), ms(60_500))
+    assert policy.due(ms(60_300)) == (ms(60_000), ms(60_300))
 
 
-@pytest.mark.parametrize("kwargs", [dict(cadence=ms(50)), dict(max_window=ms(800)), dict(budget_ratio=0),
+@pytest.mark.parametrize("kwargs", [dict(cadence=ms(50)), dict(max_window=ms(800)), dict(first_partial=ms(50)),
+                                    dict(cadence_growth=1.0), dict(budget_ratio=0),
                                     dict(fresh_tail=ms(5_000)), dict(max_lag=10), dict(max_pending_requests=0)])
 def test_bad_options_name_the_field(kwargs: dict) -> None:
     with pytest.raises(ValueError, match="PartialOptions"):

@@ -164,8 +164,8 @@ def long_utterance(n: int = 26) -> tuple:
 
 
 def test_partials_converge_to_the_final_within_the_budget() -> None:
-    b = long_utterance()
-    events, asr = run_whole(b.audio, config())
+    b = long_utterance()  # budget 1.5 buys re-decoding of cut words (the default 1.0: tests/streaming/test_partials.py)
+    events, asr = run_whole(b.audio, config(partials=PartialOptions(budget_ratio=1.5)))
     (final,) = of(events, wire.Final)
     partials = of(events, wire.Partial)
     assert final.text == " ".join(b.words)
@@ -176,7 +176,7 @@ def test_partials_converge_to_the_final_within_the_budget() -> None:
     last = partials[-1].text.split()
     assert last[:-1] == final.text.split()[:len(last) - 1]  # all but a possibly cut last word agree
     assert len(last) >= len(final.text.split()) * (partials[-1].end - final.start) / (final.end - final.start) - 2
-    assert asr.samples[AsrKind.PARTIAL] <= PartialOptions().budget_ratio * (final.end - final.start)
+    assert asr.samples[AsrKind.PARTIAL] <= 1.5 * (final.end - final.start)
     assert asr.calls[AsrKind.FINAL] == 1
 
 

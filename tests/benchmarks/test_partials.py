@@ -1,0 +1,46 @@
+"""benchmarks/partials.py: the tone sweep and the real-speech before/after comparison, with the fake ASR."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.common import default_speech_dir
+from benchmarks.partials import baseline_policy, main, policy_class
+from streaming.partials import PartialPolicy
+import streaming.session
+
+SPEECH = default_speech_dir()
+
+
+def test_the_tone_sweep_stays_under_one_final_pass(tmp_path: Path) -> None:
+    result = main(["--lengths", "2", "8", "16", "--out-dir", str(tmp_path)])
+    rows = result["rows"]
+    assert [r["finals"] for r in rows] == [1, 1, 1]
+    assert result["max_partial_over_final_pass"] <= 1.0
+    assert all(r["partial_decodes"] >= 2 for r in rows)
+    assert json.loads(next(tmp_path.glob("partials-*.json")).read_text())["rows"] == rows
+
+
+def test_the_baseline_policy_is_loaded_from_git_and_swapped_in_for_a_while() -> None:
+    old = baseline_policy("HEAD")  # a ref every clone has (the docs' run used the commit before this change)
+    assert old is not PartialPolicy and old.__name__ == "PartialPolicy"
+    with policy_class(old):
+        assert streaming.session.PartialPolicy is old
+    assert streaming.session.PartialPolicy is PartialPolicy
+
+
+@pytest.mark.skipif(not (SPEECH / "ru").is_dir(), reason="shared/speech recordings are absent")
+def test_on_real_speech_partials_stay_under_one_final_pass_and_start_early(tmp_path: Path) -> None:
+    result = main(["--speech", "--max-files", "2", "--baseline", "HEAD", "--baseline-budget", "1.5",
+                   "--out-dir", str(tmp_path)])
+    current = result["variants"]["current (defaults)"]
+    spare = result["variants"]["baseline HEAD (budget 1.5)"]
+    assert current["utterances"] == spare["utterances"] >= 2  # the same finals either way
+    assert current["max_partial_over_final"] <= 1.0 and current["over_1"] == 0
+    assert current["first_partial_delay_s"]["p50"] <= 0.5
+    assert spare["max_partial_over_final"] <= 1.5
+    finals = {name: [(u["file"], u["seconds"]) for u in utts] for name, utts in result["utterances"].items()}
+    assert len(set(map(tuple, finals.values()))) == 1
