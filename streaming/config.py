@@ -72,11 +72,14 @@ class PartialOptions:
     cadence_growth: the interval grows to this fraction of the utterance's length once that is longer (0.1: 1 s
         between partials at 10 s), so long utterances get fewer, longer decodes.
     left_context: audio re-encoded before the committed prefix's end, for acoustic context, when the budget pays
-        for it (at budget 1.0 it never does: each partial encodes only new audio).
+        for it (at budget 1.0 it never does: each partial then encodes only new audio, without context).
     max_window: the longest audio one partial decode may encode; older words are committed.
     budget_ratio: a hard cap: the samples all partials of an utterance encode stay at most ``budget_ratio`` × the
-        utterance's length so far, hence at most ``budget_ratio`` × its one final pass (default 1.0). Above 1
-        the spare budget buys ``left_context`` and re-decoding of uncommitted words (1.5: the earlier default).
+        utterance's length so far, hence at most ``budget_ratio`` × its one final pass (default 1.5). Above 1
+        the spare budget buys ``left_context`` and re-decoding of uncommitted words. 1.0 keeps the encoded audio
+        under one final pass, but measured it cost more wall time (partials/finals 1.74 vs 1.25 on full-size
+        GigaAM: many short decodes each pay a fixed cost) and gives context-free partials, so it is not the
+        default (docs/benchmarks.md, cheaper partials).
     agreement_tolerance: two consecutive decodes agree on a word when its text is equal and both its start and its
         end moved by at most this much.
     fresh_tail: words ending in the last ``fresh_tail`` samples of a decode window are never committed by
@@ -92,7 +95,7 @@ class PartialOptions:
     cadence_growth: float = 0.1
     left_context: int = ms(400)
     max_window: int = ms(4_000)
-    budget_ratio: float = 1.0
+    budget_ratio: float = 1.5
     agreement_tolerance: int = ms(200)
     fresh_tail: int = ms(500)
     max_lag: int = ms(2_000)

@@ -19,6 +19,7 @@ from server.offline import drive_session, run_requests_by_kind
 from tests.fakes import FakeAsr, FakeVad, pcm16, tone_bursts
 
 SPARE = PartialOptions(budget_ratio=1.5)  # spare budget: left context, agreement and re-decoding of cut words
+TIGHT = PartialOptions(budget_ratio=1.0)  # at most one final pass: each partial encodes only new audio
 
 WORD, STEP = ms(300), ms(400)  # a synthetic talker: a 300 ms word every 400 ms
 
@@ -117,7 +118,7 @@ def test_agreement_needs_same_text_and_close_times(change: dict, committed: int)
 
 
 def test_one_decode_in_flight_first_partial_and_cadence() -> None:
-    opt = PartialOptions(first_partial=ms(300), cadence=ms(500))
+    opt = PartialOptions(first_partial=ms(300), cadence=ms(500), budget_ratio=1.0)
     policy = PartialPolicy(opt, ms(10_000))
     assert policy.due(ms(10_200)) is None  # less than first_partial of audio
     window = policy.due(ms(10_300))
@@ -138,7 +139,7 @@ def test_skip_waits_another_cadence() -> None:
 
 
 def test_cadence_grows_with_the_utterance() -> None:
-    opt = PartialOptions(cadence=ms(500), cadence_growth=0.1)
+    opt = PartialOptions(cadence=ms(500), cadence_growth=0.1, budget_ratio=1.0)  # no budget waits between
     policy = PartialPolicy(opt, 0)
     windows = run_utterance(policy, decoder(truth()), ms(20_000))
     gaps = [(b2, b2 - b1) for ((_, b1), _), ((_, b2), _) in zip(windows, windows[1:])]
@@ -147,7 +148,7 @@ def test_cadence_grows_with_the_utterance() -> None:
 
 
 def test_at_budget_one_each_partial_encodes_only_new_audio() -> None:
-    policy = PartialPolicy(PartialOptions(), 0)
+    policy = PartialPolicy(TIGHT, 0)
     windows = run_utterance(policy, decoder(truth()), ms(12_000))
     assert windows[0][0][0] == 0
     assert all(a == prev_b for ((a, _), _), ((_, prev_b), _) in zip(windows[1:], windows))  # abutting
@@ -214,7 +215,7 @@ def test_finals_do_not_depend_on_the_partial_policy() -> None:
     """The same final requests (samples and offsets) with partials off, at budget 1.0 and at budget 1.5."""
     audio = pcm16(tone_bursts([(300 + 40 * k, 0.3) for k in range(30)], gaps=0.15, lead=0.5, tail=1.0).audio)
     finals = []
-    for partials in (PartialOptions(enabled=False), PartialOptions(), SPARE):
+    for partials in (PartialOptions(enabled=False), TIGHT, SPARE):
         asr = FakeAsr(record=True)
         config = SessionConfig(diarization=False, partials=partials)
         drive_session(Session("s", config), run_requests_by_kind({VadRequest: FakeVad(), AsrRequest: asr}), audio)
