@@ -142,6 +142,9 @@ def read_only_root() -> list[str]:
     privileges this machine does not give (then the entrypoint runs on the normal filesystem)."""
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         return []
+    tmp = Path("/tmp").resolve()
+    if any(tmp == p or tmp in p.parents for p in (REPO.resolve(), Path(sys.executable).resolve())):
+        return []  # a checkout under /tmp (a CI clone, say) would vanish under the empty /tmp
     probe = subprocess.run(["unshare", "-m", "sh", "-c", READ_ONLY_ROOT], capture_output=True, timeout=30)
     return ["unshare", "-m", "sh", "-c", READ_ONLY_ROOT + ' && exec "$0" "$@"'] if probe.returncode == 0 else []
 
