@@ -45,16 +45,18 @@ def test_histogram_delta_gives_per_model_means_between_scrapes() -> None:
 
 
 def test_resource_sampler_measures_a_process(tmp_path: Path) -> None:
+    me = psutil.Process()
+    seen = []  # this process's RSS read directly over the same window (it may move: a long run frees memory)
     with ResourceSampler(os.getpid(), interval=0.05) as sampler:
         t0 = time.monotonic()
         deadline = t0 + 20.0  # a loaded machine may starve the sampler thread for a while
         while len(sampler.samples) < 4 and time.monotonic() < deadline:  # busy, so the CPU share is visible
+            seen.append(me.memory_info().rss / 2**20)
             sum(range(10_000))
         t1 = time.monotonic()
-    rss_now = psutil.Process().memory_info().rss / 2**20
     window = sampler.window(t0, t1)
     assert len(sampler.samples) >= 4
-    assert window["rss_mb_mean"] == pytest.approx(rss_now, rel=0.2)
+    assert 0.9 * min(seen) <= window["rss_mb_mean"] <= 1.1 * max(seen)
     assert window["cpu_percent_max"] is not None and window["cpu_percent_max"] > 10
     assert sampler.window(t1 + 100, t1 + 200)["rss_mb_mean"] is None
 
