@@ -98,7 +98,9 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """``python -m server`` on 127.0.0.1 at a free port, logging to ``log_path``; ready once ``/health`` answers 200.
+    """The server as users start it (``scripts/serve.sh``: ``python -m server`` on jemalloc; ``RECHKA_ALLOCATOR=glibc``
+    in the environment keeps glibc malloc) on 127.0.0.1 at a free port, logging to ``log_path``; ready once
+    ``/health`` answers 200. The script execs Python, so :attr:`pid` is the server's own process.
 
     Leaving the context sends SIGTERM (the server flushes and drains), then kills after ``stop_timeout``.
     """
@@ -126,7 +128,10 @@ class ServerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        cmd = [sys.executable, "-m", "server", "--host", self.host, "--port", str(self.port), *self.args]
+        env["RECHKA_SKIP_BOOTSTRAP"] = "1"  # this interpreter's environment is the installed one
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        cmd = ["bash", str(REPO_ROOT / "scripts" / "serve.sh"), "--host", self.host, "--port", str(self.port),
+               *self.args]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + self.startup_timeout
@@ -153,6 +158,15 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+    @property
+    def allocator(self) -> str:
+        """``jemalloc`` when the running server has libjemalloc mapped (read from /proc, not assumed), else ``glibc``."""
+        try:
+            maps = Path(f"/proc/{self.pid}/maps").read_text()
+        except OSError:
+            return "unknown"
+        return "jemalloc" if "libjemalloc" in maps else "glibc"
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -276,4 +290,5 @@ def connect_or_start(stack: ExitStack, url: Optional[str], server_pid: Optional[
         http_base = f"{'https' if parsed.scheme == 'wss' else 'http'}://{parsed.netloc}"
         return url, pid, http_base, {"url": url}
     server = stack.enter_context(ServerProcess(list(server_args), log_path))
-    return server.ws_url, server.pid, server.http_base, {"args": list(server_args), "log": str(server.log_path)}
+    return server.ws_url, server.pid, server.http_base, {"args": list(server_args), "log": str(server.log_path),
+                                                        "allocator": server.allocator}

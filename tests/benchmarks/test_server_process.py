@@ -12,6 +12,8 @@ import pytest
 from benchmarks.server_process import (ResourceSampler, ServerProcess, counter_delta, histogram_delta,
                                        histogram_quantile, parse_prometheus, pid_listening_on)
 
+TINY_ASR = Path(__file__).parents[1] / "assets" / "tiny_gigaam_ctc.ckpt"
+
 BEFORE = """\
 # HELP rechka_batch_size Requests per model batch.
 # TYPE rechka_batch_size histogram
@@ -82,6 +84,18 @@ def test_server_process_reports_a_failed_start(tmp_path: Path) -> None:
         with ServerProcess(["--no-such-option-for-rechka"], tmp_path / "server.log", startup_timeout=120):
             pass
     assert (tmp_path / "server.log").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not TINY_ASR.is_file(), reason=f"{TINY_ASR.name} is absent (scripts/train_tiny_gigaam.py)")
+def test_server_process_starts_the_server_as_users_do(tmp_path: Path) -> None:
+    """Benchmarks measure the server that ``scripts/serve.sh`` starts: exec'd (the pid is Python's) and on jemalloc
+    where it is installed, which is what keeps a long run's RSS flat (docs/benchmarks.md)."""
+    with ServerProcess(["--asr-model", str(TINY_ASR)], tmp_path / "server.log") as server:
+        cmdline = Path(f"/proc/{server.pid}/cmdline").read_bytes().split(b"\0")
+        assert b"-m" in cmdline and b"server" in cmdline, cmdline
+        jemalloc = any(Path("/usr/lib").glob("*/libjemalloc.so.2"))
+        assert server.allocator == ("jemalloc" if jemalloc else "glibc")
 
 
 def _latency_scrape(counts: dict[str, float]) -> str:
