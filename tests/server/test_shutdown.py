@@ -89,6 +89,42 @@ def test_sigterm_drains_the_server() -> None:
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, "the SIGTERM handler was not removed"
 
 
+def test_sigterm_flushes_every_reading_stream_even_beside_a_client_that_stopped_reading() -> None:
+    """Issue #13's fault, whole: SIGTERM with three streams mid-utterance and a fourth whose client stopped reading
+    (it never answers the close handshake). The three get their final, ``end`` and 1001; the frozen one costs no
+    more than the grace, and the process is done within it."""
+    freqs = [450, 650, 850]
+    grace = 2.0
+
+    async def main() -> tuple[list[Received], float, float, bool]:
+        async with serving(shutdown_grace=grace) as server:
+            frozen = await connect(server.url)
+            await frozen.send(json.dumps(START))
+            await frozen.recv()
+            await frozen.send(open_tone(350))
+            _, readers = await open_streams(server, freqs)
+            frozen.transport.pause_reading()  # from now on it reads nothing, not even the close
+            serving_task = asyncio.create_task(serve_until_signal(server))
+            await asyncio.sleep(0.05)  # the handlers are installed
+            signalled = time.monotonic()
+            os.kill(os.getpid(), signal.SIGTERM)
+            results = await asyncio.gather(*readers)
+            flushed = time.monotonic() - signalled
+            await serving_task
+            done = time.monotonic() - signalled
+            frozen_was_open = frozen.transport.is_closing() is False or frozen.close_code is None
+            frozen.transport.abort()
+            return list(results), flushed, done, frozen_was_open
+
+    results, flushed, done, frozen_was_open = run(main())
+    for freq, got in zip(freqs, results):
+        assert got.final_words == [f"w{freq}"], got.events
+        assert got.types[-1] == "end" and got.close_code == 1001
+    assert frozen_was_open, "the frozen client answered the close: it was not frozen"
+    assert flushed < grace, f"the reading streams closed {flushed:.1f} s after SIGTERM, beyond the {grace} s grace"
+    assert done < grace + 1.0, f"the server took {done:.1f} s to stop, beyond its {grace} s grace"
+
+
 def test_streams_still_flushing_when_the_grace_ends_are_closed_1001() -> None:
     gate = threading.Event()
     models = fake_models()
