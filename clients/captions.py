@@ -28,8 +28,8 @@ def _shift_words(words: tuple[wire.WordTiming, ...], offset: int) -> tuple[wire.
 class LiveCaptions:
     """What the user sees: finals, the partial per channel, speakers, warnings, errors, and progress counters.
 
-    acknowledged: absolute sample up to which the transcript is final (the end of the newest final); a client that
-        reconnects resends audio from here.
+    acknowledged: absolute sample up to which the transcript is final (the end of the newest final, or of all the
+        audio a session's ``end`` reports); a client that reconnects resends audio from here.
     heard_until: absolute end of the newest partial or final.
     lag: samples of audio sent but not yet covered when the newest partial/final arrived (``None`` before one).
     """
@@ -108,6 +108,7 @@ class LiveCaptions:
             event = dataclasses.replace(event, audio_samples=event.audio_samples + off,
                                         speakers=tuple(self.speakers) or event.speakers)
             self.end = event
+            self.acknowledged = max(self.acknowledged, event.audio_samples)  # the server flushed all it had
             self.partials.clear()
         return event
 

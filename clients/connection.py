@@ -11,8 +11,10 @@ once with :class:`Refused`.
 A file is sent as fast as the server takes it: the server slows a client that runs ahead of real time by not
 reading its socket (backpressure), so ``ws.send`` simply waits, and nothing is dropped or needs a reconnect. Its
 websocket pings would wait behind the audio too, so a file stream has no ping deadline (the server's own
-timeouts end a dead stream). Audio lost is counted once: what fell out of the replay window while disconnected
-(``lost_samples``) and what the server reported dropping (``server_dropped_samples``).
+timeouts end a dead stream). A live source does not wait: if it outruns the replay window while the server is not
+taking audio, the session is ended with ``stop`` and the audio goes on in a new one from the oldest frame kept.
+Audio lost is counted once: what fell out of the replay window unsent (``lost_samples``) and what the server
+reported dropping (``server_dropped_samples``).
 """
 
 from __future__ import annotations
@@ -154,6 +156,7 @@ class StreamClient:
         self._room = asyncio.Event()
         self._lost_until = 0  # frames before this are already counted in lost_samples
         self._live = True
+        self._fell_behind: Optional[str] = None  # why this session is being ended early to resume in a new one
 
     def _set(self, state: str, detail: str = "") -> None:
         self.status.state, self.status.detail = state, detail
@@ -192,23 +195,17 @@ class StreamClient:
 
     async def _connect_loop(self, start: wire.Start, fmt: FrameFormat, buffer: ReplayBuffer,
                             producer: asyncio.Task[None]) -> None:
-        failures = 0
+        failures = 0  # retries in a row without progress: a session that made some final starts the count anew
         while True:
-            resume = fmt.samples_to_frames(self.captions.acknowledged) if self.captions.sessions else 0
-            if resume < buffer.start:  # the replay window was too short: that audio is lost (counted once)
-                counted = max(resume, self._lost_until)
-                if buffer.start > counted:
-                    self.status.lost_samples += fmt.frames_to_samples(buffer.start - counted)
-                self._lost_until = buffer.start
-                resume = buffer.start
+            acknowledged = self.captions.acknowledged
             try:
-                await self._session(start, fmt, buffer, resume, producer)
+                await self._session(start, fmt, buffer, producer)
                 self._set("done")
                 return
             except _Retry as retry:
                 if producer.done() and not producer.cancelled() and producer.exception() is not None:
                     return  # the source failed; run() re-raises its error
-                failures += 1
+                failures = 1 if self.captions.acknowledged > acknowledged else failures + 1
                 if failures > self.options.max_retries:
                     self._set("failed", str(retry))
                     raise GaveUp(f"{retry}; gave up after {failures} attempts") from None
@@ -220,7 +217,19 @@ class StreamClient:
                 self._set("failed", str(refused))
                 raise
 
-    async def _session(self, start: wire.Start, fmt: FrameFormat, buffer: ReplayBuffer, resume: int,
+    def _resume_frame(self, fmt: FrameFormat, buffer: ReplayBuffer) -> int:
+        """Where a new session starts: the end of what is final, or the oldest frame kept if the replay window was
+        too short (then the audio between is lost, counted once)."""
+        resume = fmt.samples_to_frames(self.captions.acknowledged) if self.captions.sessions else 0
+        if resume < buffer.start:
+            counted = max(resume, self._lost_until)
+            if buffer.start > counted:
+                self.status.lost_samples += fmt.frames_to_samples(buffer.start - counted)
+            self._lost_until = buffer.start
+            resume = buffer.start
+        return resume
+
+    async def _session(self, start: wire.Start, fmt: FrameFormat, buffer: ReplayBuffer,
                        producer: asyncio.Task[None]) -> None:
         self._set("connecting", self.options.url)
         headers = {"Authorization": f"Bearer {self.options.token}"} if self.options.token else None
@@ -244,6 +253,7 @@ class StreamClient:
                           "for testing") from None
         except (OSError, asyncio.TimeoutError, InvalidHandshake) as e:
             raise _Retry(f"cannot connect: {e or type(e).__name__}") from None
+        resume = self._resume_frame(fmt, buffer)  # after connecting: a live source went on meanwhile
         self.captions.new_session(fmt.frames_to_samples(resume))
         self._sent_frames = resume
         self._stop_sent = False
@@ -255,6 +265,9 @@ class StreamClient:
             finally:
                 sender.cancel()
                 await asyncio.gather(sender, return_exceptions=True)
+        if self._fell_behind is not None:  # this session ended on our stop; the audio goes on in a new one
+            reason, self._fell_behind = self._fell_behind, None
+            raise _Retry(reason, 0.0)
 
     async def _send(self, ws: ClientConnection, fmt: FrameFormat, buffer: ReplayBuffer,
                     producer: asyncio.Task[None]) -> None:
@@ -262,6 +275,17 @@ class StreamClient:
         self._set("streaming")
         try:
             while True:
+                if self._sent_frames < buffer.start:
+                    # A live source outran the replay window while the server was not taking audio: the next
+                    # frame is gone. This session's timeline cannot skip it, so it is ended with stop (the server
+                    # flushes every final of what it has) and the audio goes on in a new session from the oldest
+                    # frame kept; the gap is counted in lost_samples by the reconnect.
+                    self._fell_behind = (f"the live audio outran the {self.options.replay_seconds:g} s replay "
+                                         "window while the server was not taking it")
+                    await ws.send(dump_client_message(wire.Stop()))
+                    self._stop_sent = True
+                    self._set("finishing", self._fell_behind)
+                    return
                 if self._sent_frames < buffer.end:
                     data = buffer.read(self._sent_frames, chunk)
                     await ws.send(data)

@@ -150,6 +150,14 @@ def test_audio_lost_across_repeated_drops_is_counted_once(scripted_server, count
     assert client.status.lost_samples == captions.offset - 6 * RATE
 
 
+def test_max_retries_counts_failures_in_a_row_not_drops_that_made_progress(scripted_server, counting_wav) -> None:
+    # four drops, each after the session's first finals: with max_retries=1 a long stream still goes on
+    server = scripted_server(drop_after={k: 2.5 for k in range(4)})
+    client, captions, _ = run_client(server.url, counting_wav(10), max_retries=1)
+    assert client.status.reconnects == 4 and captions.sessions == 5
+    assert [f.text for f in captions.finals] == [str(1000 + k) for k in range(10)]
+
+
 def test_a_file_at_full_speed_through_the_real_server_needs_no_reconnect(counting_wav) -> None:
     import dataclasses
 
@@ -171,3 +179,78 @@ def test_a_file_at_full_speed_through_the_real_server_needs_no_reconnect(countin
     assert client.status.server_dropped_samples == 0
     assert captions.end is not None and captions.end.audio_samples == 120 * RATE
     assert captions.end.dropped_samples == 0
+
+
+class CountingLiveSource:
+    """A live source (it never waits for the sender) of ``seconds`` of the counting signal, in 0.1 s chunks at 4×
+    real time (a microphone, sped up); ``produced`` counts the frames handed over."""
+
+    live = True
+
+    def __init__(self, seconds: int) -> None:
+        from clients.sources import FrameFormat
+
+        self.format = FrameFormat()
+        self.signal = np.repeat(np.arange(seconds, dtype="<i2") + 1000, RATE)
+        self.produced = 0
+
+    async def chunks(self):  # type: ignore[no-untyped-def]
+        for a in range(0, len(self.signal), RATE // 10):
+            await asyncio.sleep(0.025)
+            yield self.signal[a: a + RATE // 10].tobytes()
+            self.produced = a + RATE // 10
+
+    def close(self) -> None:
+        pass
+
+
+class StalledSend:
+    """A client websocket whose ``send`` of audio stalls once, after ``after`` bytes, until ``go`` is set (a network
+    or a server not taking audio, made deterministic)."""
+
+    def __init__(self, ws, after: int, go: asyncio.Event) -> None:  # type: ignore[no-untyped-def]
+        self._ws, self._after, self._go, self._sent = ws, after, go, 0
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self._ws, name)
+
+    async def send(self, data) -> None:  # type: ignore[no-untyped-def]
+        if isinstance(data, bytes):
+            if self._sent >= self._after and not self._go.is_set():
+                await self._go.wait()
+            self._sent += len(data)
+        await self._ws.send(data)
+
+
+def test_a_live_source_that_outruns_the_replay_window_goes_on_in_a_new_session(scripted_server) -> None:
+    """The sender stalls after 3 s while the microphone goes on; once more than the replay window (2 s) is unsent,
+    the session ends with stop (its finals all arrive) and a new one resumes at the oldest frame kept: the gap is
+    counted in ``lost_samples`` exactly, and every final keeps its place on the one time line."""
+    server = scripted_server()
+    source = CountingLiveSource(12)
+    go = asyncio.Event()
+
+    class Client(StreamClient):
+        async def _send(self, ws, fmt, buffer, producer):  # type: ignore[no-untyped-def]
+            stalled = StalledSend(ws, 3 * RATE * 2, go) if self.captions.sessions == 1 else ws
+            return await super()._send(stalled, fmt, buffer, producer)
+
+    async def main() -> tuple[StreamClient, object]:
+        client = Client(ConnectOptions(url=server.url, replay_seconds=2, backoff=0.05), wire.Start())
+        run = asyncio.create_task(client.run(source))
+        while source.produced < 8 * RATE:  # 5 s beyond the stall: 3 s more than the window
+            await asyncio.sleep(0.01)
+        go.set()
+        return client, await run
+
+    client, captions = asyncio.run(main())
+    assert captions.sessions == 2 and client.status.reconnects == 1
+    first = server.audio_bytes[0] // 2  # 3 s, and the one send that was waiting at the stall
+    assert 3 * RATE <= first < 4 * RATE
+    second = len(source.signal) - server.audio_bytes[1] // 2  # where the second session began (absolute)
+    assert captions.offset == second > first + 2 * RATE
+    assert client.status.lost_samples == second - first  # exactly the audio never sent
+    assert [f.text for f in captions.finals if f.end <= first] == ["1000", "1001", "1002"]  # all 3 finals came
+    for final in captions.finals:  # one time line: each second's value at its absolute time
+        assert int(final.text) == 1000 + final.start // RATE
+    assert captions.end is not None and captions.end.audio_samples == len(source.signal)
