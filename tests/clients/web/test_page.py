@@ -47,7 +47,10 @@ def test_microphone_audio_reaches_the_server_and_captions_appear(launch_chromium
     assert len(audio) >= int(2.8 * RATE)  # padded file: 0.3 s + 2 s tone + 0.5 s
     loud = np.flatnonzero(np.abs(audio) > 0.2)
     tone = audio[loud[0]: loud[-1] + 1]
-    assert abs(len(tone) / RATE - 2.0) < 0.05  # resampled at the right rate: 2 s stay 2 s
+    # 2 s stay 2 s: a wrong resampling ratio (44.1 vs 48 kHz) is off by 0.16 s, and the frequency below pins the
+    # rate to 0.5 %; the margin is for Chromium's fake capture device, which skips a few of its 10 ms buffers when
+    # the machine is starved (1.92 s seen under load 10)
+    assert abs(len(tone) / RATE - 2.0) < 0.12
     spectrum = np.abs(np.fft.rfft(tone * np.hanning(len(tone)), n=4 * len(tone)))
     assert abs(np.argmax(spectrum) * RATE / (4 * len(tone)) - 440) < 2
     assert abs(np.sqrt(np.mean(tone[800:-800] ** 2)) - 0.4 / np.sqrt(2)) < 0.02
