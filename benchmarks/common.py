@@ -31,7 +31,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from streaming.config import SAMPLE_RATE  # noqa: F401  (the benchmarks import it from here)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OUT_DIR = REPO_ROOT / "benchmarks" / "out"
 

@@ -36,6 +36,7 @@ from benchmarks.common import (OUT_DIR, SAMPLE_RATE, CapacitySearch, Corpus, Str
                                summarize, write_result)
 from benchmarks.server_process import (ResourceSampler, connect_or_start, counter_delta, histogram_delta,
                                        histogram_quantile, machine_info, scrape)
+from server.models.gigaam_models import DEFAULT_MODEL
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -43,7 +44,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     where = p.add_argument_group("server")
     where.add_argument("--url", help="a running server (ws://HOST:PORT/v1/stream) to use instead of starting one")
     where.add_argument("--server-pid", type=int, help="pid of the --url server for CPU/RSS (default: found by port)")
-    where.add_argument("--asr-model", default="random:v2_ctc",
+    where.add_argument("--asr-model", default=f"random:{DEFAULT_MODEL}",
                        help="--asr-model of the started server (random:* adds --allow-random-weights)")
     where.add_argument("--device", default="cpu", help="--device of the started server: cpu, cuda, cuda:N")
     where.add_argument("--server-arg", action="append", default=[], metavar="ARG",

@@ -28,13 +28,14 @@ from benchmarks.common import (OUT_DIR, SAMPLE_RATE, StreamLog, analyze_session,
                                linear_fit, plot_panels, speech_corpus, stream_session, summarize, write_result)
 from benchmarks.server_process import (ResourceSampler, connect_or_start, counter_delta, histogram_delta,
                                        machine_info, scrape)
+from server.models.gigaam_models import DEFAULT_MODEL
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", help="connect to this running server instead of starting one")
     p.add_argument("--server-pid", type=int, help="pid of the --url server for RSS (default: found by port)")
-    p.add_argument("--asr-model", default="random:v2_ctc", help="--asr-model of the started server")
+    p.add_argument("--asr-model", default=f"random:{DEFAULT_MODEL}", help="--asr-model of the started server")
     p.add_argument("--device", default="cpu", help="--device of the started server: cpu, cuda, cuda:N")
     p.add_argument("--server-arg", action="append", default=[], metavar="ARG", help="extra server argument (repeat)")
     p.add_argument("--token", help="bearer token for servers that require one")

@@ -33,11 +33,12 @@ import numpy as np
 
 from benchmarks.common import OUT_DIR, SAMPLE_RATE, command_line, speech_corpus, write_result
 from benchmarks.server_process import machine_info
+from server.models.gigaam_models import DEFAULT_MODEL
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--asr-model", default="random:v2_ctc")
+    p.add_argument("--asr-model", default=f"random:{DEFAULT_MODEL}")
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch", default="1,4", help="batch sizes to time, comma-separated")
     p.add_argument("--repeats", type=int, default=3, help="timed calls per model and batch size (median kept)")

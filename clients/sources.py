@@ -33,7 +33,7 @@ class FrameFormat:
     """Raw audio as sent to the server. A frame is one sample of every channel."""
 
     encoding: str = "pcm_s16le"
-    sample_rate: int = 16000
+    sample_rate: int = wire.SAMPLE_RATE
     channels: int = 1
 
     def __post_init__(self) -> None:

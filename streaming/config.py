@@ -245,7 +245,7 @@ class AudioFormat:
     """What the client sends. Validated by ``streaming.audio`` (raises ``UnsupportedFormat``)."""
 
     encoding: str = "pcm_s16le"
-    sample_rate: int = 16000
+    sample_rate: int = SAMPLE_RATE
     channels: int = 1
 
 

@@ -11,9 +11,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
+from streaming.config import SAMPLE_RATE
 from streaming.errors import InvalidMessage
 
-SAMPLE_RATE = 16000
 ENCODINGS = ("pcm_s16le", "pcm_f32le", "mulaw", "alaw")
 MAX_TEXT_BYTES = 16 * 1024  # a control message is a flat object of a few hundred bytes
 MAX_NAME_SHOWN = 40  # characters of a client's unknown field name echoed in an error
@@ -29,7 +29,7 @@ class Start:
     """The first message of a stream; every field is optional."""
 
     encoding: str = "pcm_s16le"
-    sample_rate: int = 16000
+    sample_rate: int = SAMPLE_RATE
     channels: int = 1
     multichannel: bool = False
     diarization: bool = True

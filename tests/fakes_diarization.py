@@ -14,10 +14,11 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from streaming.config import SAMPLE_RATE
 from streaming.work import (EmbeddingRequest, EmbeddingResult, Request, Result, SegmentationRequest,
                             SegmentationResult)
 
-SR = 16000
+SR = SAMPLE_RATE
 TONES = (300.0, 500.0, 700.0, 900.0, 1100.0, 1300.0)
 FRAME_STEP = 320.0        # 20 ms
 FRAME_DURATION = 640.0    # 40 ms

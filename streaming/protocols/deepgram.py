@@ -20,7 +20,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 from streaming import wire
 from streaming.audio import validate_format
-from streaming.config import AudioFormat, SessionConfig, ms
+from streaming.config import SAMPLE_RATE, AudioFormat, SessionConfig, ms
 from streaming.errors import InvalidAudio, RechkaError, UnsupportedFormat
 from streaming.protocols.base import Close, CloseCode, Limits, Phase, StreamProtocol
 
@@ -47,7 +47,7 @@ class DeepgramOptions:
     """The query parameters that change what rechka does; see :func:`parse_query`."""
 
     encoding: str = "linear16"
-    sample_rate: int = 16000
+    sample_rate: int = SAMPLE_RATE
     channels: int = 1
     multichannel: bool = False
     interim_results: bool = False
@@ -118,7 +118,7 @@ def parse_query(query: Mapping[str, Sequence[str]]) -> DeepgramOptions:
         if utterance_end < MIN_UTTERANCE_END_MS:
             raise InvalidQuery(f"utterance_end_ms must be at least {MIN_UTTERANCE_END_MS}")
     options = DeepgramOptions(
-        encoding=q["encoding"], sample_rate=_integer("sample_rate", q.get("sample_rate", "16000")),
+        encoding=q["encoding"], sample_rate=_integer("sample_rate", q.get("sample_rate", str(SAMPLE_RATE))),
         channels=_integer("channels", q.get("channels", "1")),
         multichannel=_flag("multichannel", q.get("multichannel", "false")),
         interim_results=_flag("interim_results", q.get("interim_results", "false")), diarize=diarize,

@@ -13,6 +13,7 @@ import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from streaming.config import SAMPLE_RATE
 from server.models.asr import MAX_AUDIO_SAMPLES, AsrOptions, GigaAmAsr, ModelUnavailable
 from server.models.base import BatchModel
 from server.models.gigaam_compat import build_model, encode_batch, load_checkpoint
@@ -20,7 +21,7 @@ from streaming.work import AsrKind, AsrRequest, AsrResult
 
 ROOT = Path(__file__).resolve().parents[3]
 TINY_CKPT = ROOT / "tests" / "assets" / "tiny_gigaam_ctc.ckpt"
-SR = 16000
+SR = SAMPLE_RATE
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 

@@ -18,6 +18,7 @@ import pytest
 import torch
 import torchaudio
 
+from streaming.config import SAMPLE_RATE
 from server.batcher import Batcher
 from server.models import gigaam_models
 from server.models.asr import GigaAmAsr, ModelUnavailable
@@ -32,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[3]
 ASSETS = ROOT / "tests" / "assets"
 V3_CTC = ASSETS / "tiny_v3_e2e_ctc.ckpt"
 V3_RNNT = ASSETS / "tiny_v3_e2e_rnnt.ckpt"
-SR = 16000
+SR = SAMPLE_RATE
 PUNCTUATION = ",."
 
 
