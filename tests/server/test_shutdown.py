@@ -65,38 +65,14 @@ def test_drain_flushes_finals_sends_end_and_closes_1001() -> None:
     assert refused is not type(None), "a draining server accepted a new stream"
 
 
-def test_sigterm_drains_the_server() -> None:
-    """SIGTERM with streams open: each gets its open utterance's final, then ``end``, then 1001, within the grace."""
-    freqs = [550, 750]
-
-    async def main() -> tuple[list[Received], float, float]:
-        async with serving() as server:
-            _, readers = await open_streams(server, freqs)
-            serving_task = asyncio.create_task(serve_until_signal(server))
-            await asyncio.sleep(0.05)  # the handlers are installed
-            signalled = time.monotonic()
-            os.kill(os.getpid(), signal.SIGTERM)
-            results = await asyncio.gather(*readers)
-            closed = time.monotonic() - signalled
-            await serving_task
-            assert server.draining
-            return list(results), closed, server.config.shutdown_grace
-
-    results, closed, grace = run(main())
-    for freq, got in zip(freqs, results):
-        assert got.final_words == [f"w{freq}"] and got.types[-1] == "end" and got.close_code == 1001
-    assert closed < grace, f"the streams closed {closed:.1f} s after SIGTERM, beyond the {grace} s grace"
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, "the SIGTERM handler was not removed"
-
-
-def test_sigterm_flushes_every_reading_stream_even_beside_a_client_that_stopped_reading() -> None:
-    """Issue #13's fault, whole: SIGTERM with three streams mid-utterance and a fourth whose client stopped reading
-    (it never answers the close handshake). The three get their final, ``end`` and 1001; the frozen one costs no
-    more than the grace, and the process is done within it."""
+def test_sigterm_drains_the_server_even_beside_a_client_that_stopped_reading() -> None:
+    """SIGTERM with three streams mid-utterance and a fourth whose client stopped reading (it never answers the
+    close handshake): the three get their final, ``end`` and 1001 within the grace; the frozen one costs no more
+    than the grace, so the process is done within it; the signal handler is removed afterwards."""
     freqs = [450, 650, 850]
     grace = 2.0
 
-    async def main() -> tuple[list[Received], float, float, bool]:
+    async def main() -> tuple[list[Received], float, float]:
         async with serving(shutdown_grace=grace) as server:
             frozen = await connect(server.url)
             await frozen.send(json.dumps(START))
@@ -112,17 +88,17 @@ def test_sigterm_flushes_every_reading_stream_even_beside_a_client_that_stopped_
             flushed = time.monotonic() - signalled
             await serving_task
             done = time.monotonic() - signalled
-            frozen_was_open = frozen.transport.is_closing() is False or frozen.close_code is None
+            assert server.draining
             frozen.transport.abort()
-            return list(results), flushed, done, frozen_was_open
+            return list(results), flushed, done
 
-    results, flushed, done, frozen_was_open = run(main())
+    results, flushed, done = run(main())
     for freq, got in zip(freqs, results):
         assert got.final_words == [f"w{freq}"], got.events
         assert got.types[-1] == "end" and got.close_code == 1001
-    assert frozen_was_open, "the frozen client answered the close: it was not frozen"
     assert flushed < grace, f"the reading streams closed {flushed:.1f} s after SIGTERM, beyond the {grace} s grace"
     assert done < grace + 1.0, f"the server took {done:.1f} s to stop, beyond its {grace} s grace"
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, "the SIGTERM handler was not removed"
 
 
 def test_streams_still_flushing_when_the_grace_ends_are_closed_1001() -> None:
