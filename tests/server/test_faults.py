@@ -191,3 +191,41 @@ def test_clients_killed_mid_stream_leave_no_session_behind() -> None:
             return server.metrics.sessions_active._value.get()
 
     assert run(main()) == 0
+
+
+def test_sessions_that_ended_leave_nothing_alive() -> None:
+    """A long-running server must not keep what ended: after streams that stopped, were aborted mid-utterance, or
+    ran with diarization, no ``Session`` or ``Connection`` object is still reachable (a soak's RSS slope starts
+    here)."""
+    import gc
+
+    from server.connection import Connection
+    from streaming.session import Session
+
+    def alive() -> tuple[int, int]:
+        gc.collect()
+        objects = gc.get_objects()
+        return sum(type(o) is Session for o in objects), sum(type(o) is Connection for o in objects)
+
+    async def main() -> tuple[tuple[int, int], tuple[int, int]]:
+        async with serving(fake_models(delay=0.02)) as server:
+            for k in range(3):
+                await stream(server.url, tones_audio([440 + 110 * k]), start={"diarization": k % 2 == 0})
+            during = None
+            for k in range(3):
+                ws = await connect(server.url)
+                await ws.send(json.dumps({"type": "start", "diarization": k % 2 == 0}))
+                await ws.recv()
+                await ws.send(tones_audio([440, 660])[:40_000])  # mid-utterance, results in flight
+                during = during or alive()
+                ws.transport.abort()
+            for _ in range(100):
+                if server.metrics.sessions_active._value.get() == 0:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)  # the aborted sessions' model results come back and are dropped
+            return during, alive()
+
+    during, after = run(main())
+    assert during[0] >= 1 and during[1] >= 1  # the census sees live ones
+    assert after == (0, 0), f"{after[0]} sessions and {after[1]} connections still alive after they all ended"
