@@ -30,6 +30,11 @@ markdown table.
     python -m benchmarks.der                         # every dataset, rechka + offline (+ diart if installed)
     python -m benchmarks.der --datasets sample,ami --systems rechka
     python -m benchmarks.der --systems oracle          # rechka with oracle embeddings: the segmentation's share
+    python -m benchmarks.der --systems rechka --baseline main   # old vs new streaming/ side by side
+
+``--baseline REF`` also runs the ``rechka`` systems with ``streaming/`` as of git ``REF`` (the rest of the code and
+the cached model outputs shared; a child process, since both versions are ``streaming``), its systems named
+``rechka@REF ...``: the tracker's old and new code on the same model outputs, in one table.
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ import soundfile as sf
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+if os.environ.get("RECHKA_DER_STREAMING"):  # --baseline's child: ``streaming`` as of another commit
+    sys.path.insert(0, os.environ["RECHKA_DER_STREAMING"])
 
 from benchmarks.der_systems import Models, offline_pipeline, run_diart, run_offline, run_rechka  # noqa: E402
 from server.models.cache import CAMPPLUS, EMBEDDING_DEFAULT, SEGMENTATION_3, SEGMENTATION_DEFAULT  # noqa: E402
@@ -267,8 +274,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=OUT / "der-cache",
                         help="model results per model pair, reused by later runs ('none': no cache)")
     parser.add_argument("--out", type=Path, default=OUT / "der.json")
+    parser.add_argument("--baseline", metavar="REF", help="also run rechka with streaming/ as of this git ref")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
+    baseline_rows = baseline(args, argv if argv is not None else sys.argv[1:]) if args.baseline else []
 
     speakers = {"espeak": [int(n) for n in args.espeak_speakers.split(",")],
                 "real": [int(n) for n in args.real_speakers.split(",")]}
@@ -297,6 +306,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         row.update(system=system, dataset=item.dataset, file=item.name, duration=round(duration, 2),
                    reference_speech=round(sum(s.duration for s, _ in references[wav].itertracks()), 2))
         rows.append(row)
+    rows += baseline_rows
     summary = summarise(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result = {"command": sys.argv, "notes": notes, "costs": costs, "summary": summary, "files": rows,
@@ -372,6 +382,32 @@ def run_systems(args: argparse.Namespace, models: Models, items: list[Item], aud
             hypotheses[(name, item.wav)] = found[str(item.wav)]
         costs[name] = {"wall_s_per_audio_s": round((time.time() - started) / total_audio, 4), "delta_new": delta_new}
         print(f"{name}: done, {costs[name]}", file=sys.stderr, flush=True)
+
+
+def baseline(args: argparse.Namespace, argv: Sequence[str]) -> list[dict[str, Any]]:
+    """The rows of ``rechka`` systems run by a child with ``streaming/`` as of ``args.baseline`` (extracted with
+    ``git archive`` into a temporary directory), renamed ``rechka@REF ...``; model outputs come from the same cache,
+    so run the current code first or share ``--cache-dir``."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline, "streaming"], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        out = Path(tmp) / "baseline.json"
+        child, skip = [], False
+        for a in argv:
+            if not skip and not a.startswith("--baseline"):
+                child.append(a)
+            skip = a == "--baseline"
+        child += ["--systems", "rechka", "--out", str(out)]
+        subprocess.run([sys.executable, "-m", "benchmarks.der", *child], check=True, cwd=ROOT,
+                       env=dict(os.environ, RECHKA_DER_STREAMING=tmp))
+        rows = json.loads(out.read_text())["files"]
+    for row in rows:
+        row["system"] = row["system"].replace("rechka", f"rechka@{args.baseline}", 1)
+    return rows
 
 
 def _segmentation_tag(models: Models) -> str:
