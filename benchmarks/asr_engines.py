@@ -2,6 +2,11 @@
 
     python -m benchmarks.asr_engines                       # full-size v2 CTC architecture, random weights, CPU
     python -m benchmarks.asr_engines --shapes 5x1,20x1,5x4 --repeats 5
+    python -m benchmarks.asr_engines --variants torch-fp32,onnx-int8-conv,onnx-int8-taps
+
+An ONNX variant may name the graph's form of the subsampling convolutions: ``-taps`` (one MatMul per kernel tap,
+quantized with the rest: recipe ``masked-taps-v2``) or ``-conv`` (Conv ops, left fp32 by int8: ``masked-v1``);
+without one it is the engine's default recipe.
 
 All four adapters hold the same weights (one seeded random build, or ``--asr-model`` a checkpoint) and decode the
 same real speech (``benchmarks.common.speech_corpus``); each shape (``SECONDSxBATCH``, a ragged batch: rows are
@@ -28,7 +33,9 @@ import numpy as np
 from benchmarks.common import OUT_DIR, SAMPLE_RATE, command_line, plot_panels, speech_corpus, write_result
 from benchmarks.server_process import machine_info
 
-VARIANTS = ("torch-fp32", "torch-int8", "onnx-fp32", "onnx-int8")
+VARIANTS = ("torch-fp32", "torch-int8", "onnx-fp32", "onnx-int8", "onnx-fp32-conv", "onnx-fp32-taps",
+            "onnx-int8-conv", "onnx-int8-taps")
+FORMS = {"taps": "masked-taps-v2", "conv": "masked-v1"}  # an ONNX variant's suffix → export recipe
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -46,17 +53,18 @@ def build(variants: Sequence[str], model: str, threads: int) -> dict[str, Any]:
     import torch
 
     from server.models.asr import GigaAmAsr
-    from server.models.asr_onnx import OnnxGigaAmAsr
+    from server.models.asr_onnx import DEFAULT_RECIPE, OnnxGigaAmAsr
 
     torch.set_num_threads(threads)
     out: dict[str, Any] = {}
     for name in variants:
         torch.manual_seed(0)  # random:… builds: the same weights in every variant (and the same cached graph)
-        engine, precision = name.split("-")
+        engine, precision, *form = name.split("-")
         if engine == "torch":
             out[name] = GigaAmAsr(model, "cpu", 16, quantize="int8" if precision == "int8" else None)
         else:
-            out[name] = OnnxGigaAmAsr(model, "cpu", 16, precision=precision, threads=threads)
+            recipe = FORMS[form[0]] if form else DEFAULT_RECIPE
+            out[name] = OnnxGigaAmAsr(model, "cpu", 16, precision=precision, threads=threads, recipe=recipe)
     return out
 
 

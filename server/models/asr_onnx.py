@@ -11,6 +11,11 @@ issue's measurements: QUInt8 and quantizing the convolutions too were slower on 
 full 8-bit weights moved log-probs by up to 0.31, 7-bit ones by 0.029, at the same speed
 (``benchmarks/asr_engines.py``, docs/benchmarks.md).
 
+Dynamic quantization covers MatMul, not Conv: with the default recipe (``masked-taps-v2``) the graph computes the
+convolutions that mix channels — v2's second subsampling Conv2d (768→768, 3×3, stride 2) and every Conformer
+layer's two pointwise Conv1d — as MatMuls, one per kernel tap (:mod:`server.models.conv_taps`; exact in fp32), so
+int8 quantizes them too; ``masked-v1`` keeps them as Conv ops (fp32 inside the int8 graph).
+
 Graphs live in the rechka cache (``$RECHKA_CACHE/onnx``), named by the SHA-256 of the encoder's weights (the
 checkpoint's content, so any checkpoint or random-weights build gets its own), the export recipe and the
 precision; they are built on first use (``rechka-fetch-models --asr-engine onnx`` builds them ahead) and never
@@ -35,12 +40,16 @@ import torch
 from server.models.asr import GigaAmAsr
 from server.models.audit import onnx_device
 from server.models.cache import cache_dir
+from server.models.conv_taps import with_tap_convs
 from server.models.gigaam_compat import encode_features, features_batch
 from server.models.gigaam_models import DEFAULT_MODEL
 
 log = logging.getLogger(__name__)
 
-RECIPE = "masked-v1"  # bump when the exported graph changes, so stale cache entries are not reused
+MATMUL_CONVS = "masked-taps-v2"  # channel-mixing convolutions as MatMuls per kernel tap (conv_taps), int8 with the rest
+CONV_OPS = "masked-v1"  # the first recipe: convolutions as Conv ops, which int8 leaves fp32
+RECIPES = (MATMUL_CONVS, CONV_OPS)  # part of the cache key: a changed graph form needs a new name
+DEFAULT_RECIPE = MATMUL_CONVS
 OPSET = 17
 PRECISIONS = ("fp32", "int8")
 
@@ -49,26 +58,33 @@ class MaskedEncoder(torch.nn.Module):
     """``(features (B, T, F) zero-padded log-mels, lengths (B,))`` → ``(encoded (B, T', D), encoded lengths)``, with
     the torch path's ragged-batch masks (the attention mask is built at every batch size, so one graph fits all)."""
 
-    def __init__(self, encoder: torch.nn.Module) -> None:
+    def __init__(self, encoder: torch.nn.Module, recipe: str = DEFAULT_RECIPE) -> None:
         super().__init__()
-        self.encoder = encoder  # encode_features reads ``.encoder`` of what it is given
+        _check_recipe(recipe)
+        self.encoder = with_tap_convs(encoder) if recipe == MATMUL_CONVS else encoder  # encode_features reads it
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return encode_features(self, features, lengths, mask_always=True)  # type: ignore[arg-type]
 
 
-def weights_key(encoder: torch.nn.Module) -> str:
+def _check_recipe(recipe: str) -> None:
+    if recipe not in RECIPES:
+        raise ValueError(f"ONNX export recipe {recipe!r} is unknown; use one of {', '.join(RECIPES)}")
+
+
+def weights_key(encoder: torch.nn.Module, recipe: str = DEFAULT_RECIPE) -> str:
     """SHA-256 over the encoder's parameter and buffer names and bytes (its checkpoint's content) plus the recipe."""
-    digest = hashlib.sha256(f"{RECIPE}/opset{OPSET}/torch{torch.__version__}".encode())
+    _check_recipe(recipe)
+    digest = hashlib.sha256(f"{recipe}/opset{OPSET}/torch{torch.__version__}".encode())
     for name, tensor in sorted(encoder.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
     return digest.hexdigest()
 
 
-def export_encoder(encoder: torch.nn.Module, path: Path, features: int) -> None:
+def export_encoder(encoder: torch.nn.Module, path: Path, features: int, recipe: str = DEFAULT_RECIPE) -> None:
     """Export :class:`MaskedEncoder` (float32, on the CPU) to ``path`` with dynamic batch and time axes."""
-    wrapper = MaskedEncoder(encoder).eval()
+    wrapper = MaskedEncoder(encoder, recipe).eval()
     x = torch.randn(2, 300, features)
     lengths = torch.tensor([300, 211])
     with torch.no_grad(), warnings.catch_warnings():
@@ -98,18 +114,19 @@ def _atomic(build: Any, target: Path) -> None:
             os.unlink(tmp)
 
 
-def ensure_graph(encoder: torch.nn.Module, features: int, precision: str, root: Optional[Path] = None) -> Path:
+def ensure_graph(encoder: torch.nn.Module, features: int, precision: str, root: Optional[Path] = None,
+                 recipe: str = DEFAULT_RECIPE) -> Path:
     """The cached graph of ``encoder`` at ``precision``, exported (and quantized) first if it is missing."""
     if precision not in PRECISIONS:
         raise ValueError(f"ONNX precision {precision!r} is not supported; use one of {', '.join(PRECISIONS)}")
     folder = (root or cache_dir()) / "onnx"
     folder.mkdir(parents=True, exist_ok=True)
-    key = weights_key(encoder)[:24]
+    key = weights_key(encoder, recipe)[:24]
     fp32 = folder / f"gigaam-encoder-{key}-fp32.onnx"
     if not fp32.is_file():
         log.info("exporting the GigaAM encoder to %s", fp32)
         cpu = encoder if next(encoder.parameters()).device.type == "cpu" else _cpu_copy(encoder)
-        _atomic(lambda tmp: export_encoder(cpu, tmp, features), fp32)
+        _atomic(lambda tmp: export_encoder(cpu, tmp, features, recipe), fp32)
     if precision == "fp32":
         return fp32
     int8 = folder / f"gigaam-encoder-{key}-int8r.onnx"  # r: reduce_range
@@ -128,13 +145,14 @@ def _cpu_copy(encoder: torch.nn.Module) -> torch.nn.Module:
 
 
 class OnnxGigaAmAsr(GigaAmAsr):
-    """:class:`GigaAmAsr` whose encoder runs on ONNX Runtime (``precision`` ``fp32`` or ``int8``).
+    """:class:`GigaAmAsr` whose encoder runs on ONNX Runtime (``precision`` ``fp32`` or ``int8``; ``recipe`` one of
+    :data:`RECIPES`, how the graph is exported).
 
     ``threads``: ONNX Runtime's intra-op threads (default: torch's); its threads do not spin between runs (they
     would take the cores from the other models' batchers)."""
 
     def __init__(self, model: str = DEFAULT_MODEL, device: str = "cpu", max_batch: int = 16, precision: str = "int8",
-                 threads: Optional[int] = None, **options: Any) -> None:
+                 threads: Optional[int] = None, recipe: str = DEFAULT_RECIPE, **options: Any) -> None:
         import onnxruntime as ort
 
         if precision not in PRECISIONS:
@@ -144,7 +162,8 @@ class OnnxGigaAmAsr(GigaAmAsr):
         super().__init__(model, device, max_batch, fp16=False, **options)
         self.precision = precision
         features = self.spec.frontend.features
-        self.graph = ensure_graph(self.model.encoder, features, precision)
+        self.recipe = recipe
+        self.graph = ensure_graph(self.model.encoder, features, precision, recipe=recipe)
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads or torch.get_num_threads()
         so.inter_op_num_threads = 1
@@ -171,7 +190,7 @@ class OnnxGigaAmAsr(GigaAmAsr):
 
     def describe(self) -> dict[str, Any]:
         out = super().describe()
-        out.update(engine="onnx", precision=self.precision, providers=self.session.get_providers(),
+        out.update(engine="onnx", precision=self.precision, recipe=self.recipe, providers=self.session.get_providers(),
                    graph=self.graph.name, quantize=None,
                    parameters=out["parameters"] + self._encoder_parameters)
         return out

@@ -4,6 +4,7 @@ CER point of fp32; graphs cached by the weights' hash outside the repository; th
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from server.models.asr import GigaAmAsr
-from server.models.asr_onnx import OnnxGigaAmAsr, ensure_graph, weights_key
+from server.models.asr_onnx import DEFAULT_RECIPE, OnnxGigaAmAsr, ensure_graph, weights_key
 from server.models.audit import PlacementError, audit_model
 from tests.server.models.test_asr import TINY_CKPT, _cer, _requests, held_out, needs_espeak, rnnt_ckpt  # noqa: F401
 
@@ -101,6 +102,30 @@ def test_graphs_are_cached_by_weights_hash_outside_the_repository(fp32: OnnxGiga
     assert weights_key(changed) != weights_key(torch_asr.model.encoder)
     with pytest.raises(ValueError, match="fp32, int8"):
         ensure_graph(changed, 64, "int4")
+
+
+def test_int8_graph_quantizes_the_channel_mixing_convolutions_and_recipes_are_cached_apart(
+        fp32: OnnxGigaAmAsr, int8: OnnxGigaAmAsr, torch_asr: GigaAmAsr, cache: Path) -> None:
+    assert int8.recipe == fp32.recipe == DEFAULT_RECIPE == "masked-taps-v2"
+    old = ensure_graph(torch_asr.model.encoder, 64, "int8", recipe="masked-v1")
+    assert old != int8.graph and weights_key(torch_asr.model.encoder, "masked-v1") != weights_key(
+        torch_asr.model.encoder)  # a graph built by the earlier recipe is never taken for the new one
+    new, before, layers = _ops(int8.graph), _ops(old), torch_asr.spec.encoder.n_layers
+    assert new["/pre_encode/Conv"] == 1 and before["/pre_encode/Conv"] == 2  # the one-channel first stays a Conv
+    assert (new["Conv"], before["Conv"]) == (1 + layers, 2 + 3 * layers)  # per layer: only the depthwise one stays
+    # quantized MatMuls instead: 9 taps of the second subsampling convolution, each layer's 2 pointwise convolutions
+    assert new["MatMulInteger"] == before["MatMulInteger"] + 9 + 2 * layers
+    with pytest.raises(ValueError, match="masked-taps-v2, masked-v1"):
+        weights_key(torch_asr.model.encoder, "masked-v0")
+
+
+def _ops(graph: Path) -> Counter:
+    """Op types of an ONNX graph, and ``/pre_encode/<op>`` for the subsampling's nodes."""
+    import onnx
+
+    nodes = onnx.load(str(graph)).graph.node
+    return Counter([n.op_type for n in nodes] + [f"/pre_encode/{n.op_type}" for n in nodes
+                                                 if n.name.startswith("/pre_encode/")])
 
 
 def test_describe_and_the_audit_read_the_session(fp32: OnnxGigaAmAsr) -> None:
