@@ -6,7 +6,7 @@
 
 An ONNX variant may name the graph's form of the subsampling convolutions: ``-taps`` (one MatMul per kernel tap,
 quantized with the rest: recipe ``masked-taps-v2``) or ``-conv`` (Conv ops, left fp32 by int8: ``masked-v1``);
-without one it is the engine's default recipe.
+without one it is the engine's default recipe for the precision.
 
 All four adapters hold the same weights (one seeded random build, or ``--asr-model`` a checkpoint) and decode the
 same real speech (``benchmarks.common.speech_corpus``); each shape (``SECONDSxBATCH``, a ragged batch: rows are
@@ -35,7 +35,6 @@ from benchmarks.server_process import machine_info
 
 VARIANTS = ("torch-fp32", "torch-int8", "onnx-fp32", "onnx-int8", "onnx-fp32-conv", "onnx-fp32-taps",
             "onnx-int8-conv", "onnx-int8-taps")
-FORMS = {"taps": "masked-taps-v2", "conv": "masked-v1"}  # an ONNX variant's suffix → export recipe
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -53,7 +52,7 @@ def build(variants: Sequence[str], model: str, threads: int) -> dict[str, Any]:
     import torch
 
     from server.models.asr import GigaAmAsr
-    from server.models.asr_onnx import DEFAULT_RECIPE, OnnxGigaAmAsr
+    from server.models.asr_onnx import CONV_OPS, MATMUL_CONVS, OnnxGigaAmAsr
 
     torch.set_num_threads(threads)
     out: dict[str, Any] = {}
@@ -63,7 +62,7 @@ def build(variants: Sequence[str], model: str, threads: int) -> dict[str, Any]:
         if engine == "torch":
             out[name] = GigaAmAsr(model, "cpu", 16, quantize="int8" if precision == "int8" else None)
         else:
-            recipe = FORMS[form[0]] if form else DEFAULT_RECIPE
+            recipe = {"taps": MATMUL_CONVS, "conv": CONV_OPS}[form[0]] if form else None  # None: the default
             out[name] = OnnxGigaAmAsr(model, "cpu", 16, precision=precision, threads=threads, recipe=recipe)
     return out
 
@@ -128,7 +127,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 row["text_differs_share"][name] = sum(a != b for a, b in zip(texts, other)) / len(texts)
         shapes.append(row)
         print(row, flush=True)
-    result = {"benchmark": "asr_engines", "command": command_line("benchmarks.asr_engines"),
+    result = {"benchmark": "asr_engines", "command": command_line("asr_engines"),
               "machine": machine_info(), "asr_model": args.asr_model, "threads": args.threads,
               "load_seconds": load_s, "graphs": {n: str(getattr(a, "graph", "")) for n, a in adapters.items()},
               "shapes": shapes}

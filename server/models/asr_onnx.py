@@ -11,10 +11,11 @@ issue's measurements: QUInt8 and quantizing the convolutions too were slower on 
 full 8-bit weights moved log-probs by up to 0.31, 7-bit ones by 0.029, at the same speed
 (``benchmarks/asr_engines.py``, docs/benchmarks.md).
 
-Dynamic quantization covers MatMul, not Conv: with the default recipe (``masked-taps-v2``) the graph computes the
-convolutions that mix channels — v2's second subsampling Conv2d (768→768, 3×3, stride 2) and every Conformer
-layer's two pointwise Conv1d — as MatMuls, one per kernel tap (:mod:`server.models.conv_taps`; exact in fp32), so
-int8 quantizes them too; ``masked-v1`` keeps them as Conv ops (fp32 inside the int8 graph).
+Dynamic quantization covers MatMul, not Conv: int8 graphs are exported by the recipe ``masked-taps-v2``, which
+computes the convolutions that mix channels — v2's second subsampling Conv2d (768→768, 3×3, stride 2) and every
+Conformer layer's two pointwise Conv1d — as MatMuls, one per kernel tap (:mod:`server.models.conv_taps`; exact in
+fp32), so int8 quantizes them too. fp32 graphs keep them as Conv ops (``masked-v1``), which ONNX Runtime runs faster
+than the taps in fp32.
 
 Graphs live in the rechka cache (``$RECHKA_CACHE/onnx``), named by the SHA-256 of the encoder's weights (the
 checkpoint's content, so any checkpoint or random-weights build gets its own), the export recipe and the
@@ -49,7 +50,9 @@ log = logging.getLogger(__name__)
 MATMUL_CONVS = "masked-taps-v2"  # channel-mixing convolutions as MatMuls per kernel tap (conv_taps), int8 with the rest
 CONV_OPS = "masked-v1"  # the first recipe: convolutions as Conv ops, which int8 leaves fp32
 RECIPES = (MATMUL_CONVS, CONV_OPS)  # part of the cache key: a changed graph form needs a new name
-DEFAULT_RECIPE = MATMUL_CONVS
+# per precision, measured side by side (docs/benchmarks.md): MatMuls per tap pay off only when int8 quantizes them;
+# in fp32, ONNX Runtime's Conv kernels are faster than the taps' slices and sums
+DEFAULT_RECIPES = {"fp32": CONV_OPS, "int8": MATMUL_CONVS}
 OPSET = 17
 PRECISIONS = ("fp32", "int8")
 
@@ -58,7 +61,7 @@ class MaskedEncoder(torch.nn.Module):
     """``(features (B, T, F) zero-padded log-mels, lengths (B,))`` → ``(encoded (B, T', D), encoded lengths)``, with
     the torch path's ragged-batch masks (the attention mask is built at every batch size, so one graph fits all)."""
 
-    def __init__(self, encoder: torch.nn.Module, recipe: str = DEFAULT_RECIPE) -> None:
+    def __init__(self, encoder: torch.nn.Module, recipe: str) -> None:
         super().__init__()
         _check_recipe(recipe)
         self.encoder = with_tap_convs(encoder) if recipe == MATMUL_CONVS else encoder  # encode_features reads it
@@ -72,7 +75,7 @@ def _check_recipe(recipe: str) -> None:
         raise ValueError(f"ONNX export recipe {recipe!r} is unknown; use one of {', '.join(RECIPES)}")
 
 
-def weights_key(encoder: torch.nn.Module, recipe: str = DEFAULT_RECIPE) -> str:
+def weights_key(encoder: torch.nn.Module, recipe: str) -> str:
     """SHA-256 over the encoder's parameter and buffer names and bytes (its checkpoint's content) plus the recipe."""
     _check_recipe(recipe)
     digest = hashlib.sha256(f"{recipe}/opset{OPSET}/torch{torch.__version__}".encode())
@@ -82,7 +85,7 @@ def weights_key(encoder: torch.nn.Module, recipe: str = DEFAULT_RECIPE) -> str:
     return digest.hexdigest()
 
 
-def export_encoder(encoder: torch.nn.Module, path: Path, features: int, recipe: str = DEFAULT_RECIPE) -> None:
+def export_encoder(encoder: torch.nn.Module, path: Path, features: int, recipe: str) -> None:
     """Export :class:`MaskedEncoder` (float32, on the CPU) to ``path`` with dynamic batch and time axes."""
     wrapper = MaskedEncoder(encoder, recipe).eval()
     x = torch.randn(2, 300, features)
@@ -115,10 +118,12 @@ def _atomic(build: Any, target: Path) -> None:
 
 
 def ensure_graph(encoder: torch.nn.Module, features: int, precision: str, root: Optional[Path] = None,
-                 recipe: str = DEFAULT_RECIPE) -> Path:
-    """The cached graph of ``encoder`` at ``precision``, exported (and quantized) first if it is missing."""
+                 recipe: Optional[str] = None) -> Path:
+    """The cached graph of ``encoder`` at ``precision``, exported (and quantized) first if it is missing; ``recipe``
+    defaults to the precision's (:data:`DEFAULT_RECIPES`). An int8 graph is quantized from the same recipe's fp32."""
     if precision not in PRECISIONS:
         raise ValueError(f"ONNX precision {precision!r} is not supported; use one of {', '.join(PRECISIONS)}")
+    recipe = recipe or DEFAULT_RECIPES[precision]
     folder = (root or cache_dir()) / "onnx"
     folder.mkdir(parents=True, exist_ok=True)
     key = weights_key(encoder, recipe)[:24]
@@ -146,13 +151,13 @@ def _cpu_copy(encoder: torch.nn.Module) -> torch.nn.Module:
 
 class OnnxGigaAmAsr(GigaAmAsr):
     """:class:`GigaAmAsr` whose encoder runs on ONNX Runtime (``precision`` ``fp32`` or ``int8``; ``recipe`` one of
-    :data:`RECIPES`, how the graph is exported).
+    :data:`RECIPES`, how the graph is exported, by default the precision's in :data:`DEFAULT_RECIPES`).
 
     ``threads``: ONNX Runtime's intra-op threads (default: torch's); its threads do not spin between runs (they
     would take the cores from the other models' batchers)."""
 
     def __init__(self, model: str = DEFAULT_MODEL, device: str = "cpu", max_batch: int = 16, precision: str = "int8",
-                 threads: Optional[int] = None, recipe: str = DEFAULT_RECIPE, **options: Any) -> None:
+                 threads: Optional[int] = None, recipe: Optional[str] = None, **options: Any) -> None:
         import onnxruntime as ort
 
         if precision not in PRECISIONS:
@@ -162,7 +167,7 @@ class OnnxGigaAmAsr(GigaAmAsr):
         super().__init__(model, device, max_batch, fp16=False, **options)
         self.precision = precision
         features = self.spec.frontend.features
-        self.recipe = recipe
+        self.recipe = recipe or DEFAULT_RECIPES[precision]
         self.graph = ensure_graph(self.model.encoder, features, precision, recipe=recipe)
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads or torch.get_num_threads()

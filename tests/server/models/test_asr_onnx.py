@@ -1,6 +1,6 @@
 """The ONNX Runtime GigaAM engine against the torch path on the tiny trained model (and the small RNNT built from it):
-the same log-probs within 1e-4 and the same text on held-out utterances in ragged batches (fp32); int8 within one
-CER point of fp32; graphs cached by the weights' hash outside the repository; the audit reads the session's device."""
+the same log-probs within 1e-4 and the same text on held-out utterances in ragged batches (fp32, both graph forms);
+int8 within one CER point of fp32; graphs cached by the weights' hash outside the repository; the audit reads the session's device."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from server.models.asr import GigaAmAsr
-from server.models.asr_onnx import DEFAULT_RECIPE, OnnxGigaAmAsr, ensure_graph, weights_key
+from server.models.asr_onnx import CONV_OPS, MATMUL_CONVS, OnnxGigaAmAsr, ensure_graph, weights_key
 from server.models.audit import PlacementError, audit_model
 from tests.server.models.test_asr import TINY_CKPT, _cer, _requests, held_out, needs_espeak, rnnt_ckpt  # noqa: F401
 
@@ -39,6 +39,12 @@ def fp32(cache: Path) -> OnnxGigaAmAsr:
 
 
 @pytest.fixture(scope="module")
+def fp32_taps(cache: Path) -> OnnxGigaAmAsr:
+    """fp32 of the graph form int8 is quantized from (convolutions as MatMuls per tap)."""
+    return OnnxGigaAmAsr(str(TINY_CKPT), device="cpu", max_batch=8, precision="fp32", recipe=MATMUL_CONVS)
+
+
+@pytest.fixture(scope="module")
 def int8(cache: Path) -> OnnxGigaAmAsr:
     return OnnxGigaAmAsr(str(TINY_CKPT), device="cpu", max_batch=8, precision="int8")
 
@@ -50,8 +56,10 @@ def _log_probs(asr: GigaAmAsr, audios: list[np.ndarray]) -> tuple[torch.Tensor, 
 
 
 @needs_espeak
-def test_fp32_log_probs_and_text_equal_torch_on_ragged_batches(torch_asr: GigaAmAsr, fp32: OnnxGigaAmAsr,
-                                                              held_out) -> None:
+@pytest.mark.parametrize("graph", ["fp32", "fp32_taps"])
+def test_fp32_log_probs_and_text_equal_torch_on_ragged_batches(torch_asr: GigaAmAsr, graph: str, held_out,
+                                                              request: pytest.FixtureRequest) -> None:
+    fp32: OnnxGigaAmAsr = request.getfixturevalue(graph)
     _, audios = held_out
     assert len({len(a) for a in audios}) > 1
     for batch in (audios, audios[:5], audios[5:8], [audios[3]]):  # ragged batches of several sizes, and one row
@@ -91,7 +99,7 @@ def test_rnnt_on_onnx_gives_the_torch_text_on_ragged_batches(rnnt_ckpt: Path, ca
 
 def test_graphs_are_cached_by_weights_hash_outside_the_repository(fp32: OnnxGigaAmAsr, torch_asr: GigaAmAsr,
                                                                  cache: Path) -> None:
-    assert fp32.graph.parent == cache / "onnx" and weights_key(torch_asr.model.encoder)[:24] in fp32.graph.name
+    assert fp32.graph.parent == cache / "onnx" and weights_key(torch_asr.model.encoder, CONV_OPS)[:24] in fp32.graph.name
     assert not str(fp32.graph).startswith(str(ROOT))
     before = fp32.graph.stat().st_mtime_ns
     again = ensure_graph(torch_asr.model.encoder, 64, "fp32")
@@ -99,17 +107,17 @@ def test_graphs_are_cached_by_weights_hash_outside_the_repository(fp32: OnnxGiga
     changed = GigaAmAsr(str(TINY_CKPT)).model.encoder
     with torch.no_grad():
         next(changed.parameters()).add_(1e-3)
-    assert weights_key(changed) != weights_key(torch_asr.model.encoder)
+    assert weights_key(changed, CONV_OPS) != weights_key(torch_asr.model.encoder, CONV_OPS)
     with pytest.raises(ValueError, match="fp32, int8"):
         ensure_graph(changed, 64, "int4")
 
 
 def test_int8_graph_quantizes_the_channel_mixing_convolutions_and_recipes_are_cached_apart(
         fp32: OnnxGigaAmAsr, int8: OnnxGigaAmAsr, torch_asr: GigaAmAsr, cache: Path) -> None:
-    assert int8.recipe == fp32.recipe == DEFAULT_RECIPE == "masked-taps-v2"
-    old = ensure_graph(torch_asr.model.encoder, 64, "int8", recipe="masked-v1")
-    assert old != int8.graph and weights_key(torch_asr.model.encoder, "masked-v1") != weights_key(
-        torch_asr.model.encoder)  # a graph built by the earlier recipe is never taken for the new one
+    assert (int8.recipe, fp32.recipe) == (MATMUL_CONVS, CONV_OPS) == ("masked-taps-v2", "masked-v1")
+    old = ensure_graph(torch_asr.model.encoder, 64, "int8", recipe=CONV_OPS)
+    assert old != int8.graph and weights_key(torch_asr.model.encoder, CONV_OPS) != weights_key(
+        torch_asr.model.encoder, MATMUL_CONVS)  # an int8 graph of the earlier recipe is never taken for the new one
     new, before, layers = _ops(int8.graph), _ops(old), torch_asr.spec.encoder.n_layers
     assert new["/pre_encode/Conv"] == 1 and before["/pre_encode/Conv"] == 2  # the one-channel first stays a Conv
     assert (new["Conv"], before["Conv"]) == (1 + layers, 2 + 3 * layers)  # per layer: only the depthwise one stays

@@ -285,12 +285,13 @@ def test_random_v3_architecture_is_full_size() -> None:
 # -- the ONNX Runtime engine --------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("recipe", ["masked-v1", "masked-taps-v2"])  # fp32's graph form and int8's
 @pytest.mark.parametrize("head", ["ctc", "rnnt"])
-def test_onnx_engine_gives_the_torch_finals_for_v3(head: str, ctc, rnnt, held_out, cache: Path) -> None:
+def test_onnx_engine_gives_the_torch_finals_for_v3(head: str, recipe: str, ctc, rnnt, held_out, cache: Path) -> None:
     from server.models.asr_onnx import OnnxGigaAmAsr
 
     torch_model = ctc if head == "ctc" else rnnt
-    onnx = OnnxGigaAmAsr(str(V3_CTC if head == "ctc" else V3_RNNT), max_batch=8, precision="fp32")
+    onnx = OnnxGigaAmAsr(str(V3_CTC if head == "ctc" else V3_RNNT), max_batch=8, precision="fp32", recipe=recipe)
     assert onnx.describe()["engine"] == "onnx" and onnx.spec == torch_model.spec
     _, audios = held_out
     for got, want in zip(onnx.run_batch(_requests(audios)), torch_model.run_batch(_requests(audios))):
