@@ -4,11 +4,14 @@
     python -m benchmarks.partials --asr-model tests/assets/tiny_gigaam_ctc.ckpt --device cpu
     python -m benchmarks.partials --lengths 2 5 10 20 --budget-ratio 1.5
     python -m benchmarks.partials --speech --baseline 1872441 --asr-model tests/assets/tiny_gigaam_ctc.ckpt
+    python -m benchmarks.partials --speech --asr-model random:v2_ctc --asr-engine auto --max-files 8 \
+        --compare budget_ratio=1.0 --compare budget_ratio=1.0,cadence=16000
 
 ``--speech``: the shared real recordings (``ru/`` and ``speakers/``, see ``benchmarks.common.default_speech_dir``)
 each streamed in 20 ms messages through a session with the real Silero VAD, every request answered at once, by the
 current policy at its defaults and (``--baseline REF``) by ``streaming/partials.py`` as of git ``REF`` at
-``--baseline-budget``, interleaved per recording. Per utterance: partial samples / final samples, and the first
+``--baseline-budget`` and with the defaults changed as each ``--compare FIELD=VALUE[,FIELD=VALUE]`` says
+(:class:`~streaming.config.PartialOptions` fields, sample counts for durations), interleaved per recording. Per utterance: partial samples / final samples, and the first
 partial's delay after speech starts (the utterance's start + ``speech_pad``): the audio received when its request
 was issued minus that onset, plus the decode's measured wall time (0 with the fake ASR).
 
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import subprocess
 import sys
 import time
@@ -54,12 +58,17 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="utterance lengths in seconds (at most 20: the VAD cuts longer ones)")
     p.add_argument("--asr-model", help="GigaAM name or checkpoint: decode with it and time the batches")
     p.add_argument("--device", default="cpu", help="device of --asr-model: cpu, cuda, cuda:N")
+    p.add_argument("--asr-engine", choices=("auto", "torch", "onnx"), default="torch",
+                   help="engine of --asr-model (auto: the server's default for the device)")
+    p.add_argument("--asr-quantize", choices=("auto", "none", "int8"), default="none")
     p.add_argument("--budget-ratio", type=float, default=PartialOptions().budget_ratio)
     p.add_argument("--speech", action="store_true", help="real recordings, per-utterance ratios and first partials")
     p.add_argument("--speech-dir", type=Path, default=None, help="default: benchmarks.common.default_speech_dir()")
     p.add_argument("--max-files", type=int, default=23, help="--speech: at most this many recordings")
     p.add_argument("--baseline", help="--speech: also run streaming/partials.py as of this git ref")
     p.add_argument("--baseline-budget", type=float, default=1.5, help="budget_ratio of the --baseline runs")
+    p.add_argument("--compare", action="append", default=[], metavar="FIELD=VALUE[,FIELD=VALUE]",
+                   help="--speech: also run the current policy with these PartialOptions changed (repeatable)")
     p.add_argument("--out-dir", type=Path, default=OUT_DIR)
     return p.parse_args(argv)
 
@@ -181,6 +190,20 @@ def speech_utterances(audio: Any, options: PartialOptions, vad: Any, asr: Any, t
     return out
 
 
+def partial_options(spec: str) -> PartialOptions:
+    """``FIELD=VALUE[,FIELD=VALUE]`` → the default :class:`PartialOptions` with those fields changed (each value
+    parsed as its default's type)."""
+    defaults = PartialOptions()
+    changes: dict[str, Any] = {}
+    for item in spec.split(","):
+        field, _, value = item.partition("=")
+        if not hasattr(defaults, field.strip()) or not value:
+            raise SystemExit(f"--compare {spec!r}: {item!r} is not FIELD=VALUE of a PartialOptions field")
+        kind = type(getattr(defaults, field.strip()))
+        changes[field.strip()] = value.strip().lower() in ("1", "true", "yes") if kind is bool else kind(value)
+    return dataclasses.replace(defaults, **changes)
+
+
 def speech_main(args: argparse.Namespace, asr: Any) -> dict[str, Any]:
     from server.models.vad import VadModel
 
@@ -194,6 +217,8 @@ def speech_main(args: argparse.Namespace, asr: Any) -> dict[str, Any]:
         variants[f"baseline {args.baseline} (budget {args.baseline_budget})"] = (
             baseline_policy(args.baseline), PartialOptions(budget_ratio=args.baseline_budget))
     variants["current (defaults)"] = (None, PartialOptions())
+    for spec in args.compare:
+        variants[f"current, {spec}"] = (None, partial_options(spec))
     rows: dict[str, list[dict]] = {name: [] for name in variants}
     timers = {name: TimedAsr(asr.run_batch if asr is not None else FakeAsr()) for name in variants}
     for path in paths:  # interleaved: every variant on one recording before the next
@@ -229,9 +254,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         raise SystemExit("--lengths must be between 0.5 and 20 seconds")
     asr = None
     if args.asr_model:
-        from server.models.asr import GigaAmAsr
+        from server.models.registry import asr_engine_for, load_asr
 
-        asr = GigaAmAsr(args.asr_model, device=args.device, max_batch=1)
+        engine, quantize = asr_engine_for(args.device.split(":")[0], args.asr_engine,
+                                          None if args.asr_quantize == "none" else args.asr_quantize)
+        asr = load_asr(args.asr_model, args.device, 1, quantize, engine)
         asr.warmup()
     if args.speech:
         result = speech_main(args, asr)

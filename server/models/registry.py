@@ -86,7 +86,7 @@ def load_models(asr: Union["ServerConfig", str, None] = ASR_DEFAULT, segmentatio
     }
     if asr is not None:
         asr_engine, asr_quantize = asr_engine_for(target.type, asr_engine, asr_quantize)
-        models["asr"] = _load_asr(asr, name, max_batch, asr_quantize, asr_engine)
+        models["asr"] = load_asr(asr, name, max_batch, asr_quantize, asr_engine)
     placement = audit_models(models, target)
     for model_name, entry in placement.items():
         log.info("model %-12s %s (%s)", model_name, entry.summary(), models[model_name].describe().get("checkpoint"))
@@ -126,7 +126,7 @@ def asr_engine_for(device_type: str, engine: str = "auto",
     return engine, quantize
 
 
-def _load_asr(model: str, device: str, max_batch: int, quantize: Optional[str] = None, engine: str = "torch") -> Any:
+def load_asr(model: str, device: str, max_batch: int, quantize: Optional[str] = None, engine: str = "torch") -> Any:
     """GigaAM, imported only when needed; its own "unavailable" error is re-raised as :class:`ModelUnavailable`."""
     from server.models import asr as asr_module
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.common import default_speech_dir
-from benchmarks.partials import baseline_policy, main, policy_class
+from benchmarks.partials import baseline_policy, main, partial_options, policy_class
 from streaming.config import PartialOptions
 from streaming.partials import PartialPolicy
 import streaming.session
@@ -45,3 +45,20 @@ def test_on_real_speech_partials_stay_within_the_budget_and_start_early(tmp_path
     assert spare["max_partial_over_final"] <= 1.5
     finals = {name: [(u["file"], u["seconds"]) for u in utts] for name, utts in result["utterances"].items()}
     assert len(set(map(tuple, finals.values()))) == 1
+
+
+def test_compare_specs_change_only_the_named_fields() -> None:
+    options = partial_options("budget_ratio=1.0,cadence=16000,enabled=false")
+    assert (options.budget_ratio, options.cadence, options.enabled) == (1.0, 16000, False)
+    assert options.first_partial == PartialOptions().first_partial
+    for bad in ("budget=1.0", "cadence", "cadence=abc"):
+        with pytest.raises((SystemExit, ValueError)):
+            partial_options(bad)
+
+
+@pytest.mark.skipif(not (SPEECH / "ru").is_dir(), reason="shared/speech recordings are absent")
+def test_a_compared_variant_runs_beside_the_defaults_on_the_same_finals(tmp_path: Path) -> None:
+    result = main(["--speech", "--max-files", "1", "--compare", "budget_ratio=1.0", "--out-dir", str(tmp_path)])
+    capped = result["variants"]["current, budget_ratio=1.0"]
+    assert capped["utterances"] == result["variants"]["current (defaults)"]["utterances"] >= 1
+    assert capped["max_partial_over_final"] <= 1.0
