@@ -149,12 +149,27 @@ def _cpu_copy(encoder: torch.nn.Module) -> torch.nn.Module:
     return clone
 
 
+def session_options(threads: int) -> Any:
+    """ONNX Runtime options of the encoder session: ``threads`` intra-op threads that do not spin between runs (they
+    would take the cores from the other models' batchers), and no memory pattern or CPU arena: every request has
+    its own (batch, frames) shape, a pattern is cached per shape and the arena never gives memory back, so with
+    them a long-running server's RSS only grows (``benchmarks/asr_memory.py``; docs/reliability.md, soak)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.enable_mem_pattern = False
+    so.enable_cpu_mem_arena = False
+    return so
+
+
 class OnnxGigaAmAsr(GigaAmAsr):
     """:class:`GigaAmAsr` whose encoder runs on ONNX Runtime (``precision`` ``fp32`` or ``int8``; ``recipe`` one of
     :data:`RECIPES`, how the graph is exported, by default the precision's in :data:`DEFAULT_RECIPES`).
 
-    ``threads``: ONNX Runtime's intra-op threads (default: torch's); its threads do not spin between runs (they
-    would take the cores from the other models' batchers)."""
+    ``threads``: ONNX Runtime's intra-op threads (default: torch's); see :func:`session_options`."""
 
     def __init__(self, model: str = DEFAULT_MODEL, device: str = "cpu", max_batch: int = 16, precision: str = "int8",
                  threads: Optional[int] = None, recipe: Optional[str] = None, **options: Any) -> None:
@@ -169,10 +184,7 @@ class OnnxGigaAmAsr(GigaAmAsr):
         features = self.spec.frontend.features
         self.recipe = recipe or DEFAULT_RECIPES[precision]
         self.graph = ensure_graph(self.model.encoder, features, precision, recipe=recipe)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads or torch.get_num_threads()
-        so.inter_op_num_threads = 1
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so = session_options(threads or torch.get_num_threads())
         if self.device.type == "cuda":
             providers: list[Any] = [("CUDAExecutionProvider", {"device_id": self.device.index or 0})]
         else:
