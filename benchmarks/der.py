@@ -403,7 +403,7 @@ def baseline(args: argparse.Namespace, argv: Sequence[str]) -> list[dict[str, An
             skip = a == "--baseline"
         child += ["--systems", "rechka", "--out", str(out)]
         subprocess.run([sys.executable, "-m", "benchmarks.der", *child], check=True, cwd=ROOT,
-                       env=dict(os.environ, RECHKA_DER_STREAMING=tmp))
+                       env=dict(os.environ, RECHKA_DER_STREAMING=tmp), stdout=subprocess.DEVNULL)
         rows = json.loads(out.read_text())["files"]
     for row in rows:
         row["system"] = row["system"].replace("rechka", f"rechka@{args.baseline}", 1)

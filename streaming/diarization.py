@@ -187,9 +187,22 @@ class StreamingDiarizer:
             pending = self._pending.popleft()
             self._aggregate(pending)
             if not self._finishing or self._pending:
-                self._finalize(pending.window.end - self.options.latency)
+                self._finalize(self._final_edge(pending.window.end))
         if self._finishing and not self._pending:
             self._finalize(self._audio_end, last=True)
+
+    def _final_edge(self, end: int) -> int:
+        """How far frames may become final once the window ending at ``end`` is resolved: ``latency`` behind it,
+        but not past the first speech of a voice still waiting for its candidate new speaker (at most ``window``
+        behind), so a confirmed speaker is credited with all of it."""
+        edge = end - self.options.latency
+        waiting = self.tracker.candidates
+        tau = self.options.tau_active
+        for key, window, column in self._candidate_voices:
+            heard = np.flatnonzero(column > tau)
+            if key in waiting and heard.size:
+                edge = min(edge, self.windows.frame_start(self.windows.global_index(window) + int(heard[0])))
+        return max(edge, end - self.options.window)
 
     def _aggregate(self, pending: _PendingWindow) -> None:
         scores = pending.scores
@@ -245,10 +258,10 @@ class StreamingDiarizer:
                     abstain = np.ones(votes.shape, dtype=bool)
                     abstain[:, g] = column <= tau
                     self.windows.add(voice_window, votes, abstain=abstain, unnamed=np.ones(len(column), dtype=bool))
-        promoted = {key for key, _ in self.tracker.promoted}
+        waiting = set(self.tracker.candidates)  # promoted and expired candidates are done with
         edge = self.windows.frame_start(self.windows.frozen) if self.windows.frozen is not None else None
         self._candidate_voices = [v for v in self._candidate_voices
-                                  if v[0] not in promoted and (edge is None or v[1].end > edge)]
+                                  if v[0] in waiting and (edge is None or v[1].end > edge)]
 
     def _map_by_continuity(self, window: Window, scores: np.ndarray, active: list[int],
                            mapping: dict[int, int]) -> None:
@@ -260,6 +273,14 @@ class StreamingDiarizer:
         if not rest or previous is None:
             return
         prev_window, prev_mapped = previous
+        if self.tracker.merged:  # what a merged speaker was heard saying now belongs to the speaker it became
+            width = max(prev_mapped.shape[1], self.tracker.n_speakers)
+            prev_mapped = np.pad(prev_mapped, ((0, 0), (0, width - prev_mapped.shape[1])))
+            for gone in self.tracker.merged:
+                if gone < prev_mapped.shape[1]:
+                    keep = self.tracker.live(gone)
+                    prev_mapped[:, keep] = np.maximum(prev_mapped[:, keep], prev_mapped[:, gone])
+                    prev_mapped[:, gone] = 0.0
         free = [g for g in range(prev_mapped.shape[1]) if g not in mapping.values()]
         n_frames, tau = len(scores), self.options.tau_active
         index = self.windows.global_index(window) + np.arange(n_frames)

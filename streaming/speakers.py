@@ -72,15 +72,33 @@ class SpeakerTracker:
         """Forget every speaker and candidate; the next speaker is ``S1`` again."""
         self._centroids = np.zeros((0, 0), dtype=np.float64)
         self._counts: list[float] = []
+        self._merged: dict[int, int] = {}          # speaker merged away → the live speaker it became
         self._candidates: list[_Candidate] = []
         self._next_key = 0
         self._last_key = -1
         self.joined: list[Optional[int]] = []      # per embedding of the last assign(): key of the candidate it joined
         self.promoted: list[tuple[int, int]] = []  # (candidate key, new global speaker) created by the last assign()
+        self.merges: list[tuple[int, int]] = []    # (speaker merged away, speaker kept) by the last assign()
+
+    @property
+    def candidates(self) -> set[int]:
+        """Keys of the candidate new speakers still waiting for confirmation."""
+        return {c.key for c in self._candidates}
 
     @property
     def n_speakers(self) -> int:
+        """Speakers created so far, merged ones included (their labels are never reused)."""
         return len(self._counts)
+
+    @property
+    def n_live(self) -> int:
+        """Speakers not merged into another."""
+        return len(self._counts) - len(self._merged)
+
+    @property
+    def merged(self) -> dict[int, int]:
+        """Each speaker merged away → the live speaker it is now part of (a copy)."""
+        return dict(self._merged)
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -97,24 +115,27 @@ class SpeakerTracker:
         e = unit(np.atleast_2d(embeddings))
         if not self.n_speakers:
             return np.zeros((len(e), 0))
-        return np.clip(1.0 - e @ self.centroids.T, 0.0, 2.0)
+        d = np.clip(1.0 - e @ self.centroids.T, 0.0, 2.0)
+        d[:, list(self._merged)] = 2.0  # merged speakers take nobody
+        return d
 
     def assign(self, embeddings: Sequence[np.ndarray], at: int = 0,
                exclude: Sequence[int] = ()) -> list[Optional[int]]:
         """Global speaker index (or ``None``) for each embedding of one window's local speakers; creates new
-        speakers and updates centroids. ``at``: the window's position in samples (for candidate expiry, calls must
-        come in increasing order). ``exclude``: global speakers already taken in this window."""
+        speakers, updates centroids and merges converged ones (:attr:`merges`; merged speakers are never
+        returned). ``at``: the window's position in samples (for candidate expiry, calls must come in increasing
+        order). ``exclude``: global speakers already taken in this window."""
         if not len(embeddings):
             return []
         e = unit(np.stack([np.asarray(x, dtype=np.float64).ravel() for x in embeddings]))
         if self.n_speakers and e.shape[1] != self._centroids.shape[1]:
             raise ValueError(f"embedding size changed from {self._centroids.shape[1]} to {e.shape[1]}")
         m, n = len(e), self.n_speakers
-        below_minimum = n < self.minimum
+        below_minimum = self.n_live < self.minimum
         dist = self.distances(e)
         threshold = self.options.new_speaker_threshold
-        free = [g for g in range(n) if g not in set(exclude)]
-        n_new = min(m, self.capacity - n)
+        free = [g for g in range(n) if g not in set(exclude) and g not in self._merged]
+        n_new = min(m, self.capacity - self.n_live)
         # columns: free existing speakers, then n_new "new speaker" slots costing the threshold
         cost = np.full((m, len(free) + n_new), threshold)
         cost[:, :len(free)] = dist[:, free]
@@ -129,12 +150,12 @@ class SpeakerTracker:
             # else: displaced by a closer local speaker of this window; a duplicate speaker would be worse
             # (below min_speakers the model's word that these are two voices is taken instead)
         for r in range(m):
-            if not placed[r] and n:
+            if not placed[r] and self.n_live:
                 result[r] = int(np.argmin(dist[r]))  # no slot left at all: the nearest centroid
         self._candidates = [c for c in self._candidates if at - c.last_seen <= self.options.window]
         joined: set[int] = set()
         out: list[Optional[int]] = []
-        self.joined, self.promoted = [None] * m, []
+        self.joined, self.promoted, self.merges = [None] * m, [], []
         for r, g in enumerate(result):
             if g == _NEW:
                 g = self._candidate(e[r], at, joined)
@@ -142,8 +163,15 @@ class SpeakerTracker:
                     self.joined[r] = self._last_key
             elif g is not None and dist[r, g] <= self.options.update_threshold:
                 self._update(g, e[r])
+                self._merge_converged(g)
             out.append(g)
-        return out
+        return [self.live(g) if g is not None else None for g in out]
+
+    def live(self, g: int) -> int:
+        """The live speaker that speaker ``g`` is part of (``g`` itself unless it was merged)."""
+        while g in self._merged:
+            g = self._merged[g]
+        return g
 
     def match(self, embeddings: Sequence[np.ndarray], exclude: Sequence[int] = (),
               threshold: float = 0.45) -> list[Optional[int]]:
@@ -176,8 +204,8 @@ class SpeakerTracker:
             candidate.last_seen = at
         joined.add(id(candidate))
         self._last_key = candidate.key
-        needed = 1 if self.n_speakers < self.minimum else self.options.new_speaker_windows
-        if candidate.count < needed or self.n_speakers >= self.capacity:
+        needed = 1 if self.n_live < self.minimum else self.options.new_speaker_windows
+        if candidate.count < needed or self.n_live >= self.capacity:
             return None
         self._candidates.remove(candidate)
         g = self._create(candidate.total / candidate.count, candidate.count)
@@ -191,6 +219,28 @@ class SpeakerTracker:
             self._centroids = np.vstack([self._centroids, centroid[None, :]])
         self._counts.append(float(count))
         return self.n_speakers - 1
+
+    def _merge_converged(self, g: int) -> None:
+        """Merge live speaker ``g`` with the nearest other live speaker if their centroids have come within
+        ``merge_distance``: the one with more embeddings is kept (the older on a tie), the other's label is retired
+        and its centroid folded into the kept one's."""
+        limit = self.options.merge_distance
+        g = self.live(g)
+        others = [h for h in range(self.n_speakers) if h != g and h not in self._merged]
+        if limit <= 0 or not others:
+            return
+        c = self.centroids
+        d = 1.0 - c[others] @ c[g]
+        h = others[int(np.argmin(d))]
+        if d.min() > limit or max(self._counts[g], self._counts[h]) < self.options.merge_count:
+            return
+        keep, gone = sorted((g, h), key=lambda x: (-self._counts[x], x))
+        total = self._counts[keep] + self._counts[gone]
+        self._centroids[keep] = (self._centroids[keep] * self._counts[keep]
+                                 + self._centroids[gone] * self._counts[gone]) / total
+        self._counts[keep] = total
+        self._merged[gone] = keep
+        self.merges.append((gone, keep))
 
     def _update(self, g: int, embedding: np.ndarray) -> None:
         rate, count = self.options.centroid_rate, self._counts[g]

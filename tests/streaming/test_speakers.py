@@ -202,12 +202,55 @@ def test_match_maps_to_free_existing_speakers_only_and_changes_nothing() -> None
     assert t.n_speakers == 2 and np.allclose(t.centroids, before)
 
 
+def in_plane(angle: float) -> np.ndarray:
+    """A unit vector at ``angle`` radians from voice 0 towards voice 1 (cosine distance ``1 - cos(angle)``)."""
+    u = unit(VOICES[1] - (VOICES[1] @ VOICES[0]) * VOICES[0])
+    return np.cos(angle) * VOICES[0] + np.sin(angle) * u
+
+
+def drifted_pair(merge_count: int) -> tuple[SpeakerTracker, list[list]]:
+    """S1 from 5 embeddings at angle 0; S2 founded 0.35 away (beyond the 0.3 threshold); then embeddings between
+    them, nearer S2, drag S2's centroid towards S1. Returns the tracker and what each drifting window got."""
+    t = tracker(merge_distance=0.2, merge_count=merge_count)
+    for w in range(5):
+        assert t.assign([in_plane(0.0)], at=w * ms(500)) == [0]
+    assert t.assign([in_plane(np.arccos(0.65))], at=5 * ms(500)) == [1]
+    return t, [t.assign([in_plane(0.5)], at=w * ms(500)) for w in range(6, 12)]
+
+
+def test_speakers_whose_centroids_converge_merge_into_the_one_with_more_embeddings() -> None:
+    t, got = drifted_pair(merge_count=5)
+    assert got[0] == [1]  # nearer S2 at first: it learns and drifts towards S1 ...
+    assert t.merged == {1: 0} and t.n_live == 1 and t.n_speakers == 2 and t.labels == ("S1", "S2")
+    assert got[-1] == [0]  # ... until they merge: the same voice now gets S1, the label with more embeddings
+    assert t.distances(in_plane(np.arccos(0.65)))[0, 1] == 2.0  # the retired label takes nobody
+    assert t.assign([in_plane(1.2)], at=ms(10_000)) == [2] and t.labels[-1] == "S3"  # labels are never reused
+
+
+def test_a_young_speaker_is_never_merged_into_another_young_one() -> None:
+    t, got = drifted_pair(merge_count=50)  # neither speaker holds 50 embeddings
+    assert t.merged == {} and t.n_live == 2 and all(g == [1] for g in got)
+    assert 1.0 - float(t.centroids[0] @ t.centroids[1]) < 0.2  # converged, yet kept apart
+
+
+def test_merging_frees_a_slot_under_max_speakers() -> None:
+    t, _ = drifted_pair(merge_count=5)
+    full = SpeakerTracker(dataclasses.replace(t.options, max_speakers=2))
+    for w in range(5):
+        full.assign([in_plane(0.0)], at=w * ms(500))
+    full.assign([in_plane(np.arccos(0.65))], at=5 * ms(500))
+    for w in range(6, 12):
+        full.assign([in_plane(0.5)], at=w * ms(500))
+    assert full.n_live == 1
+    assert full.assign([voice(3)], at=ms(7_000)) == [2]  # a third label, but only the second live speaker
+
+
 def test_reset_starts_over_at_s1() -> None:
     t = tracker()
     step(t, 1, 0)
     step(t, 2, 1)
     t.reset()
-    assert t.n_speakers == 0 and step(t, 3, 1) == [0] and t.labels == ("S1",)
+    assert t.n_speakers == 0 and step(t, 3, 1) == [0] and t.labels == ("S1",) and t.merged == {}
 
 
 @pytest.mark.parametrize("field, value, fix", [
@@ -222,6 +265,8 @@ def test_reset_starts_over_at_s1() -> None:
     ("min_segment_speech", -1, "min_segment_speech"),
     ("change_threshold", 0.0, "change_threshold"),
     ("overlap_match_threshold", 2.5, "overlap_match_threshold"),
+    ("merge_distance", 2.0, "merge_distance"),
+    ("merge_count", 0, "merge_count"),
 ])
 def test_options_are_validated_with_a_message_naming_the_field(field: str, value: object, fix: str) -> None:
     with pytest.raises(ValueError, match=fix):

@@ -84,5 +84,6 @@ def test_a_new_speaker_merged_into_the_previous_local_speaker_gets_its_own_label
         return overlap(final, label_0, ms(8400), ms(16000))
 
     assert speaker_0_label_on_speaker_1(OPTIONS) <= ms(100)
-    # without the split (one voice per local speaker) speaker 1's first second or more carries speaker 0's label
-    assert speaker_0_label_on_speaker_1(DiarizationOptions(change_threshold=2.0)) >= ms(1000)
+    # without the split (one voice per local speaker) speaker 1's first half second or more carries speaker 0's
+    # label (its frames before speaker 1's embedding was far from speaker 0 are not credited to the new speaker)
+    assert speaker_0_label_on_speaker_1(DiarizationOptions(change_threshold=2.0)) >= ms(500)
