@@ -22,6 +22,11 @@ total cosine distance. Thresholds (all in :class:`~streaming.config.DiarizationO
   (and, if a window has more local speakers than centroids, to the nearest centroid at all).
 - ``update_threshold``: a centroid only learns from embeddings closer than this, so forced assignments and
   borderline matches do not drag it towards another voice.
+- ``merge_distance`` / ``merge_count``: after a centroid learns, if another live speaker's centroid lies within
+  ``merge_distance`` and the larger of the two holds ``merge_count`` embeddings, they merge: the one with more
+  embeddings stays, the other is *merged* (:attr:`SpeakerTracker.merged`; it takes nobody again, ``max_speakers``
+  counts only live speakers, its label is never reused). This undoes "phantom" speakers that one widely spread
+  voice founded before its centroid was well estimated.
 """
 
 from __future__ import annotations
