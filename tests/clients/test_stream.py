@@ -103,7 +103,11 @@ def test_ctrl_c_stops_the_audio_and_keeps_the_finals(scripted_server, counting_w
     try:
         first = proc.stdout.readline()  # real time: the first final arrives after about a second
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"the client did not stop within 120 s of Ctrl-C:\n{out}\n{err}")
     finally:
         if proc.poll() is None:
             proc.kill()
