@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 
 from streaming import wire
+from streaming.config import SAMPLE_RATE
 from streaming.diarization import StreamingDiarizer
 from streaming.session import Session
 from streaming.work import AsrRequest, Request, Result
@@ -103,13 +104,28 @@ def drive_diarizer(diarizer: StreamingDiarizer, buffer: Any, audio: np.ndarray, 
     return turns + diarizer.pop_final_turns()
 
 
+def _batch_rows(held: Sequence[Request], asr_batch: int, max_padded: int) -> int:
+    """How many leading ``held`` requests form the next ASR batch: at most ``asr_batch``, and (beyond the first)
+    rows × the longest row's samples at most ``max_padded`` (what the encoder holds for a padded batch)."""
+    rows, longest = 0, 0
+    for request in held[:asr_batch]:
+        longest = max(longest, len(request.audio))  # type: ignore[attr-defined]
+        if rows and (rows + 1) * longest > max_padded:
+            break
+        rows += 1
+    return rows
+
+
 def drive_whole(sessions: Sequence[Session], audios: Sequence[bytes], run: Run, chunk_bytes: int = 640_000,
-                asr_batch: int = 32) -> list[list[wire.ServerEvent]]:
+                asr_batch: int = 32, asr_batch_seconds: float = 160.0) -> list[list[wire.ServerEvent]]:
     """Feed each session its whole ``audio`` (``chunk_bytes`` per message, default 20 s of 16 kHz s16le), then stop
-    it; batch every kind of request across all sessions, final ASR requests ``asr_batch`` at a time. Returns each
-    session's events. ``chunk_bytes`` must stay under the sessions' ``max_pending_audio``."""
-    if chunk_bytes <= 0 or asr_batch < 1:
-        raise ValueError("chunk_bytes must be positive and asr_batch >= 1")
+    it; batch every kind of request across all sessions, final ASR requests ``asr_batch`` at a time, fewer when the
+    padded batch (rows × longest row) would exceed ``asr_batch_seconds`` of audio (memory: a 30-minute file's
+    batches of 32 long finals took the process past 18 GB). Returns each session's events. ``chunk_bytes`` must
+    stay under the sessions' ``max_pending_audio``."""
+    if chunk_bytes <= 0 or asr_batch < 1 or asr_batch_seconds <= 0:
+        raise ValueError("chunk_bytes and asr_batch_seconds must be positive and asr_batch >= 1")
+    max_padded = int(asr_batch_seconds * SAMPLE_RATE)
     events: list[list[wire.ServerEvent]] = [[] for _ in sessions]
     owner: dict[int, int] = {}  # id(request) → session index
     held: list[Request] = []  # ASR requests waiting for a full batch
@@ -123,10 +139,11 @@ def drive_whole(sessions: Sequence[Session], audios: Sequence[bytes], run: Run, 
                     owner[id(request)] = i
                     (held if isinstance(request, AsrRequest) else work).append(request)
                 events[i] += session.events_to_send()
-            if not work and (len(held) < asr_batch and not (final and held)):
-                return
+            rows = _batch_rows(held, asr_batch, max_padded)
+            if not work and rows == len(held) < asr_batch and not (final and held):
+                return  # no batch is full yet
             if not work:
-                work, held = held[:asr_batch], held[asr_batch:]
+                work, held = held[:rows], held[rows:]
             for request, result in zip(work, run(work)):
                 sessions[owner.pop(id(request))].receive_result(result)
         raise RuntimeError("the sessions still asked for work after 1e6 rounds")

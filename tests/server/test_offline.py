@@ -38,7 +38,32 @@ def test_whole_files_give_the_live_finals_with_finals_decoded_in_large_batches()
     assert all(isinstance(e[-1], wire.End) for e in whole)
 
 
+def test_asr_batches_are_bounded_by_their_padded_audio_and_give_the_same_finals() -> None:
+    config = SessionConfig(interim_results=False, diarization=False)
+    files = [pcm16(tone_bursts([(300 + 40 * k, 0.3 + 0.2 * (k % 4)) for k in range(n)], gaps=0.7).audio)
+             for n in (9, 12)]
+    shapes: dict[float, list[tuple[int, int]]] = {}
+    finals = {}
+    for budget in (160.0, 2.5):
+        asr = FakeAsr()
+
+        def measured_asr(requests: list, budget: float = budget) -> list:
+            shapes.setdefault(budget, []).append((len(requests), max(len(r.audio) for r in requests)))
+            return asr(requests)
+
+        sessions = [Session(f"w{i}", config) for i in range(len(files))]
+        whole = drive_whole(sessions, files, run_requests_by_kind({VadRequest: FakeVad(), AsrRequest: measured_asr}),
+                            chunk_bytes=2 * 16_000 * 5, asr_batch=8, asr_batch_seconds=budget)
+        finals[budget] = [_finals(e) for e in whole]
+    assert finals[2.5] == finals[160.0] and sum(n for n, _ in shapes[2.5]) == 21
+    assert max(n for n, _ in shapes[160.0]) == 8  # the count bounds the batch while the audio is short
+    assert max(n for n, _ in shapes[2.5]) < 8 and len(shapes[2.5]) > len(shapes[160.0])
+    assert all(n == 1 or n * longest <= 2.5 * 16_000 for n, longest in shapes[2.5])
+
+
 def test_bad_arguments_are_refused() -> None:
     with pytest.raises(ValueError, match="asr_batch"):
         drive_whole([], [], lambda r: [], asr_batch=0)
+    with pytest.raises(ValueError, match="asr_batch_seconds"):
+        drive_whole([], [], lambda r: [], asr_batch_seconds=0)
     assert drive_whole([], [], lambda r: []) == []
