@@ -27,7 +27,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import OUT_DIR, REPO_ROOT, command_line, plot_panels, write_result
-from benchmarks.server_process import machine_info
+from benchmarks.server_process import jemalloc_library, machine_info
 from server.models.gigaam_models import DEFAULT_MODEL
 
 VARIANTS = ("rechka", "ort-defaults")
@@ -103,7 +103,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     base = [sys.executable, "-m", "benchmarks.asr_memory", "--asr-model", args.asr_model, "--precision",
             args.precision, "--requests", str(args.requests), "--threads", str(args.threads), "--seed", str(args.seed)]
     env = dict(os.environ)
-    jemalloc = next(Path("/usr/lib").glob("*/libjemalloc.so.2"), None)
+    jemalloc = jemalloc_library()
     if jemalloc is not None:  # the allocator the server runs on (scripts/serve.sh)
         env["LD_PRELOAD"] = f"{jemalloc}:{env['LD_PRELOAD']}" if env.get("LD_PRELOAD") else str(jemalloc)
     for round_ in range(args.rounds):

@@ -97,6 +97,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def jemalloc_library() -> Optional[Path]:
+    """The jemalloc shared library ``scripts/serve.sh`` preloads, if this machine has it."""
+    return next(iter(sorted(Path("/usr/lib").glob("*/libjemalloc.so.2"))), None)
+
+
 class ServerProcess:
     """The server as users start it (``scripts/serve.sh``: ``python -m server`` on jemalloc; ``RECHKA_ALLOCATOR=glibc``
     in the environment keeps glibc malloc) on 127.0.0.1 at a free port, logging to ``log_path``; ready once

@@ -10,7 +10,7 @@ import psutil
 import pytest
 
 from benchmarks.server_process import (ResourceSampler, ServerProcess, counter_delta, histogram_delta,
-                                       histogram_quantile, parse_prometheus, pid_listening_on)
+                                       histogram_quantile, jemalloc_library, parse_prometheus, pid_listening_on)
 
 TINY_ASR = Path(__file__).parents[1] / "assets" / "tiny_gigaam_ctc.ckpt"
 
@@ -97,8 +97,7 @@ def test_server_process_starts_the_server_as_users_do(tmp_path: Path) -> None:
     with ServerProcess(["--asr-model", str(TINY_ASR)], tmp_path / "server.log") as server:
         cmdline = Path(f"/proc/{server.pid}/cmdline").read_bytes().split(b"\0")
         assert b"-m" in cmdline and b"server" in cmdline, cmdline
-        jemalloc = any(Path("/usr/lib").glob("*/libjemalloc.so.2"))
-        assert server.allocator == ("jemalloc" if jemalloc else "glibc")
+        assert server.allocator == ("jemalloc" if jemalloc_library() else "glibc")
 
 
 def _latency_scrape(counts: dict[str, float]) -> str:

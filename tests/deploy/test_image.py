@@ -129,7 +129,9 @@ def http_status(url: str) -> int:
 
 
 def jemalloc_installed() -> bool:
-    return any(Path("/usr/lib").glob("*/libjemalloc.so.2"))
+    from benchmarks.server_process import jemalloc_library
+
+    return jemalloc_library() is not None
 
 
 # The pod's filesystem: root read-only (readOnlyRootFilesystem), /tmp an empty writable directory (emptyDir). In a
