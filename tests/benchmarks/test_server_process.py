@@ -62,7 +62,6 @@ def test_resource_sampler_measures_a_process(tmp_path: Path) -> None:
     # the share this process really got over the window (a loaded machine gives it less than a core)
     share = 100.0 * (cpu1 - cpu0) / (t1 - t0)
     assert window["cpu_percent_max"] is not None and window["cpu_percent_max"] >= 0.5 * share > 0
-    assert window["cpu_percent_max"] <= 100.0 * (os.cpu_count() or 1) + 20
     assert sampler.window(t1 + 100, t1 + 200)["rss_mb_mean"] is None
 
 
