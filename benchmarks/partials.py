@@ -6,6 +6,8 @@
     python -m benchmarks.partials --speech --baseline 1872441 --asr-model tests/assets/tiny_gigaam_ctc.ckpt
     python -m benchmarks.partials --speech --asr-model random:v2_ctc --asr-engine auto --max-files 8 \
         --compare budget_ratio=1.0 --compare budget_ratio=1.0,cadence=16000
+    python -m benchmarks.partials --speech --held-out 40 --asr-model tests/assets/tiny_gigaam_ctc.ckpt \
+        --compare budget_ratio=1.0,cadence=16000
 
 ``--speech``: the shared real recordings (``ru/`` and ``speakers/``, see ``benchmarks.common.default_speech_dir``)
 each streamed in 20 ms messages through a session with the real Silero VAD, every request answered at once, by the
@@ -13,7 +15,12 @@ current policy at its defaults and (``--baseline REF``) by ``streaming/partials.
 ``--baseline-budget`` and with the defaults changed as each ``--compare FIELD=VALUE[,FIELD=VALUE]`` says
 (:class:`~streaming.config.PartialOptions` fields, sample counts for durations), interleaved per recording. Per utterance: partial samples / final samples, and the first
 partial's delay after speech starts (the utterance's start + ``speech_pad``): the audio received when its request
-was issued minus that onset, plus the decode's measured wall time (0 with the fake ASR).
+was issued minus that onset, plus the decode's measured wall time (0 with the fake ASR). Per variant ``quality``:
+the partial text against the final of its utterance (``benchmarks/partial_quality.py``: share of partial words
+the final confirms, WER/CER against the final's words heard so far, the same for the text shown on a 100 ms clock,
+share of decodes without left context). Partial quality needs a model that gives real text: ``--held-out N``
+streams N espeak-ng utterances the tiny GigaAM models never trained on (5 per stream, 1-1.6 s pauses) instead of
+the recordings, which are outside the tiny models' domain; ``final_wer_vs_spoken`` says how good the finals are.
 
 For each length, one continuous utterance (300 ms tones, 150 ms pauses: shorter than min_silence) is streamed in
 100 ms messages through a :class:`~streaming.session.Session` with the fake energy VAD, every request answered at
@@ -42,8 +49,9 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import streaming.session
-from benchmarks.common import (OUT_DIR, REPO_ROOT, SAMPLE_RATE, command_line, default_speech_dir, plot_panels,
-                               read_wav, summarize, write_result)
+from benchmarks.common import (OUT_DIR, REPO_ROOT, SAMPLE_RATE, command_line, compose, default_speech_dir,
+                               plot_panels, read_wav, summarize, write_result)
+from benchmarks.partial_quality import SessionRun, final_wer, held_out_speech, partial_quality
 from server.offline import drive_session, pump, run_requests_by_kind
 from streaming import wire
 from streaming.config import PartialOptions, SessionConfig, VadOptions
@@ -65,6 +73,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--speech", action="store_true", help="real recordings, per-utterance ratios and first partials")
     p.add_argument("--speech-dir", type=Path, default=None, help="default: benchmarks.common.default_speech_dir()")
     p.add_argument("--max-files", type=int, default=23, help="--speech: at most this many recordings")
+    p.add_argument("--held-out", type=int, default=0, metavar="N",
+                   help="--speech on N espeak-ng utterances the tiny GigaAM models never trained on (real text "
+                        "from tests/assets/tiny_gigaam_ctc.ckpt) instead of the recordings")
+    p.add_argument("--seed", type=int, default=0, help="--held-out: which utterances")
     p.add_argument("--baseline", help="--speech: also run streaming/partials.py as of this git ref")
     p.add_argument("--baseline-budget", type=float, default=1.5, help="budget_ratio of the --baseline runs")
     p.add_argument("--compare", action="append", default=[], metavar="FIELD=VALUE[,FIELD=VALUE]",
@@ -155,39 +167,45 @@ def policy_class(cls: Optional[type]) -> Any:
 
 
 def speech_utterances(audio: Any, options: PartialOptions, vad: Any, asr: Any, timed: TimedAsr,
-                      chunk: int = 320) -> list[dict]:
-    """Stream int16 ``audio`` through one session; per utterance: samples, partial decodes, first-partial delay.
-    ``timed`` (wrapping the ASR) accumulates wall seconds per request kind."""
+                      chunk: int = 320) -> tuple[list[dict], SessionRun]:
+    """Stream int16 ``audio`` through one session; per utterance: samples, partial decodes, first-partial delay;
+    and the events and windows the quality measures need. ``timed`` (wrapping the ASR) accumulates wall seconds
+    per request kind."""
     timed.log, timed.fed = [], 0
     session = Session("bench", SessionConfig(diarization=False, partials=options))
     run = run_requests_by_kind({VadRequest: vad.run_batch, AsrRequest: timed})
     data = audio.astype("<i2").tobytes()
+    events: list[wire.ServerEvent] = []
     for offset in range(0, len(data), 2 * chunk):
         session.receive_audio(data[offset:offset + 2 * chunk])
         timed.fed = min(offset + 2 * chunk, len(data)) // 2
-        pump(session, run)
+        events += pump(session, run)
     session.receive_end()
-    pump(session, run)
+    events += pump(session, run)
     pad = VadOptions().speech_pad
     rows: dict[int, dict] = {}
+    record = SessionRun([e for e in events if isinstance(e, wire.Partial)],
+                        [e for e in events if isinstance(e, wire.Final)])
     for request, wall, fed in timed.log:
         row = rows.setdefault(request.utterance_id, {"final": 0, "partial": 0, "decodes": 0, "first": None})
         if request.kind == AsrKind.FINAL:
             row["final"] += len(request.audio)
-            row["onset"] = request.start + (pad if request.start > 0 else 0)
+            row["start"], row["onset"] = request.start, request.start + (pad if request.start > 0 else 0)
         else:
             row["partial"] += len(request.audio)
             row["decodes"] += 1
+            row.setdefault("windows", []).append((request.start, request.start + len(request.audio)))
             if row["first"] is None:
                 row["first"] = (fed, wall)
     out = []
     for row in rows.values():
         if not row["final"]:
             continue
+        record.windows[row["start"]], record.onsets[row["start"]] = row.get("windows", []), row["onset"]
         first = None if row["first"] is None else (row["first"][0] - row["onset"]) / SAMPLE_RATE + row["first"][1]
         out.append({"seconds": row["final"] / SAMPLE_RATE, "partial_over_final": row["partial"] / row["final"],
                     "decodes": row["decodes"], "first_partial_delay": first})
-    return out
+    return out, record
 
 
 def partial_options(spec: str) -> PartialOptions:
@@ -204,13 +222,29 @@ def partial_options(spec: str) -> PartialOptions:
     return dataclasses.replace(defaults, **changes)
 
 
-def speech_main(args: argparse.Namespace, asr: Any) -> dict[str, Any]:
-    from server.models.vad import VadModel
-
+def speech_inputs(args: argparse.Namespace) -> tuple[str, list[tuple[str, Any, list[tuple[int, int, str]]]]]:
+    """What ``--speech`` streams: ``(source, [(name, int16 audio, [(start, end, spoken text)] or [])])``: the
+    shared recordings, or (``--held-out N``) N held-out espeak-ng utterances of the tiny models, 5 per stream."""
+    if args.held_out:
+        utterances = held_out_speech(args.held_out, seed=args.seed)
+        streams = []
+        for k in range(0, len(utterances), 5):
+            group = utterances[k:k + 5]
+            corpus = compose([a for _, a in group], (1.0, 1.6), args.seed + k, "held-out espeak-ng")
+            streams.append((f"held-out-{k // 5}", corpus.audio,
+                            [(a, b, text) for (a, b), (text, _) in zip(corpus.clips, group)]))
+        return f"{args.held_out} held-out espeak-ng utterances (scripts/train_tiny_gigaam.py)", streams
     root = args.speech_dir or default_speech_dir()
     paths = (sorted(root.glob("ru/*.wav")) + sorted(root.glob("speakers/*.wav")))[:args.max_files]
     if not paths:
         raise SystemExit(f"no recordings under {root} (ru/*.wav, speakers/*.wav)")
+    return str(root), [(p.name, read_wav(p), []) for p in paths]
+
+
+def speech_main(args: argparse.Namespace, asr: Any) -> dict[str, Any]:
+    from server.models.vad import VadModel
+
+    source, streams = speech_inputs(args)
     vad = VadModel("cpu")
     variants: dict[str, tuple[Optional[type], PartialOptions]] = {}
     if args.baseline:
@@ -220,12 +254,16 @@ def speech_main(args: argparse.Namespace, asr: Any) -> dict[str, Any]:
     for spec in args.compare:
         variants[f"current, {spec}"] = (None, partial_options(spec))
     rows: dict[str, list[dict]] = {name: [] for name in variants}
+    runs: dict[str, list[SessionRun]] = {name: [] for name in variants}
     timers = {name: TimedAsr(asr.run_batch if asr is not None else FakeAsr()) for name in variants}
-    for path in paths:  # interleaved: every variant on one recording before the next
-        audio = read_wav(path)
+    spoken: list[tuple[list, list]] = []  # (finals, clips) of the first variant: the finals are the same in all
+    for file, audio, clips in streams:  # interleaved: every variant on one recording before the next
         for name, (cls, options) in variants.items():
             with policy_class(cls):
-                rows[name] += [dict(u, file=path.name) for u in speech_utterances(audio, options, vad, asr, timers[name])]
+                utts, record = speech_utterances(audio, options, vad, asr, timers[name])
+            rows[name] += [dict(u, file=file) for u in utts]
+            runs[name].append(record)
+        spoken.append((runs[next(iter(variants))][-1].finals, clips))
     summary = {}
     for name, utts in rows.items():
         ratios = [u["partial_over_final"] for u in utts]
@@ -238,12 +276,13 @@ def speech_main(args: argparse.Namespace, asr: Any) -> dict[str, Any]:
                                                     / sum(u["seconds"] for u in utts), 4),
             "first_partial_delay_s": summarize(delays),
             "decodes_per_utterance_second": round(sum(u["decodes"] for u in utts) / sum(u["seconds"] for u in utts), 3),
+            "quality": partial_quality(runs[name]),
         }
         if asr is not None:
             wall = timers[name].seconds
             summary[name]["partial_wall_over_final_wall"] = round(wall[AsrKind.PARTIAL] / wall[AsrKind.FINAL], 4)
-    return {"benchmark": "partials-speech", "command": command_line("partials"), "speech_dir": str(root),
-            "files": len(paths), "asr": asr.describe() if asr is not None else "fake (counts samples)",
+    return {"benchmark": "partials-speech", "command": command_line("partials"), "speech": source,
+            "files": len(streams), "final_wer_vs_spoken": final_wer(spoken) if any(c for _, c in spoken) else None, "asr": asr.describe() if asr is not None else "fake (counts samples)",
             "goal": "partial_over_final <= 1.0 per utterance, first partial p50 <= 0.5 s", "variants": summary,
             "utterances": rows}
 
