@@ -66,7 +66,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from server.models.registry import load_models
     from streaming.config import SAMPLE_RATE
 
-    torch.set_num_threads(args.threads)
     name = f"real_{args.speakers}spk_{args.minutes:g}min_s{args.seed}"
     wav = COMPOSED / f"{name}.wav"
     if not wav.is_file():
@@ -74,7 +73,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     started = time.perf_counter()
     torch.manual_seed(0)
     models = load_models(args.asr_model, device="cpu", max_batch=args.asr_batch, asr_engine=args.asr_engine,
-                         asr_quantize=None if args.asr_quantize == "none" else args.asr_quantize)
+                         asr_quantize=None if args.asr_quantize == "none" else args.asr_quantize,
+                         threads=args.threads)
     load_s = time.perf_counter() - started
     timers = {kind: Timed(models.models[kind].run_batch) for kind in models.models}
     for kind, timer in timers.items():
@@ -90,7 +90,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "recording": str(wav), "audio_seconds": audio_s, "wall_seconds": wall, "rtf": wall / audio_s,
         "cpu_seconds": cpu, "cpu_seconds_per_audio_second": cpu / audio_s,
         "mean_cores_used": cpu / wall,
-        "load_seconds": load_s, "finals": len(captions.finals), "revisions": captions.revisions,
+        "load_seconds": load_s, "threads": args.threads, "finals": len(captions.finals), "revisions": captions.revisions,
         "speakers": len(captions.speakers), "diarization_step_s": config.diarizer.step / SAMPLE_RATE,
         "models": {k: {"busy_seconds": t.seconds, "rtf": t.seconds / audio_s, "calls": t.calls,
                        "mean_batch": t.requests / max(t.calls, 1)} for k, t in timers.items()},

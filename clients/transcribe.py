@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 from pathlib import Path
@@ -50,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--segmentation-model", default=None, help="as rechka-server's flag (default: the server's)")
     p.add_argument("--embedding-model", default=None, help="as rechka-server's flag (default: the server's)")
     p.add_argument("--asr-batch", type=int, default=32, help="finals decoded per GigaAM batch (default 32)")
+    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                   help="intra-op threads of each CPU model call (default: every core this process may use)")
     p.add_argument("--no-diarization", action="store_true", help="do not label speakers")
     p.add_argument("--diarization-step", type=float, default=None,
                    help="seconds between diarization windows (default: the live one, 0.5; 1.0 halves its cost)")
@@ -108,6 +111,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(str(e))
     if args.asr_batch < 1:
         parser.error("--asr-batch must be >= 1")
+    if args.threads < 1:
+        parser.error("--threads must be >= 1")
     if args.max_speakers is not None and not 1 <= args.max_speakers <= 32:
         parser.error("--max-speakers must be between 1 and 32")
     missing = [str(p) for p in args.files if not p.is_file()]
@@ -120,7 +125,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         models = load_models(args.asr_model, device=args.device, max_batch=args.asr_batch,
                              asr_quantize=None if args.asr_quantize == "none" else args.asr_quantize,
-                             asr_engine=args.asr_engine, **chosen)
+                             asr_engine=args.asr_engine, threads=args.threads, **chosen)
     except Exception as exc:  # weights, device or placement: the message says what to do
         print(f"rechka-transcribe: the models cannot be loaded:\n\n{exc}", file=sys.stderr)
         return 1

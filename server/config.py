@@ -47,6 +47,8 @@ class ServerConfig:
     idle_timeout: seconds without any client message before the server ends the stream (close 1001).
     cpu_inference_threads: models on the CPU run on this many threads, so different models overlap (2 suits a
         2-core machine); a GPU always has one inference thread.
+    model_threads: intra-op threads of one CPU model call (torch's and the ONNX encoder's); 1 with
+        ``cpu_inference_threads`` 2 keeps a 2-core machine's cores one call each.
     max_batch / max_wait_ms: a batcher runs as soon as it has ``max_batch`` requests or its oldest request has
         waited ``max_wait_ms``.
     overload_lag: seconds (wall time) the oldest unprocessed audio may wait before a stream is warned ``overloaded``.
@@ -70,6 +72,7 @@ class ServerConfig:
     idle_timeout: float = 30.0
     max_batch: int = 16
     cpu_inference_threads: int = 2
+    model_threads: int = 1
     max_wait_ms: float = 5.0
     overload_lag: float = 5.0
     tokens: frozenset[str] = frozenset()
@@ -97,6 +100,7 @@ class ServerConfig:
         _check(self.asr_quantize != "int8" or self.device == "cpu",
                "ServerConfig.asr_quantize=int8 needs --device cpu (on CUDA GigaAM runs fp16)")
         _check(1 <= self.cpu_inference_threads <= 64, "ServerConfig.cpu_inference_threads must be 1-64 (default 2)")
+        _check(1 <= self.model_threads <= 64, "ServerConfig.model_threads must be 1-64 (default 1)")
         _check(1 <= self.max_batch <= 1024, "ServerConfig.max_batch must be 1-1024 (default 16)")
         _check(0 <= self.max_wait_ms <= 1000, "ServerConfig.max_wait_ms must be 0-1000 ms (a few ms is typical)")
         _check(self.overload_lag > 0, "ServerConfig.overload_lag must be > 0 seconds (default 5)")
@@ -148,6 +152,7 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("idle_timeout", float, "seconds without a client message before the stream is ended (default 30)"),
     ("max_batch", int, "largest model batch (default 16)"),
     ("cpu_inference_threads", int, "threads running CPU models side by side (default 2; a GPU has one)"),
+    ("model_threads", int, "intra-op threads of one CPU model call, torch's and ONNX Runtime's (default 1)"),
     ("max_wait_ms", float, "longest a request waits for batch-mates, in ms (default 5)"),
     ("overload_lag", float, "seconds the oldest unprocessed audio may wait before an 'overloaded' warning (default 5)"),
     ("tokens_file", str, "file with one accepted bearer token per line (also RECHKA_TOKENS=a,b)"),

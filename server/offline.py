@@ -7,8 +7,8 @@ back before the next audio arrives (an infinitely fast server). :func:`drive_dia
 function per request type (``adapter.run_batch`` fits).
 
 :func:`drive_whole` is the whole-file mode (``rechka-transcribe``): several sessions fed in large chunks side by
-side, their requests batched together per model, and final decodes held back until ``asr_batch`` of them (or
-nothing else) is waiting, so GigaAM sees large batches. Results reach each session exactly as from a server (out
+side, their requests batched together per model, and final decodes held back until a pool of them is waiting,
+so GigaAM sees large batches of like-length rows. Results reach each session exactly as from a server (out
 of order across kinds, in order per VAD chain), so the events are the live ones.
 """
 
@@ -117,18 +117,23 @@ def _batch_rows(held: Sequence[Request], asr_batch: int, max_padded: int) -> int
 
 
 def drive_whole(sessions: Sequence[Session], audios: Sequence[bytes], run: Run, chunk_bytes: int = 640_000,
-                asr_batch: int = 32, asr_batch_seconds: float = 160.0) -> list[list[wire.ServerEvent]]:
+                asr_batch: int = 32, asr_batch_seconds: float = 160.0,
+                asr_pool: Optional[int] = None) -> list[list[wire.ServerEvent]]:
     """Feed each session its whole ``audio`` (``chunk_bytes`` per message, default 20 s of 16 kHz s16le), then stop
-    it; batch every kind of request across all sessions, final ASR requests ``asr_batch`` at a time, fewer when the
-    padded batch (rows × longest row) would exceed ``asr_batch_seconds`` of audio (memory: a 30-minute file's
-    batches of 32 long finals took the process past 18 GB). Returns each session's events. ``chunk_bytes`` must
-    stay under the sessions' ``max_pending_audio``."""
-    if chunk_bytes <= 0 or asr_batch < 1 or asr_batch_seconds <= 0:
-        raise ValueError("chunk_bytes and asr_batch_seconds must be positive and asr_batch >= 1")
+    it; batch every kind of request across all sessions. Final ASR requests are held until ``asr_pool`` of them
+    (default ``4 × asr_batch``) wait, or the audio has ended; then the longest go first, ``asr_batch`` at a time,
+    fewer when the padded batch (rows × longest row) would exceed ``asr_batch_seconds`` of audio (memory: a
+    30-minute file's batches of 32 long finals took the process past 18 GB). Rows of like length waste little on
+    padding (in arrival order it was about half of the encoder's work); each session still emits its finals in
+    order (:mod:`streaming.transcript`). Returns each session's events. ``chunk_bytes`` must stay under the
+    sessions' ``max_pending_audio``."""
+    pool = 4 * asr_batch if asr_pool is None else asr_pool
+    if chunk_bytes <= 0 or asr_batch < 1 or asr_batch_seconds <= 0 or pool < 1:
+        raise ValueError("chunk_bytes and asr_batch_seconds must be positive, asr_batch and asr_pool >= 1")
     max_padded = int(asr_batch_seconds * SAMPLE_RATE)
     events: list[list[wire.ServerEvent]] = [[] for _ in sessions]
     owner: dict[int, int] = {}  # id(request) → session index
-    held: list[Request] = []  # ASR requests waiting for a full batch
+    held: list[Request] = []  # ASR requests waiting for a full pool
 
     def settle(final: bool) -> None:
         nonlocal held
@@ -139,10 +144,11 @@ def drive_whole(sessions: Sequence[Session], audios: Sequence[bytes], run: Run, 
                     owner[id(request)] = i
                     (held if isinstance(request, AsrRequest) else work).append(request)
                 events[i] += session.events_to_send()
-            rows = _batch_rows(held, asr_batch, max_padded)
-            if not work and rows == len(held) < asr_batch and not (final and held):
-                return  # no batch is full yet
             if not work:
+                if not held or (len(held) < pool and not final):
+                    return  # nothing to run, or the pool is not full yet
+                held.sort(key=lambda r: len(r.audio), reverse=True)  # type: ignore[attr-defined]
+                rows = _batch_rows(held, asr_batch, max_padded)
                 work, held = held[:rows], held[rows:]
             for request, result in zip(work, run(work)):
                 sessions[owner.pop(id(request))].receive_result(result)

@@ -56,7 +56,7 @@ class Models(NamedTuple):
 def load_models(asr: Union["ServerConfig", str, None] = ASR_DEFAULT, segmentation: str = SEGMENTATION_DEFAULT,
                 embedding: str = EMBEDDING_DEFAULT, device: Optional[str] = None, *, max_batch: int = 16,
                 warmup: bool = True, wheel: Optional["Path"] = None, asr_quantize: Optional[str] = None,
-                asr_engine: str = "torch") -> Models:
+                asr_engine: str = "torch", threads: Optional[int] = None) -> Models:
     """Load, audit and (optionally) warm up the models.
 
     ``asr``: a GigaAM model name or checkpoint path, or ``None`` to leave ASR out (``rechka-fetch-models
@@ -66,14 +66,22 @@ def load_models(asr: Union["ServerConfig", str, None] = ASR_DEFAULT, segmentatio
     ``asr_quantize``: ``"int8"`` for dynamic int8 GigaAM on the CPU (see ``server.models.asr.AsrOptions``).
     ``asr_engine``: ``"torch"`` or ``"onnx"`` (:mod:`server.models.asr_onnx`; ``asr_quantize`` then picks its graph),
     or ``"auto"`` (:func:`asr_engine_for`); ``asr_quantize="auto"`` likewise.
+    ``threads``: intra-op threads of one model call on the CPU — torch's (process-wide, ``torch.set_num_threads``)
+    and the ONNX encoder's; ``None`` leaves torch's as it is (its default is one per core).
     """
     if asr is not None and not isinstance(asr, str):
         config = asr
         asr, segmentation, embedding = config.asr_model, config.segmentation_model, config.embedding_model
         device, max_batch = config.device, config.max_batch
-        asr_quantize, asr_engine = config.asr_quantize, config.asr_engine
+        asr_quantize, asr_engine, threads = config.asr_quantize, config.asr_engine, config.model_threads
     target = resolve_device(device)
     name = str(target)
+    if threads is not None:
+        if threads < 1:
+            raise ValueError("load_models threads must be >= 1 (one per core suits one model call at a time)")
+        import torch
+
+        torch.set_num_threads(threads)
 
     from server.models.embedding import load_embedding_model
     from server.models.segmentation import SegmentationModel
@@ -86,7 +94,7 @@ def load_models(asr: Union["ServerConfig", str, None] = ASR_DEFAULT, segmentatio
     }
     if asr is not None:
         asr_engine, asr_quantize = asr_engine_for(target.type, asr_engine, asr_quantize)
-        models["asr"] = load_asr(asr, name, max_batch, asr_quantize, asr_engine)
+        models["asr"] = load_asr(asr, name, max_batch, asr_quantize, asr_engine, threads)
     placement = audit_models(models, target)
     for model_name, entry in placement.items():
         log.info("model %-12s %s (%s)", model_name, entry.summary(), models[model_name].describe().get("checkpoint"))
@@ -126,15 +134,17 @@ def asr_engine_for(device_type: str, engine: str = "auto",
     return engine, quantize
 
 
-def load_asr(model: str, device: str, max_batch: int, quantize: Optional[str] = None, engine: str = "torch") -> Any:
-    """GigaAM, imported only when needed; its own "unavailable" error is re-raised as :class:`ModelUnavailable`."""
+def load_asr(model: str, device: str, max_batch: int, quantize: Optional[str] = None, engine: str = "torch",
+             threads: Optional[int] = None) -> Any:
+    """GigaAM, imported only when needed; its own "unavailable" error is re-raised as :class:`ModelUnavailable`.
+    ``threads``: the ONNX engine's intra-op threads (default: torch's)."""
     from server.models import asr as asr_module
 
     try:
         if engine == "onnx":
             from server.models.asr_onnx import OnnxGigaAmAsr
 
-            return OnnxGigaAmAsr(model, device, max_batch, precision=quantize or "fp32")
+            return OnnxGigaAmAsr(model, device, max_batch, precision=quantize or "fp32", threads=threads)
         if engine != "torch":
             raise ValueError(f"unknown ASR engine {engine!r}; use torch or onnx")
         return asr_module.GigaAmAsr(model, device, max_batch, quantize=quantize)

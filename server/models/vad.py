@@ -36,8 +36,15 @@ def default_weights() -> Path:
 
     (The package's ``silero_vad_16k.safetensors`` holds a different, older set of weights: its probabilities differ
     from the TorchScript and ONNX models' by up to 0.2, so it is accepted but not the default.)
+
+    Importing the ``silero_vad`` package calls ``torch.set_num_threads(1)``; torch's intra-op thread count is kept
+    across it (its one home is :func:`server.models.registry.load_models`' ``threads``).
     """
-    return Path(str(resources.files("silero_vad.data").joinpath("silero_vad.jit")))
+    threads = torch.get_num_threads()
+    try:
+        return Path(str(resources.files("silero_vad.data").joinpath("silero_vad.jit")))
+    finally:
+        torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True, eq=False)

@@ -61,9 +61,35 @@ def test_asr_batches_are_bounded_by_their_padded_audio_and_give_the_same_finals(
     assert all(n == 1 or n * longest <= 2.5 * 16_000 for n, longest in shapes[2.5])
 
 
+def test_finals_are_pooled_and_batched_by_length_with_less_padding_and_the_same_finals() -> None:
+    config = SessionConfig(interim_results=False, diarization=False)
+    lengths = [0.3, 1.9, 0.4, 1.5, 0.3, 2.1, 0.5, 1.7]
+    files = [pcm16(tone_bursts([(300 + 40 * k, lengths[(k + f) % 8]) for k in range(16)], gaps=0.7).audio)
+             for f in range(3)]
+    padded: dict[int, int] = {}
+    finals = {}
+    for pool in (8, 64):  # 8: a batch as soon as asr_batch finals wait, as they came; 64: pooled, longest first
+        asr, shapes = FakeAsr(), []
+
+        def measured_asr(requests: list, shapes: list = shapes) -> list:
+            shapes.append([len(r.audio) for r in requests])
+            return asr(requests)
+
+        sessions = [Session(f"w{i}", config) for i in range(len(files))]
+        whole = drive_whole(sessions, files, run_requests_by_kind({VadRequest: FakeVad(), AsrRequest: measured_asr}),
+                            chunk_bytes=2 * 16_000 * 5, asr_batch=8, asr_pool=pool)
+        finals[pool] = [_finals(e) for e in whole]
+        assert sum(len(rows) for rows in shapes) == 48
+        padded[pool] = sum(len(rows) * max(rows) for rows in shapes)
+    assert finals[64] == finals[8]  # every session's finals, in order, whatever order they were decoded in
+    assert padded[64] < 0.8 * padded[8]
+
+
 def test_bad_arguments_are_refused() -> None:
     with pytest.raises(ValueError, match="asr_batch"):
         drive_whole([], [], lambda r: [], asr_batch=0)
     with pytest.raises(ValueError, match="asr_batch_seconds"):
         drive_whole([], [], lambda r: [], asr_batch_seconds=0)
+    with pytest.raises(ValueError, match="asr_pool"):
+        drive_whole([], [], lambda r: [], asr_pool=0)
     assert drive_whole([], [], lambda r: []) == []

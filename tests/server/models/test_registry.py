@@ -66,3 +66,31 @@ def test_the_diarizer_fits_the_loaded_models() -> None:
     assert plain == base  # resemblyzer's calibration is the options' defaults
     config = fit_session(ServerConfig(), {"segmentation": seg30, "embedding": preset})
     assert config.session.diarizer == fitted
+
+
+def test_threads_have_one_home_and_importing_silero_does_not_change_them() -> None:
+    """``load_models(threads=N)`` sets torch's intra-op threads and the ONNX encoder's; the silero-vad package's
+    import (which calls ``torch.set_num_threads(1)``) no longer changes them behind the caller's back."""
+    import subprocess
+    import sys
+
+    script = ("import torch; torch.set_num_threads(2)\n"
+              "from server.models.vad import default_weights; default_weights()\n"
+              "print(torch.get_num_threads())\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[3])
+    assert out.stdout.split()[-1] == "2"
+
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        for threads in (2, 1):
+            loaded = load_models(str(TINY_ASR), SEGMENTATION_DEFAULT, "resemblyzer", "cpu", max_batch=2,
+                                 warmup=False, asr_engine="onnx", threads=threads)
+            assert torch.get_num_threads() == threads
+            assert loaded.asr.session.get_session_options().intra_op_num_threads == threads
+        with pytest.raises(ValueError, match="threads must be >= 1"):
+            load_models(None, device="cpu", threads=0)
+    finally:
+        torch.set_num_threads(before)
