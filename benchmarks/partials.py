@@ -70,6 +70,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="engine of --asr-model (auto: the server's default for the device)")
     p.add_argument("--asr-quantize", choices=("auto", "none", "int8"), default="none")
     p.add_argument("--budget-ratio", type=float, default=PartialOptions().budget_ratio)
+    p.add_argument("--no-speculative-finals", dest="speculative", action="store_false",
+                   help="sessions without speculative finals (their missed speculations count as partial compute)")
     p.add_argument("--speech", action="store_true", help="real recordings, per-utterance ratios and first partials")
     p.add_argument("--speech-dir", type=Path, default=None, help="default: benchmarks.common.default_speech_dir()")
     p.add_argument("--max-files", type=int, default=23, help="--speech: at most this many recordings")
@@ -86,7 +88,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 class TimedAsr:
-    """Wraps a batch function, accumulating samples and wall seconds per request kind."""
+    """Wraps a batch function, accumulating samples and wall seconds per request kind.
+
+    A speculative final request whose pause ended in speech (``SessionConfig.speculative_finals``: another final
+    request of the same utterance follows; the last one is the final) is counted as partial compute."""
 
     def __init__(self, run_batch: Callable[[list[Request]], Sequence[Result]]) -> None:
         self.run_batch = run_batch
@@ -95,6 +100,7 @@ class TimedAsr:
         self.calls = {AsrKind.FINAL: 0, AsrKind.PARTIAL: 0}
         self.log: list[tuple[AsrRequest, float, int]] = []  # (request, wall seconds, audio fed when it ran)
         self.fed = 0
+        self.finals: dict[tuple[str, int], tuple[int, float]] = {}  # the last final request per utterance
 
     def __call__(self, requests: list[Request]) -> list[Result]:
         results: list[Result] = []
@@ -109,8 +115,21 @@ class TimedAsr:
                 self.samples[kind] += sum(len(r.audio) for r in batch)
                 self.calls[kind] += len(batch)
                 results += out
+                for r in batch if kind == AsrKind.FINAL else ():
+                    missed = self.finals.get((r.session_id, r.utterance_id))
+                    self.finals[(r.session_id, r.utterance_id)] = (len(r.audio), took / len(batch))
+                    if missed is not None:  # a speculation speech resumed after: partial compute
+                        self._move(missed)
         order = {r.seq: i for i, r in enumerate(requests)}
         return sorted(results, key=lambda r: order[r.seq])
+
+
+    def _move(self, request: tuple[int, float]) -> None:
+        samples, seconds = request
+        for kind, sign in ((AsrKind.FINAL, -1), (AsrKind.PARTIAL, 1)):
+            self.samples[kind] += sign * samples
+            self.seconds[kind] += sign * seconds
+            self.calls[kind] += sign
 
 
 def utterance(seconds: float) -> Any:
@@ -119,9 +138,10 @@ def utterance(seconds: float) -> Any:
     return tone_bursts([(300 + 60 * (k % 12), 0.3) for k in range(n)], gaps=0.15, lead=0.5, tail=1.0)
 
 
-def measure(seconds: float, budget_ratio: float, asr: Optional[Any]) -> dict[str, Any]:
+def measure(seconds: float, budget_ratio: float, asr: Optional[Any], speculative: bool = True) -> dict[str, Any]:
     timed = TimedAsr(asr.run_batch if asr is not None else FakeAsr())
-    config = SessionConfig(diarization=False, partials=PartialOptions(budget_ratio=budget_ratio))
+    config = SessionConfig(diarization=False, partials=PartialOptions(budget_ratio=budget_ratio),
+                           speculative_finals=speculative)
     events = drive_session(Session("bench", config), run_requests_by_kind({VadRequest: FakeVad(), AsrRequest: timed}),
                            pcm16(utterance(seconds).audio), chunk_bytes=3200)
     finals = [e for e in events if isinstance(e, wire.Final)]
@@ -167,12 +187,14 @@ def policy_class(cls: Optional[type]) -> Any:
 
 
 def speech_utterances(audio: Any, options: PartialOptions, vad: Any, asr: Any, timed: TimedAsr,
-                      chunk: int = 320) -> tuple[list[dict], SessionRun]:
+                      speculative: bool = True, chunk: int = 320) -> tuple[list[dict], SessionRun]:
     """Stream int16 ``audio`` through one session; per utterance: samples, partial decodes, first-partial delay;
     and the events and windows the quality measures need. ``timed`` (wrapping the ASR) accumulates wall seconds
     per request kind."""
-    timed.log, timed.fed = [], 0
-    session = Session("bench", SessionConfig(diarization=False, partials=options))
+    timed.log, timed.fed, timed.finals = [], 0, {}
+    # a baseline policy from before speculative finals cannot take their results (PartialPolicy.adopt)
+    speculate = speculative and hasattr(streaming.session.PartialPolicy, "adopt")
+    session = Session("bench", SessionConfig(diarization=False, partials=options, speculative_finals=speculate))
     run = run_requests_by_kind({VadRequest: vad.run_batch, AsrRequest: timed})
     data = audio.astype("<i2").tobytes()
     events: list[wire.ServerEvent] = []
@@ -188,8 +210,9 @@ def speech_utterances(audio: Any, options: PartialOptions, vad: Any, asr: Any, t
                         [e for e in events if isinstance(e, wire.Final)])
     for request, wall, fed in timed.log:
         row = rows.setdefault(request.utterance_id, {"final": 0, "partial": 0, "decodes": 0, "first": None})
-        if request.kind == AsrKind.FINAL:
-            row["final"] += len(request.audio)
+        if request.kind == AsrKind.FINAL:  # the last one is the final, earlier ones missed speculations
+            row["partial"] += row["final"]
+            row["final"] = len(request.audio)
             row["start"], row["onset"] = request.start, request.start + (pad if request.start > 0 else 0)
         else:
             row["partial"] += len(request.audio)
@@ -260,7 +283,7 @@ def speech_main(args: argparse.Namespace, asr: Any) -> dict[str, Any]:
     for file, audio, clips in streams:  # interleaved: every variant on one recording before the next
         for name, (cls, options) in variants.items():
             with policy_class(cls):
-                utts, record = speech_utterances(audio, options, vad, asr, timers[name])
+                utts, record = speech_utterances(audio, options, vad, asr, timers[name], args.speculative)
             rows[name] += [dict(u, file=file) for u in utts]
             runs[name].append(record)
         spoken.append((runs[next(iter(variants))][-1].finals, clips))
@@ -303,7 +326,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         result = speech_main(args, asr)
         write_result("partials-speech", result, args.out_dir)
         return result
-    rows = [measure(s, args.budget_ratio, asr) for s in args.lengths]
+    rows = [measure(s, args.budget_ratio, asr, args.speculative) for s in args.lengths]
     ratios = [r["partial_over_final_pass"] for r in rows]
     result: dict[str, Any] = {
         "benchmark": "partials",

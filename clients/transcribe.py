@@ -64,11 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def session_config(models: Any, diarization: bool = True, max_speakers: Optional[int] = None,
                    step: Optional[float] = None) -> SessionConfig:
-    """The session of a whole file: no partials, diarization fitted to the models as the server fits it, final
-    speaker turns kept (the ``.rttm`` is diarization's, not the words'); ``step`` in seconds."""
+    """The session of a whole file: no partials and no speculative finals (nobody waits for a final: a missed
+    speculation would only cost), diarization fitted to the models as the server fits it, final speaker turns kept
+    (the ``.rttm`` is diarization's, not the words'); ``step`` in seconds."""
     from server.models.registry import fit_diarizer
 
-    base = SessionConfig(interim_results=False, diarization=diarization, speaker_turns=diarization)
+    base = SessionConfig(interim_results=False, speculative_finals=False, diarization=diarization,
+                         speaker_turns=diarization)
     diarizer = fit_diarizer(base.diarizer, models.segmentation, models.embedding)
     if max_speakers is not None:
         diarizer = dataclasses.replace(diarizer, max_speakers=max_speakers)

@@ -104,6 +104,17 @@ class PartialPolicy:
         self.decodes += 1
         self._last_end = self._decoded_end = b
 
+    def adopt(self, window: tuple[int, int], words: Sequence[WordTiming], text: str = "") -> Optional[str]:
+        """A decode of ``window`` made outside this policy (a speculative final whose pause ended in more speech):
+        charged to the budget and, unless a decode of this policy is in flight or reached further, taken as the
+        latest decode. Returns the partial text, or ``None`` when it was only charged."""
+        a, b = window
+        if self.in_flight is not None or b <= self._decoded_end:
+            self.encoded += b - a
+            return None
+        self.start(window)
+        return self.on_result(words, text)
+
     def skip(self, now: int) -> None:
         """A due decode was not sent (the session is behind): wait another interval before the next one."""
         self._last_end = now

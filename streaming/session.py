@@ -6,7 +6,14 @@ pending list). Per channel: decoded audio goes into an :class:`~streaming.audio.
 request is in flight (its recurrent state chains); :class:`~streaming.vad.VadEndpointer` opens and closes
 utterances; an open utterance gets partial decodes from its :class:`~streaming.partials.PartialPolicy`; a closed
 one gets exactly one final decode over its samples; :class:`~streaming.transcript.ChannelTranscript` turns results
-into events. With diarization on (single stream), a ``StreamingDiarizer`` runs beside the VAD and gives speakers.
+into events.
+
+Speculative finals (``SessionConfig.speculative_finals``): once a pause inside an open utterance has lasted
+``speech_pad`` (:attr:`~streaming.vad.VadEndpointer.pending_end`), the utterance's final audio is complete, and its
+final request goes out then, while the VAD waits for ``min_silence``. If the VAD closes the utterance at that end,
+the request in flight (or its result) is the final: the same samples at the same offset, so finals are unchanged.
+If speech resumes, its result is used as a partial (``PartialPolicy.adopt``, charged to the partial budget); no
+other partial is sent while it is in flight. With diarization on (single stream), a ``StreamingDiarizer`` runs beside the VAD and gives speakers.
 
 Backpressure: while the session is behind (audio waiting for the VAD above ``PartialOptions.max_lag``, or more than
 ``max_pending_requests`` final and diarization requests of the channel in flight) partial decodes are skipped and
@@ -72,6 +79,8 @@ class SessionStats:
     partials_dropped: int = 0
     results_dropped: int = 0
     utterances: int = 0
+    finals_speculated: int = 0  # finals answered by a speculative request
+    speculations_missed: int = 0  # speculative requests whose pause ended in more speech (or another end)
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,16 @@ class _InFlight:
     start: int = 0
     utterance: Optional[Utterance] = None
     window: Optional[tuple[int, int]] = None
+
+
+@dataclass(eq=False)
+class _Speculation:
+    """The speculative final request of the open utterance's current pause: ``[start, end)`` at ``seq``."""
+
+    seq: int
+    start: int
+    end: int
+    result: Optional[AsrResult] = None
 
 
 class _Channel:
@@ -101,6 +120,7 @@ class _Channel:
         self.vad_state_at = -1  # the stream offset the saved VAD state continues from
         self.finalize_at: list[int] = []  # pending finalize points, oldest first
         self.open: Optional[Utterance] = None
+        self.speculation: Optional[_Speculation] = None
         self.flushed = False  # end of stream reached the endpointer
         self.skipped_to = 0  # audio before this that the VAD has not seen was dropped (counts as processed)
 
@@ -180,10 +200,10 @@ class Session:
         if entry.kind == "vad" and isinstance(result, VadResult):
             self._on_vad(ch, entry, result)
         elif entry.kind == "final" and isinstance(result, AsrResult):
-            utt = entry.utterance
-            assert utt is not None and utt.end is not None
-            ch.transcript.set_final(utt, result.text.strip(), absolute_words(result.words, entry.start,
-                                                                             utt.start, utt.end))
+            assert entry.utterance is not None
+            self._set_final(ch, entry.utterance, entry.start, result)
+        elif entry.kind == "speculative" and isinstance(result, AsrResult):
+            self._on_speculative(ch, entry, result)
         elif entry.kind == "partial" and isinstance(result, AsrResult) and self._partial_current(ch, entry):
             assert entry.utterance is not None and entry.window is not None
             text = ch.policy.on_result(absolute_words(result.words, entry.start, entry.window[0], entry.window[1]),
@@ -294,9 +314,6 @@ class Session:
         for ch in self._channels:
             self._partial_step(ch)
             if ch.diarizer is not None:
-                for merge in ch.diarizer.pop_merges():  # out first; the transcript relabels what it keeps, as clients do
-                    self._events.append(merge)
-                    ch.transcript.merge(merge)
                 turns = ch.diarizer.pop_final_turns()  # popped either way so they never pile up
                 if turns and self.config.speaker_turns:
                     self._events.append(wire.SpeakerTurns(tuple(turns)))
@@ -360,6 +377,7 @@ class Session:
         probs = np.asarray(result.probs, dtype=np.float32).reshape(-1)
         ch.vad_state, ch.vad_state_at = result.state, entry.start + len(probs) * VAD_CHUNK
         self._on_vad_events(ch, ch.endpointer.push(probs, entry.start))
+        self._speculate(ch)
 
     def _on_vad_events(self, ch: _Channel, events: list[VadEvent]) -> None:
         for event in events:
@@ -370,6 +388,7 @@ class Session:
                 ch.policy.reset(event.start)
             elif isinstance(event, SpeechEnd) and ch.open is not None:
                 utt, ch.open = ch.open, None
+                spec, ch.speculation = ch.speculation, None
                 ch.transcript.close(utt, event.end)
                 ch.policy.cancel()
                 start, audio = ch.buffer.read_retained(event.start, event.end)
@@ -377,6 +396,8 @@ class Session:
                     self._truncated(utt, start)
                 if len(audio) == 0:  # nothing of it is left: its final is empty (an id may be out already)
                     ch.transcript.set_final(utt, "", [])
+                    continue
+                if spec is not None and self._final_from_speculation(ch, spec, utt, start, event.end):
                     continue
                 request = AsrRequest(self.session_id, self._next_seq(), ch.index, start, audio, utt.key,
                                      AsrKind.FINAL)
@@ -392,7 +413,78 @@ class Session:
             "utterance_truncated", f"the server fell behind and the first {missing / SAMPLE_RATE:.2f} s of an "
                                    "utterance were lost before it could be transcribed", dropped_seconds=missing / SAMPLE_RATE))
 
+    # ------------------------------------------------------------------------------------------------ speculation
+    def _speculate(self, ch: _Channel) -> None:
+        """After VAD results: send the open utterance's final request once a pause has lasted ``speech_pad``; a
+        speculation whose pause ended in speech becomes a partial (now, or when its result is back)."""
+        spec, utt = ch.speculation, ch.open
+        end = ch.endpointer.pending_end if utt is not None else None
+        if spec is not None and spec.end == end:
+            return  # still the same pause
+        if spec is not None:  # speech resumed: its result serves as a partial
+            ch.speculation = None
+            self.stats.speculations_missed += 1
+            if spec.result is not None and utt is not None:
+                self._adopt(ch, utt, (spec.start, spec.end), spec.result)
+        if end is None or utt is None or not self.config.speculative_finals or self._behind(ch)[0]:
+            return
+        start, audio = ch.buffer.read_retained(utt.start, end)
+        if len(audio) == 0 or not self._may_speculate(ch, start, end):
+            return
+        request = AsrRequest(self.session_id, self._next_seq(), ch.index, start, audio, utt.key, AsrKind.FINAL)
+        self._issue([request], "speculative", ch.index, utterance=utt, window=(start, end))
+        ch.speculation = _Speculation(request.seq, start, end)
+
+    def _may_speculate(self, ch: _Channel, start: int, end: int) -> bool:
+        """Whether the utterance's partial compute, this speculation counted, stays within ``budget_ratio +
+        speculation_budget`` final passes of the utterance so far (so missed speculations cannot pile up)."""
+        extra = self.config.speculation_budget * (end - ch.policy.utterance_start)
+        return ch.policy.budget(end) + extra >= end - start
+
+    def _on_speculative(self, ch: _Channel, entry: _InFlight, result: AsrResult) -> None:
+        spec = ch.speculation
+        if spec is not None and spec.seq == result.seq:
+            spec.result = result  # the pause goes on: the final, if the VAD closes the utterance there
+        elif ch.open is not None and ch.open is entry.utterance:
+            assert entry.window is not None
+            self._adopt(ch, ch.open, entry.window, result)
+        else:  # its utterance closed at another end
+            self.stats.results_dropped += 1
+
+    def _final_from_speculation(self, ch: _Channel, spec: _Speculation, utt: Utterance, start: int,
+                                end: int) -> bool:
+        """At the VAD's close of ``utt`` over ``[start, end)``: whether the speculative request was exactly that
+        final's (then it is the final: its result now, or the request in flight is answered as the final)."""
+        if (spec.start, spec.end) != (start, end):
+            self.stats.speculations_missed += 1
+            return False
+        self.stats.finals_speculated += 1
+        if spec.result is not None:
+            self._set_final(ch, utt, start, spec.result)
+        else:
+            self._in_flight[spec.seq] = _InFlight("final", AsrResult, ch.index, start, utterance=utt)
+        return True
+
+    def _set_final(self, ch: _Channel, utt: Utterance, start: int, result: AsrResult) -> None:
+        assert utt.end is not None
+        ch.transcript.set_final(utt, result.text.strip(), absolute_words(result.words, start, utt.start, utt.end))
+
+    def _adopt(self, ch: _Channel, utt: Utterance, window: tuple[int, int], result: AsrResult) -> None:
+        """A speculative decode of the open utterance so far, taken as its latest partial decode."""
+        words = absolute_words(result.words, window[0], window[0], window[1])
+        text = ch.policy.adopt(window, words, result.text)
+        if text is not None and self.config.interim_results and self.config.partials.enabled:
+            self._events += ch.transcript.partial(utt, window[1], text)
+
     # ------------------------------------------------------------------------------------------------ partials
+    def _behind(self, ch: _Channel) -> tuple[bool, int]:
+        """Whether the channel is behind (optional decodes wait: partials, speculation), and its VAD lag."""
+        options = self.config.partials
+        lag = ch.buffer.end - max(ch.vad_done, ch.skipped_to)
+        backlog = sum(1 for e in self._in_flight.values()
+                      if e.channel == ch.index and e.kind in ("final", "diarization"))
+        return lag > options.max_lag or backlog > options.max_pending_requests, lag
+
     def _partial_current(self, ch: _Channel, entry: _InFlight) -> bool:
         return ch.open is entry.utterance and ch.policy.in_flight == entry.window
 
@@ -400,13 +492,13 @@ class Session:
         options = self.config.partials
         if ch.open is None or not (self.config.interim_results and options.enabled):
             return
+        if any(e.kind == "speculative" and e.utterance is ch.open for e in self._in_flight.values()):
+            return  # its result will be this utterance's next partial
         window = ch.policy.due(min(ch.vad_done, ch.endpointer.speech_until))
         if window is None:
             return
-        lag = ch.buffer.end - max(ch.vad_done, ch.skipped_to)
-        backlog = sum(1 for e in self._in_flight.values()
-                      if e.channel == ch.index and e.kind in ("final", "diarization"))
-        if lag > options.max_lag or backlog > options.max_pending_requests:
+        behind, lag = self._behind(ch)
+        if behind:
             ch.policy.skip(window[1])
             self.stats.partials_dropped += 1
             if not self._lag_warned:

@@ -102,6 +102,16 @@ class VadEndpointer:
         return self._voiced_end + self.options.speech_pad
 
     @property
+    def pending_end(self) -> Optional[int]:
+        """Where the open utterance ends if the pause in progress lasts ``min_silence``, once that pause has lasted
+        ``speech_pad`` (the utterance's audio, padding included, is then complete); else ``None``. Speculative
+        finals decode it before the VAD decides (``SessionConfig.speculative_finals``)."""
+        if self._state != _State.SPEECH or self._silence_start is None or self._next is None:
+            return None
+        end = self._silence_start + self.options.speech_pad
+        return end if self._next >= end else None
+
+    @property
     def position(self) -> Optional[int]:
         """The offset just past the last chunk consumed (``None`` before the first)."""
         return self._next

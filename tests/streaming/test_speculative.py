@@ -1,0 +1,135 @@
+"""streaming/session.py: speculative finals (``SessionConfig.speculative_finals``) with fake models.
+
+A final's request goes out once a pause has lasted ``speech_pad``; the VAD closing the utterance there makes it the
+final; speech resuming makes its result a partial, charged to the partial budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from streaming import wire
+from streaming.config import PartialOptions, SessionConfig, VadOptions, ms
+from streaming.partials import PartialPolicy
+from streaming.work import AsrKind, AsrRequest
+from streaming.wire import WordTiming
+from tests.fakes import tone_bursts
+from tests.streaming.test_session import Harness, of
+
+VAD = VadOptions()
+# pauses below speech_pad, between speech_pad and min_silence (speech resumes), and beyond min_silence (a close)
+GAPS = [0.05, 0.3, 0.8, 0.2, 0.35, 1.0, 0.12, 0.6]
+
+
+def bursts() -> np.ndarray:
+    return tone_bursts([(300 + 60 * k, 0.4 + 0.1 * (k % 4)) for k in range(len(GAPS) + 1)], gaps=GAPS,
+                       lead=0.5, tail=1.0).audio
+
+
+def run(cfg: SessionConfig, asr_late: bool) -> Harness:
+    """Stream ``bursts()`` in 20 ms messages; ``asr_late``: every ASR result arrives only at the end."""
+    h = Harness(cfg)
+    if asr_late:
+        h.hold = lambda r: isinstance(r, AsrRequest)
+    h.feed(bursts(), chunk=0.02)
+    h.release()
+    h.end()
+    return h
+
+
+def answered_finals(h: Harness) -> list[tuple[int, bytes]]:
+    """(start, audio bytes) of the request that answered each final: the last final request of its utterance."""
+    last = {r.utterance_id: r for r in h.asr.requests if r.kind == AsrKind.FINAL}
+    return [(r.start, r.audio.tobytes()) for _, r in sorted(last.items())]
+
+
+@pytest.mark.parametrize("asr_late", [False, True], ids=["asr-at-once", "asr-late"])
+@pytest.mark.parametrize("partials", [PartialOptions(enabled=False), PartialOptions(budget_ratio=1.0),
+                                      PartialOptions(budget_ratio=1.5)], ids=["no-partials", "budget-1.0", "budget-1.5"])
+def test_finals_do_not_depend_on_speculation(partials: PartialOptions, asr_late: bool) -> None:
+    """Byte for byte: the same final events and the same final requests (samples and offsets) with it off and on."""
+    off = run(SessionConfig(diarization=False, partials=partials, speculative_finals=False), asr_late)
+    on = run(SessionConfig(diarization=False, partials=partials, speculative_finals=True), asr_late)
+    finals_off, finals_on = of(off.events, wire.Final), of(on.events, wire.Final)
+    assert finals_on == finals_off and len(finals_off) == 4
+    assert answered_finals(on) == answered_finals(off)
+    assert off.session.stats.finals_speculated == 0 and off.asr.calls[AsrKind.FINAL] == 4
+    stats = on.session.stats
+    assert stats.finals_speculated == 4  # every close followed a pause longer than speech_pad
+    assert stats.speculations_missed == 3  # the 0.3, 0.2 and 0.35 s pauses ended in speech
+    assert on.asr.calls[AsrKind.FINAL] == 4 + 3
+    assert isinstance(on.events[-1], wire.End) and on.events[-1] == off.events[-1]
+
+
+def test_the_final_request_goes_out_while_the_vad_waits() -> None:
+    b = tone_bursts([(440, 1.0)], lead=0.5, tail=1.0)
+    (a, z), = b.spans
+    h = Harness(SessionConfig(diarization=False, interim_results=False))
+    h.hold = lambda r: isinstance(r, AsrRequest)
+    h.feed(b.audio[:z + ms(250)], chunk=0.02)  # a pause longer than speech_pad, shorter than min_silence
+    (request,) = [r for r in h.sent if isinstance(r, AsrRequest)]
+    assert request.kind == AsrKind.FINAL and of(h.events, wire.Final) == []
+    h.release()  # the result is back before the VAD decides: nothing goes out yet
+    assert of(h.events, wire.Final) == []
+    h.feed(b.audio[z + ms(250):], chunk=0.02)
+    (final,) = of(h.events, wire.Final)
+    assert [r for r in h.sent if isinstance(r, AsrRequest)] == [request]  # the close sent no other request
+    assert (final.start, final.end) == (request.start, request.start + len(request.audio)) and final.text == "w440"
+    assert z <= final.end <= z + VAD.speech_pad + 512
+
+
+@pytest.mark.parametrize("held", [False, True], ids=["result-before-speech", "result-after-speech"])
+def test_a_speculation_whose_pause_ends_in_speech_becomes_a_partial(held: bool) -> None:
+    b = tone_bursts([(440, 1.0), (660, 1.0)], gaps=0.3, lead=0.5, tail=1.0)
+    (a1, z1), (a2, z2) = b.spans
+    cfg = SessionConfig(diarization=False, partials=PartialOptions(cadence=ms(3_000), cadence_growth=0.0))
+    h = Harness(cfg)
+    if held:
+        h.hold = lambda r: isinstance(r, AsrRequest) and r.kind == AsrKind.FINAL
+    h.feed(b.audio[:a2 + ms(200)], chunk=0.02)  # the pause, then speech again
+    speculative = [r for r in h.sent if isinstance(r, AsrRequest) and r.kind == AsrKind.FINAL]
+    assert len(speculative) == 1 and h.session.stats.speculations_missed == 1
+    spec_end = speculative[0].start + len(speculative[0].audio)
+    if held:  # no partial goes out while the speculation is in flight; its result is the partial
+        assert not any(isinstance(r, AsrRequest) and r.kind == AsrKind.PARTIAL and r.start + len(r.audio) > spec_end
+                       for r in h.sent)
+        h.release()
+    partials = [p for p in of(h.events, wire.Partial) if p.end == spec_end]
+    assert len(partials) == 1 and partials[0].text == "w440"
+    h.feed(b.audio[a2 + ms(200):], chunk=0.02)
+    h.end()
+    (final,) = of(h.events, wire.Final)
+    assert final.text == "w440 w660" and final.utterance_id == partials[0].utterance_id
+    assert h.session.stats.finals_speculated == 1
+
+
+def test_a_missed_speculation_counts_against_the_partial_budget() -> None:
+    policy = PartialPolicy(PartialOptions(budget_ratio=1.5), 0)
+    words = [WordTiming("w440", ms(100), ms(900))]
+    policy.start((0, ms(1_000)))
+    policy.on_result(words)
+    assert policy.adopt((0, ms(1_200)), words, "w440") == "w440"  # taken as the latest decode
+    assert policy.encoded == ms(2_200) and policy.decodes == 2
+    assert policy.due(ms(3_000)) is None  # the window (0, 3 s) does not fit 1.5 x 3 s with 2.2 s spent
+    window = policy.due(ms(4_300))
+    assert window == (ms(300), ms(4_300))  # max_window: 4 s
+    policy.start(window)
+    assert policy.adopt((0, ms(4_000)), words, "w440") is None  # a decode of its own is in flight: only charged
+    assert policy.encoded == ms(2_200) + ms(4_000) + ms(4_000)
+
+
+def test_no_speculation_while_the_session_is_behind() -> None:
+    cfg = SessionConfig(diarization=False, interim_results=False,
+                        partials=PartialOptions(max_pending_requests=1))
+    audio = tone_bursts([(300 + 60 * k, 0.5) for k in range(6)], gaps=[0.3, 0.8] * 2 + [0.3], tail=1.0).audio
+    h = Harness(dataclasses.replace(cfg, speculative_finals=True))
+    h.hold = lambda r: isinstance(r, AsrRequest)  # finals pile up: the channel is behind
+    h.feed(audio, chunk=0.02)
+    sent = [r for r in h.sent if isinstance(r, AsrRequest)]
+    h.release()
+    h.end()
+    finals = of(h.events, wire.Final)
+    assert len(finals) == 3 and len(sent) < 3 + 3  # some pauses were not speculated on
