@@ -103,11 +103,13 @@ def _batches(items: list, size: int) -> list[list]:
 
 
 def run_rechka(audio: np.ndarray, options: DiarizationOptions, run: Callable[[list[Request]], list[Result]],
-               chunk: int = CHUNK) -> list[tuple[str, float, float]]:
-    """Stream ``audio`` through a diarizer in ``chunk``-sample pieces, answering each request batch at once."""
+               chunk: int = CHUNK, merges: Optional[list] = None) -> list[tuple[str, float, float]]:
+    """Stream ``audio`` through a diarizer in ``chunk``-sample pieces, answering each request batch at once; the
+    turns bear the labels after every speaker merge, as a client shows them (unless ``merges``, a list, collects
+    the merges: then the turns are as sent, see :func:`server.offline.drive_diarizer`)."""
     seq = itertools.count()
     diarizer = StreamingDiarizer(options, "der", 0, lambda: next(seq))
-    turns = drive_diarizer(diarizer, _Buffer(), audio, run, chunk)
+    turns = drive_diarizer(diarizer, _Buffer(), audio, run, chunk, merges)
     return [(t.speaker, t.start / SAMPLE_RATE, t.end / SAMPLE_RATE) for t in turns]
 
 

@@ -10,7 +10,9 @@ one or more whole blocks (5 minutes and more at 60 min) and then returns. The se
 checkpoint, diarization as configured) is started by :mod:`benchmarks.server_process`; the stream asks for
 ``speaker_turns``. Checks (all must hold for exit status 0):
 
-- ``labels_over_5s``: exactly 4 labels hold at least 5 s of final turns (no phantom speaker, none lost);
+- ``labels_over_5s``: exactly 4 labels hold at least 5 s of final turns (no phantom speaker, none lost), after the
+  stream's ``speaker_merge`` events are applied to the turns as a client applies them (``labels_over_5s_as_sent``:
+  before);
 - ``returns_keep_label``: for every voice, every return after a silence of at least ``--return-gap`` seconds is
   labelled (majority of its speech in that return) with the label that voice has over the whole session;
 - the 4 voices have 4 different labels.
@@ -76,12 +78,31 @@ def compose_long(minutes: float, blocks: int, seed: int = 0) -> tuple[Conversati
     return mix_turns(placed, labels, cursor + SAMPLE_RATE, rng, f"long_{VOICES}real_{minutes:g}min_s{seed}"), plan
 
 
-def check(reference: Sequence[tuple[str, int, int]], turns: Sequence[tuple[str, float, float]],
-          return_gap: float) -> dict[str, Any]:
-    """The checks of the module docstring; ``turns`` are (label, start s, end s) final turns."""
-    held = Counter()
+def apply_merges(turns: Sequence[tuple[str, float, float]], merges: Sequence[tuple[str, str]]
+                 ) -> list[tuple[str, float, float]]:
+    """``turns`` relabelled by each ``(from, into)`` speaker merge in order (a merged label never comes back, so
+    every turn can take every merge)."""
+    out = list(turns)
+    for merged, into in merges:
+        out = [(into if label == merged else label, start, end) for label, start, end in out]
+    return out
+
+
+def labels_held(turns: Sequence[tuple[str, float, float]]) -> Counter:
+    """Seconds of final turns per label."""
+    held: Counter = Counter()
     for label, start, end in turns:
         held[label] += end - start
+    return held
+
+
+def check(reference: Sequence[tuple[str, int, int]], turns: Sequence[tuple[str, float, float]],
+          return_gap: float, merges: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+    """The checks of the module docstring; ``turns`` are (label, start s, end s) final turns as sent, ``merges``
+    the stream's ``(from, into)`` speaker merges in order (applied before anything is counted)."""
+    as_sent = sorted(label for label, seconds in labels_held(turns).items() if seconds >= MIN_LABEL_SECONDS)
+    turns = apply_merges(turns, merges)
+    held = labels_held(turns)
     big = sorted(label for label, seconds in held.items() if seconds >= MIN_LABEL_SECONDS)
 
     def label_of(a: float, b: float) -> Optional[str]:
@@ -118,6 +139,7 @@ def check(reference: Sequence[tuple[str, int, int]], turns: Sequence[tuple[str, 
                             "share": round(whole[main] / max(1e-9, sum(whole.values())), 3) if main else 0.0}
     mains = [v["label"] for v in per_voice.values()]
     return {"labels_held_s": {k: round(v, 1) for k, v in sorted(held.items())}, "labels_over_5s": big,
+            "labels_over_5s_as_sent": as_sent, "merges": [list(m) for m in merges],
             "exactly_4_labels": len(big) == VOICES, "distinct_voice_labels": len(set(mains)) == VOICES,
             "returns": sum(v["stretches"] - 1 for v in per_voice.values()),
             "returns_keep_label": all(label == v["label"] for v in per_voice.values()
@@ -153,11 +175,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         wall = time.time() - started
     turns = [(t["speaker"], float(t["start"]), float(t["end"])) for _, e in log.events
              if e.get("type") == "speaker_turns" for t in e["turns"]]
+    merges = [(e["from"], e["into"]) for _, e in log.events if e.get("type") == "speaker_merge"]
     result = {"benchmark": "long_diarization", "time": stamp, "command": command_line("long_diarization"),
               "minutes": round(len(audio) / SAMPLE_RATE / 60, 2), "speed": args.speed, "wall_s": round(wall, 1),
               "plan": plan, "server": server, "models": (log.ready or {}).get("models"), "error": log.error,
-              "close_code": log.close_code, "turns": len(turns), **check(conversation.reference, turns,
-                                                                          args.return_gap)}
+              "close_code": log.close_code, "turns": len(turns),
+              **check(conversation.reference, turns, args.return_gap, merges)}
     write_result("long_diarization", result, args.out_dir, stamp)
     ok = (log.error is None and result["exactly_4_labels"] and result["distinct_voice_labels"]
           and result["returns_keep_label"])

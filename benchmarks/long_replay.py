@@ -10,8 +10,9 @@ call (the window, each voice's distance to every speaker, the decision) to a JSO
     python -m benchmarks.long_replay                      # 60 min, 12 blocks, default models: the server run's input
     python -m benchmarks.long_replay --set new_speaker_threshold=0.3 --trace /tmp/trace.json
 
-Prints the checks of :func:`benchmarks.long_diarization.check` as JSON (``labels_over_5s``, returns, per voice the
-share of its speech under its main label) and exits 0 when all hold. The audio is quantised to 16-bit as the
+Prints the checks of :func:`benchmarks.long_diarization.check` as JSON (``labels_over_5s`` after the speaker merges,
+``labels_over_5s_as_sent`` before, the merges and where they happened, returns, per voice the share of its speech
+under its main label) and exits 0 when all hold. The audio is quantised to 16-bit as the
 server receives it; it is fed in 1 s chunks (the server gets 0.1 s ones: window positions are the same).
 """
 
@@ -71,12 +72,12 @@ class TrackerTrace:
         tracker.assign = traced
 
 
-def replay(audio: np.ndarray, options: DiarizationOptions, models: Models,
-           trace: Optional[list] = None) -> list[tuple[str, float, float]]:
-    """Final turns (label, start s, end s) of the diarizer over ``audio``; ``trace`` (a list) collects tracker
-    calls."""
+def replay(audio: np.ndarray, options: DiarizationOptions, models: Models, trace: Optional[list] = None,
+           merges: Optional[list] = None) -> list[tuple[str, float, float]]:
+    """Final turns (label, start s, end s) of the diarizer over ``audio``, as sent when ``merges`` (a list) collects
+    the speaker merges, else with them applied; ``trace`` (a list) collects tracker calls."""
     if trace is None:
-        return run_rechka(audio, options, models.run)
+        return run_rechka(audio, options, models.run, merges=merges)
     import benchmarks.der_systems as systems
 
     made = systems.StreamingDiarizer
@@ -88,7 +89,7 @@ def replay(audio: np.ndarray, options: DiarizationOptions, models: Models,
 
     systems.StreamingDiarizer = traced  # type: ignore[misc]
     try:
-        return run_rechka(audio, options, models.run)
+        return run_rechka(audio, options, models.run, merges=merges)
     finally:
         systems.StreamingDiarizer = made  # type: ignore[misc]
 
@@ -112,12 +113,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     options = with_overrides(fit_diarizer(DiarizationOptions(), models.segmentation, models.embedding), args.set)
     started = time.process_time()
     trace: Optional[list] = [] if args.trace else None
-    turns = replay(audio, options, models, trace)
+    merges: list = []
+    turns = replay(audio, options, models, trace, merges)
     models.save()
     result = {"benchmark": "long_replay", "minutes": round(len(audio) / SAMPLE_RATE / 60, 2), "plan": plan,
               "overrides": args.set, "cpu_s": round(time.process_time() - started, 1),
               "model_cpu_s": round(models.cpu_s, 1), "turns": len(turns),
-              **check(conversation.reference, turns, args.return_gap)}
+              **check(conversation.reference, turns, args.return_gap, [(m.merged, m.into) for m in merges]),
+              "merges_at_s": [round(m.at / SAMPLE_RATE, 1) for m in merges]}
     if args.trace and trace:
         args.trace.write_text(json.dumps({"reference": conversation.reference, "turns": turns,
                                           "calls": trace[0].calls}, default=int))

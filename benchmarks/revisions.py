@@ -30,6 +30,7 @@ from server.offline import run_requests_by_kind  # noqa: E402
 from streaming import wire  # noqa: E402
 from streaming.config import SAMPLE_RATE, SessionConfig, ms  # noqa: E402
 from streaming.session import Session  # noqa: E402
+from streaming.transcript import relabel  # noqa: E402
 from streaming.work import (AsrRequest, AsrResult, EmbeddingRequest, SegmentationRequest, VadRequest,  # noqa: E402
                             Word)
 
@@ -50,15 +51,20 @@ class TiledWords:
 
 
 def revised_share(events: Sequence[wire.ServerEvent]) -> dict[str, Any]:
-    """Words in finals, words a revision gave another speaker, revisions, finals."""
-    finals = {(e.channel, e.utterance_id): e for e in events if isinstance(e, wire.Final)}
+    """Words in finals, words a revision gave another speaker, revisions, finals. A revision is compared with its
+    final as the client holds it then, speaker merges applied (a merge renames a speaker; it revises no word)."""
+    finals: dict[tuple[int, int], wire.Final] = {}
+    revised = revisions = 0
+    for e in events:
+        if isinstance(e, wire.Final):
+            finals[(e.channel, e.utterance_id)] = e
+        elif isinstance(e, wire.SpeakerMerge):
+            finals = {key: relabel(f, e) for key, f in finals.items()}
+        elif isinstance(e, wire.SpeakerRevision):
+            revisions += 1
+            revised += sum(a.speaker != b.speaker for a, b in zip(finals[(e.channel, e.utterance_id)].words, e.words))
     words = sum(len(f.words) for f in finals.values())
-    revised = 0
-    revisions = [e for e in events if isinstance(e, wire.SpeakerRevision)]
-    for r in revisions:
-        sent = finals[(r.channel, r.utterance_id)]
-        revised += sum(a.speaker != b.speaker for a, b in zip(sent.words, r.words))
-    return {"finals": len(finals), "words": words, "revisions": len(revisions), "revised_words": revised,
+    return {"finals": len(finals), "words": words, "revisions": revisions, "revised_words": revised,
             "revised_share": revised / words if words else 0.0}
 
 

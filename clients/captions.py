@@ -4,7 +4,9 @@
 A stream that reconnects starts a new server session whose times begin at 0 again; :meth:`LiveCaptions.new_session`
 records the absolute sample where that session's audio begins and every later event is shifted by it, so the
 transcript keeps one time line. Speaker labels are per server session: after a reconnect ``S1`` may be a different
-person (the server cannot know); :attr:`LiveCaptions.sessions` says how many sessions the transcript spans.
+person (the server cannot know); :attr:`LiveCaptions.sessions` says how many sessions the transcript spans. A
+``speaker_revision`` re-splits one final; a ``speaker_merge`` relabels every final, word, partial and turn of its
+session and channel that carries the merged label.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Optional
 
 from streaming import wire
 
-from streaming.transcript import revise
+from streaming.transcript import relabel, revise
 
 from clients.formats import merge_turns, speaker_of, turns_from_finals
 
@@ -46,7 +48,9 @@ class LiveCaptions:
         self.offset = 0
         self.sessions = 0
         self.revisions = 0  # revisions applied
+        self.merges = 0  # speaker merges applied
         self._session_first = 0  # index in ``finals`` of this session's first final
+        self._session_turns = 0  # index in ``turns`` of this session's first turn
         self.acknowledged = 0
         self.heard_until = 0
         self.lag: Optional[int] = None
@@ -59,6 +63,7 @@ class LiveCaptions:
         self.offset = offset
         self.sessions += 1
         self._session_first = len(self.finals)
+        self._session_turns = len(self.turns)
         self.partials.clear()
         self.ready = None
         self.end = None
@@ -92,6 +97,9 @@ class LiveCaptions:
         elif isinstance(event, wire.SpeakerRevision):
             event = dataclasses.replace(event, words=_shift_words(event.words, off))
             self._revise(event)
+        elif isinstance(event, wire.SpeakerMerge):
+            event = dataclasses.replace(event, at=event.at + off)
+            self._merge(event)
         elif isinstance(event, wire.SpeakerTurns):
             shifted = tuple(dataclasses.replace(t, start=t.start + off, end=t.end + off) for t in event.turns)
             event = wire.SpeakerTurns(shifted)
@@ -123,6 +131,23 @@ class LiveCaptions:
                     self._see_speaker(w.speaker)
                 self._see_speaker(revision.speaker)
                 return
+
+    def _merge(self, merge: wire.SpeakerMerge) -> None:
+        """Relabel this session's finals, partials and turns of the merge's channel; the merged label leaves
+        :attr:`speakers` unless an earlier session still uses it."""
+        first = self._session_first
+        self.finals[first:] = [relabel(f, merge) for f in self.finals[first:]]
+        self.partials = {c: dataclasses.replace(p, speaker=merge.relabel(p.speaker)) if c == merge.channel else p
+                         for c, p in self.partials.items()}
+        self.turns[self._session_turns:] = [
+            dataclasses.replace(t, speaker=merge.relabel(t.speaker)) if t.channel == merge.channel else t
+            for t in self.turns[self._session_turns:]]
+        self.merges += 1
+        used = ({speaker_of(f) for f in self.finals} | {w.speaker for f in self.finals for w in f.words}
+                | {t.speaker for t in self.turns} | {p.speaker for p in self.partials.values()})
+        if merge.merged in self.speakers and merge.merged not in used:
+            self.speakers.remove(merge.merged)
+        self._see_speaker(merge.into)
 
     def revised(self, revision: wire.SpeakerRevision) -> list[wire.Final]:
         """The finals of the utterance a (received, absolute-time) revision named, as they are now."""

@@ -107,6 +107,9 @@ def parse_server_event(text: Union[str, bytes]) -> wire.ServerEvent:
     if kind == "speaker_revision":
         return wire.SpeakerRevision(utterance_id=_field(obj, "utterance_id", int), channel=int(obj.get("channel", 0)),
                                     words=_words(_field(obj, "words", list)), speaker=obj.get("speaker"))
+    if kind == "speaker_merge":
+        return wire.SpeakerMerge(channel=int(obj.get("channel", 0)), merged=_field(obj, "from", str),
+                                 into=_field(obj, "into", str), at=_time(obj, "at"))
     if kind == "speaker_turns":
         turns = []
         for t in _field(obj, "turns", list):

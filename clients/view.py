@@ -21,8 +21,8 @@ from clients.captions import LiveCaptions
 from clients.connection import StreamStatus
 from clients.formats import format_timestamp, speaker_of
 
-__all__ = ["SPEAKER_COLOURS", "speaker_colour", "final_text", "revised_text", "partial_text", "status_text", "snapshot_svg",
-           "TerminalView"]
+__all__ = ["SPEAKER_COLOURS", "speaker_colour", "final_text", "revised_text", "merged_text", "partial_text",
+           "status_text", "snapshot_svg", "TerminalView"]
 
 #: Colours by speaker number (S1 → first); chosen to stay readable on dark and light backgrounds.
 SPEAKER_COLOURS = ("cyan", "magenta", "green", "yellow", "bright_blue", "red", "bright_cyan", "bright_magenta")
@@ -63,6 +63,17 @@ def revised_text(final: wire.Final, known: list[str]) -> Text:
     """A final line again after a speaker revision, marked ``↻`` (the terminal cannot rewrite scrolled lines)."""
     line = Text("↻ ", style="dim")
     line.append_text(final_text(final, known))
+    return line
+
+
+def merged_text(merge: wire.SpeakerMerge, known: list[str]) -> Text:
+    """``↻ S7 is S2: lines above labelled S7 are S2's`` in the kept speaker's colour (scrolled lines stay; the
+    output files and :class:`LiveCaptions` carry the kept label)."""
+    line = Text("↻ ", style="dim")
+    line.append(merge.merged, style=f"bold {speaker_colour(merge.merged, known)}")
+    line.append(" is ", style="dim")
+    line.append(merge.into, style=f"bold {speaker_colour(merge.into, known)}")
+    line.append(f": lines above labelled {merge.merged} are {merge.into}'s", style="dim")
     return line
 
 
@@ -163,6 +174,8 @@ class TerminalView:
         elif isinstance(event, wire.SpeakerRevision) and self.captions is not None:
             for final in self.captions.revised(event):  # lines already printed stay: the correction follows
                 self.console.print(revised_text(final, known))
+        elif isinstance(event, wire.SpeakerMerge):
+            self.console.print(merged_text(event, known))
         elif isinstance(event, wire.Warning):
             extra = f" ({event.dropped_seconds:.1f} s dropped)" if event.dropped_seconds else ""
             self.note(f"server warning {event.code}: {event.message}{extra}")

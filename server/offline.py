@@ -14,6 +14,7 @@ of order across kinds, in order per VAD chain), so the events are the live ones.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
@@ -85,23 +86,36 @@ def drive_session(session: Session, run: Run, audio: bytes = b"", chunk_bytes: i
     return events
 
 
-def drive_diarizer(diarizer: StreamingDiarizer, buffer: Any, audio: np.ndarray, run: Run,
-                   chunk: int = 16_000) -> list[wire.Turn]:
+def drive_diarizer(diarizer: StreamingDiarizer, buffer: Any, audio: np.ndarray, run: Run, chunk: int = 16_000,
+                   merges: Optional[list[wire.SpeakerMerge]] = None) -> list[wire.Turn]:
     """Feed float32 ``audio`` into ``buffer`` (an ``AudioBuffer``-like object) in ``chunk``-sample pieces, answering
-    the diarizer's requests at once after each; finish the stream and return every final turn."""
+    the diarizer's requests at once after each; finish the stream and return every final turn, with the speaker
+    merges applied as a client applies them (a turn of a merged label bears the label it was merged into). With
+    ``merges`` (a list), the merges are appended to it instead and the turns are returned as popped."""
+    pop_merges = getattr(diarizer, "pop_merges", list)  # der.py --baseline runs diarizers from before merges
 
     def settle(pending: list[Request]) -> None:
         while pending:
             pending = [r for result in run(pending) for r in diarizer.on_result(result, buffer)]
 
     turns: list[wire.Turn] = []
+
+    def collect() -> None:
+        for merge in pop_merges():
+            if merges is not None:
+                merges.append(merge)
+            else:
+                turns[:] = [replace(t, speaker=merge.into) if t.speaker == merge.merged else t for t in turns]
+        turns.extend(diarizer.pop_final_turns())
+
     for a in range(0, len(audio), chunk):
         buffer.append(audio[a:a + chunk])
         settle(diarizer.on_audio(buffer))
         buffer.discard_before(diarizer.oldest_needed)
-        turns += diarizer.pop_final_turns()
+        collect()
     settle(diarizer.finish(buffer))
-    return turns + diarizer.pop_final_turns()
+    collect()
+    return turns
 
 
 def _batch_rows(held: Sequence[Request], asr_batch: int, max_padded: int) -> int:

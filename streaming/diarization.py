@@ -18,7 +18,10 @@ Life of a window (see :mod:`streaming.windows` for the schedule and the aggregat
    candidate is confirmed, the earlier windows' waiting voices are credited to it on the frames not final yet.
    The mapped scores are aggregated onto the global grid, except where a left-out speaker is active: there the
    window cannot say which speaker it heard, so it abstains on every speaker it did not name (rather than voting
-   them silent). Each window also reports how many speakers it heard per frame, named or not.
+   them silent). Each window also reports how many speakers it heard per frame, named or not. When the tracker
+   merges two speakers (one voice had two labels), the merged one's votes on frames not final yet go to the one
+   kept, and a :class:`~streaming.wire.SpeakerMerge` (:meth:`StreamingDiarizer.pop_merges`) tells clients to
+   relabel what they already received: no turn or label after it carries the merged label.
 4. Frames up to ``end of the last resolved window - latency`` become final: their binarised activity is merged
    into turns per global speaker (``binarization``: by default the windows' mean speaker count decides how many
    speakers a frame has, the highest aggregated scores which). Turns may overlap (two speakers at once).
@@ -28,7 +31,7 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from typing import Callable, Optional
 
@@ -84,6 +87,7 @@ class StreamingDiarizer:
         self._open: dict[int, int] = {}           # global speaker → first frame of its unfinished final run
         self._history: list[tuple[int, int, int]] = []  # closed final turns (end, start, global), sorted
         self._new_turns: list[wire.Turn] = []
+        self._new_merges: list[wire.SpeakerMerge] = []
         self._seen: set[int] = set()
         self._previous: Optional[tuple[Window, np.ndarray]] = None  # last resolved window, mapped scores
         self._candidate_voices: list[tuple[int, Window, np.ndarray]] = []  # (candidate key, window, its scores)
@@ -224,6 +228,8 @@ class StreamingDiarizer:
         for c, g in zip(clean, self.tracker.assign(list(clean.values()), at=pending.window.end)):
             if g is not None:
                 mapping[c] = g
+        for gone, keep in self.tracker.merges:
+            self._merge(gone, keep, pending.window.end)
         waiting = {c: key for c, key in zip(clean, self.tracker.joined) if key is not None}  # c → candidate key
         for c, g in zip(overlapped, self.tracker.match(list(overlapped.values()), exclude=list(mapping.values()),
                                                        threshold=self.options.overlap_match_threshold)):
@@ -251,6 +257,7 @@ class StreamingDiarizer:
         tau = self.options.tau_active
         self._candidate_voices.extend((key, window, scores[:, c].copy()) for c, key in waiting.items())
         for key, g in self.tracker.promoted:
+            g = self.tracker.live(g)
             for voice_key, voice_window, column in self._candidate_voices:
                 if voice_key == key:
                     votes = np.zeros((len(column), max(g + 1, self.windows.n_speakers)))
@@ -262,6 +269,22 @@ class StreamingDiarizer:
         edge = self.windows.frame_start(self.windows.frozen) if self.windows.frozen is not None else None
         self._candidate_voices = [v for v in self._candidate_voices
                                   if v[0] in waiting and (edge is None or v[1].end > edge)]
+
+    def _merge(self, gone: int, keep: int, at: int) -> None:
+        """The tracker merged speaker ``gone`` into ``keep``: what is not final yet (aggregate, open runs, turns not
+        popped) and what ``speaker_for`` reads (history) become ``keep``'s, and a ``SpeakerMerge`` is queued so that
+        clients relabel what they already received."""
+        self.windows.merge_speakers(gone, keep)
+        if gone in self._open:
+            first = self._open.pop(gone)
+            self._open[keep] = min(first, self._open.get(keep, first))
+        self._history = sorted((end, start, keep if g == gone else g) for end, start, g in self._history)
+        merged, into = label_of(gone), label_of(keep)
+        self._new_turns = [replace(t, speaker=into) if t.speaker == merged else t for t in self._new_turns]
+        if gone in self._seen:
+            self._seen.discard(gone)
+            self._seen.add(keep)
+        self._new_merges.append(wire.SpeakerMerge(self.channel, merged, into, at))
 
     def _map_by_continuity(self, window: Window, scores: np.ndarray, active: list[int],
                            mapping: dict[int, int]) -> None:
@@ -354,6 +377,11 @@ class StreamingDiarizer:
         """Turns finalised since the last call, ordered by end (unpopped ones are kept for ``HISTORY`` only)."""
         turns, self._new_turns = self._new_turns, []
         return turns
+
+    def pop_merges(self) -> list[wire.SpeakerMerge]:
+        """Speaker merges since the last call, in order (after one, no turn or label carries the merged label)."""
+        merges, self._new_merges = self._new_merges, []
+        return merges
 
     @property
     def speakers(self) -> tuple[str, ...]:

@@ -314,6 +314,9 @@ class Session:
         for ch in self._channels:
             self._partial_step(ch)
             if ch.diarizer is not None:
+                for merge in ch.diarizer.pop_merges():  # out first; the transcript relabels what it keeps, as clients do
+                    self._events.append(merge)
+                    ch.transcript.merge(merge)
                 turns = ch.diarizer.pop_final_turns()  # popped either way so they never pile up
                 if turns and self.config.speaker_turns:
                     self._events.append(wire.SpeakerTurns(tuple(turns)))

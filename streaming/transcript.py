@@ -12,13 +12,14 @@ the speakers diarization holds for them then (provisional past ``final_until``);
 utterance's end (or the stream ended) its words are labelled again, and every final sent for it whose labels
 changed gets one :class:`~streaming.wire.SpeakerRevision` (:func:`revise` applies it). With ``settled=True`` a
 final instead waits for ``final_until`` and is never revised. Partials carry the provisional speaker of the
-utterance so far.
+utterance so far. When diarization merges two speakers (a :class:`~streaming.wire.SpeakerMerge`, sent by the
+session), :meth:`ChannelTranscript.merge` relabels the finals kept for revision as clients do (:func:`relabel`).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Optional, Protocol, Sequence
 
 from streaming import wire
@@ -137,6 +138,11 @@ class ChannelTranscript:
                 events.extend(self._revisions(finals))
         return events
 
+    def merge(self, merge: wire.SpeakerMerge) -> None:
+        """Diarization merged two speakers: the finals kept for a revision read as the client now has them (so a
+        revision compares settled speakers with the relabelled ones)."""
+        self._unsettled = deque((end, [relabel(f, merge) for f in finals]) for end, finals in self._unsettled)
+
     # ------------------------------------------------------------------------------------------------ internals
     def _speakers_final(self, end: int, ended: bool) -> bool:
         return self.speakers is None or ended or self.speakers.final_until >= end
@@ -214,6 +220,15 @@ def revise(final: wire.Final, revision: wire.SpeakerRevision) -> list[wire.Final
                            groups[0][0].speaker)]
     return [wire.Final(final.utterance_id, final.channel, a, b, " ".join(w.word for w in group), tuple(group),
                        group[0].speaker) for group, (a, b) in zip(groups, _bounds(groups, final.start, final.end))]
+
+
+def relabel(final: wire.Final, merge: wire.SpeakerMerge) -> wire.Final:
+    """A final as a :class:`~streaming.wire.SpeakerMerge` says: the merged label, on the final
+    and on each word, becomes the kept one; everything else stays. Merges of another channel change nothing."""
+    if final.channel != merge.channel:
+        return final
+    words = tuple(replace(w, speaker=merge.relabel(w.speaker)) for w in final.words)
+    return replace(final, speaker=merge.relabel(final.speaker), words=words)
 
 
 def split_by_speaker(words: Sequence[wire.WordTiming]) -> list[list[wire.WordTiming]]:

@@ -195,6 +195,22 @@ class SegmentationWindows:
             self._talkers[rows, 0] += np.asarray(talkers, dtype=np.float64)[valid] * frame_weights[valid]
             self._talkers[rows, 1] += frame_weights[valid]
 
+    def merge_speakers(self, gone: int, keep: int) -> None:
+        """Global speaker ``gone`` turned out to be ``keep``: on the frames not final yet, ``keep``'s activity becomes
+        the larger of the two (with ``keep``'s vote weight, ``gone``'s where ``keep`` has none) and ``gone`` reads
+        silent from now on."""
+        width = self._sums.shape[1]
+        if gone >= width:
+            return  # no window voted on it yet
+        if keep >= width and self._base is not None:
+            self._grow(self._base, self._base + len(self._counts), keep + 1)
+        counts = self._counts
+        mean = self._sums / np.where(counts > 0, counts, 1.0)
+        weight = np.where(counts[:, keep] > 0, counts[:, keep], counts[:, gone])
+        self._sums[:, keep] = np.maximum(mean[:, keep], mean[:, gone]) * weight
+        self._counts[:, keep] = weight
+        self._sums[:, gone] = 0.0
+
     def activity(self, first: int, last: int) -> np.ndarray:
         """Averaged scores of global frames ``[first, last)`` (rows) × global speakers seen so far (columns); frames no
         window has covered, or already final, read as 0."""

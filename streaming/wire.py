@@ -161,6 +161,24 @@ class SpeakerRevision:
 
 
 @dataclass(frozen=True)
+class SpeakerMerge:
+    """Diarization found that speaker ``merged`` of ``channel`` is the same person as ``into`` (one voice had been
+    given two labels): every event already sent with label ``merged`` on that channel (word, final, partial, turn,
+    revision) now means ``into``, and no later event carries ``merged``. ``at``: the sample position of the
+    diarization window that decided it. Merges come in order and may chain (``S7`` into ``S2``, later ``S2`` into
+    ``S1``); :meth:`relabel` applies one to a label."""
+
+    channel: int
+    merged: str
+    into: str
+    at: int
+
+    def relabel(self, label: Optional[str]) -> Optional[str]:
+        """``label`` as it reads after this merge."""
+        return self.into if label == self.merged else label
+
+
+@dataclass(frozen=True)
 class Turn:
     speaker: str
     start: int
@@ -213,7 +231,8 @@ class End:
     dropped_samples: Optional[int] = None
 
 
-ServerEvent = Union[Ready, Partial, Final, SpeakerRevision, SpeakerTurns, Warning, Error, End, SpeechStarted]
+ServerEvent = Union[Ready, Partial, Final, SpeakerRevision, SpeakerMerge, SpeakerTurns, Warning, Error, End,
+                    SpeechStarted]
 
 
 def _words_to_dicts(words: tuple[WordTiming, ...]) -> list[dict[str, Any]]:
@@ -234,6 +253,9 @@ def event_to_dict(event: ServerEvent) -> dict[str, Any]:
     if isinstance(event, SpeakerRevision):
         return {"type": "speaker_revision", "utterance_id": event.utterance_id, "channel": event.channel,
                 "speaker": event.speaker, "words": _words_to_dicts(event.words)}
+    if isinstance(event, SpeakerMerge):
+        return {"type": "speaker_merge", "channel": event.channel, "from": event.merged, "into": event.into,
+                "at": s(event.at)}
     if isinstance(event, SpeakerTurns):
         return {"type": "speaker_turns", "turns": [
             {"speaker": t.speaker, "channel": t.channel, "start": s(t.start), "end": s(t.end)} for t in event.turns]}

@@ -105,6 +105,35 @@ class FakeEmbedding:
         return out
 
 
+def spread_voice(distance: float = 0.4, noise: float = 0.05) -> FakeEmbedding:
+    """A :class:`FakeEmbedding` whose tone 1 lies ``distance`` (cosine) from tone 0: with a ``merge_distance`` above
+    it and a ``new_speaker_threshold`` below, one widely spread voice that founds a second label, later merged."""
+    embedding = FakeEmbedding(noise=noise)
+    a, b = embedding.base[0], embedding.base[1]
+    across = b - (b @ a) * a
+    angle = np.arccos(1.0 - distance)
+    embedding.base[1] = np.cos(angle) * a + np.sin(angle) * across / np.linalg.norm(across)
+    return embedding
+
+
+#: One spread voice (tone 0, then tone 1 — founding S2 —, then tone 0 long enough to merge S2 into S1) and the
+#: tracker settings that merge it: with :func:`spread_voice`, S2's final turn is out before the merge (at ~17.5 s).
+SPREAD_VOICE = (Speech(0, 8_000, 96_000), Speech(1, 112_000, 192_000), Speech(0, 208_000, 384_000))
+SPREAD_VOICE_LENGTH = 400_000
+SPREAD_MERGE = {"merge_distance": 0.5, "merge_count": 30}
+
+
+def spread_voice_session_run() -> Callable[[list[Request]], list[Result]]:
+    """A ``server.offline`` run function for a whole session: fake VAD and ASR, the fake segmentation and
+    :func:`spread_voice`."""
+    from server.offline import run_requests_by_kind
+    from tests.fakes import FakeAsr, FakeVad  # it imports this module
+    from streaming.work import AsrRequest, VadRequest
+
+    return run_requests_by_kind({VadRequest: FakeVad(), AsrRequest: FakeAsr(), SegmentationRequest: FakeSegmentation(),
+                                 EmbeddingRequest: spread_voice()})
+
+
 class ArrayBuffer:
     """The slice of ``streaming.audio.AudioBuffer`` the diarizer uses, over a growing array."""
 

@@ -4,7 +4,7 @@
 // queued and sent right after the start message, so nothing said at the first moment is lost. Stop flushes the
 // worklet, sends {"type":"stop"} and waits for the server's "end" before closing.
 
-import { revisedFinals } from './revise.js';
+import { mergedFinal, revisedFinals } from './revise.js';
 
 const TARGET_RATE = 16000;
 const CHUNK_MS = 100;
@@ -98,20 +98,39 @@ function addFinal(event) {
   ui.placeholder.hidden = true;
   const item = finalItem(event);
   ui.finals.append(item);
-  session.finals.set(`${event.channel}:${event.utterance_id}`, { event, items: [item] });
+  session.finals.set(`${event.channel}:${event.utterance_id}`, { event, shown: [event], items: [item] });
   item.scrollIntoView({ block: 'nearest' });
 }
 
 function reviseFinal(revision) {
   const entry = session.finals.get(`${revision.channel}:${revision.utterance_id}`);
   if (!entry) return; // an empty final, never shown
-  const items = revisedFinals(entry.event, revision).map(finalItem);
+  showPieces(entry, revisedFinals(entry.event, revision));
+  for (const w of revision.words || []) noteSpeaker(w.speaker);
+  noteSpeaker(revision.speaker);
+}
+
+function showPieces(entry, pieces) {
+  const items = pieces.map(finalItem);
   for (const item of items) item.classList.add('revised');
   entry.items[0].before(...items);
   for (const old of entry.items) old.remove();
+  entry.shown = pieces;
   entry.items = items;
-  for (const w of revision.words || []) noteSpeaker(w.speaker);
-  noteSpeaker(revision.speaker);
+}
+
+// One voice had two labels: every line (and the partial) of `from` is redrawn as `into`; `from` leaves the legend.
+function mergeSpeakers(merge) {
+  for (const entry of session.finals.values()) {
+    const pieces = entry.shown.map((f) => mergedFinal(f, merge));
+    entry.event = mergedFinal(entry.event, merge);
+    if (pieces.some((f, i) => JSON.stringify(f) !== JSON.stringify(entry.shown[i]))) showPieces(entry, pieces);
+  }
+  for (const [channel, partial] of session.partials) session.partials.set(channel, mergedFinal(partial, merge));
+  renderPartial();
+  session.speakers.delete(merge.from);
+  for (const item of [...ui.legend.children]) if (item.textContent === merge.from) item.remove();
+  noteSpeaker(merge.into);
 }
 
 function onServerEvent(event) {
@@ -136,6 +155,9 @@ function onServerEvent(event) {
     }
     case 'speaker_revision':
       reviseFinal(event);
+      break;
+    case 'speaker_merge':
+      mergeSpeakers(event);
       break;
     case 'speaker_turns':
       for (const turn of event.turns) noteSpeaker(turn.speaker);

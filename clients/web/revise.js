@@ -1,4 +1,4 @@
-// The browser's copy of streaming.transcript.revise (the page cannot import Python); tests compare the two.
+// The browser's copies of streaming.transcript.revise and .relabel (the page cannot import Python); tests compare them.
 
 // A speaker_revision (docs/protocol.md): the final's words with their settled speakers, re-split into one line per
 // run of one speaker (a word without a speaker joins the run before it, at the start the one after it), cut halfway
@@ -30,4 +30,14 @@ export function revisedFinals(final, revision) {
     ...final, start: cuts[i], end: cuts[i + 1], words: group, speaker: group[0].speaker,
     text: group.map((w) => w.word).join(' '),
   }));
+}
+
+// A speaker_merge (docs/protocol.md): label `from` was the same person as `into`; a final (or partial) of the merge's
+// channel takes `into` wherever it, or one of its words, said `from`.
+export function mergedFinal(final, merge) {
+  if ((final.channel || 0) !== (merge.channel || 0)) return final;
+  const label = (speaker) => (speaker === merge.from ? merge.into : speaker);
+  const out = { ...final, speaker: label(final.speaker) };
+  if (final.words) out.words = final.words.map((w) => ({ ...w, speaker: label(w.speaker) }));
+  return out;
 }

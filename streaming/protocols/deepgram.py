@@ -240,7 +240,8 @@ class DeepgramProtocol(StreamProtocol):
                     "sha256": self._sha256.hexdigest(), "created": self.created,
                     "duration": wire.samples_to_seconds(event.audio_samples), "channels": self.options.channels}),
                     event)
-            # warnings, speaker turns and revisions have no Deepgram message
+            # warnings, speaker turns, revisions and speaker merges have no Deepgram message (after a merge,
+            # words carry the kept speaker's number; results already sent keep the merged one's)
 
     def _cut_by_finalize(self, end: int) -> bool:
         """Whether a final ending at ``end`` is the one a Finalize at ``at`` cut: speech the VAD ended itself ends at

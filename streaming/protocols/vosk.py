@@ -21,6 +21,7 @@ from streaming import wire
 from streaming.config import AudioFormat
 from streaming.errors import InvalidMessage
 from streaming.protocols.base import Close, Limits, StreamProtocol
+from streaming.transcript import relabel
 
 EOF_LITERAL = '{"eof" : 1}'
 RESET_LITERAL = '{"reset" : 1}'
@@ -150,6 +151,8 @@ class VoskProtocol(StreamProtocol):
                 self._replies.clear()
                 self._send(self._result(list(self._finals)), event)
                 self._finals.clear()
+            elif isinstance(event, wire.SpeakerMerge):  # no Vosk message: finals not sent yet take the kept label
+                self._finals = deque(relabel(f, event) for f in self._finals)
             # warnings, speaker turns, revisions and speech starts have no Vosk message
 
     def _result(self, finals: list[wire.Final]) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.compose import SPEAKERS_DIR
-from benchmarks.long_diarization import SAMPLE_RATE, check, compose_long
+from benchmarks.long_diarization import SAMPLE_RATE, apply_merges, check, compose_long
 
 S = SAMPLE_RATE
 
@@ -43,3 +43,25 @@ def test_the_hour_plan_makes_every_voice_leave_and_return() -> None:
         assert not all(talks) and any(talks[talks.index(False):])  # sits out a block, then talks again
     assert len({v for v, _, _ in conversation.reference}) == 4
     assert abs(len(conversation.audio) / S - 360) < 30
+
+
+def test_merges_are_applied_before_labels_are_counted_and_a_merged_phantom_passes() -> None:
+    # a's first stretch went out as S7 and part of its return as S8 (phantoms); S8 merged into S7, S7 into S1
+    turns = [("S7", 0, 10), ("S2", 10, 20), ("S3", 20, 30), ("S4", 30, 40), ("S3", 100, 110), ("S4", 110, 120),
+             ("S1", 400, 404), ("S8", 404, 410), ("S2", 410, 420)]
+    result = check(reference(), turns, return_gap=120.0, merges=[("S8", "S7"), ("S7", "S1"), ("S9", "S2")])
+    assert result["labels_over_5s_as_sent"] == ["S2", "S3", "S4", "S7", "S8"]  # S1 held 4 s only
+    assert result["labels_over_5s"] == ["S1", "S2", "S3", "S4"] and result["exactly_4_labels"]
+    assert result["labels_held_s"]["S1"] == 20  # 10 (S7) + 4 + 6 (S8 → S7 → S1)
+    assert result["voices"]["a"]["stretch_labels"] == ["S1", "S1"] and result["voices"]["a"]["share"] == 1.0
+    assert result["returns_keep_label"] and result["distinct_voice_labels"]
+    assert result["merges"] == [["S8", "S7"], ["S7", "S1"], ["S9", "S2"]]
+    assert apply_merges([("S8", 0, 1), ("S2", 1, 2)], [("S8", "S7"), ("S7", "S1")]) == [("S1", 0, 1), ("S2", 1, 2)]
+
+
+def test_without_its_merges_the_same_stream_fails() -> None:
+    turns = [("S7", 0, 10), ("S2", 10, 20), ("S3", 20, 30), ("S4", 30, 40), ("S3", 100, 110), ("S4", 110, 120),
+             ("S1", 400, 410), ("S2", 410, 420)]
+    result = check(reference(), turns, return_gap=120.0)
+    assert result["labels_over_5s"] == result["labels_over_5s_as_sent"] == ["S1", "S2", "S3", "S4", "S7"]
+    assert not result["exactly_4_labels"] and not result["returns_keep_label"] and result["merges"] == []

@@ -26,6 +26,14 @@ def test_revised_share_counts_words_whose_speaker_changed() -> None:
     assert abs(share["revised_share"] - 1 / 3) < 1e-9
 
 
+def test_a_speaker_merge_is_not_a_revision_of_the_words_it_renames() -> None:
+    events = [wire.Final(0, 0, 0, 10, "a b", (W("a", 0, 4, "S7"), W("b", 5, 9, "S7")), "S7"),
+              wire.SpeakerMerge(0, "S7", "S2", 10),
+              wire.SpeakerRevision(0, 0, (W("a", 0, 4, "S2"), W("b", 5, 9, "S1")), "S2")]
+    share = revised_share(events)
+    assert (share["words"], share["revised_words"], share["revisions"]) == (2, 1, 1)  # only b changed speaker
+
+
 def test_final_decodes_come_back_after_the_delay_and_everything_is_flushed() -> None:
     from benchmarks.revisions import drive_with_asr_delay
     from server.offline import run_requests_by_kind

@@ -63,6 +63,8 @@ class Script:
     static_dir: serve ``/`` and ``/static/<file>`` from here (as the real server serves ``clients/web``).
     revise: on ``stop``, before ``end``, send a ``speaker_revision`` for every final sent (single channel): its
         word's speaker swapped (``S1`` ↔ ``S2``), as diarization settling late would.
+    merge: on ``stop``, before ``end`` (after the revisions), send a ``speaker_merge`` of ``S1`` into ``S2``, as
+        diarization finding that one voice had two labels would (the label kept is the one with more speech).
     """
 
     http_status: dict[int, int] = field(default_factory=dict)
@@ -74,6 +76,7 @@ class Script:
     static_dir: Optional[Path] = None
     tls: Optional[tuple[Path, Path]] = None  # (certificate, key): serve wss://
     revise: bool = False
+    merge: bool = False
 
 
 class ScriptedServer:
@@ -217,6 +220,8 @@ class ScriptedServer:
                             other = {"S1": "S2", "S2": "S1"}[final.speaker or "S1"]
                             words = tuple(dataclasses.replace(w, speaker=other) for w in final.words)
                             await ws.send(wire.dump_event(wire.SpeakerRevision(final.utterance_id, 0, words, other)))
+                        if self.script.merge:
+                            await ws.send(wire.dump_event(wire.SpeakerMerge(0, "S1", "S2", samples)))
                         await ws.send(wire.dump_event(wire.End(samples, utterance, ("S1", "S2"))))
                         await ws.close(1000)
                         return

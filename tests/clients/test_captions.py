@@ -94,3 +94,25 @@ def test_a_speaker_revision_re_splits_its_final_in_this_session_only() -> None:
     assert formats.to_txt(c.finals).splitlines()[1:] == [
         "[00:00:04.000 - 00:00:05.500] S1: x", "[00:00:05.500 - 00:00:08.000] S2: y"]
     assert [(t.speaker, t.start) for t in c.speaker_turns()][-2:] == [("S1", 4 * S), ("S2", 6 * S)]
+
+
+def test_a_speaker_merge_relabels_this_sessions_finals_words_partials_and_turns() -> None:
+    W = wire.WordTiming
+    c = LiveCaptions()
+    c.new_session(0)
+    c.receive(wire.Final(0, 0, 0, S, "old", (W("old", 0, S, "S2"),), "S2"))
+    c.new_session(2 * S)  # a reconnect: this session's S2 may be somebody else
+    c.receive(wire.Final(0, 0, 0, 2 * S, "a b", (W("a", 0, S, "S1"), W("b", S, 2 * S, "S2")), "S1"))
+    c.receive(wire.Final(1, 0, 2 * S, 3 * S, "c", (W("c", 2 * S, 3 * S, "S2"),), "S2"))
+    c.receive(wire.Final(2, 1, 2 * S, 3 * S, "other channel", (), "S2"))
+    c.receive(wire.SpeakerTurns((wire.Turn("S2", 2 * S, 3 * S), wire.Turn("S3", 3 * S, 4 * S))))
+    c.receive(wire.Partial(3, 0, 3 * S, 4 * S, "d", "S2"))
+    merge = c.receive(wire.SpeakerMerge(0, "S2", "S1", 3 * S))
+    assert merge.at == 5 * S and c.merges == 1  # times made absolute like every event's
+    assert [(f.text, f.speaker, [w.speaker for w in f.words]) for f in c.finals] == [
+        ("old", "S2", ["S2"]), ("a b", "S1", ["S1", "S1"]), ("c", "S1", ["S1"]), ("other channel", "S2", [])]
+    assert [t.speaker for t in c.turns] == ["S1", "S3"] and c.partials[0].speaker == "S1"
+    assert c.speakers == ["S2", "S1", "S3"]  # S2 stays: the first session and channel 1 still show it
+    c.receive(wire.SpeakerMerge(0, "S3", "S1", 4 * S))  # merges chain: S3 too is S1 now
+    assert [t.speaker for t in c.turns] == ["S1", "S1"] and c.speakers == ["S2", "S1"]
+    assert [(t.speaker, t.start, t.end) for t in c.speaker_turns()] == [("S1", 4 * S, 6 * S)]

@@ -20,6 +20,7 @@ EVENTS = [
     wire.SpeakerRevision(3, 0, (wire.WordTiming("один", 16000, 30000, "S2"),
                                 wire.WordTiming("два", 31008, 48016, "S2")), "S2"),
     wire.SpeakerRevision(5, 1, (), None),
+    wire.SpeakerMerge(0, "S7", "S2", 48016),
     wire.SpeakerTurns((wire.Turn("S1", 0, 32000, 0), wire.Turn("S2", 32000, 64000, 1))),
     wire.Warning("audio_dropped", "dropped 1.5 s", 1.5),
     wire.Warning("partials_dropped", "behind", None),

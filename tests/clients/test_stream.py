@@ -61,6 +61,26 @@ def test_cli_applies_speaker_revisions_to_the_view_and_every_format(scripted_ser
     assert "[00:00.000] S1  1000" in printed and "↻ [00:00.000] S2  1000" in printed  # the line, then its correction
 
 
+def test_cli_applies_a_speaker_merge_to_the_view_and_every_format(scripted_server, counting_wav, tmp_path: Path,
+                                                                  capsys) -> None:
+    server = scripted_server(merge=True)  # finals alternate S1/S2, then S1 is merged into S2
+    wav = counting_wav(4, name="talk.wav")
+    assert main([str(wav), "--url", server.url, "--as-fast-as-possible", "--out-dir", str(tmp_path), "--no-live"]) == 0
+    merged = [(k * S, (k + 1) * S, str(1000 + k), "S2") for k in range(4)]
+    doc = json.loads((tmp_path / "talk.json").read_text())
+    assert [(f["text"], f["speaker"], [w["speaker"] for w in f["words"]]) for f in doc["finals"]] == [
+        (t, "S2", ["S2"]) for _, _, t, _ in merged]
+    assert doc["speakers"] == ["S2"] and doc["end"]["speakers"] == ["S2"]
+    for parse, name in ((formats.parse_srt, "talk.srt"), (formats.parse_vtt, "talk.vtt")):
+        assert [(c.start, c.end, c.text, c.speaker) for c in parse((tmp_path / name).read_text())] == merged
+    rttm = formats.parse_rttm((tmp_path / "talk.rttm").read_text())
+    assert [(t.speaker, t.start, t.end) for _, t in rttm] == [("S2", 0, 4 * S)]  # one speaker, one merged turn
+    assert [line.split("] ", 1)[1] for line in (tmp_path / "talk.txt").read_text().splitlines()] == [
+        f"S2: {1000 + k}" for k in range(4)]
+    printed = capsys.readouterr().out.splitlines()
+    assert "[00:00.000] S1  1000" in printed and "↻ S1 is S2: lines above labelled S1 are S2's" in printed
+
+
 def test_cli_reports_a_refusal_and_exits_1(scripted_server, counting_wav, tmp_path: Path, capsys) -> None:
     server = scripted_server(token="secret")
     code = main([str(counting_wav(1)), "--url", server.url, "--out-dir", str(tmp_path), "--no-live",

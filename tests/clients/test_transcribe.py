@@ -59,3 +59,43 @@ def test_bad_arguments_exit_2_with_a_reason(argv: list[str], message: str, tmp_p
     with pytest.raises(SystemExit) as exit_info:
         main([a.replace("{wav}", str(wav)) for a in argv])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_rechka_transcribe_applies_speaker_merges_to_every_file(tmp_path: Path) -> None:
+    """The whole-file path (``transcribe`` → ``drive_whole`` → ``LiveCaptions`` → ``write_outputs``) with fake models:
+    one voice founds a second label that is merged back, and no output file shows the retired label."""
+    import dataclasses
+    import wave
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from clients.stream import write_outputs
+    from clients.transcribe import transcribe
+    from streaming.config import DiarizationOptions, SessionConfig
+    from tests.fakes import FakeAsr, FakeVad
+    from tests.fakes_diarization import (SPREAD_MERGE, SPREAD_VOICE, SPREAD_VOICE_LENGTH, FakeSegmentation, spread_voice,
+                                         synthesize)
+
+    audio = synthesize(SPREAD_VOICE, SPREAD_VOICE_LENGTH)
+    path = tmp_path / "voice.wav"
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes((audio * 32767).astype("<i2").tobytes())
+    models = SimpleNamespace(vad=SimpleNamespace(run_batch=FakeVad()), asr=SimpleNamespace(run_batch=FakeAsr()),
+                             segmentation=SimpleNamespace(run_batch=FakeSegmentation()),
+                             embedding=SimpleNamespace(run_batch=spread_voice()))
+    diarizer = dataclasses.replace(DiarizationOptions(), **SPREAD_MERGE)
+    config = SessionConfig(interim_results=False, diarization=True, speaker_turns=True, diarizer=diarizer)
+    (captions,) = transcribe([path], models, config)
+    assert captions.merges >= 1 and captions.speakers == ["S1"] and captions.end is not None
+    write_outputs(captions, tmp_path / "out", "voice")
+    files = {p.suffix: p.read_text() for p in (tmp_path / "out").iterdir()}
+    assert sorted(files) == [".json", ".rttm", ".srt", ".txt", ".vtt"]
+    assert all("S2" not in text for text in files.values())
+    assert json.loads(files[".json"])["speakers"] == ["S1"]
+    assert [f["text"] for f in json.loads(files[".json"])["finals"]] == ["w300", "w500", "w300"]
+    assert {t.speaker for _, t in formats.parse_rttm(files[".rttm"])} == {"S1"}
+    assert np.isclose(sum(t.end - t.start for _, t in formats.parse_rttm(files[".rttm"])) / 16000, 22.5, atol=1.5)

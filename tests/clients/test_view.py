@@ -10,7 +10,8 @@ from streaming import wire
 
 from clients.captions import LiveCaptions
 from clients.connection import StreamStatus
-from clients.view import SPEAKER_COLOURS, TerminalView, final_text, partial_text, speaker_colour, status_text
+from clients.view import (SPEAKER_COLOURS, TerminalView, final_text, merged_text, partial_text, speaker_colour,
+                          status_text)
 
 S = wire.SAMPLE_RATE
 
@@ -43,18 +44,32 @@ def test_partial_and_status_lines() -> None:
         assert piece in text
 
 
-def test_non_interactive_view_prints_finals_and_notices_only() -> None:
+def printed(events: list[wire.ServerEvent], end_state: str = "streaming") -> tuple[list[str], LiveCaptions]:
+    """What a non-interactive view prints for ``events`` (the status line last), and the captions."""
     out = io.StringIO()
     view = TerminalView(Console(file=out, width=100, color_system=None), live=False)
     captions, status = LiveCaptions(), StreamStatus(state="streaming")
     captions.new_session(0)
     view.attach(captions, status)
     with view:
-        for event in (wire.Partial(0, 0, 0, S, "оди"), wire.Final(0, 0, 0, S, "один", (), "S1"),
-                      wire.Warning("audio_dropped", "too slow", 2.0)):
+        for event in events:
             view.event(captions.receive(event))
-        status.state = "done"
-    lines = out.getvalue().splitlines()
+        status.state = end_state
+    return out.getvalue().splitlines(), captions
+
+
+def test_non_interactive_view_prints_finals_and_notices_only() -> None:
+    lines, _ = printed([wire.Partial(0, 0, 0, S, "оди"), wire.Final(0, 0, 0, S, "один", (), "S1"),
+                        wire.Warning("audio_dropped", "too slow", 2.0)], end_state="done")
     assert lines[0] == "[00:00.000] S1  один"
     assert lines[1] == "server warning audio_dropped: too slow (2.0 s dropped)"
     assert lines[2].startswith("● done") and len(lines) == 3  # the partial never reached a pipe
+
+
+def test_a_speaker_merge_is_a_notice_line_in_the_kept_speakers_colour() -> None:
+    lines, captions = printed([wire.Final(0, 0, 0, S, "один", (), "S2"), wire.SpeakerMerge(0, "S2", "S1", S)])
+    assert lines[:2] == ["[00:00.000] S2  один", "↻ S2 is S1: lines above labelled S2 are S1's"]
+    assert lines[2].endswith("1 speaker") and captions.finals[0].speaker == "S1"
+    line = merged_text(wire.SpeakerMerge(0, "S2", "S1", S), [])
+    assert [line.plain[s.start:s.end] for s in line.spans if "bold" in str(s.style)] == ["S2", "S1"]
+    assert any(SPEAKER_COLOURS[0] in str(s.style) for s in line.spans)

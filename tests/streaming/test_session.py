@@ -345,6 +345,7 @@ class ScriptedDiarizer:
     turns become final ``latency`` behind the newest resolved window."""
 
     script: list[tuple[str, int, int]] = []
+    merge: Optional[tuple[int, str, str]] = None  # (at, merged, into): popped once final_until reaches ``at``
     instances: list["ScriptedDiarizer"] = []
 
     def __init__(self, options, session_id: str, channel: int, next_seq: Callable[[], int]) -> None:
@@ -395,6 +396,13 @@ class ScriptedDiarizer:
         self.popped = max(self.popped, self.final_until)
         return turns
 
+    def pop_merges(self) -> list[wire.SpeakerMerge]:
+        if self.merge is None or self.final_until < self.merge[0]:
+            return []
+        (at, merged, into), self.merge = self.merge, None
+        ScriptedDiarizer.script = [(into if s == merged else s, a, b) for s, a, b in self.script]
+        return [wire.SpeakerMerge(self.channel, merged, into, at)]
+
     @property
     def speakers(self) -> tuple[str, ...]:
         return tuple(sorted({s for s, a, b in self.script if b <= self.final_until}))
@@ -412,7 +420,7 @@ def test_the_diarizer_hook_delays_finals_splits_them_and_reports_turns(monkeypat
     (a1, z1), (a2, z2), (a3, z3) = b.spans
     ScriptedDiarizer.script = [("S1", 0, (z1 + a2) // 2), ("S2", (z1 + a2) // 2, z2 + ms(600)), ("S1", a3 - ms(300),
                                                                                               len(b.audio))]
-    ScriptedDiarizer.instances = []
+    ScriptedDiarizer.instances, ScriptedDiarizer.merge = [], None
     monkeypatch.setattr(streaming.diarization, "StreamingDiarizer", ScriptedDiarizer)
     cfg = dataclasses.replace(config(interim_results=False, speculative_finals=False), diarization=True,
                               speaker_turns=True, settled_speakers=True)  # one final decode per utterance
@@ -438,7 +446,7 @@ def test_finals_go_out_before_diarization_settles_and_a_revision_follows(monkeyp
     b = tone_bursts([(440, 1.0), (660, 1.0)], gaps=[1.2], lead=0.5, tail=0.3)
     (a1, z1), (a2, z2) = b.spans
     ScriptedDiarizer.script = [("S1", 0, len(b.audio))]
-    ScriptedDiarizer.instances = []
+    ScriptedDiarizer.instances, ScriptedDiarizer.merge = [], None
     monkeypatch.setattr(streaming.diarization, "StreamingDiarizer", ScriptedDiarizer)
     cfg = dataclasses.replace(config(interim_results=False), diarization=True)
     h = Harness(cfg, extra={SegmentationRequest: segment})
@@ -454,6 +462,38 @@ def test_finals_go_out_before_diarization_settles_and_a_revision_follows(monkeyp
     assert [w.speaker for w in revision.words] == ["S2"] * len(first.words)
     assert h.events.index(revision) < len(h.events) - 1 and isinstance(h.events[-1], wire.End)
     assert [f.speaker for f in of(h.events, wire.Final)] == ["S1", "S1"]
+
+
+def test_a_speaker_merge_goes_out_before_anything_with_the_kept_label_and_causes_no_revision(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import streaming.diarization
+
+    b = tone_bursts([(440, 1.0), (660, 1.0), (880, 1.0)], gaps=[1.2, 1.2], lead=0.5, tail=0.3)
+    (a1, z1), (a2, z2), (a3, z3) = b.spans
+    ScriptedDiarizer.script = [("S1", 0, (z1 + a2) // 2), ("S2", (z1 + a2) // 2, len(b.audio))]
+    ScriptedDiarizer.instances, ScriptedDiarizer.merge = [], (z2 + ms(100), "S2", "S1")
+    monkeypatch.setattr(streaming.diarization, "StreamingDiarizer", ScriptedDiarizer)
+    cfg = dataclasses.replace(config(interim_results=False), diarization=True, speaker_turns=True)
+    h = Harness(cfg, extra={SegmentationRequest: segment})
+    h.feed(b.audio, chunk=0.25)
+    h.end()
+    (merge,) = of(h.events, wire.SpeakerMerge)
+    assert (merge.channel, merge.merged, merge.into, merge.at) == (0, "S2", "S1", z2 + ms(100))
+    cut = h.events.index(merge)
+    sent_before = [f.speaker for f in of(h.events[:cut], wire.Final)]
+    assert "S2" in sent_before  # the second utterance's final went out as S2 ...
+
+    def labels(event: wire.ServerEvent) -> set:
+        if isinstance(event, (wire.Final, wire.SpeakerRevision)):
+            return {event.speaker} | {w.speaker for w in event.words}
+        if isinstance(event, wire.SpeakerTurns):
+            return {t.speaker for t in event.turns}
+        return set(getattr(event, "speakers", ()))
+
+    assert all("S2" not in labels(e) for e in h.events[cut + 1:])  # ... nothing after the merge says S2
+    assert of(h.events, wire.SpeakerRevision) == []  # the relabelled final is what diarization settled on
+    assert [f.speaker for f in of(h.events[cut:], wire.Final)] == ["S1"] * (3 - len(sent_before))
+    assert h.events[-1].speakers == ("S1",)
 
 
 def test_real_streaming_diarizer_labels_tone_speakers() -> None:

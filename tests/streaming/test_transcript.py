@@ -6,7 +6,7 @@ import itertools
 from typing import Optional
 
 from streaming import wire
-from streaming.transcript import (MAX_UNSETTLED, MAX_WAITING, ChannelTranscript, absolute_words, revise,
+from streaming.transcript import (MAX_UNSETTLED, MAX_WAITING, ChannelTranscript, absolute_words, relabel, revise,
                                   split_by_speaker)
 from streaming.work import Word
 
@@ -245,3 +245,13 @@ def test_multichannel_and_undiarized_finals_are_never_held_for_revision() -> Non
     t.close(u, 1_000)
     t.set_final(u, "a", [W("a", 0, 900)])
     assert len(t.ready()) == 1 and t.waiting == 0
+
+
+def test_relabel_applies_a_merge_to_the_final_and_its_words_on_its_channel_only() -> None:
+    W = wire.WordTiming
+    final = wire.Final(3, 0, 0, 30, "a b c", (W("a", 0, 10, "S7"), W("b", 10, 20, "S2"), W("c", 20, 30, None)), "S7")
+    merge = wire.SpeakerMerge(0, "S7", "S2", 100)
+    got = relabel(final, merge)
+    assert (got.speaker, [w.speaker for w in got.words]) == ("S2", ["S2", "S2", None])
+    assert (got.utterance_id, got.text, got.start, got.end) == (3, "a b c", 0, 30)
+    assert relabel(final, wire.SpeakerMerge(1, "S7", "S2", 100)) == final  # another channel's labels

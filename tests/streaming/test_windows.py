@@ -118,6 +118,24 @@ def test_two_speakers_can_be_active_in_the_same_frame() -> None:
     assert (activity[100:150] > 0.5).all() and not (activity[:100] > 0.5).any()
 
 
+def test_merging_speakers_gives_the_kept_one_the_louder_activity_and_silences_the_other() -> None:
+    w = windows_with_geometry()
+    scores = np.zeros((N_FRAMES, 3))
+    scores[:50, 0] = 0.8   # the speaker kept
+    scores[40:100, 2] = 0.9  # the one merged into it (a phantom of the same voice)
+    w.add(Window(0, ms(5000)), scores)
+    w.add(Window(ms(500), ms(5500)), np.zeros((N_FRAMES, 1)))  # from frame 25 on: all silent, halving the means
+    w.freeze(10)  # frames before 10 are final: nothing left there to merge
+    w.merge_speakers(2, 0)
+    activity = w.activity(10, 100)
+    assert not activity[:, 2].any()
+    np.testing.assert_allclose(activity[:, 0], [0.8] * 15 + [0.4] * 15 + [0.45] * 60)  # max(0.8/2, 0.9/2) from 40
+    w.add(Window(ms(1000), ms(6000)), np.zeros((N_FRAMES, 1)))  # a later vote weighs as one of three windows
+    np.testing.assert_allclose(w.activity(50, 100)[:, 0], 0.3)
+    w.merge_speakers(5, 0)  # a speaker no window has voted on: nothing to do
+    assert w.n_speakers == 3
+
+
 def test_padding_frames_are_never_aggregated() -> None:
     w = windows_with_geometry()
     first = Window(ms(500) - ms(5000), ms(500), pad=ms(4500))

@@ -67,6 +67,9 @@ def test_other_events() -> None:
     assert d(wire.Warning("audio_dropped", "m", dropped_seconds=1.23456)) == {
         "type": "warning", "code": "audio_dropped", "message": "m", "dropped_seconds": 1.235}
     assert "dropped_seconds" not in d(wire.Warning("partials_dropped", "m"))
+    assert d(wire.SpeakerMerge(0, "S7", "S2", 24_000)) == {"type": "speaker_merge", "channel": 0, "from": "S7",
+                                                          "into": "S2", "at": 1.5}
+    assert [wire.SpeakerMerge(0, "S7", "S2", 0).relabel(x) for x in ("S7", "S2", "S1", None)] == ["S2", "S2", "S1", None]
     assert d(wire.Error("invalid_audio", "m")) == {"type": "error", "code": "invalid_audio", "message": "m"}
     assert d(wire.End(48_000, 2, ("S1",))) == {"type": "end", "audio_seconds": 3.0, "utterances": 2,
                                                "speakers": ["S1"]}

@@ -103,6 +103,39 @@ def test_the_page_splits_a_revised_final_as_the_server_does(launch_chromium, scr
     assert [g["text"] for g in got] == ["a b", "c"]
 
 
+def test_a_speaker_merge_relabels_every_line_and_the_legend(launch_chromium, scripted_server,
+                                                          tmp_path: Path) -> None:
+    server = scripted_server(static_dir=WEB, merge=True)  # finals S{1 + value % 2}; at stop S1 is merged into S2
+    page = launch_chromium(tone_wav(tmp_path / "tone.wav")).new_page()
+    page.goto(page_url(server))
+    page.click("#toggle")
+    page.wait_for_function("document.querySelectorAll('#finals li').length >= 2", timeout=20_000)
+    assert "S1" in page.locator("#legend li").all_inner_texts()  # the first second is silence: value 0, S1
+    page.click("#toggle")
+    page.wait_for_selector("#state:has-text('done')", timeout=10_000)
+    texts = page.locator("#finals li .text").all_inner_texts()
+    assert page.locator("#finals li .speaker").all_inner_texts() == ["S2"] * len(texts)
+    was_s1 = [i for i, t in enumerate(texts) if int(t) % 2 == 0]
+    classes = [page.locator("#finals li").nth(i).get_attribute("class") or "" for i in range(len(texts))]
+    assert was_s1 and [i for i, c in enumerate(classes) if "revised" in c] == was_s1  # only those lines redrawn
+    assert page.locator("#legend li").all_inner_texts() == ["S2"]
+
+
+def test_the_page_applies_a_merge_as_the_python_clients_do(launch_chromium, scripted_server) -> None:
+    from streaming.transcript import relabel
+    from streaming import wire
+
+    W = wire.WordTiming
+    final = wire.Final(4, 0, 0, 3 * RATE, "a b", (W("a", 0, RATE, "S7"), W("b", RATE, 2 * RATE, "S2")), "S7")
+    server = scripted_server(static_dir=WEB)
+    page = launch_chromium().new_page()
+    page.goto(page_url(server))
+    for merge in (wire.SpeakerMerge(0, "S7", "S2", 3 * RATE), wire.SpeakerMerge(1, "S7", "S2", 3 * RATE)):
+        got = page.evaluate("async ([f, m]) => (await import('/static/revise.js')).mergedFinal(f, m)",
+                            [wire.event_to_dict(final), wire.event_to_dict(merge)])
+        assert got == wire.event_to_dict(relabel(final, merge))
+
+
 def test_a_refused_stream_is_explained_and_a_token_fixes_it(launch_chromium, scripted_server,
                                                           tmp_path: Path) -> None:
     server = scripted_server(static_dir=WEB, token="s3cret")

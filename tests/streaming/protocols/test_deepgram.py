@@ -213,3 +213,21 @@ def test_two_speakers_get_deepgram_speakers_0_and_1_on_every_word() -> None:
     finals = [m["channel"]["alternatives"][0] for m in d.of("Results") if m["is_final"]]
     assert [f["transcript"] for f in finals] == ["w300", "w700"]
     assert [[w["speaker"] for w in f["words"]] for f in finals] == [[0], [1]]
+
+
+def test_a_speaker_merge_has_no_deepgram_message_and_results_already_sent_keep_their_speaker() -> None:
+    import dataclasses
+
+    from streaming.config import DiarizationOptions
+    from tests.fakes_diarization import (SPREAD_MERGE, SPREAD_VOICE, SPREAD_VOICE_LENGTH, spread_voice_session_run,
+                                         synthesize)
+
+    session = SessionConfig(diarizer=dataclasses.replace(DiarizationOptions(), **SPREAD_MERGE))
+    d = ProtocolDriver(DeepgramProtocol(SID, Limits(session=session, models=MODELS),
+                                        options("encoding=linear16&diarize=true"), "2026-12-01T09:00:00.000Z"),
+                       spread_voice_session_run())
+    d.audio(pcm16(synthesize(SPREAD_VOICE, SPREAD_VOICE_LENGTH)), chunk=8000).text({"type": "CloseStream"})
+    assert set(d.types) <= {"Results", "Metadata"}  # the merge was dropped
+    finals = [m["channel"]["alternatives"][0] for m in d.of("Results") if m["is_final"]]
+    assert [f["transcript"] for f in finals] == ["w300", "w500", "w300"]
+    assert [[w["speaker"] for w in f["words"]] for f in finals] == [[0], [1], [0]]  # S2 (1) went out before it

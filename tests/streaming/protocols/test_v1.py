@@ -186,3 +186,22 @@ def test_speaker_count_hints_reach_the_tracker_and_bad_ones_close_1008() -> None
     bad = driver().text({"type": "start", "num_speakers": 2, "min_speakers": 3})
     assert bad.sent[0]["type"] == "error" and bad.sent[0]["code"] == "invalid_message"
     assert "contradicts" in bad.sent[0]["message"] and bad.close.code == CloseCode.POLICY_VIOLATION
+
+
+def test_a_speaker_merge_is_sent_and_nothing_after_it_carries_the_retired_label() -> None:
+    import dataclasses
+
+    from streaming.config import DiarizationOptions
+    from tests.fakes_diarization import (SPREAD_MERGE, SPREAD_VOICE, SPREAD_VOICE_LENGTH, spread_voice_session_run,
+                                         synthesize)
+
+    options = dataclasses.replace(DiarizationOptions(), **SPREAD_MERGE)
+    d = ProtocolDriver(V1Protocol("sid-1", Limits(session=SessionConfig(diarizer=options), models=MODELS)),
+                       spread_voice_session_run())
+    d.text({"type": "start", "speaker_turns": True, "interim_results": False})
+    d.audio(pcm16(synthesize(SPREAD_VOICE, SPREAD_VOICE_LENGTH)), chunk=8000).text({"type": "stop"})
+    (merge,) = d.of("speaker_merge")
+    assert (merge["channel"], merge["from"], merge["into"]) == (0, "S2", "S1") and 12.0 < merge["at"] < 25.0
+    cut = d.sent.index(merge)
+    assert "S2" in json.dumps(d.sent[:cut]) and "S2" not in json.dumps(d.sent[cut + 1:])
+    assert d.of("end")[0]["speakers"] == ["S1"] and d.close.code == CloseCode.NORMAL

@@ -115,3 +115,23 @@ def test_a_client_without_config_takes_the_urls_sample_rate() -> None:
 def test_an_unsupported_rate_closes_1003() -> None:
     d = driver().text({"config": {"sample_rate": 4000}}).audio(b"\0" * 320)
     assert d.close.code == CloseCode.UNSUPPORTED_DATA and "sample_rate" in d.close.reason
+
+
+def test_finals_held_for_a_reply_take_a_speaker_merge_that_comes_before_they_go_out() -> None:
+    import dataclasses
+
+    from streaming.config import DiarizationOptions, ms
+    from tests.fakes_diarization import (SPREAD_MERGE, SPREAD_VOICE, SPREAD_VOICE_LENGTH, spread_voice_session_run,
+                                         synthesize)
+
+    audio = synthesize(SPREAD_VOICE, SPREAD_VOICE_LENGTH)  # one voice: its second sound founds S2, later merged
+    options = dataclasses.replace(DiarizationOptions(), **SPREAD_MERGE)
+    protocol = VoskProtocol("v1", Limits(session=SessionConfig(diarizer=options)), sample_rate=16000)
+    first = pcm16(audio[:ms(14000)])  # w300 and w500 final: w300 answers this message, w500 waits (as S2) ...
+    d = ProtocolDriver(protocol, spread_voice_session_run()).audio(first, chunk=len(first))
+    d.audio(pcm16(audio[ms(14000):]), chunk=len(audio) * 2)  # ... while this message's audio merges S2 into S1
+    d.text(EOF_LITERAL)
+    results = [m for m in replies(d) if m.get("text")]
+    assert " ".join(m["text"] for m in results) == "w300 w500 w300" and len(results) > 1
+    assert [w["speaker"] for m in results for w in m["result"]] == ["S1"] * 3
+    assert all(m.get("speaker") == "S1" for m in results)
