@@ -81,6 +81,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="--held-out: which utterances")
     p.add_argument("--baseline", help="--speech: also run streaming/partials.py as of this git ref")
     p.add_argument("--baseline-budget", type=float, default=1.5, help="budget_ratio of the --baseline runs")
+    p.add_argument("--baseline-set", metavar="FIELD=VALUE[,FIELD=VALUE]", help="other PartialOptions of the baseline")
     p.add_argument("--compare", action="append", default=[], metavar="FIELD=VALUE[,FIELD=VALUE]",
                    help="--speech: also run the current policy with these PartialOptions changed (repeatable)")
     p.add_argument("--out-dir", type=Path, default=OUT_DIR)
@@ -271,8 +272,11 @@ def speech_main(args: argparse.Namespace, asr: Any) -> dict[str, Any]:
     vad = VadModel("cpu")
     variants: dict[str, tuple[Optional[type], PartialOptions]] = {}
     if args.baseline:
-        variants[f"baseline {args.baseline} (budget {args.baseline_budget})"] = (
-            baseline_policy(args.baseline), PartialOptions(budget_ratio=args.baseline_budget))
+        options = dataclasses.replace(partial_options(args.baseline_set) if args.baseline_set else PartialOptions(),
+                                      budget_ratio=args.baseline_budget)
+        also = f", {args.baseline_set}" if args.baseline_set else ""
+        variants[f"baseline {args.baseline} (budget {args.baseline_budget}{also})"] = (
+            baseline_policy(args.baseline), options)
     variants["current (defaults)"] = (None, PartialOptions())
     for spec in args.compare:
         variants[f"current, {spec}"] = (None, partial_options(spec))
@@ -305,7 +309,8 @@ def speech_main(args: argparse.Namespace, asr: Any) -> dict[str, Any]:
             wall = timers[name].seconds
             summary[name]["partial_wall_over_final_wall"] = round(wall[AsrKind.PARTIAL] / wall[AsrKind.FINAL], 4)
     return {"benchmark": "partials-speech", "command": command_line("partials"), "speech": source,
-            "files": len(streams), "final_wer_vs_spoken": final_wer(spoken) if any(c for _, c in spoken) else None, "asr": asr.describe() if asr is not None else "fake (counts samples)",
+            "files": len(streams), "final_wer_vs_spoken": final_wer(spoken) if any(c for _, c in spoken) else None,
+            "asr": asr.describe() if asr is not None else "fake (counts samples)",
             "goal": "partial_over_final <= 1.0 per utterance, first partial p50 <= 0.5 s", "variants": summary,
             "utterances": rows}
 

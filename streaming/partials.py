@@ -10,7 +10,9 @@ one every ``max(cadence, cadence_growth × utterance length)`` of new audio. A d
 above budget 1.0 the decode waits (the budget grows faster than the window); at or below 1.0 waiting cannot help,
 so it takes the latest window the budget pays for, never starting after the previous window's end (every sample
 is decoded by some partial). At budget 1.0 each partial thus encodes only audio no partial has encoded yet: no
-context, and a word cut by a window's end stays in the partial text as two pieces until the final replaces it.
+context. A word such a window boundary cuts in two (the last word of the text running to the boundary and the
+decode's first word running from it) is shown joined again; the pieces are decoded without context, so the
+joined word can still be wrong until the final replaces it.
 
 Words that two consecutive decodes agree on (same text, start and end within ``agreement_tolerance``) and that end
 before the window's last ``fresh_tail`` samples join the *committed prefix*. When a window starts after the
@@ -49,6 +51,7 @@ class PartialPolicy:
         self._decoded_end = utterance_start  # end of the last window sent: audio before it has been decoded
         self._previous: list[WordTiming] = []  # the last decode's uncommitted words
         self._latest_text = ""  # the last decode's uncommitted text when it had no word timings
+        self._context_free = False  # the decode in flight starts where the last one ended
 
     # ------------------------------------------------------------------------------------------------ scheduling
     def budget(self, now: int) -> int:
@@ -99,6 +102,7 @@ class PartialPolicy:
             self._commit([w for w in self._previous if (w.start + w.end) / 2 < reach])
             self.committed_end = max(self.committed_end, reach)
             self._previous = keep
+        self._context_free = self.decodes > 0 and a >= self._decoded_end  # nothing before ``a`` is re-encoded
         self.in_flight = window
         self.encoded += b - a
         self.decodes += 1
@@ -138,6 +142,12 @@ class PartialPolicy:
             self._latest_text = text.strip()
             return self.text
         fresh = [w for w in words if (w.start + w.end) / 2 >= self.committed_end]
+        if fresh and self.committed and self._context_free:
+            last = self.committed[-1]
+            if last.end >= window[0] and fresh[0].start <= window[0]:  # one word the window edge cut in two
+                self.committed[-1] = WordTiming(last.word + fresh[0].word, last.start, fresh[0].end)
+                self.committed_end = max(self.committed_end, fresh[0].end)
+                fresh = fresh[1:]
         agreed = 0
         limit = window[1] - self.options.fresh_tail
         tol = self.options.agreement_tolerance

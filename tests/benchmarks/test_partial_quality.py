@@ -18,7 +18,8 @@ TINY = Path(__file__).resolve().parents[2] / "tests" / "assets" / "tiny_gigaam_c
 
 def final(text: str, start: int = 0, step: int = 1000) -> wire.Final:
     """A final whose k-th word spans [start + k*step, start + k*step + step/2)."""
-    words = tuple(wire.WordTiming(w, start + k * step, start + k * step + step // 2) for k, w in enumerate(text.split()))
+    words = tuple(wire.WordTiming(w, start + k * step, start + k * step + step // 2)
+                  for k, w in enumerate(text.split()))
     return wire.Final(1, 0, start, start + len(words) * step, text, words)
 
 

@@ -147,15 +147,53 @@ def test_cadence_grows_with_the_utterance() -> None:
     assert gaps[0][1] == ms(500) and gaps[-1][1] >= ms(1_800)
 
 
-def test_at_budget_one_each_partial_encodes_only_new_audio() -> None:
+def spelled(n: int = 200) -> list[WordTiming]:
+    """Like :func:`truth`, each word 12 characters long, so that a decoder can give the pieces of a cut word."""
+    return [WordTiming(f"{k:04d}" * 3, w.start, w.end) for k, w in enumerate(truth(n))]
+
+
+def piece_decoder(words: list[WordTiming]) -> Callable[[tuple[int, int]], list[WordTiming]]:
+    """Decode a window as CTC does: a word cut by the window's edge gives only the characters of its part in the
+    window (proportional to the audio), timed to the edge."""
+    def decode(window: tuple[int, int]) -> list[WordTiming]:
+        a, b = window
+        out = []
+        for w in words:
+            s, e = max(w.start, a), min(w.end, b)
+            if e <= s:
+                continue
+            n = len(w.word)
+            text = w.word[round(n * (s - w.start) / (w.end - w.start)):round(n * (e - w.start) / (w.end - w.start))]
+            if text:
+                out.append(WordTiming(text, s, e))
+        return out
+    return decode
+
+
+def test_at_budget_one_each_partial_encodes_only_new_audio_and_rejoins_cut_words() -> None:
     policy = PartialPolicy(TIGHT, 0)
-    windows = run_utterance(policy, decoder(truth()), ms(12_000))
+    words = spelled()
+    windows = run_utterance(policy, piece_decoder(words), ms(12_000))
     assert windows[0][0][0] == 0
     assert all(a == prev_b for ((a, _), _), ((_, prev_b), _) in zip(windows[1:], windows))  # abutting
     assert policy.encoded == windows[-1][0][1]  # every sample encoded exactly once
     assert policy.encoded <= ms(12_000)
-    text = policy.text.split()
-    assert [w for i, w in enumerate(text) if i == 0 or w != text[i - 1]] == [w.word for w in truth(30)]
+    edges = [b for (_, b), _ in windows[:-1]]
+    cut = [e for e in edges if any(w.start < e < w.end for w in words)]
+    assert cut and len(cut) < len(edges)  # some window edges fell inside a word, others between two
+    heard = [w.word for w in words if w.start < windows[-1][0][1]]
+    shown = policy.text.split()
+    assert shown[:-1] == heard[:-1]  # the pieces of every cut word joined again, no two words joined
+    assert heard[-1].startswith(shown[-1])  # the newest word may still be running past the last window
+
+
+def test_pieces_are_joined_only_when_the_window_had_no_left_context() -> None:
+    for window, text in (((ms(250), ms(1_000)), "abc xyz"), ((ms(500), ms(1_000)), "abcxyz")):
+        policy = PartialPolicy(SPARE, 0)
+        policy.start((0, ms(500)))
+        policy.on_result([WordTiming("abc", ms(100), ms(500))])  # runs to the window's end
+        policy.start(window)  # from 250 ms: re-encodes the end of "abc" as context; from 500 ms: no context
+        assert policy.on_result([WordTiming("xyz", window[0], ms(900))]) == text
 
 
 @settings(max_examples=150, deadline=None)
