@@ -23,6 +23,7 @@ if __package__ in (None, ""):
 
 from benchmarks.common import OUT_DIR, command_line, write_result
 from benchmarks.server_process import machine_info
+from clients.transcribe import WHOLE_FILE_STEP
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -35,7 +36,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--asr-quantize", choices=("auto", "none", "int8"), default="auto")
     p.add_argument("--asr-batch", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--diarization-step", type=float, default=None, help="seconds (default: the live 0.5)")
+    p.add_argument("--diarization-step", type=float, default=WHOLE_FILE_STEP,
+                   help=f"seconds (default rechka-transcribe's {WHOLE_FILE_STEP:g}; the live step is 0.5)")
     p.add_argument("--out-dir", type=Path, default=OUT_DIR)
     return p.parse_args(argv)
 

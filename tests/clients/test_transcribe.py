@@ -99,3 +99,17 @@ def test_rechka_transcribe_applies_speaker_merges_to_every_file(tmp_path: Path) 
     assert [f["text"] for f in json.loads(files[".json"])["finals"]] == ["w300", "w500", "w300"]
     assert {t.speaker for _, t in formats.parse_rttm(files[".rttm"])} == {"S1"}
     assert np.isclose(sum(t.end - t.start for _, t in formats.parse_rttm(files[".rttm"])) / 16000, 22.5, atol=1.5)
+
+
+def test_whole_files_diarize_at_twice_the_live_step_unless_told() -> None:
+    from types import SimpleNamespace
+
+    from clients.transcribe import WHOLE_FILE_STEP, session_config
+    from streaming.config import DiarizationOptions, ms
+
+    models = SimpleNamespace(segmentation=SimpleNamespace(window=ms(5000)), embedding=SimpleNamespace())
+    live = DiarizationOptions().step
+    assert session_config(models).diarizer.step == ms(1000 * WHOLE_FILE_STEP) == 2 * live
+    assert session_config(models, step=None).diarizer.step == live
+    config = session_config(models, step=0.5)
+    assert config.diarizer.step == live and not config.interim_results and not config.speculative_finals
