@@ -77,9 +77,9 @@ class PartialOptions:
     budget_ratio: a hard cap: the samples all partials of an utterance encode stay at most ``budget_ratio`` × the
         utterance's length so far, hence at most ``budget_ratio`` × its one final pass (default 1.5). Above 1
         the spare budget buys ``left_context`` and re-decoding of uncommitted words. 1.0 keeps the encoded audio
-        under one final pass, but measured it cost more wall time (partials/finals 1.74 vs 1.25 on full-size
-        GigaAM: many short decodes each pay a fixed cost) and gives context-free partials whose text is clearly
-        worse (held-out speech: the final confirms 51 % of their words vs 78 %), so it is not the default
+        under one final pass (on the CPU default engine also less wall time: partials/finals 0.90 vs 1.06 at
+        cadence 1 s; on torch fp32 more: 1.74 vs 1.25), but its partials have no left context and their text is
+        clearly worse (held-out speech: the final confirms 51 % of their words vs 78 %), so it is not the default
         (docs/benchmarks.md, cheaper partials).
     agreement_tolerance: two consecutive decodes agree on a word when its text is equal and both its start and its
         end moved by at most this much.

@@ -2,7 +2,7 @@
 
 Budget (a hard cap): the samples encoded by all partials of an utterance never exceed ``budget_ratio`` × the
 utterance's length so far. A partial window never reaches past the utterance, so its partials cost at most
-``budget_ratio`` × its one final pass (default 1.0).
+``budget_ratio`` × its one final pass (default 1.5).
 
 Windows: the first decode is due once the utterance holds ``first_partial`` of audio (an early, short window); then
 one every ``max(cadence, cadence_growth × utterance length)`` of new audio. A decode re-encodes
