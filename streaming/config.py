@@ -153,8 +153,8 @@ class DiarizationOptions:
         While a candidate waits, the turns of the windows that heard it are not made final (for at most ``window``
         behind the newest audio), so a confirmed speaker is credited with all of its first words.
     merge_distance: two live speakers whose centroids have come within this cosine distance are merged (the one
-        with more embeddings keeps its label; the other's label is retired, later speech gets the kept one; turns
-        already final keep theirs). A voice whose embeddings spread widely (one real voice of the hour-long check:
+        with more embeddings keeps its label; the other's label is retired, later speech gets the kept one, and a
+        ``speaker_merge`` event tells clients to relabel what they already received). A voice whose embeddings spread widely (one real voice of the hour-long check:
         half of them beyond 0.16 of its own mean) founds "phantom" speakers 0.25-0.4 from its first centroid, and
         their centroids then drift to within 0.05-0.2 of it, while distinct voices stayed >= 0.22 apart; 0.22
         merged two real voices there. 0 = never merge.
