@@ -21,6 +21,7 @@ import itertools
 import logging
 import sys
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
@@ -76,6 +77,7 @@ class Batcher:
         self._metrics = metrics
         self._queue: asyncio.PriorityQueue[_Item] = asyncio.PriorityQueue()
         self._order = itertools.count()
+        self._queued_at: OrderedDict[int, float] = OrderedDict()  # order → monotonic submit time, oldest first
         self._loop = asyncio.get_running_loop()
         self._closed = False
         self._task = self._loop.create_task(self._consume(), name=f"batcher-{self.name}")
@@ -89,13 +91,20 @@ class Batcher:
         if self._closed:
             future.set_exception(BatcherClosed(f"{self.name} batcher is closed"))
             return future
-        self._queue.put_nowait(_Item(int(request.priority), next(self._order), request, future))
+        order = next(self._order)
+        self._queued_at[order] = time.monotonic()
+        self._queue.put_nowait(_Item(int(request.priority), order, request, future))
         self._set_depth()
         return future
 
     @property
     def depth(self) -> int:
         return self._queue.qsize()
+
+    @property
+    def oldest_wait(self) -> float:
+        """Seconds the oldest request still queued has waited (0 when none is)."""
+        return time.monotonic() - next(iter(self._queued_at.values())) if self._queued_at else 0.0
 
     def problem(self, hang_limit: float) -> Optional[str]:
         """Why this batcher cannot serve (its consumer died, its executor is unusable, a call hangs), or None."""
@@ -120,6 +129,7 @@ class Batcher:
             pass
         while not self._queue.empty():
             item = self._queue.get_nowait()
+            self._queued_at.pop(item.order, None)
             if not item.future.done():
                 item.future.set_exception(BatcherClosed(f"{self.name} batcher is closed"))
         self._set_depth()
@@ -146,6 +156,8 @@ class Batcher:
                 batch.append(await asyncio.wait_for(self._queue.get(), remaining))
             except asyncio.TimeoutError:
                 break
+        for item in batch:
+            self._queued_at.pop(item.order, None)
         self._set_depth()
         batch.sort()
         return batch
@@ -252,6 +264,11 @@ class BatcherPool:
                 label = self.batchers[name].model.describe().get("name", name)
                 log.error("model %s (%s) is unhealthy: %s", name, label, why)
         return found
+
+    def oldest_wait(self, model: str) -> float:
+        """Seconds the oldest request queued for ``model`` has waited (0 when none is, or no such batcher)."""
+        batcher = self.batchers.get(model)
+        return batcher.oldest_wait if batcher is not None else 0.0
 
     def submit(self, request: Request) -> asyncio.Future:
         """Route ``request`` to the batcher of its model."""

@@ -52,6 +52,9 @@ class ServerConfig:
     max_batch / max_wait_ms: a batcher runs as soon as it has ``max_batch`` requests or its oldest request has
         waited ``max_wait_ms``.
     overload_lag: seconds (wall time) the oldest unprocessed audio may wait before a stream is warned ``overloaded``.
+    shed_partials_wait: while the oldest queued ASR request has waited longer than this (seconds), every stream skips
+        its partials and speculative finals (``Session.models_behind``), so GigaAM's time goes to finals; finals
+        are never skipped.
     shutdown_grace: on SIGTERM, seconds open streams get to flush their finals before being closed.
     flush_timeout: after ``stop`` (or an idle timeout), seconds a stream's remaining finals may go without any
         model result (progress); beyond it the stream is closed 1013 ``overloaded``.
@@ -75,6 +78,7 @@ class ServerConfig:
     model_threads: int = 1
     max_wait_ms: float = 5.0
     overload_lag: float = 5.0
+    shed_partials_wait: float = 1.0
     tokens: frozenset[str] = frozenset()
     tls_cert: Optional[str] = None
     tls_key: Optional[str] = None
@@ -114,6 +118,7 @@ class ServerConfig:
         _check(self.shutdown_grace >= 0, "ServerConfig.shutdown_grace must be >= 0 seconds (default 10)")
         _check(self.flush_timeout > 0, "ServerConfig.flush_timeout must be > 0 seconds (default 30)")
         _check(self.model_timeout > 0, "ServerConfig.model_timeout must be > 0 seconds (default 120)")
+        _check(self.shed_partials_wait > 0, "ServerConfig.shed_partials_wait must be > 0 seconds (default 1)")
         _check(self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
                "ServerConfig.log_level must be DEBUG, INFO, WARNING or ERROR")
 
@@ -155,6 +160,8 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("model_threads", int, "intra-op threads of one CPU model call, torch's and ONNX Runtime's (default 1)"),
     ("max_wait_ms", float, "longest a request waits for batch-mates, in ms (default 5)"),
     ("overload_lag", float, "seconds the oldest unprocessed audio may wait before an 'overloaded' warning (default 5)"),
+    ("shed_partials_wait", float, "seconds the oldest queued ASR request may wait before streams skip partials "
+                                  "(default 1)"),
     ("tokens_file", str, "file with one accepted bearer token per line (also RECHKA_TOKENS=a,b)"),
     ("tls_cert", str, "PEM certificate: serve wss:// (needs --tls-key)"),
     ("tls_key", str, "PEM private key for --tls-cert"),

@@ -118,6 +118,9 @@ class Connection:
 
     def _step(self, call: Any, *args: Any) -> None:
         """One protocol call, then the pump; a failure inside it closes only this stream, without internals."""
+        session = self.protocol.session
+        if session is not None:  # load shedding: GigaAM's queue is behind, so optional decodes wait
+            session.models_behind = self.ctx.pool.oldest_wait("asr") > self.ctx.config.shed_partials_wait
         try:
             call(*args)
         except Exception:  # noqa: BLE001 - never leak internals to the client

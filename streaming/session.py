@@ -15,9 +15,10 @@ the request in flight (or its result) is the final: the same samples at the same
 If speech resumes, its result is used as a partial (``PartialPolicy.adopt``, charged to the partial budget); no
 other partial is sent while it is in flight. With diarization on (single stream), a ``StreamingDiarizer`` runs beside the VAD and gives speakers.
 
-Backpressure: while the session is behind (audio waiting for the VAD above ``PartialOptions.max_lag``, or more than
-``max_pending_requests`` final and diarization requests of the channel in flight) partial decodes are skipped and
-counted. Audio waiting for the VAD (:attr:`Session.pending_audio`) is bounded by ``SessionConfig.max_pending_audio``:
+Backpressure: while the session is behind (audio waiting for the VAD above ``PartialOptions.max_lag``, more than
+``max_pending_requests`` final and diarization requests of the channel in flight, or the caller's models behind:
+:attr:`Session.models_behind`, set by the server while GigaAM's queue waits too long) partial decodes and
+speculative finals are skipped (partials counted). Audio waiting for the VAD (:attr:`Session.pending_audio`) is bounded by ``SessionConfig.max_pending_audio``:
 with :attr:`Session.drop_when_behind` (a live client, the default) the oldest beyond it is dropped (the open
 utterance closes at the gap); otherwise the caller stops feeding audio while :attr:`Session.has_room` is false, and
 only audio beyond twice the bound (a caller that ignores it) is dropped. Every drop is reported (``audio_dropped``)
@@ -148,6 +149,7 @@ class Session:
         self._utterance_keys = 0
         self._lag_warned = False
         self.drop_when_behind = True  # False: the caller applies backpressure (see has_room)
+        self.models_behind = False  # set by the caller while its models are behind: partials and speculation wait
         self._room = True
         streams = config.audio.channels if config.multichannel else 1
         diarize = config.diarization and not config.multichannel
@@ -486,7 +488,7 @@ class Session:
         lag = ch.buffer.end - max(ch.vad_done, ch.skipped_to)
         backlog = sum(1 for e in self._in_flight.values()
                       if e.channel == ch.index and e.kind in ("final", "diarization"))
-        return lag > options.max_lag or backlog > options.max_pending_requests, lag
+        return self.models_behind or lag > options.max_lag or backlog > options.max_pending_requests, lag
 
     def _partial_current(self, ch: _Channel, entry: _InFlight) -> bool:
         return ch.open is entry.utterance and ch.policy.in_flight == entry.window

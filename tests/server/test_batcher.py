@@ -122,6 +122,32 @@ def test_finals_run_before_partials_queued_earlier() -> None:
     assert asr("f", 3, AsrKind.FINAL).priority == Priority.FINAL
 
 
+def test_oldest_wait_is_the_age_of_the_oldest_request_still_queued() -> None:
+    model = EchoAsr()
+    waits: list[float] = []
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as ex:
+            pool = BatcherPool({"asr": model}, {"asr": "cpu"}, max_batch=1, max_wait=0.0)
+            b = pool.batchers["asr"]
+            waits.append(pool.oldest_wait("asr"))  # nothing queued
+            model.gate.clear()
+            running = b.submit(asr("busy", 0))
+            await asyncio.get_running_loop().run_in_executor(None, model.entered.wait, 5)
+            waits.append(b.oldest_wait)  # the running one is no longer queued
+            queued = [b.submit(asr("p", 1)), b.submit(asr("f", 2, AsrKind.FINAL))]
+            await asyncio.sleep(0.2)
+            waits.append(pool.oldest_wait("asr"))
+            model.gate.set()
+            await asyncio.gather(running, *queued)
+            waits.append(b.oldest_wait)
+            waits.append(pool.oldest_wait("segmentation"))  # no such batcher
+            await pool.close()
+
+    run(main())
+    assert waits[0] == waits[1] == 0.0 and waits[2] >= 0.2 and waits[3] == waits[4] == 0.0
+
+
 def test_a_failing_request_fails_only_its_own_future() -> None:
     model = EchoAsr()
     model.poison = {"bad"}

@@ -133,3 +133,17 @@ def test_no_speculation_while_the_session_is_behind() -> None:
     h.end()
     finals = of(h.events, wire.Final)
     assert len(finals) == 3 and len(sent) < 3 + 3  # some pauses were not speculated on
+
+
+def test_while_the_models_are_behind_partials_and_speculation_wait_and_finals_do_not() -> None:
+    cfg = SessionConfig(diarization=False)
+    normal, shed = Harness(cfg), Harness(cfg)
+    shed.session.models_behind = True  # the server: GigaAM's queue waited longer than shed_partials_wait
+    for h in (normal, shed):
+        h.feed(bursts(), chunk=0.02)
+        h.end()
+    kinds = lambda h: [r.kind for r in h.sent if isinstance(r, AsrRequest)]  # noqa: E731
+    assert kinds(shed) == [AsrKind.FINAL] * 4 and AsrKind.PARTIAL in kinds(normal)
+    assert of(shed.events, wire.Final) == of(normal.events, wire.Final)
+    assert shed.session.stats.partials_dropped > 0 and of(shed.events, wire.Partial) == []
+    assert any(isinstance(e, wire.Warning) and e.code == "partials_dropped" for e in shed.events)
