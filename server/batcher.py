@@ -5,7 +5,8 @@ request arrives it takes whatever else is queued (lowest ``priority`` first: fin
 ``max_wait`` for more while the batch is short of ``max_batch``, and runs ``model.run_batch`` on the device's inference
 thread (a ``ThreadPoolExecutor(max_workers=1)`` shared by every batcher of that device, so a GPU never runs two
 batches at once). On the CPU, ``cpu_threads`` > 1 lets different models run side by side (each batcher still runs
-one batch at a time), so the diarization models do not wait behind a long GigaAM decode. Each request's future gets its result, or the exception. A failed batch of several requests is
+one batch at a time), so the diarization models do not wait behind a long GigaAM decode; the VAD has a CPU thread of
+its own. Each request's future gets its result, or the exception. A failed batch of several requests is
 retried one request at a time, so one bad request fails only its own session; a batch that ran out of GPU memory
 (``torch.cuda.OutOfMemoryError``) is split in halves and each half retried, down to single requests.
 
@@ -248,11 +249,14 @@ class BatcherPool:
         self._reported: dict[str, str] = {}
         for name, model in models.items():
             device = devices.get(name, "cpu")
-            executor = self._executors.get(device)
+            # on the CPU the VAD (about a millisecond a call) has a thread of its own: every final waits for the
+            # VAD to see its pause, and a shared thread made it wait behind whole GigaAM decodes
+            key = "cpu-vad" if device == "cpu" and name == "vad" else device
+            executor = self._executors.get(key)
             if executor is None:
-                workers = cpu_threads if device == "cpu" else 1
-                executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"infer-{device}")
-                self._executors[device] = executor
+                workers = cpu_threads if key == "cpu" else 1
+                executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"infer-{key}")
+                self._executors[key] = executor
             self.batchers[name] = Batcher(model, executor, max_batch, max_wait, metrics, name=name)
 
     def problems(self, hang_limit: float) -> dict[str, str]:
@@ -276,7 +280,7 @@ class BatcherPool:
 
     @property
     def devices(self) -> tuple[str, ...]:
-        return tuple(self._executors)
+        return tuple(dict.fromkeys(key.split("-vad")[0] for key in self._executors))
 
     async def close(self) -> None:
         for batcher in self.batchers.values():

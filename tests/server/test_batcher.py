@@ -247,27 +247,49 @@ class CountingVad:
 
 def test_models_on_one_device_share_one_inference_thread() -> None:
     shared = {"now": 0, "max": 0}
-    vad, seg = CountingVad("vad", shared), CountingVad("segmentation", shared)
+    emb, seg = CountingVad("embedding", shared), CountingVad("segmentation", shared)
 
     async def main() -> None:
-        pool = BatcherPool({"vad": vad, "segmentation": seg}, {"vad": "cpu", "segmentation": "cpu"},
+        pool = BatcherPool({"embedding": emb, "segmentation": seg}, {"embedding": "cpu", "segmentation": "cpu"},
                            max_batch=2, max_wait=0.0)
         assert pool.devices == ("cpu",)
         futures = [pool.batchers[name].submit(VadRequest(f"s{i}", i, 0, 0, np.zeros(512, np.float32)))
-                   for i in range(12) for name in ("vad", "segmentation")]
+                   for i in range(12) for name in ("embedding", "segmentation")]
         await asyncio.gather(*futures)
         await pool.close()
 
     run(main())
     assert shared["max"] == 1
-    assert vad.threads == seg.threads and len(vad.threads) == 1
+    assert emb.threads == seg.threads and len(emb.threads) == 1
+
+
+def test_the_vad_on_the_cpu_has_a_thread_of_its_own() -> None:
+    """A VAD request never waits behind a long model call on the CPU's shared thread (finals wait for the VAD)."""
+    model = EchoAsr()
+    vad = CountingVad("vad", {"now": 0, "max": 0})
+
+    async def main() -> float:
+        pool = BatcherPool({"asr": model, "vad": vad}, {"asr": "cpu", "vad": "cpu"}, max_batch=1, max_wait=0.0)
+        assert pool.devices == ("cpu",)
+        model.gate.clear()  # GigaAM busy on the shared thread
+        decoding = pool.submit(asr("s", 1))
+        await asyncio.get_running_loop().run_in_executor(None, model.entered.wait, 5)
+        began = asyncio.get_running_loop().time()
+        await pool.submit(VadRequest("s", 2, 0, 0, np.zeros(512, np.float32)))
+        took = asyncio.get_running_loop().time() - began
+        model.gate.set()
+        await decoding
+        await pool.close()
+        return took
+
+    assert run(main()) < 1.0 and vad.threads.isdisjoint(model.threads)
 
 
 def test_cpu_threads_let_two_cpu_models_overlap_but_a_gpu_keeps_one_thread() -> None:
     cpu_shared, gpu_shared = {"now": 0, "max": 0}, {"now": 0, "max": 0}
-    vad, seg = CountingVad("vad", cpu_shared), CountingVad("segmentation", cpu_shared)
-    emb, asr = CountingVad("embedding", gpu_shared), CountingVad("asr", gpu_shared)
-    devices = {"vad": "cpu", "segmentation": "cpu", "embedding": "cuda:0", "asr": "cuda:0"}
+    emb, seg = CountingVad("embedding", cpu_shared), CountingVad("segmentation", cpu_shared)
+    vad, asr = CountingVad("vad", gpu_shared), CountingVad("asr", gpu_shared)  # on a GPU the VAD shares its thread
+    devices = {"embedding": "cpu", "segmentation": "cpu", "vad": "cuda:0", "asr": "cuda:0"}
 
     async def main() -> None:
         pool = BatcherPool({"vad": vad, "segmentation": seg, "embedding": emb, "asr": asr}, devices,
@@ -279,7 +301,7 @@ def test_cpu_threads_let_two_cpu_models_overlap_but_a_gpu_keeps_one_thread() -> 
 
     run(main())
     assert cpu_shared["max"] == 2, "the two CPU models ran side by side"
-    assert gpu_shared["max"] == 1 and emb.threads == asr.threads and len(asr.threads) == 1
+    assert gpu_shared["max"] == 1 and vad.threads == asr.threads and len(asr.threads) == 1
 
 
 def test_pool_routes_each_request_kind_to_its_model() -> None:

@@ -92,7 +92,8 @@ def test_a_dead_inference_thread_turns_health_503() -> None:
     async def main() -> tuple[int, dict]:
         async with serving() as server:
             assert (await http_get(server.port, "/health")).status == 200
-            server.pool._executors["cpu"].shutdown(wait=False)  # noqa: SLF001 - the thread pool is gone
+            for executor in server.pool._executors.values():  # noqa: SLF001 - the thread pools are gone
+                executor.shutdown(wait=False)
             reply = await http_get(server.port, "/health")
             return reply.status, reply.json()
 
