@@ -170,6 +170,8 @@ class Connection:
                 self.ctx.metrics.read_pauses.inc()
         else:
             self._gate.set(True)  # nothing more to hold back: late messages are read (the protocol ignores them)
+        if session is not None:
+            self._update_stats()  # before the close: the last results' samples count too
         close = protocol.close
         if close is not None:
             self._closed = True
@@ -180,8 +182,6 @@ class Connection:
             return
         if protocol.flush_timeout is not None and self._flush_timer is None:
             self._flush_timer = asyncio.get_running_loop().call_later(protocol.flush_timeout, self._flush_timed_out)
-        if protocol.session is not None:
-            self._update_stats()
 
     def _flush_timed_out(self) -> None:
         if not self._closed:
