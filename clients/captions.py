@@ -139,9 +139,7 @@ class LiveCaptions:
         self.finals[first:] = [relabel(f, merge) for f in self.finals[first:]]
         self.partials = {c: dataclasses.replace(p, speaker=merge.relabel(p.speaker)) if c == merge.channel else p
                          for c, p in self.partials.items()}
-        self.turns[self._session_turns:] = [
-            dataclasses.replace(t, speaker=merge.relabel(t.speaker)) if t.channel == merge.channel else t
-            for t in self.turns[self._session_turns:]]
+        self.turns[self._session_turns:] = [merge.relabel_turn(t) for t in self.turns[self._session_turns:]]
         self.merges += 1
         used = ({speaker_of(f) for f in self.finals} | {w.speaker for f in self.finals for w in f.words}
                 | {t.speaker for t in self.turns} | {p.speaker for p in self.partials.values()})

@@ -244,7 +244,8 @@ class BatcherPool:
                  max_wait: float, metrics: Optional[ServerMetrics] = None, cpu_threads: int = 1) -> None:
         if cpu_threads < 1:
             raise ValueError("BatcherPool cpu_threads must be >= 1")
-        self._executors: dict[str, ThreadPoolExecutor] = {}
+        self._executors: dict[str, ThreadPoolExecutor] = {}  # "cpu", "cuda:0", …, and "cpu-vad"
+        self._devices = tuple(dict.fromkeys(devices.get(name, "cpu") for name in models))
         self.batchers: dict[str, Batcher] = {}
         self._reported: dict[str, str] = {}
         for name, model in models.items():
@@ -280,7 +281,7 @@ class BatcherPool:
 
     @property
     def devices(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(key.split("-vad")[0] for key in self._executors))
+        return self._devices
 
     async def close(self) -> None:
         for batcher in self.batchers.values():

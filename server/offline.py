@@ -14,7 +14,6 @@ of order across kinds, in order per VAD chain), so the events are the live ones.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
@@ -105,7 +104,7 @@ def drive_diarizer(diarizer: StreamingDiarizer, buffer: Any, audio: np.ndarray, 
             if merges is not None:
                 merges.append(merge)
             else:
-                turns[:] = [replace(t, speaker=merge.into) if t.speaker == merge.merged else t for t in turns]
+                turns[:] = [merge.relabel_turn(t) for t in turns]
         turns.extend(diarizer.pop_final_turns())
 
     for a in range(0, len(audio), chunk):

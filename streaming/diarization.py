@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Callable, Optional
 
@@ -279,12 +279,12 @@ class StreamingDiarizer:
             first = self._open.pop(gone)
             self._open[keep] = min(first, self._open.get(keep, first))
         self._history = sorted((end, start, keep if g == gone else g) for end, start, g in self._history)
-        merged, into = label_of(gone), label_of(keep)
-        self._new_turns = [replace(t, speaker=into) if t.speaker == merged else t for t in self._new_turns]
+        merge = wire.SpeakerMerge(self.channel, label_of(gone), label_of(keep), at)
+        self._new_turns = [merge.relabel_turn(t) for t in self._new_turns]
         if gone in self._seen:
             self._seen.discard(gone)
             self._seen.add(keep)
-        self._new_merges.append(wire.SpeakerMerge(self.channel, merged, into, at))
+        self._new_merges.append(merge)
 
     def _map_by_continuity(self, window: Window, scores: np.ndarray, active: list[int],
                            mapping: dict[int, int]) -> None:

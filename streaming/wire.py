@@ -8,7 +8,7 @@ See ``docs/protocol.md`` for the contract.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional, Union
 
 from streaming.config import SAMPLE_RATE
@@ -176,6 +176,11 @@ class SpeakerMerge:
     def relabel(self, label: Optional[str]) -> Optional[str]:
         """``label`` as it reads after this merge."""
         return self.into if label == self.merged else label
+
+    def relabel_turn(self, turn: "Turn") -> "Turn":
+        """``turn`` as it reads after this merge (a turn of another channel is unchanged)."""
+        return replace(turn, speaker=self.into) if turn.channel == self.channel and turn.speaker == self.merged \
+            else turn
 
 
 @dataclass(frozen=True)
