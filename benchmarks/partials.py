@@ -188,14 +188,16 @@ def policy_class(cls: Optional[type]) -> Any:
 
 
 def speech_utterances(audio: Any, options: PartialOptions, vad: Any, asr: Any, timed: TimedAsr,
-                      speculative: bool = True, chunk: int = 320) -> tuple[list[dict], SessionRun]:
-    """Stream int16 ``audio`` through one session; per utterance: samples, partial decodes, first-partial delay;
-    and the events and windows the quality measures need. ``timed`` (wrapping the ASR) accumulates wall seconds
-    per request kind."""
+                      speculative: bool = True, chunk: int = 320,
+                      session_changes: Optional[dict[str, Any]] = None) -> tuple[list[dict], SessionRun]:
+    """Stream int16 ``audio`` through one session; per utterance: samples (partial decodes and missed speculations
+    apart), partial decodes, first-partial delay; and the events and windows the quality measures need. ``timed``
+    (wrapping the ASR) accumulates wall seconds per request kind; ``session_changes``: other SessionConfig fields."""
     timed.log, timed.fed, timed.finals = [], 0, {}
     # a baseline policy from before speculative finals cannot take their results (PartialPolicy.adopt)
     speculate = speculative and hasattr(streaming.session.PartialPolicy, "adopt")
-    session = Session("bench", SessionConfig(diarization=False, partials=options, speculative_finals=speculate))
+    session = Session("bench", SessionConfig(diarization=False, partials=options, speculative_finals=speculate,
+                                             **(session_changes or {})))
     run = run_requests_by_kind({VadRequest: vad.run_batch, AsrRequest: timed})
     data = audio.astype("<i2").tobytes()
     events: list[wire.ServerEvent] = []
@@ -210,9 +212,12 @@ def speech_utterances(audio: Any, options: PartialOptions, vad: Any, asr: Any, t
     record = SessionRun([e for e in events if isinstance(e, wire.Partial)],
                         [e for e in events if isinstance(e, wire.Final)])
     for request, wall, fed in timed.log:
-        row = rows.setdefault(request.utterance_id, {"final": 0, "partial": 0, "decodes": 0, "first": None})
+        row = rows.setdefault(request.utterance_id,
+                              {"final": 0, "partial": 0, "missed": 0, "misses": 0, "decodes": 0, "first": None})
         if request.kind == AsrKind.FINAL:  # the last one is the final, earlier ones missed speculations
             row["partial"] += row["final"]
+            row["missed"] += row["final"]
+            row["misses"] += row["final"] > 0
             row["final"] = len(request.audio)
             row["start"], row["onset"] = request.start, request.start + (pad if request.start > 0 else 0)
         else:
@@ -221,6 +226,7 @@ def speech_utterances(audio: Any, options: PartialOptions, vad: Any, asr: Any, t
             row.setdefault("windows", []).append((request.start, request.start + len(request.audio)))
             if row["first"] is None:
                 row["first"] = (fed, wall)
+                row["first_window"] = len(request.audio)
     out = []
     for row in rows.values():
         if not row["final"]:
@@ -228,22 +234,38 @@ def speech_utterances(audio: Any, options: PartialOptions, vad: Any, asr: Any, t
         record.windows[row["start"]], record.onsets[row["start"]] = row.get("windows", []), row["onset"]
         first = None if row["first"] is None else (row["first"][0] - row["onset"]) / SAMPLE_RATE + row["first"][1]
         out.append({"seconds": row["final"] / SAMPLE_RATE, "partial_over_final": row["partial"] / row["final"],
+                    "missed_over_final": row["missed"] / row["final"], "misses": row["misses"],
+                    "first_window_over_final": row.get("first_window", 0) / row["final"],
                     "decodes": row["decodes"], "first_partial_delay": first})
     return out, record
 
 
-def partial_options(spec: str) -> PartialOptions:
-    """``FIELD=VALUE[,FIELD=VALUE]`` → the default :class:`PartialOptions` with those fields changed (each value
-    parsed as its default's type)."""
-    defaults = PartialOptions()
+SESSION_FIELDS = ("speculation_budget",)  # SessionConfig fields a FIELD=VALUE spec may also change
+
+
+def variant_options(spec: str) -> tuple[PartialOptions, dict[str, Any]]:
+    """``FIELD=VALUE[,FIELD=VALUE]`` → the default :class:`PartialOptions` with those fields changed, and the
+    changes to :class:`SessionConfig` fields named in ``SESSION_FIELDS`` (each value parsed as its default's type)."""
+    defaults, session = PartialOptions(), SessionConfig()
     changes: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
     for item in spec.split(","):
-        field, _, value = item.partition("=")
-        if not hasattr(defaults, field.strip()) or not value:
-            raise SystemExit(f"--compare {spec!r}: {item!r} is not FIELD=VALUE of a PartialOptions field")
-        kind = type(getattr(defaults, field.strip()))
-        changes[field.strip()] = value.strip().lower() in ("1", "true", "yes") if kind is bool else kind(value)
-    return dataclasses.replace(defaults, **changes)
+        field, _, value = (x.strip() for x in item.partition("="))
+        owner, into = (session, extra) if field in SESSION_FIELDS else (defaults, changes)
+        if not hasattr(owner, field) or not value:
+            raise SystemExit(f"--compare {spec!r}: {item!r} is not FIELD=VALUE of a PartialOptions field "
+                             f"(or of {', '.join(SESSION_FIELDS)})")
+        kind = type(getattr(owner, field))
+        into[field] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+    return dataclasses.replace(defaults, **changes), extra
+
+
+def partial_options(spec: str) -> PartialOptions:
+    """``FIELD=VALUE[,FIELD=VALUE]`` of :class:`PartialOptions` fields only → the defaults with those changed."""
+    options, extra = variant_options(spec)
+    if extra:
+        raise SystemExit(f"--compare {spec!r}: {', '.join(extra)} is not a PartialOptions field")
+    return options
 
 
 def speech_inputs(args: argparse.Namespace) -> tuple[str, list[tuple[str, Any, list[tuple[int, int, str]]]]]:
@@ -270,24 +292,24 @@ def speech_main(args: argparse.Namespace, asr: Any) -> dict[str, Any]:
 
     source, streams = speech_inputs(args)
     vad = VadModel("cpu")
-    variants: dict[str, tuple[Optional[type], PartialOptions]] = {}
+    variants: dict[str, tuple[Optional[type], PartialOptions, dict[str, Any]]] = {}
     if args.baseline:
-        options = dataclasses.replace(partial_options(args.baseline_set) if args.baseline_set else PartialOptions(),
-                                      budget_ratio=args.baseline_budget)
+        options, extra = variant_options(args.baseline_set) if args.baseline_set else (PartialOptions(), {})
         also = f", {args.baseline_set}" if args.baseline_set else ""
         variants[f"baseline {args.baseline} (budget {args.baseline_budget}{also})"] = (
-            baseline_policy(args.baseline), options)
-    variants["current (defaults)"] = (None, PartialOptions())
+            baseline_policy(args.baseline), dataclasses.replace(options, budget_ratio=args.baseline_budget), extra)
+    variants["current (defaults)"] = (None, PartialOptions(), {})
     for spec in args.compare:
-        variants[f"current, {spec}"] = (None, partial_options(spec))
+        variants[f"current, {spec}"] = (None, *variant_options(spec))
     rows: dict[str, list[dict]] = {name: [] for name in variants}
     runs: dict[str, list[SessionRun]] = {name: [] for name in variants}
     timers = {name: TimedAsr(asr.run_batch if asr is not None else FakeAsr()) for name in variants}
     spoken: list[tuple[list, list]] = []  # (finals, clips) of the first variant: the finals are the same in all
     for file, audio, clips in streams:  # interleaved: every variant on one recording before the next
-        for name, (cls, options) in variants.items():
+        for name, (cls, options, extra) in variants.items():
             with policy_class(cls):
-                utts, record = speech_utterances(audio, options, vad, asr, timers[name], args.speculative)
+                utts, record = speech_utterances(audio, options, vad, asr, timers[name], args.speculative,
+                                                 session_changes=extra)
             rows[name] += [dict(u, file=file) for u in utts]
             runs[name].append(record)
         spoken.append((runs[next(iter(variants))][-1].finals, clips))
@@ -299,6 +321,13 @@ def speech_main(args: argparse.Namespace, asr: Any) -> dict[str, Any]:
             "utterances": len(utts), "with_partials": len(delays),
             "partial_over_final": summarize(ratios), "max_partial_over_final": round(max(ratios), 4),
             "over_1": sum(r > 1.0 for r in ratios),
+            # partial decodes alone (missed speculations left out), and the utterances no partial policy could
+            # keep within one final pass under the same speculations: their misses and first window exceed it
+            "over_1_decodes_only": sum(u["partial_over_final"] - u["missed_over_final"] > 1.0 for u in utts),
+            "with_missed_speculations": sum(u["misses"] > 0 for u in utts),
+            "over_1_unavoidable": sum(u["missed_over_final"] + u["first_window_over_final"] > 1.0 for u in utts),
+            "total_missed_over_total_final": round(sum(u["missed_over_final"] * u["seconds"] for u in utts)
+                                                   / sum(u["seconds"] for u in utts), 4),
             "total_partial_over_total_final": round(sum(u["partial_over_final"] * u["seconds"] for u in utts)
                                                     / sum(u["seconds"] for u in utts), 4),
             "first_partial_delay_s": summarize(delays),

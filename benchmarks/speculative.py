@@ -37,7 +37,7 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 import numpy as np
 
 from benchmarks.common import OUT_DIR, SAMPLE_RATE, command_line, default_speech_dir, read_wav, summarize, write_result
-from benchmarks.partials import partial_options
+from benchmarks.partials import variant_options
 from server.models.gigaam_models import DEFAULT_MODEL
 from streaming import wire
 from streaming.config import VAD_CHUNK, SessionConfig
@@ -59,7 +59,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--speech-dir", type=Path, default=None, help="default: benchmarks.common.default_speech_dir()")
     p.add_argument("--max-files", type=int, default=39)
     p.add_argument("--compare", action="append", default=[], metavar="FIELD=VALUE[,FIELD=VALUE]",
-                   help="also run both variants with these PartialOptions changed (repeatable)")
+                   help="also run both variants with these PartialOptions (or speculation_budget) changed "
+                        "(repeatable)")
     p.add_argument("--out-dir", type=Path, default=OUT_DIR)
     return p.parse_args(argv)
 
@@ -214,11 +215,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     base = SessionConfig(diarization=False)
     variants: dict[str, SessionConfig] = {}
     for spec in [""] + args.compare:
-        partials = partial_options(spec) if spec else base.partials
+        partials, extra = variant_options(spec) if spec else (base.partials, {})
         suffix = f", {spec}" if spec else ""
         for on in (False, True):
             variants[f"speculative {'on' if on else 'off'}{suffix}"] = dataclasses.replace(
-                base, speculative_finals=on, partials=partials)
+                base, speculative_finals=on, partials=partials, **extra)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
     for path in paths:  # interleaved: every variant on one recording before the next
         audio = np.concatenate([read_wav(path), np.zeros(TAIL, dtype=np.int16)])

@@ -74,8 +74,10 @@ class PartialOptions:
     left_context: audio re-encoded before the committed prefix's end, for acoustic context, when the budget pays
         for it (at budget 1.0 it never does: each partial then encodes only new audio, without context).
     max_window: the longest audio one partial decode may encode; older words are committed.
-    budget_ratio: a hard cap: the samples all partials of an utterance encode stay at most ``budget_ratio`` × the
-        utterance's length so far, hence at most ``budget_ratio`` × its one final pass (default 1.5). Above 1
+    budget_ratio: a hard cap on partial decodes: the samples they encode for an utterance stay at most
+        ``budget_ratio`` × the utterance's length so far, hence at most ``budget_ratio`` × its one final pass
+        (default 1.5); missed speculative finals are charged to the same count but bounded by
+        ``SessionConfig.speculation_budget`` on top (so with them an utterance can exceed it). Above 1
         the spare budget buys ``left_context`` and re-decoding of uncommitted words. 1.0 keeps the encoded audio
         under one final pass (on the CPU default engine also less wall time: partials/finals 0.90 vs 1.06 at
         cadence 1 s; on torch fp32 more: 1.74 vs 1.25), but its partials have no left context and their text is

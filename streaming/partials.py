@@ -1,8 +1,13 @@
 """Partial transcripts of one open utterance: windowed decodes, a committed prefix and a hard compute budget.
 
-Budget (a hard cap): the samples encoded by all partials of an utterance never exceed ``budget_ratio`` × the
-utterance's length so far. A partial window never reaches past the utterance, so its partials cost at most
-``budget_ratio`` × its one final pass (default 1.5).
+Budget (a hard cap on this policy's decodes): a partial decode is sent only while the samples encoded for the
+utterance's partials, it included, stay within ``budget_ratio`` × the utterance's length so far. A partial window
+never reaches past the utterance, so its partial decodes cost at most ``budget_ratio`` × its one final pass (default
+1.5). A speculative final whose pause ended in speech (:meth:`PartialPolicy.adopt`) is charged to the same count
+but was decided elsewhere: the session's speculation gate bounds it (``budget_ratio + speculation_budget`` final
+passes of the utterance so far), so with speculative finals an utterance's partial compute can exceed
+``budget_ratio`` × its final pass — no policy here can prevent it (a miss late in a short utterance costs nearly
+one final pass by itself; docs/benchmarks.md, cheaper partials).
 
 Windows: the first decode is due once the utterance holds ``first_partial`` of audio (an early, short window); then
 one every ``max(cadence, cadence_growth × utterance length)`` of new audio. A decode re-encodes

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.common import default_speech_dir
-from benchmarks.partials import baseline_policy, main, partial_options, policy_class
+from benchmarks.partials import baseline_policy, main, partial_options, policy_class, variant_options
 from streaming.config import PartialOptions, SessionConfig
 from streaming.partials import PartialPolicy
 import streaming.session
@@ -72,3 +72,27 @@ def test_a_compared_variant_runs_beside_the_defaults_on_the_same_finals(tmp_path
     capped = result["variants"]["current, budget_ratio=1.0"]
     assert capped["utterances"] == result["variants"]["current (defaults)"]["utterances"] >= 1
     assert capped["max_partial_over_final"] <= 1.0 + SessionConfig().speculation_budget  # missed speculations too
+
+
+def test_a_spec_may_also_change_the_speculation_budget() -> None:
+    options, session = variant_options("budget_ratio=1.0,speculation_budget=0.5")
+    assert options.budget_ratio == 1.0 and session == {"speculation_budget": 0.5}
+    with pytest.raises(SystemExit):
+        partial_options("speculation_budget=0.5")  # where only PartialOptions are meant
+
+
+@pytest.mark.skipif(not (SPEECH / "ru").is_dir(), reason="shared/speech recordings are absent")
+def test_missed_speculations_are_reported_apart_from_partial_decodes(tmp_path: Path) -> None:
+    """The first recording has a pause that ends in speech: at the defaults it is speculated and missed; with no
+    speculation budget at budget 1.0 nothing is speculated once a partial was decoded, so nothing is missed."""
+    result = main(["--speech", "--max-files", "1", "--compare", "budget_ratio=1.0,speculation_budget=0",
+                   "--out-dir", str(tmp_path)])
+    on, gated = result["variants"]["current (defaults)"], result["variants"]["current, budget_ratio=1.0,speculation_budget=0"]
+    assert on["with_missed_speculations"] >= 1 and on["total_missed_over_total_final"] > 0
+    assert on["over_1_decodes_only"] <= on["over_1"] and on["over_1_unavoidable"] <= on["over_1"]
+    assert gated["with_missed_speculations"] == 0 and gated["total_missed_over_total_final"] == 0
+    assert gated["over_1"] == gated["over_1_unavoidable"] == 0 and gated["max_partial_over_final"] <= 1.0
+    for utt in result["utterances"]["current (defaults)"]:
+        assert 0 <= utt["missed_over_final"] <= utt["partial_over_final"]
+        assert (utt["misses"] > 0) == (utt["missed_over_final"] > 0)
+        assert 0 < utt["first_window_over_final"] < 1
