@@ -24,7 +24,8 @@ Systems, all on the same segmentation (PyanNet from the whisperx wheel) and embe
 Metrics (pyannote.metrics): DER at collar 0 and at a ±0.25 s collar (NIST; pyannote ``collar=0.5``), with its
 missed / false-alarm / confusion parts, overlap scored; the number of hypothesis speakers; and label *flips*: how
 often the hypothesis label that covers a reference speaker changes along that speaker's speech (0 = every
-reference speaker kept one label for the whole file). Writes JSON and a PNG to ``benchmarks/out/`` and prints a
+reference speaker kept one label for the whole file), also with the samples within ±0.25 s of a reference turn's
+edge skipped (``flips_c025``: boundary slips of up to a collar are no flips there). Writes JSON and a PNG to ``benchmarks/out/`` and prints a
 markdown table.
 
     python -m benchmarks.der                         # every dataset, rechka + offline (+ diart if installed)
@@ -155,21 +156,29 @@ def score(reference: Any, hypothesis: Any, duration: float) -> dict[str, Any]:
     out["ref_speakers"] = len(reference.labels())
     out["hyp_speakers"] = len(hypothesis.labels())
     out["flips"] = label_flips(reference, hypothesis)
+    out["flips_c025"] = label_flips(reference, hypothesis, collar=0.25)
     return out
 
 
-def label_flips(reference: Any, hypothesis: Any, step: float = 0.05) -> int:
+def label_flips(reference: Any, hypothesis: Any, step: float = 0.05, collar: float = 0.0) -> int:
     """Changes of the hypothesis label covering each reference speaker, along that speaker's speech.
 
     Sampled every ``step`` s where exactly one reference speaker and exactly one hypothesis speaker are active
-    (overlap and misses are DER's business); a change counts once however long the new label lasts."""
+    (overlap and misses are DER's business); a change counts once however long the new label lasts. ``collar``:
+    samples within this many seconds of a reference turn's start or end are skipped, as DER's collar skips them
+    (``flips_c025`` = 0.25 s: a boundary drawn up to 0.25 s off is no flip there)."""
     end = max([s.end for s in reference.get_timeline()] + [s.end for s in hypothesis.get_timeline()] + [0.0])
     times = np.arange(0.0, end, step) + step / 2
     ref_labels, hyp_labels = _frame_labels(reference, times), _frame_labels(hypothesis, times)
+    near = np.zeros(len(times), dtype=bool)
+    if collar > 0:
+        for segment in reference.get_timeline():
+            for edge in (segment.start, segment.end):
+                near |= np.abs(times - edge) < collar
     flips = 0
     last: dict[str, str] = {}
-    for r, h in zip(ref_labels, hyp_labels):
-        if r is None or h is None:
+    for r, h, skip in zip(ref_labels, hyp_labels, near):
+        if r is None or h is None or skip:
             continue
         if r in last and last[r] != h:
             flips += 1
@@ -211,21 +220,23 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]
             avg = {k: round(float(np.average([r[k] for r in rs], weights=weights)), 4)
                    for k in ("der_c0", "der_c025", "missed", "false_alarm", "confusion")}
             minutes = sum(r["duration"] for r in rs) / 60
+            flips_c025 = sum(r.get("flips_c025", 0) for r in rs)
             avg.update(files=len(rs), minutes=round(minutes, 1), flips=sum(r["flips"] for r in rs),
                        flips_per_min=round(sum(r["flips"] for r in rs) / max(minutes, 1e-9), 2),
+                       flips_c025=flips_c025, flips_c025_per_min=round(flips_c025 / max(minutes, 1e-9), 2),
                        speaker_count_error=sum(abs(r["hyp_speakers"] - r["ref_speakers"]) for r in rs))
             out[system][dataset] = avg
     return out
 
 
 def markdown(summary: dict[str, dict[str, dict[str, Any]]]) -> str:
-    lines = ["| system | dataset | files | min | DER c0 | DER ±0.25 s | miss | FA | conf. | flips/min | |Δspk| |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| system | dataset | files | min | DER c0 | DER ±0.25 s | miss | FA | conf. | flips/min | "
+             "flips/min ±0.25 s | |Δspk| |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for system, per in summary.items():
         for dataset, s in per.items():
             lines.append(f"| {system} | {dataset} | {s['files']} | {s['minutes']} | {s['der_c0']:.3f} | "
                          f"{s['der_c025']:.3f} | {s['missed']:.3f} | {s['false_alarm']:.3f} | {s['confusion']:.3f} | "
-                         f"{s['flips_per_min']} | {s['speaker_count_error']} |")
+                         f"{s['flips_per_min']} | {s['flips_c025_per_min']} | {s['speaker_count_error']} |")
     return "\n".join(lines)
 
 
