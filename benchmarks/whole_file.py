@@ -2,19 +2,30 @@
 
     python -m benchmarks.whole_file                                    # 30 min, 5 real speakers, random:v2_ctc
     python -m benchmarks.whole_file --minutes 3 --asr-engine onnx --asr-quantize int8
+    python -m benchmarks.whole_file --minutes 10 --variant sequential --variant overlap --variant overlap:2:1 --repeat 2
 
 The recording is composed by :mod:`benchmarks.compose` from ``/work/shared/speech/speakers`` (real voices, known
 turns; written under ``benchmarks/out/composed``, never into the repository) and transcribed by
 :func:`clients.transcribe.transcribe` (VAD + diarization + GigaAM, in-process, large batches). Reports wall time,
 RTF (wall / audio), each model's busy seconds and batch sizes, and the DER of the settled speakers the output files
 carry against the composed reference. Prints JSON and writes it to ``benchmarks/out/``.
+
+``--variant MODE[:ASR_THREADS[:TORCH_THREADS]]`` (repeatable) compares drivers side by side in one process, the
+models loaded once: ``overlap`` (rechka-transcribe's default: GigaAM beside diarization and the VAD) or
+``sequential``, with GigaAM's ONNX Runtime intra-op threads and torch's (the other models'); variants run
+interleaved, ``--repeat`` rounds, and each run's output files are compared with the first run's
+(``same_outputs``). ``summary`` gives each variant's median and its ratio to the first variant.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import resource
+import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -35,11 +46,43 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--asr-engine", choices=("auto", "torch", "onnx"), default="auto")
     p.add_argument("--asr-quantize", choices=("auto", "none", "int8"), default="auto")
     p.add_argument("--asr-batch", type=int, default=32)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="intra-op threads the models are loaded with")
+    p.add_argument("--variant", action="append", dest="variants", metavar="MODE[:ASR_THREADS[:TORCH_THREADS]]",
+                   help="overlap or sequential (default: one overlap run at --threads); repeat to compare")
+    p.add_argument("--repeat", type=int, default=1, help="rounds of the variants, interleaved")
     p.add_argument("--diarization-step", type=float, default=WHOLE_FILE_STEP,
                    help=f"seconds (default rechka-transcribe's {WHOLE_FILE_STEP:g}; the live step is 0.5)")
     p.add_argument("--out-dir", type=Path, default=OUT_DIR)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:
+        args.variants = [Variant.parse(v, args.threads) for v in args.variants or ["overlap"]]
+    except ValueError as e:
+        p.error(str(e))
+    if args.repeat < 1:
+        p.error("--repeat must be >= 1")
+    return args
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way to drive the file: ``overlap`` or not, GigaAM's intra-op threads, torch's."""
+
+    overlap: bool
+    asr_threads: int
+    torch_threads: int
+
+    @classmethod
+    def parse(cls, text: str, threads: int) -> "Variant":
+        mode, *counts = text.split(":")
+        if mode not in ("overlap", "sequential") or len(counts) > 2 or not all(c.isdigit() and int(c) >= 1
+                                                                              for c in counts):
+            raise ValueError(f"--variant {text!r}: use overlap|sequential[:ASR_THREADS[:TORCH_THREADS]]")
+        asr = int(counts[0]) if counts else threads
+        return cls(mode == "overlap", asr, int(counts[1]) if len(counts) > 1 else asr if counts else threads)
+
+    @property
+    def name(self) -> str:
+        return f"{'overlap' if self.overlap else 'sequential'}:{self.asr_threads}:{self.torch_threads}"
 
 
 class Timed:
@@ -58,15 +101,49 @@ class Timed:
             self.requests += len(requests)
 
 
+def run_variant(variant: Variant, models: Any, timers: dict[str, Timed], wav: Path, config: Any,
+                asr_batch: int) -> tuple[dict[str, Any], str, list]:
+    """One timed run; returns its row, the digest of its output files' content, and its speaker turns."""
+    import torch
+
+    from clients import formats
+    from clients.transcribe import transcribe
+    from streaming.config import SAMPLE_RATE
+
+    torch.set_num_threads(variant.torch_threads)
+    set_threads = getattr(models.asr, "set_threads", None)
+    if set_threads is not None:
+        set_threads(variant.asr_threads)
+    elif variant.asr_threads != variant.torch_threads:
+        raise SystemExit("GigaAM's own thread count needs the onnx engine (--asr-engine onnx)")
+    for timer in timers.values():
+        timer.seconds, timer.calls, timer.requests = 0.0, 0, 0
+    started, cpu_started = time.perf_counter(), time.process_time()
+    (captions,) = transcribe([wav], models, config, asr_batch, overlap=variant.overlap)
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    audio_s = (captions.end.audio_samples if captions.end else 0) / SAMPLE_RATE
+    finals = sorted(captions.finals, key=lambda f: (f.start, f.channel))
+    turns = captions.speaker_turns()
+    digest = hashlib.sha256("\n".join((formats.to_json(finals, turns, captions.end), formats.to_srt(finals),
+                                        formats.to_rttm(turns, "x"))).encode()).hexdigest()
+    row = {"variant": variant.name, "overlap": variant.overlap, "asr_threads": variant.asr_threads,
+           "torch_threads": variant.torch_threads, "audio_seconds": audio_s, "wall_seconds": wall,
+           "rtf": wall / audio_s, "cpu_seconds": cpu, "cpu_seconds_per_audio_second": cpu / audio_s,
+           "mean_cores_used": cpu / wall, "finals": len(captions.finals), "revisions": captions.revisions,
+           "speakers": len(captions.speakers), "outputs_sha256": digest,
+           "models": {k: {"busy_seconds": t.seconds, "rtf": t.seconds / audio_s, "calls": t.calls,
+                          "mean_batch": t.requests / max(t.calls, 1)} for k, t in timers.items()}}
+    return row, digest, [(t.speaker, t.start / SAMPLE_RATE, t.end / SAMPLE_RATE) for t in turns]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     import torch
 
     from benchmarks.compose import OUT_DIR as COMPOSED, compose
     from benchmarks.der import load_reference, score, to_annotation
-    from clients.transcribe import session_config, transcribe
+    from clients.transcribe import session_config
     from server.models.registry import load_models
-    from streaming.config import SAMPLE_RATE
 
     name = f"real_{args.speakers}spk_{args.minutes:g}min_s{args.seed}"
     wav = COMPOSED / f"{name}.wav"
@@ -82,22 +159,37 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for kind, timer in timers.items():
         models.models[kind].run_batch = timer  # type: ignore[method-assign]
     config = session_config(models, step=args.diarization_step)
-    started, cpu_started = time.perf_counter(), time.process_time()
-    (captions,) = transcribe([wav], models, config, args.asr_batch)
-    wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    audio_s = (captions.end.audio_samples if captions.end else 0) / SAMPLE_RATE
-    turns = [(t.speaker, t.start / SAMPLE_RATE, t.end / SAMPLE_RATE) for t in captions.speaker_turns()]
+    reference = load_reference(wav.with_suffix(".rttm"))
+    runs: list[dict[str, Any]] = []
+    first: Optional[str] = None
+    for round_ in range(args.repeat):
+        for variant in args.variants:
+            row, digest, turns = run_variant(variant, models, timers, wav, config, args.asr_batch)
+            first = first or digest
+            row.update(round=round_, same_outputs=digest == first,
+                       diarization=score(reference, to_annotation(turns), row["audio_seconds"]))
+            runs.append(row)
+            print(f"{row['variant']}: wall {row['wall_seconds']:.1f} s, RTF {row['rtf']:.4f}, "
+                  f"{row['cpu_seconds_per_audio_second']:.3f} CPU-s/s, same outputs {row['same_outputs']}",
+                  file=sys.stderr)
+    summary = {}
+    base = None
+    for variant in args.variants:
+        mine = [r for r in runs if r["variant"] == variant.name]
+        wall = statistics.median(r["wall_seconds"] for r in mine)
+        base = base or wall
+        summary[variant.name] = {"median_wall_seconds": wall, "median_rtf": wall / mine[0]["audio_seconds"],
+                                 "median_cpu_seconds_per_audio_second":
+                                     statistics.median(r["cpu_seconds_per_audio_second"] for r in mine),
+                                 "wall_ratio_to_first": wall / base}
     result: dict[str, Any] = {
         "benchmark": "whole_file", "command": command_line("whole_file"), "machine": machine_info(),
-        "recording": str(wav), "audio_seconds": audio_s, "wall_seconds": wall, "rtf": wall / audio_s,
-        "cpu_seconds": cpu, "cpu_seconds_per_audio_second": cpu / audio_s,
-        "mean_cores_used": cpu / wall,
-        "load_seconds": load_s, "threads": args.threads, "finals": len(captions.finals), "revisions": captions.revisions,
-        "speakers": len(captions.speakers), "diarization_step_s": config.diarizer.step / SAMPLE_RATE,
-        "models": {k: {"busy_seconds": t.seconds, "rtf": t.seconds / audio_s, "calls": t.calls,
-                       "mean_batch": t.requests / max(t.calls, 1)} for k, t in timers.items()},
-        "asr": models.asr.describe(),
-        "diarization": score(load_reference(wav.with_suffix(".rttm")), to_annotation(turns), audio_s),
+        "recording": str(wav), "load_seconds": load_s, "threads": args.threads,
+        "diarization_step_s": config.diarizer.step / 16000, "asr": models.asr.describe(),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        **{k: runs[0][k] for k in ("audio_seconds", "wall_seconds", "rtf", "cpu_seconds_per_audio_second",
+                                   "mean_cores_used", "finals", "speakers", "diarization")},
+        "all_same_outputs": all(r["same_outputs"] for r in runs), "summary": summary, "runs": runs,
     }
     write_result("whole_file", result, args.out_dir)
     return 0

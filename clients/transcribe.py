@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--asr-batch", type=int, default=32, help="finals decoded per GigaAM batch (default 32)")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                    help="intra-op threads of each CPU model call (default: every core this process may use)")
+    p.add_argument("--sequential", action="store_true",
+                   help="run the models one after another instead of side by side (same results, slower)")
     p.add_argument("--no-diarization", action="store_true", help="do not label speakers")
     p.add_argument("--diarization-step", type=float, default=WHOLE_FILE_STEP,
                    help=f"seconds between diarization windows (default {WHOLE_FILE_STEP:g}; live streams use 0.5, "
@@ -71,12 +73,13 @@ def session_config(models: Any, diarization: bool = True, max_speakers: Optional
                    step: Optional[float] = WHOLE_FILE_STEP) -> SessionConfig:
     """The session of a whole file: no partials and no speculative finals (nobody waits for a final: a missed
     speculation would only cost), diarization fitted to the models as the server fits it, final speaker turns kept
-    (the ``.rttm`` is diarization's, not the words'); ``step`` in seconds (``None``: the live step)."""
+    (the ``.rttm`` is diarization's, not the words'), and every final turn (``history=None``: the finals come at
+    the end, :func:`server.offline.drive_whole`); ``step`` in seconds (``None``: the live step)."""
     from server.models.registry import fit_diarizer
 
     base = SessionConfig(interim_results=False, speculative_finals=False, diarization=diarization,
                          speaker_turns=diarization)
-    diarizer = fit_diarizer(base.diarizer, models.segmentation, models.embedding)
+    diarizer = dataclasses.replace(fit_diarizer(base.diarizer, models.segmentation, models.embedding), history=None)
     if max_speakers is not None:
         diarizer = dataclasses.replace(diarizer, max_speakers=max_speakers)
     if step is not None:
@@ -86,9 +89,11 @@ def session_config(models: Any, diarization: bool = True, max_speakers: Optional
 
 
 def transcribe(paths: Sequence[Path], models: Any, config: SessionConfig, asr_batch: int = 32,
-               parallel: int = MAX_PARALLEL) -> list[LiveCaptions]:
+               parallel: int = MAX_PARALLEL, overlap: bool = True) -> list[LiveCaptions]:
     """Transcribe ``paths`` with loaded ``models`` (a :class:`~server.models.registry.Models`); one
-    :class:`LiveCaptions` per file, in order (their ``finals`` carry the settled speakers)."""
+    :class:`LiveCaptions` per file, in order (their ``finals`` carry the settled speakers). ``overlap``: GigaAM,
+    diarization and the VAD run side by side (``drive_whole(overlap=True)``: the same batches, so the same
+    results); ``False`` runs them one after another."""
     from server.offline import drive_whole, run_requests_by_kind
     from streaming.session import Session
     from streaming.work import AsrRequest, EmbeddingRequest, SegmentationRequest, VadRequest
@@ -100,7 +105,7 @@ def transcribe(paths: Sequence[Path], models: Any, config: SessionConfig, asr_ba
         group = paths[first:first + parallel]
         audios = [decode_file(p) for p in group]
         sessions = [Session(f"file-{first + i}", config) for i in range(len(group))]
-        for events in drive_whole(sessions, audios, run, asr_batch=asr_batch):
+        for events in drive_whole(sessions, audios, run, asr_batch=asr_batch, overlap=overlap):
             captions = LiveCaptions()
             captions.new_session(0)
             for event in events:
@@ -146,7 +151,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as e:
         parser.error(str(e))
     try:
-        results = transcribe(args.files, models, base, args.asr_batch)
+        results = transcribe(args.files, models, base, args.asr_batch, overlap=not args.sequential)
     except SourceError as exc:
         print(f"rechka-transcribe: {exc}", file=sys.stderr)
         return 1

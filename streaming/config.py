@@ -178,6 +178,9 @@ class DiarizationOptions:
         whose activity in the previous window matches its own on the frames both windows cover with at least this
         intersection over union; below it, the local speaker is left out of that window. A voice whose embedding
         joined a candidate new speaker is never mapped this way: it waits for the candidate's confirmation.
+    history: how long final turns are kept after they end, for the speakers of finals that come later (a live
+        final comes seconds after its speech); ``None`` keeps every turn: a whole file's finals may all come at its
+        end (``rechka-transcribe``), and with 5 minutes most of a 30-minute file's finals had no speaker.
     """
 
     window: int = ms(5_000)
@@ -200,6 +203,7 @@ class DiarizationOptions:
     min_segment_speech: int = ms(1_000)
     change_threshold: float = 0.3
     overlap_match_threshold: float = 0.45
+    history: Optional[int] = ms(300_000)
 
     def __post_init__(self) -> None:
         if self.update_threshold is None:
@@ -229,6 +233,8 @@ class DiarizationOptions:
                "DiarizationOptions.binarization must be 'count' (the default) or 'threshold'")
         _check(0.0 < self.continuity_threshold <= 1.0,
                "DiarizationOptions.continuity_threshold must be in (0, 1]; 0.5 means most of the activity agrees")
+        _check(self.history is None or self.history >= self.window,
+               "DiarizationOptions.history must be None (keep every turn) or at least the window (5 min is live's)")
         _check(ms(20) <= self.segment_gap <= self.window,
                "DiarizationOptions.segment_gap must be between 20 ms and the window (200 ms is a good default)")
         _check(0 <= self.min_segment_speech <= self.window,

@@ -45,7 +45,6 @@ from streaming.voice_segments import Segment, plan_segments, runs as _runs, spli
 from streaming.windows import FrameGeometry, SampleSource, SegmentationWindows, Window, top_speakers
 from streaming.work import EmbeddingRequest, EmbeddingResult, Request, Result, SegmentationRequest, SegmentationResult
 
-HISTORY = ms(300_000)  # final turns kept for speaker_for() after they end (5 min)
 NEAREST = ms(500)  # speaker_for() looks this far around a span in which nobody was heard
 
 
@@ -352,8 +351,9 @@ class StreamingDiarizer:
         self._history.extend(turns)
         self._new_turns.extend(wire.Turn(label_of(g), a, b, self.channel) for b, a, g in turns)
         self.final_until = max(self.final_until, self._audio_end if last else windows.frame_start(stop))
-        horizon = bisect.bisect_left(self._history, (self.final_until - HISTORY,))
-        del self._history[:horizon]
+        if self.options.history is not None:
+            horizon = bisect.bisect_left(self._history, (self.final_until - self.options.history,))
+            del self._history[:horizon]
         if len(self._new_turns) > len(self._history):  # nobody pops them (speaker_turns off): same bound
             del self._new_turns[:len(self._new_turns) - len(self._history)]
 
@@ -374,7 +374,7 @@ class StreamingDiarizer:
 
     # ------------------------------------------------------------------------------------------------ output
     def pop_final_turns(self) -> list[wire.Turn]:
-        """Turns finalised since the last call, ordered by end (unpopped ones are kept for ``HISTORY`` only)."""
+        """Turns finalised since the last call, ordered by end (unpopped ones are kept for ``options.history`` only)."""
         turns, self._new_turns = self._new_turns, []
         return turns
 

@@ -184,17 +184,28 @@ class OnnxGigaAmAsr(GigaAmAsr):
         features = self.spec.frontend.features
         self.recipe = recipe or DEFAULT_RECIPES[precision]
         self.graph = ensure_graph(self.model.encoder, features, precision, recipe=recipe)
-        so = session_options(threads or torch.get_num_threads())
         if self.device.type == "cuda":
-            providers: list[Any] = [("CUDAExecutionProvider", {"device_id": self.device.index or 0})]
+            self._providers: list[Any] = [("CUDAExecutionProvider", {"device_id": self.device.index or 0})]
         else:
-            providers = ["CPUExecutionProvider"]
-        self.session = ort.InferenceSession(str(self.graph), so, providers=providers)
+            self._providers = ["CPUExecutionProvider"]
+        self.threads = threads or torch.get_num_threads()
+        self.session = ort.InferenceSession(str(self.graph), session_options(self.threads), providers=self._providers)
         if onnx_device(self.session).type != self.device.type:
             raise RuntimeError(f"ONNX Runtime could not use {self.device} (providers {self.session.get_providers()});"
                                f" install onnxruntime-gpu for CUDA, or use --asr-engine torch")
         self._encoder_parameters = sum(p.numel() for p in self.model.encoder.parameters())
         self.model.encoder = torch.nn.Identity()  # its weights live in the graph now; keep only what still runs
+
+    def set_threads(self, threads: int) -> None:
+        """Open the graph again with ``threads`` intra-op threads (a whole-file run that overlaps GigaAM with the other
+        models may want another count than the one it was loaded with); a no-op at the current count."""
+        import onnxruntime as ort
+
+        if threads < 1:
+            raise ValueError("OnnxGigaAmAsr threads must be >= 1")
+        if threads != self.threads:
+            self.session = ort.InferenceSession(str(self.graph), session_options(threads), providers=self._providers)
+            self.threads = threads
 
     def _encode(self, wavs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         x, lengths = features_batch(self.model, wavs)

@@ -113,3 +113,38 @@ def test_whole_files_diarize_at_twice_the_live_step_unless_told() -> None:
     assert session_config(models, step=None).diarizer.step == live
     config = session_config(models, step=0.5)
     assert config.diarizer.step == live and not config.interim_results and not config.speculative_finals
+
+
+AMI = Path(__file__).resolve().parents[3] / "shared" / "speech" / "conv" / "ami_ES2004a_60s" / "ami_ES2004a_60s_mix.wav"
+
+
+@pytest.mark.skipif(not AMI.is_file() or not CHECKPOINT.is_file(), reason="shared/speech or the tiny GigaAM is absent")
+def test_the_overlapped_whole_file_driver_gives_the_sequential_events_on_a_real_recording() -> None:
+    """A real meeting minute (and its first half as a second file) through the real VAD, diarization and the tiny
+    GigaAM, with small chunks, pool and lead so the lanes really run side by side: each kind of event is the
+    sequential driver's, and every final has a speaker."""
+    from clients.sources import decode_file
+    from clients.transcribe import session_config
+    from server.models.registry import load_models
+    from server.offline import drive_whole, run_requests_by_kind
+    from streaming import wire
+    from streaming.session import Session
+    from streaming.work import AsrRequest, EmbeddingRequest, SegmentationRequest, VadRequest
+
+    models = load_models(str(CHECKPOINT), device="cpu", max_batch=4, threads=1)
+    run = run_requests_by_kind({VadRequest: models.vad.run_batch, SegmentationRequest: models.segmentation.run_batch,
+                                EmbeddingRequest: models.embedding.run_batch, AsrRequest: models.asr.run_batch})
+    config = session_config(models)
+    audio = decode_file(AMI)
+    runs = {}
+    for overlap in (False, True):
+        sessions = [Session(f"f{i}", config) for i in range(2)]
+        events = drive_whole(sessions, [audio, audio[:len(audio) // 2]], run, chunk_bytes=2 * 16_000 * 4,
+                             asr_batch=3, asr_pool=4, overlap=overlap, diarization_lead=8.0)
+        runs[overlap] = [{kind: [e for e in es if type(e).__name__ == kind]
+                          for kind in ("Final", "SpeakerTurns", "SpeakerMerge", "SpeechStarted", "End")}
+                         for es in events]
+    assert runs[True] == runs[False]
+    finals = runs[True][0]["Final"]
+    assert len(finals) >= 5 and all(f.speaker for f in finals)
+    assert isinstance(runs[True][1]["End"][0], wire.End) and runs[True][1]["Final"]

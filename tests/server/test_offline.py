@@ -1,12 +1,18 @@
-"""server.offline.drive_whole: whole files through sessions side by side, finals batched, the live events."""
+"""server.offline.drive_whole: whole files through sessions side by side, finals batched, the live events; the
+overlapped driver (models in their own threads) gives the sequential driver's batches and events."""
 
 from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from typing import Callable, Optional
 
 import pytest
 
 from server.offline import drive_session, drive_whole, run_requests_by_kind
 from streaming import wire
-from streaming.config import SessionConfig
+from streaming.config import DiarizationOptions, SessionConfig, ms
 from streaming.session import Session, SessionState
 from streaming.work import AsrRequest, VadRequest
 from tests.fakes import FakeAsr, FakeVad, pcm16, tone_bursts
@@ -92,4 +98,114 @@ def test_bad_arguments_are_refused() -> None:
         drive_whole([], [], lambda r: [], asr_batch_seconds=0)
     with pytest.raises(ValueError, match="asr_pool"):
         drive_whole([], [], lambda r: [], asr_pool=0)
+    with pytest.raises(ValueError, match="diarization_lead"):
+        drive_whole([], [], lambda r: [], diarization_lead=-1)
     assert drive_whole([], [], lambda r: []) == []
+    assert drive_whole([], [], lambda r: [], overlap=True) == []
+
+
+def _by_kind(events: list) -> dict[str, list]:
+    kinds: dict[str, list] = {}
+    for event in events:
+        kinds.setdefault(type(event).__name__, []).append(event)
+    return kinds
+
+
+def _diarized_files() -> tuple[SessionConfig, list[bytes]]:
+    """Three tone "conversations" (30-50 s, two or three voices) and a diarizing whole-file session config."""
+    from tests.fakes_diarization import Speech, synthesize
+
+    config = SessionConfig(interim_results=False, speculative_finals=False, diarization=True, speaker_turns=True,
+                           diarizer=DiarizationOptions(step=ms(1000), latency=ms(1500), history=None))
+    files = []
+    for n, voices in ((6, 2), (9, 3), (7, 2)):
+        turns = [Speech(k % voices, ms(5000 * k + 300), ms(5000 * k + 300 + 2500 + 400 * (k % 4))) for k in range(n)]
+        files.append(pcm16(synthesize(turns, ms(5000 * n + 1000))))
+    return config, files
+
+
+def _diarized_run(record: Optional[list] = None, fail: Optional[type] = None) -> Callable:
+    from streaming.work import EmbeddingRequest, SegmentationRequest
+    from tests.fakes_diarization import FakeEmbedding, FakeSegmentation
+
+    models: dict = {VadRequest: FakeVad(), AsrRequest: FakeAsr(), SegmentationRequest: FakeSegmentation(),
+                    EmbeddingRequest: FakeEmbedding()}
+    for kind, model in list(models.items()):
+        def call(requests: list, model: Callable = model, kind: type = kind) -> list:
+            if record is not None:
+                record.append((kind.__name__, threading.current_thread().name,
+                               tuple((r.session_id, r.start, len(r.audio)) for r in requests)))
+            if kind is fail:
+                raise RuntimeError(f"{kind.__name__} failed")
+            return model(requests)
+        models[kind] = call
+    return run_requests_by_kind(models)
+
+
+def test_the_overlapped_driver_gives_every_model_the_same_batches_and_the_same_events() -> None:
+    """``overlap=True`` runs GigaAM and diarization in their own threads beside the VAD; each model still gets the
+    sequential driver's batches in its order, and each kind of event (finals, turns, speech starts, end) is the
+    same list (only how kinds interleave differs)."""
+    config, files = _diarized_files()
+    calls: dict[bool, list] = {}
+    events = {}
+    for overlap in (False, True):
+        calls[overlap] = []
+        sessions = [Session(f"w{i}", config) for i in range(len(files))]
+        events[overlap] = drive_whole(sessions, files, _diarized_run(calls[overlap]), chunk_bytes=2 * ms(2000),
+                                      asr_batch=3, asr_pool=4, overlap=overlap, diarization_lead=4.0)
+        assert all(s.state == SessionState.CLOSED for s in sessions)
+    for kind in ("VadRequest", "SegmentationRequest", "EmbeddingRequest", "AsrRequest"):
+        assert [c[2] for c in calls[True] if c[0] == kind] == [c[2] for c in calls[False] if c[0] == kind], kind
+    threads = {c[0]: c[1] for c in calls[True]}
+    assert threads["VadRequest"] == threading.current_thread().name
+    assert threads["SegmentationRequest"].startswith("rechka-diar") and threads["AsrRequest"].startswith("rechka-asr")
+    assert [_by_kind(e) for e in events[True]] == [_by_kind(e) for e in events[False]]
+    finals = [f for e in events[True] for f in _by_kind(e)["Final"]]
+    assert len(finals) == 22 and all(f.speaker for f in finals)
+    assert all(len(set(e.speakers)) >= 2 for e in (_by_kind(x)["End"][0] for x in events[True]))
+
+
+def test_finals_decoded_long_after_their_speech_keep_its_speakers() -> None:
+    """A whole file's finals reach the sessions at its end: with the live history of turns (bounded) the early
+    finals would find no speaker; the whole-file sessions keep every turn (``history=None``)."""
+    config, files = _diarized_files()
+    speakers = {}
+    for history in (ms(10_000), None):
+        bounded = dataclasses.replace(config, diarizer=dataclasses.replace(config.diarizer, history=history))
+        (events,) = drive_whole([Session("w", bounded)], files[1:2], _diarized_run(), chunk_bytes=2 * ms(2000),
+                                overlap=True)
+        speakers[history] = [f.speaker for f in _by_kind(events)["Final"]]
+    assert None in speakers[ms(10_000)] and len(speakers[None]) == 9 and None not in speakers[None]
+
+
+def test_the_overlapped_driver_feeds_audio_at_most_the_lead_ahead_of_diarization() -> None:
+    config, files = _diarized_files()
+    done = {"segmented": 0, "worst": 0}
+    inner = _diarized_run()
+
+    def run(requests: list) -> list:
+        kind = type(requests[0])
+        if kind is VadRequest:  # how far the audio is past the newest window diarization has segmented
+            done["worst"] = max(done["worst"], max(r.start for r in requests) - done["segmented"])
+        results = inner(requests)
+        if kind.__name__ == "SegmentationRequest":
+            time.sleep(0.05)  # diarization is the slow lane here
+            done["segmented"] = max(done["segmented"], max(r.start + len(r.audio) for r in requests))
+        return results
+
+    lead = 6.0
+    (events,) = drive_whole([Session("w", config)], files[1:2], run, chunk_bytes=2 * ms(1000), overlap=True,
+                            diarization_lead=lead)
+    assert isinstance(events[-1], wire.End)
+    assert ms(1000 * lead) <= done["worst"] <= ms(1000 * (lead + 1 + 1))  # + one chunk + the window's step
+
+
+@pytest.mark.parametrize("kind", ["SegmentationRequest", "AsrRequest"])
+def test_a_failed_batch_in_a_lane_fails_the_whole_run(kind: str) -> None:
+    from streaming import work
+
+    config, files = _diarized_files()
+    with pytest.raises(RuntimeError, match=f"{kind} failed"):
+        drive_whole([Session("w", config)], files[:1], _diarized_run(fail=getattr(work, kind)),
+                    chunk_bytes=2 * ms(2000), asr_pool=2, overlap=True)

@@ -340,13 +340,20 @@ def test_requests_carry_session_channel_and_absolute_positions() -> None:
         np.testing.assert_array_equal(r.audio, np.concatenate([buffer.read(a, b) for a, b in r.spans]))
 
 
-def test_history_and_unpopped_turns_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    import streaming.diarization as module
-
-    monkeypatch.setattr(module, "HISTORY", ms(10_000))
-    diarizer = make()
+def test_history_and_unpopped_turns_are_bounded() -> None:
+    diarizer = make(dataclasses.replace(OPTIONS, history=ms(10_000)))
     stream(diarizer, synthesize(MEETING, MEETING_LENGTH), run_fakes(FakeSegmentation(), FakeEmbedding()))
     kept = diarizer.pop_final_turns()  # never popped while streaming (a session without speaker_turns)
     assert kept and all(t.end >= MEETING_LENGTH - ms(10_000) for t in kept)
     assert diarizer.speaker_for(ms(2000), ms(3000)) is None  # older than the horizon: forgotten
+    assert diarizer.speaker_for(ms(46000), ms(47000)) == "S1"
+
+
+def test_without_a_history_bound_every_turn_keeps_its_speaker() -> None:
+    """A whole file's finals may all come at its end: ``history=None`` answers speaker_for from its first turn."""
+    diarizer = make(dataclasses.replace(OPTIONS, history=None))
+    stream(diarizer, synthesize(MEETING, MEETING_LENGTH), run_fakes(FakeSegmentation(), FakeEmbedding()))
+    turns = diarizer.pop_final_turns()
+    assert turns[0].start < ms(1000)
+    assert diarizer.speaker_for(ms(2000), ms(3000)) == turns[0].speaker
     assert diarizer.speaker_for(ms(46000), ms(47000)) == "S1"

@@ -169,6 +169,20 @@ def test_the_session_keeps_no_memory_per_request_shape(fp32: OnnxGigaAmAsr, int8
         assert options.intra_op_num_threads >= 1 and options.inter_op_num_threads == 1
 
 
+def test_set_threads_reopens_the_graph_with_that_many_intra_op_threads(cache: Path) -> None:
+    asr = OnnxGigaAmAsr(str(TINY_CKPT), device="cpu", max_batch=2, precision="fp32", threads=1)
+    audio = [np.random.default_rng(3).normal(scale=0.1, size=n).astype(np.float32) for n in (16_000, 9_000)]
+    before = _log_probs(asr, audio)[0]
+    first = asr.session
+    asr.set_threads(1)
+    assert asr.session is first  # the same count: nothing reopened
+    asr.set_threads(2)
+    assert asr.threads == 2 and asr.session.get_session_options().intra_op_num_threads == 2
+    torch.testing.assert_close(_log_probs(asr, audio)[0], before, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match=">= 1"):
+        asr.set_threads(0)
+
+
 def test_unknown_precision_is_refused(cache: Path) -> None:
     with pytest.raises(ValueError, match="fp32, int8"):
         OnnxGigaAmAsr(str(TINY_CKPT), precision="int4")
