@@ -10,9 +10,10 @@ turns; written under ``benchmarks/out/composed``, never into the repository) and
 RTF (wall / audio), each model's busy seconds and batch sizes, and the DER of the settled speakers the output files
 carry against the composed reference. Prints JSON and writes it to ``benchmarks/out/``.
 
-``--variant MODE[:ASR_THREADS[:TORCH_THREADS]]`` (repeatable) compares drivers side by side in one process, the
-models loaded once: ``overlap`` (rechka-transcribe's default: GigaAM beside diarization and the VAD) or
-``sequential``, with GigaAM's ONNX Runtime intra-op threads and torch's (the other models'); variants run
+``--variant MODE[:ASR_THREADS[:TORCH_THREADS[:LEAD]]]`` (repeatable) compares drivers side by side in one process,
+the models loaded once: ``overlap`` (rechka-transcribe's default: GigaAM beside diarization and the VAD) or
+``sequential``, with GigaAM's ONNX Runtime intra-op threads, torch's (the other models') and the overlapped
+driver's ``diarization_lead`` in seconds (default ``server.offline.DIARIZATION_LEAD``); variants run
 interleaved, ``--repeat`` rounds, and each run's output files are compared with the first run's
 (``same_outputs``). ``summary`` gives each variant's median and its ratio to the first variant.
 """
@@ -35,6 +36,7 @@ if __package__ in (None, ""):
 from benchmarks.common import OUT_DIR, command_line, write_result
 from benchmarks.server_process import machine_info
 from clients.transcribe import WHOLE_FILE_STEP
+from server.offline import DIARIZATION_LEAD
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -47,7 +49,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--asr-quantize", choices=("auto", "none", "int8"), default="auto")
     p.add_argument("--asr-batch", type=int, default=32)
     p.add_argument("--threads", type=int, default=2, help="intra-op threads the models are loaded with")
-    p.add_argument("--variant", action="append", dest="variants", metavar="MODE[:ASR_THREADS[:TORCH_THREADS]]",
+    p.add_argument("--variant", action="append", dest="variants",
+                   metavar="MODE[:ASR_THREADS[:TORCH_THREADS[:LEAD]]]",
                    help="overlap or sequential (default: one overlap run at --threads); repeat to compare")
     p.add_argument("--repeat", type=int, default=1, help="rounds of the variants, interleaved")
     p.add_argument("--diarization-step", type=float, default=WHOLE_FILE_STEP,
@@ -65,24 +68,28 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 @dataclass(frozen=True)
 class Variant:
-    """One way to drive the file: ``overlap`` or not, GigaAM's intra-op threads, torch's."""
+    """One way to drive the file: ``overlap`` or not, GigaAM's intra-op threads, torch's, the diarization lead."""
 
     overlap: bool
     asr_threads: int
     torch_threads: int
+    lead: float = DIARIZATION_LEAD
 
     @classmethod
     def parse(cls, text: str, threads: int) -> "Variant":
-        mode, *counts = text.split(":")
-        if mode not in ("overlap", "sequential") or len(counts) > 2 or not all(c.isdigit() and int(c) >= 1
-                                                                              for c in counts):
-            raise ValueError(f"--variant {text!r}: use overlap|sequential[:ASR_THREADS[:TORCH_THREADS]]")
-        asr = int(counts[0]) if counts else threads
-        return cls(mode == "overlap", asr, int(counts[1]) if len(counts) > 1 else asr if counts else threads)
+        mode, *fields = text.split(":")
+        lead_ok = len(fields) < 3 or fields[2].replace(".", "", 1).isdigit()
+        if mode not in ("overlap", "sequential") or len(fields) > 3 or not lead_ok or not all(
+                c.isdigit() and int(c) >= 1 for c in fields[:2]):
+            raise ValueError(f"--variant {text!r}: use overlap|sequential[:ASR_THREADS[:TORCH_THREADS[:LEAD]]]")
+        asr = int(fields[0]) if fields else threads
+        torch_threads = int(fields[1]) if len(fields) > 1 else asr if fields else threads
+        return cls(mode == "overlap", asr, torch_threads, float(fields[2]) if len(fields) > 2 else DIARIZATION_LEAD)
 
     @property
     def name(self) -> str:
-        return f"{'overlap' if self.overlap else 'sequential'}:{self.asr_threads}:{self.torch_threads}"
+        return (f"{'overlap' if self.overlap else 'sequential'}:{self.asr_threads}:{self.torch_threads}"
+                + (f":{self.lead:g}" if self.overlap else ""))
 
 
 class Timed:
@@ -119,7 +126,8 @@ def run_variant(variant: Variant, models: Any, timers: dict[str, Timed], wav: Pa
     for timer in timers.values():
         timer.seconds, timer.calls, timer.requests = 0.0, 0, 0
     started, cpu_started = time.perf_counter(), time.process_time()
-    (captions,) = transcribe([wav], models, config, asr_batch, overlap=variant.overlap)
+    (captions,) = transcribe([wav], models, config, asr_batch, overlap=variant.overlap,
+                             diarization_lead=variant.lead)
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     audio_s = (captions.end.audio_samples if captions.end else 0) / SAMPLE_RATE
     finals = sorted(captions.finals, key=lambda f: (f.start, f.channel))
@@ -127,7 +135,7 @@ def run_variant(variant: Variant, models: Any, timers: dict[str, Timed], wav: Pa
     digest = hashlib.sha256("\n".join((formats.to_json(finals, turns, captions.end), formats.to_srt(finals),
                                         formats.to_rttm(turns, "x"))).encode()).hexdigest()
     row = {"variant": variant.name, "overlap": variant.overlap, "asr_threads": variant.asr_threads,
-           "torch_threads": variant.torch_threads, "audio_seconds": audio_s, "wall_seconds": wall,
+           "torch_threads": variant.torch_threads, "diarization_lead_s": variant.lead, "audio_seconds": audio_s, "wall_seconds": wall,
            "rtf": wall / audio_s, "cpu_seconds": cpu, "cpu_seconds_per_audio_second": cpu / audio_s,
            "mean_cores_used": cpu / wall, "finals": len(captions.finals), "revisions": captions.revisions,
            "speakers": len(captions.speakers), "outputs_sha256": digest,

@@ -89,11 +89,11 @@ def session_config(models: Any, diarization: bool = True, max_speakers: Optional
 
 
 def transcribe(paths: Sequence[Path], models: Any, config: SessionConfig, asr_batch: int = 32,
-               parallel: int = MAX_PARALLEL, overlap: bool = True) -> list[LiveCaptions]:
+               parallel: int = MAX_PARALLEL, overlap: bool = True, **driver: Any) -> list[LiveCaptions]:
     """Transcribe ``paths`` with loaded ``models`` (a :class:`~server.models.registry.Models`); one
     :class:`LiveCaptions` per file, in order (their ``finals`` carry the settled speakers). ``overlap``: GigaAM,
     diarization and the VAD run side by side (``drive_whole(overlap=True)``: the same batches, so the same
-    results); ``False`` runs them one after another."""
+    results); ``False`` runs them one after another. ``driver``: more of ``drive_whole``'s options."""
     from server.offline import drive_whole, run_requests_by_kind
     from streaming.session import Session
     from streaming.work import AsrRequest, EmbeddingRequest, SegmentationRequest, VadRequest
@@ -105,7 +105,7 @@ def transcribe(paths: Sequence[Path], models: Any, config: SessionConfig, asr_ba
         group = paths[first:first + parallel]
         audios = [decode_file(p) for p in group]
         sessions = [Session(f"file-{first + i}", config) for i in range(len(group))]
-        for events in drive_whole(sessions, audios, run, asr_batch=asr_batch, overlap=overlap):
+        for events in drive_whole(sessions, audios, run, asr_batch=asr_batch, overlap=overlap, **driver):
             captions = LiveCaptions()
             captions.new_session(0)
             for event in events:
