@@ -2,7 +2,7 @@
 
     python -m benchmarks.whole_file                                    # 30 min, 5 real speakers, random:v2_ctc
     python -m benchmarks.whole_file --minutes 3 --asr-engine onnx --asr-quantize int8
-    python -m benchmarks.whole_file --minutes 10 --variant sequential --variant overlap --variant overlap:2:1 --repeat 2
+    python -m benchmarks.whole_file --minutes 5 --variant sequential --variant overlap,asr=1,torch=1,lanes=2 --repeat 2
 
 The recording is composed by :mod:`benchmarks.compose` from ``/work/shared/speech/speakers`` (real voices, known
 turns; written under ``benchmarks/out/composed``, never into the repository) and transcribed by
@@ -10,10 +10,11 @@ turns; written under ``benchmarks/out/composed``, never into the repository) and
 RTF (wall / audio), each model's busy seconds and batch sizes, and the DER of the settled speakers the output files
 carry against the composed reference. Prints JSON and writes it to ``benchmarks/out/``.
 
-``--variant MODE[:ASR_THREADS[:TORCH_THREADS[:LEAD]]]`` (repeatable) compares drivers side by side in one process,
-the models loaded once: ``overlap`` (rechka-transcribe's default: GigaAM beside diarization and the VAD) or
-``sequential``, with GigaAM's ONNX Runtime intra-op threads, torch's (the other models') and the overlapped
-driver's ``diarization_lead`` in seconds (default ``server.offline.DIARIZATION_LEAD``); variants run
+``--variant overlap|sequential[,asr=N][,torch=N][,lanes=N][,lead=SECONDS]`` (repeatable) compares drivers side by
+side in one process, the models loaded once: ``overlap`` (rechka-transcribe's default: GigaAM beside diarization
+and the VAD) or ``sequential``, with GigaAM's ONNX Runtime intra-op threads, torch's (the other models'), the
+overlapped driver's GigaAM batches at once and its ``diarization_lead`` (default
+``server.offline.DIARIZATION_LEAD``); variants run
 interleaved, ``--repeat`` rounds, and each run's output files are compared with the first run's
 (``same_outputs``). ``summary`` gives each variant's median and its ratio to the first variant.
 """
@@ -35,7 +36,7 @@ if __package__ in (None, ""):
 
 from benchmarks.common import OUT_DIR, command_line, write_result
 from benchmarks.server_process import machine_info
-from clients.transcribe import WHOLE_FILE_STEP
+from clients.transcribe import WHOLE_FILE_STEP, thread_plan
 from server.offline import DIARIZATION_LEAD
 
 
@@ -48,10 +49,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--asr-engine", choices=("auto", "torch", "onnx"), default="auto")
     p.add_argument("--asr-quantize", choices=("auto", "none", "int8"), default="auto")
     p.add_argument("--asr-batch", type=int, default=32)
-    p.add_argument("--threads", type=int, default=2, help="intra-op threads the models are loaded with")
-    p.add_argument("--variant", action="append", dest="variants",
-                   metavar="MODE[:ASR_THREADS[:TORCH_THREADS[:LEAD]]]",
-                   help="overlap or sequential (default: one overlap run at --threads); repeat to compare")
+    p.add_argument("--threads", type=int, default=2, help="cores (rechka-transcribe's --threads)")
+    p.add_argument("--variant", action="append", dest="variants", metavar="MODE[,KEY=VALUE...]",
+                   help=f"{Variant.FORM} (default: one overlap run as rechka-transcribe's); repeat to compare")
     p.add_argument("--repeat", type=int, default=1, help="rounds of the variants, interleaved")
     p.add_argument("--diarization-step", type=float, default=WHOLE_FILE_STEP,
                    help=f"seconds (default rechka-transcribe's {WHOLE_FILE_STEP:g}; the live step is 0.5)")
@@ -68,28 +68,42 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 @dataclass(frozen=True)
 class Variant:
-    """One way to drive the file: ``overlap`` or not, GigaAM's intra-op threads, torch's, the diarization lead."""
+    """One way to drive the file: ``overlap`` or not, GigaAM's intra-op threads (``asr``), torch's (``torch``: the
+    other models'), GigaAM batches at once (``lanes``) and the diarization lead in seconds (``lead``)."""
 
     overlap: bool
-    asr_threads: int
-    torch_threads: int
+    asr: int
+    torch: int
+    lanes: int = 1
     lead: float = DIARIZATION_LEAD
+
+    FORM = "overlap|sequential[,asr=N][,torch=N][,lanes=N][,lead=SECONDS]"
 
     @classmethod
     def parse(cls, text: str, threads: int) -> "Variant":
-        mode, *fields = text.split(":")
-        lead_ok = len(fields) < 3 or fields[2].replace(".", "", 1).isdigit()
-        if mode not in ("overlap", "sequential") or len(fields) > 3 or not lead_ok or not all(
-                c.isdigit() and int(c) >= 1 for c in fields[:2]):
-            raise ValueError(f"--variant {text!r}: use overlap|sequential[:ASR_THREADS[:TORCH_THREADS[:LEAD]]]")
-        asr = int(fields[0]) if fields else threads
-        torch_threads = int(fields[1]) if len(fields) > 1 else asr if fields else threads
-        return cls(mode == "overlap", asr, torch_threads, float(fields[2]) if len(fields) > 2 else DIARIZATION_LEAD)
+        """Unset values are rechka-transcribe's (:func:`clients.transcribe.thread_plan` for ``threads`` cores)."""
+        mode, *pairs = text.split(",")
+        plan = thread_plan(threads, overlap=mode == "overlap")
+        values: dict[str, float] = {"asr": plan.asr, "torch": plan.torch, "lanes": plan.asr_lanes,
+                                    "lead": DIARIZATION_LEAD}
+        try:
+            for pair in pairs:
+                key, value = pair.split("=")
+                if key not in values or float(value) < (0 if key == "lead" else 1):
+                    raise ValueError(pair)
+                values[key] = float(value) if key == "lead" else int(value)
+        except ValueError:
+            raise ValueError(f"--variant {text!r}: use {cls.FORM}") from None
+        if mode not in ("overlap", "sequential") or (mode == "sequential" and values["lanes"] != 1):
+            raise ValueError(f"--variant {text!r}: use {cls.FORM} (lanes only with overlap)")
+        return cls(mode == "overlap", int(values["asr"]), int(values["torch"]), int(values["lanes"]),
+                   float(values["lead"]))
 
     @property
     def name(self) -> str:
-        return (f"{'overlap' if self.overlap else 'sequential'}:{self.asr_threads}:{self.torch_threads}"
-                + (f":{self.lead:g}" if self.overlap else ""))
+        if not self.overlap:
+            return f"sequential,asr={self.asr},torch={self.torch}"
+        return f"overlap,asr={self.asr},torch={self.torch},lanes={self.lanes},lead={self.lead:g}"
 
 
 class Timed:
@@ -117,25 +131,26 @@ def run_variant(variant: Variant, models: Any, timers: dict[str, Timed], wav: Pa
     from clients.transcribe import transcribe
     from streaming.config import SAMPLE_RATE
 
-    torch.set_num_threads(variant.torch_threads)
+    torch.set_num_threads(variant.torch)
     set_threads = getattr(models.asr, "set_threads", None)
     if set_threads is not None:
-        set_threads(variant.asr_threads)
-    elif variant.asr_threads != variant.torch_threads:
+        set_threads(variant.asr)
+    elif variant.asr != variant.torch:
         raise SystemExit("GigaAM's own thread count needs the onnx engine (--asr-engine onnx)")
     for timer in timers.values():
         timer.seconds, timer.calls, timer.requests = 0.0, 0, 0
     started, cpu_started = time.perf_counter(), time.process_time()
-    (captions,) = transcribe([wav], models, config, asr_batch, overlap=variant.overlap,
-                             diarization_lead=variant.lead)
+    driver = {"diarization_lead": variant.lead, "asr_lanes": variant.lanes} if variant.overlap else {}
+    (captions,) = transcribe([wav], models, config, asr_batch, overlap=variant.overlap, **driver)
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     audio_s = (captions.end.audio_samples if captions.end else 0) / SAMPLE_RATE
     finals = sorted(captions.finals, key=lambda f: (f.start, f.channel))
     turns = captions.speaker_turns()
     digest = hashlib.sha256("\n".join((formats.to_json(finals, turns, captions.end), formats.to_srt(finals),
                                         formats.to_rttm(turns, "x"))).encode()).hexdigest()
-    row = {"variant": variant.name, "overlap": variant.overlap, "asr_threads": variant.asr_threads,
-           "torch_threads": variant.torch_threads, "diarization_lead_s": variant.lead, "audio_seconds": audio_s, "wall_seconds": wall,
+    row = {"variant": variant.name, "overlap": variant.overlap, "asr_threads": variant.asr,
+           "torch_threads": variant.torch, "asr_lanes": variant.lanes, "diarization_lead_s": variant.lead,
+           "audio_seconds": audio_s, "wall_seconds": wall,
            "rtf": wall / audio_s, "cpu_seconds": cpu, "cpu_seconds_per_audio_second": cpu / audio_s,
            "mean_cores_used": cpu / wall, "finals": len(captions.finals), "revisions": captions.revisions,
            "speakers": len(captions.speakers), "outputs_sha256": digest,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+from dataclasses import dataclass
 import sys
 import time
 from pathlib import Path
@@ -29,13 +30,33 @@ from clients.sources import SourceError, decode_file
 from clients.stream import OUTPUT_FORMATS, parse_formats, write_outputs
 from server.models.gigaam_models import DEFAULT_MODEL
 
-__all__ = ["main", "build_parser", "transcribe"]
+__all__ = ["main", "build_parser", "thread_plan", "transcribe"]
 
 MAX_PARALLEL = 4  # files decoded and driven side by side (their audio is held in memory)
 # Seconds between diarization windows of a whole file: twice the live step. On a composed 30-minute conversation of
 # 5 real voices (docs/benchmarks.md, whole-file mode) it cut the process's CPU time by 20 % with the same 6 labels,
 # DER .328 vs .326 (collar 0), confusion .0018 vs .0024 and 11 flips instead of 19; --diarization-step 0.5 is live's.
 WHOLE_FILE_STEP = 1.0
+
+
+@dataclass(frozen=True)
+class ThreadPlan:
+    """How a whole-file run spends its cores: torch's intra-op threads (the VAD, diarization, and GigaAM on the torch
+    engine), GigaAM's ONNX Runtime intra-op threads, and GigaAM batches decoded at once (overlapped driver)."""
+
+    torch: int
+    asr: int
+    asr_lanes: int
+
+
+def thread_plan(cores: int, overlap: bool = True, own_asr_threads: bool = True) -> ThreadPlan:
+    """The plan for ``cores``. Overlapped, with a GigaAM engine that takes its own thread count (ONNX Runtime on the
+    CPU): every core for torch's models, and one GigaAM batch per core at once, one thread each — on a composed
+    5-minute file (docs/benchmarks.md) 33.7 s against 38.3 s for one batch at a time on every core, and 46.8 s
+    with the models one after another (every core for each call: the plan otherwise)."""
+    if overlap and own_asr_threads:
+        return ThreadPlan(cores, 1, cores)
+    return ThreadPlan(cores, cores, 1)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embedding-model", default=None, help="as rechka-server's flag (default: the server's)")
     p.add_argument("--asr-batch", type=int, default=32, help="finals decoded per GigaAM batch (default 32)")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
-                   help="intra-op threads of each CPU model call (default: every core this process may use)")
+                   help="cores to keep busy (default: every core this process may use): each CPU model call's "
+                        "intra-op threads, and with the ONNX engine as many GigaAM batches at once")
     p.add_argument("--sequential", action="store_true",
                    help="run the models one after another instead of side by side (same results, slower)")
     p.add_argument("--no-diarization", action="store_true", help="do not label speakers")
@@ -141,6 +163,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as exc:  # weights, device or placement: the message says what to do
         print(f"rechka-transcribe: the models cannot be loaded:\n\n{exc}", file=sys.stderr)
         return 1
+    set_threads = getattr(models.asr, "set_threads", None) if models.asr.device.type == "cpu" else None
+    plan = thread_plan(args.threads, not args.sequential, set_threads is not None)
+    if set_threads is not None:
+        set_threads(plan.asr)
     if models.asr.describe().get("random_weights") and not args.allow_random_weights:
         print("rechka-transcribe: the ASR model has random weights (garbage text); pass --allow-random-weights "
               "to run it anyway (speed measurements only)", file=sys.stderr)
@@ -151,7 +177,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as e:
         parser.error(str(e))
     try:
-        results = transcribe(args.files, models, base, args.asr_batch, overlap=not args.sequential)
+        results = transcribe(args.files, models, base, args.asr_batch, overlap=not args.sequential,
+                             **({"asr_lanes": plan.asr_lanes} if not args.sequential else {}))
     except SourceError as exc:
         print(f"rechka-transcribe: {exc}", file=sys.stderr)
         return 1

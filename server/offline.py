@@ -152,7 +152,8 @@ class _AsrPool:
 
 def drive_whole(sessions: Sequence[Session], audios: Sequence[bytes], run: Run, chunk_bytes: int = 640_000,
                 asr_batch: int = 32, asr_batch_seconds: float = 160.0, asr_pool: Optional[int] = None,
-                overlap: bool = False, diarization_lead: float = DIARIZATION_LEAD) -> list[list[wire.ServerEvent]]:
+                overlap: bool = False, diarization_lead: float = DIARIZATION_LEAD,
+                asr_lanes: int = 1) -> list[list[wire.ServerEvent]]:
     """Feed each session its whole ``audio`` (``chunk_bytes`` per message, default 20 s of 16 kHz s16le), then stop
     it; batch every kind of request across all sessions. Final ASR requests are held until ``asr_pool`` of them
     (default ``4 × asr_batch``) wait, or the audio has ended; then the longest go first, ``asr_batch`` at a time,
@@ -164,19 +165,19 @@ def drive_whole(sessions: Sequence[Session], audios: Sequence[bytes], run: Run, 
     turn for them: ``DiarizationOptions.history=None``). Returns each session's events. ``chunk_bytes`` must stay
     under the sessions' ``max_pending_audio``.
 
-    ``overlap``: run the models side by side (:class:`_Overlapped`): GigaAM's batches in one thread, diarization's
-    in another, the VAD in the caller's; the audio runs at most ``diarization_lead`` seconds ahead of the
-    diarization results (their windows hold their audio until then). Every model gets exactly the batches it gets
+    ``overlap``: run the models side by side (:class:`_Overlapped`): GigaAM's batches in ``asr_lanes`` threads
+    (that many batches at once), diarization's in another, the VAD in the caller's; the audio runs at most
+    ``diarization_lead`` seconds ahead of the diarization results (their windows hold their audio until then). Every model gets exactly the batches it gets
     without ``overlap`` and the finals come at the same point, so each kind of event is the same; only how events
     of different kinds interleave differs."""
     pool = 4 * asr_batch if asr_pool is None else asr_pool
-    if chunk_bytes <= 0 or asr_batch < 1 or asr_batch_seconds <= 0 or pool < 1 or diarization_lead < 0:
-        raise ValueError("chunk_bytes and asr_batch_seconds must be positive, asr_batch and asr_pool >= 1, "
-                         "diarization_lead >= 0")
+    if chunk_bytes <= 0 or asr_batch < 1 or asr_batch_seconds <= 0 or pool < 1 or diarization_lead < 0 or asr_lanes < 1:
+        raise ValueError("chunk_bytes and asr_batch_seconds must be positive, asr_batch, asr_pool and asr_lanes "
+                         ">= 1, diarization_lead >= 0")
     finals = _AsrPool(asr_batch, int(asr_batch_seconds * SAMPLE_RATE), pool)
     if overlap:
         lead_chunks = max(1, math.ceil(diarization_lead * SAMPLE_RATE * BYTES_PER_SAMPLE / chunk_bytes))
-        return _Overlapped(sessions, run, finals, lead_chunks).drive(audios, chunk_bytes)
+        return _Overlapped(sessions, run, finals, lead_chunks, asr_lanes).drive(audios, chunk_bytes)
     events: list[list[wire.ServerEvent]] = [[] for _ in sessions]
     owner: dict[int, int] = {}  # id(request) → session index
     decoded: list[tuple[int, Result]] = []  # (session index, final ASR result), handed over at the end
@@ -224,14 +225,16 @@ class _Overlapped:
     after each chunk, before the pool is cut as the sequential driver cuts it; and diarization's results make no
     VAD or ASR requests. The decoded finals are handed over at the end in the order they were cut, as there."""
 
-    def __init__(self, sessions: Sequence[Session], run: Run, finals: _AsrPool, lead_chunks: int) -> None:
+    def __init__(self, sessions: Sequence[Session], run: Run, finals: _AsrPool, lead_chunks: int,
+                 asr_lanes: int = 1) -> None:
         self.sessions, self.run, self.finals, self.lead_chunks = sessions, run, finals, lead_chunks
         self.events: list[list[wire.ServerEvent]] = [[] for _ in sessions]
         self.owner: dict[int, int] = {}  # id(request) → session index
         self.vad: list[Request] = []
         self.diarizing: deque[tuple[Future, list[Request], int]] = deque()  # oldest first, with the chunk it is for
         self.decoding: list[tuple[Future, list[int]]] = []  # ASR batches in the order cut, their session indices
-        self.threads = {lane: ThreadPoolExecutor(1, thread_name_prefix=f"rechka-{lane}") for lane in ("diar", "asr")}
+        self.threads = {lane: ThreadPoolExecutor(n, thread_name_prefix=f"rechka-{lane}")
+                        for lane, n in (("diar", 1), ("asr", asr_lanes))}
         self.chunk, self.ended = 0, False  # chunks fed so far; whether the sessions were stopped
 
     def drive(self, audios: Sequence[bytes], chunk_bytes: int) -> list[list[wire.ServerEvent]]:
