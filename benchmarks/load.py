@@ -34,8 +34,8 @@ import numpy as np
 from benchmarks.common import (OUT_DIR, SAMPLE_RATE, CapacitySearch, Corpus, StreamLog, analyze_session,
                                asr_weights, command_line, linear_fit, plot_panels, speech_corpus, stream_session,
                                summarize, write_result)
-from benchmarks.server_process import (ResourceSampler, connect_or_start, counter_delta, histogram_delta,
-                                       histogram_quantile, machine_info, scrape)
+from benchmarks.server_process import (ResourceSampler, connect_or_start, counter_delta, final_traces,
+                                       histogram_delta, histogram_quantile, machine_info, scrape)
 from server.models.gigaam_models import DEFAULT_MODEL
 
 
@@ -164,6 +164,28 @@ def summarize_step(streams: int, logs: Sequence[StreamLog], t0: float, args: arg
     return step
 
 
+BREAKDOWN_STAGES = ("silence", "vad", "asr_wait", "send", "queued", "compute", "submitted", "batch", "audio")
+
+
+def final_breakdown(traces: Sequence[dict[str, Any]], t0: float, t1: float) -> dict[str, Any]:
+    """Where the step's finals' latency went (the server's ``/debug/finals`` sent in ``[t0, t1]``): the median of
+    each stage over all finals and over the slowest tenth (the tail, which sets the p95)."""
+    rows = sorted((t for t in traces if t0 <= t.get("at", -1.0) <= t1), key=lambda t: t["total"])
+    if not rows:
+        return {}
+    tail = rows[int(len(rows) * 0.9):]
+
+    def medians(group: Sequence[dict[str, Any]]) -> dict[str, Optional[float]]:
+        out: dict[str, Optional[float]] = {}
+        for stage in ("total", *BREAKDOWN_STAGES):
+            values = [t[stage] for t in group if t.get(stage) is not None]
+            out[stage] = round(float(np.median(values)), 3) if values else None
+        return out
+
+    return {"n": len(rows), "all_median": medians(rows), "tail_n": len(tail), "tail_median": medians(tail),
+            "finals": rows}
+
+
 def server_side(before: dict, after: dict, sampler: Optional[ResourceSampler], t0: float, t1: float,
                 streams: int) -> dict[str, Any]:
     """CPU/GPU/RSS over the step from the sampler, and batch sizes and other histograms from two /metrics scrapes."""
@@ -177,6 +199,7 @@ def server_side(before: dict, after: dict, sampler: Optional[ResourceSampler], t
     if not after:
         return out
     out["batch_size"] = {k: v["mean"] for k, v in histogram_delta(before, after, "rechka_batch_size").items()}
+    out["queue_wait_s"] = histogram_delta(before, after, "rechka_queue_wait_seconds")  # count, sum, mean
     busy = counter_delta(before, after, "rechka_model_busy_seconds_total")
     processed = counter_delta(before, after, "rechka_audio_processed_seconds_total").get("all", 0.0)
     out["model_busy_fraction"] = {k: round(v / (t1 - t0), 3) for k, v in busy.items()}
@@ -203,11 +226,16 @@ def run_step(url: str, http_base: Optional[str], corpus: Corpus, streams: int, s
     logs = run_clients(url, corpus, plan, samples, opts, procs)
     t1 = time.monotonic()
     after = scrape(http_base) if http_base else {}
+    traces = final_traces(http_base) if http_base else []
     step = summarize_step(streams, logs, t0, args)
+    step["final_breakdown"] = final_breakdown(traces, t0, t1)
     step["wall_s"] = round(t1 - t0, 1)
     step["server"] = server_side(before, after, sampler, t0, t1, streams)
     print(f"[load] {streams} streams: p95 final {step['final_latency_s']['p95']} s, lag slope {step['lag_slope']}, "
           f"{'PASS' if step['passed'] else 'FAIL: ' + '; '.join(step['why_failed'])}", file=sys.stderr, flush=True)
+    if step["final_breakdown"]:
+        print(f"[load] {streams} streams: slowest tenth of finals, medians: {step['final_breakdown']['tail_median']}",
+              file=sys.stderr, flush=True)
     ready = next((log.ready for log in logs if log.ready), None)
     return step, ready
 

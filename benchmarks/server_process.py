@@ -7,6 +7,7 @@ scrapes into per-model deltas (batch sizes, queue depths); :func:`machine_info` 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -42,6 +43,15 @@ def scrape(http_base: str, timeout: float = 5.0) -> dict[MetricKey, float]:
             return parse_prometheus(response.read().decode())
     except OSError:
         return {}
+
+
+def final_traces(http_base: str, timeout: float = 5.0) -> list[dict[str, Any]]:
+    """``GET /debug/finals``: the server's latest final-latency breakdowns; empty when it does not answer."""
+    try:
+        with urllib.request.urlopen(f"{http_base}/debug/finals", timeout=timeout) as response:
+            return list(json.loads(response.read().decode()).get("finals", []))
+    except (OSError, ValueError):
+        return []
 
 
 def _label_text(labels: tuple[tuple[str, str], ...]) -> str:

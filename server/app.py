@@ -1,7 +1,8 @@
 """The websocket server: protocol v1 at ``/v1/stream`` plus HTTP routes on the same port.
 
-HTTP (answered in websockets' ``process_request``, before any upgrade): ``/health``, ``/ready``, ``/metrics``, ``/``
-and ``/static/*`` (the browser page in ``clients/web/``). Authentication (bearer tokens), the session limit
+HTTP (answered in websockets' ``process_request``, before any upgrade): ``/health``, ``/ready``, ``/metrics``,
+``/debug/finals`` (the latest finals' latency breakdowns), ``/`` and ``/static/*`` (the browser page in
+``clients/web/``). Authentication (bearer tokens), the session limit
 (HTTP 503 + ``Retry-After``) and TLS are applied here; each accepted stream is handed to a
 :class:`~server.connection.Connection`. :meth:`RechkaServer.drain` is the SIGTERM path: stop accepting, let open
 streams flush their finals for ``shutdown_grace`` seconds, then close whatever is left with 1001.
@@ -179,7 +180,8 @@ class RechkaServer:
         """Start the batchers and listen (``config.port`` 0 picks a free port; see :attr:`port`)."""
         devices = {name: str(info.get("device", "cpu")) for name, info in self.placement.items()}
         self.pool = BatcherPool(self.models, devices, self.config.max_batch, self.config.max_wait_ms / 1000,
-                                self.metrics, cpu_threads=self.config.cpu_inference_threads)
+                                self.metrics, cpu_threads=self.config.cpu_inference_threads,
+                                background_nice=self.config.background_nice)
         self.server = await serve(
             self._handle, self.config.host, self.config.port, process_request=self._process_request,
             max_size=self.config.max_message_bytes, ssl=self._ssl_context(), server_header="rechka",
@@ -257,6 +259,8 @@ class RechkaServer:
                                  None if ready else {"Retry-After": str(RETRY_AFTER_SECONDS)})
         if path == "/metrics":
             return http_response(200, self.metrics.render(), METRICS_CONTENT_TYPE)
+        if path == "/debug/finals":  # the latest finals' latency breakdowns (server.connection.final_trace)
+            return json_response(200, {"finals": list(self.metrics.final_traces)})
         file = static_file(self.config.static_dir, path)
         if file is not None:
             content_type = CONTENT_TYPES.get(file.suffix.lower(), "application/octet-stream")

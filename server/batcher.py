@@ -6,7 +6,12 @@ request arrives it takes whatever else is queued (lowest ``priority`` first: fin
 thread (a ``ThreadPoolExecutor(max_workers=1)`` shared by every batcher of that device, so a GPU never runs two
 batches at once). On the CPU, ``cpu_threads`` > 1 lets different models run side by side (each batcher still runs
 one batch at a time), so the diarization models do not wait behind a long GigaAM decode; the VAD has a CPU thread of
-its own. Each request's future gets its result, or the exception. A failed batch of several requests is
+its own, and so have GigaAM's finals (speculative ones included): partial decodes go to a second batcher of the same
+model (:data:`PARTIAL_LANE`) on the shared threads, so a final never waits for a partial batch to finish; finals
+run one at a time, the shortest first (:data:`CPU_FINAL_BATCH`). Those
+shared threads (partials, segmentation, embeddings) run ``background_nice`` steps below the process's priority
+(Linux), so while a final or the VAD runs, the cores are theirs first. Each request's future gets its result (with
+its times: :class:`TimedFuture`), or the exception. A failed batch of several requests is
 retried one request at a time, so one bad request fails only its own session; a batch that ran out of GPU memory
 (``torch.cuda.OutOfMemoryError``) is split in halves and each half retried, down to single requests.
 
@@ -20,7 +25,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import sys
+import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +36,7 @@ from typing import Mapping, Optional, Sequence
 
 from server.metrics import ServerMetrics
 from server.models.base import BatchModel
-from streaming.work import AsrRequest, EmbeddingRequest, Request, Result, SegmentationRequest, VadRequest
+from streaming.work import AsrKind, AsrRequest, EmbeddingRequest, Request, Result, SegmentationRequest, VadRequest
 
 log = logging.getLogger("rechka.batcher")
 
@@ -39,6 +46,23 @@ MODEL_FOR_REQUEST: dict[type, str] = {
     EmbeddingRequest: "embedding",
     AsrRequest: "asr",
 }
+
+
+PARTIAL_LANE = "asr-partials"  # the batcher of GigaAM's partial decodes on the CPU (finals keep "asr")
+# on the CPU a batch costs about the sum of its decodes (ONNX int8, 5 s: 4 in one batch 3.5x one alone), so GigaAM's
+# finals run one at a time, the shortest first: each is out once its own decode is done, not the whole batch's
+CPU_FINAL_BATCH = 1
+
+
+def lower_thread_priority(steps: int) -> None:
+    """Make the calling thread ``steps`` nice levels less urgent (Linux: per thread; elsewhere nothing)."""
+    if steps <= 0 or not sys.platform.startswith("linux"):
+        return
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + steps))
+    except OSError as exc:  # a sandbox may refuse; the threads then share the cores evenly
+        log.warning("could not lower an inference thread's priority: %s", exc)
 
 
 class BatcherClosed(RuntimeError):
@@ -52,19 +76,33 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return oom is not None and isinstance(exc, oom)
 
 
+class TimedFuture(asyncio.Future):
+    """A request's future with its times (``time.monotonic``): queued, model call started and finished (None until
+    then), and the size of the batch it ran in, so a caller can tell queueing from compute."""
+
+    queued_at: float = 0.0
+    started_at: Optional[float] = None
+    finished_at: Optional[float] = None
+    batch_size: int = 0
+
+
 @dataclass(order=True)
 class _Item:
     priority: int
+    size: int  # 0, or the request's samples when its batcher runs the shortest first
     order: int
     request: Request = field(compare=False)
-    future: asyncio.Future = field(compare=False)
+    future: TimedFuture = field(compare=False)
 
 
 class Batcher:
     """Batches requests for one model. Create it inside the running event loop; ``close()`` when done."""
 
     def __init__(self, model: BatchModel, executor: ThreadPoolExecutor, max_batch: int, max_wait: float,
-                 metrics: Optional[ServerMetrics] = None, name: Optional[str] = None) -> None:
+                 metrics: Optional[ServerMetrics] = None, name: Optional[str] = None,
+                 shortest_first: bool = False) -> None:
+        """``shortest_first``: among requests of one priority, the one with the least audio runs first (else the
+        oldest)."""
         if max_batch < 1:
             raise ValueError("Batcher max_batch must be >= 1")
         if max_wait < 0:
@@ -74,6 +112,7 @@ class Batcher:
         model_cap = getattr(model, "max_batch", max_batch) or max_batch
         self.max_batch = max(1, min(max_batch, model_cap))
         self.max_wait = max_wait
+        self.shortest_first = shortest_first
         self._executor = executor
         self._metrics = metrics
         self._queue: asyncio.PriorityQueue[_Item] = asyncio.PriorityQueue()
@@ -86,15 +125,17 @@ class Batcher:
         self.running_since: Optional[float] = None  # monotonic start of the model call in progress
 
     # ------------------------------------------------------------------------------------------- public
-    def submit(self, request: Request) -> asyncio.Future:
+    def submit(self, request: Request) -> TimedFuture:
         """Queue ``request``; the future resolves to its result (or raises the model's exception)."""
-        future: asyncio.Future = self._loop.create_future()
+        future = TimedFuture(loop=self._loop)
+        future.queued_at = time.monotonic()
         if self._closed:
             future.set_exception(BatcherClosed(f"{self.name} batcher is closed"))
             return future
         order = next(self._order)
-        self._queued_at[order] = time.monotonic()
-        self._queue.put_nowait(_Item(int(request.priority), order, request, future))
+        self._queued_at[order] = future.queued_at
+        size = len(getattr(request, "audio", ())) if self.shortest_first else 0
+        self._queue.put_nowait(_Item(int(request.priority), size, order, request, future))
         self._set_depth()
         return future
 
@@ -165,6 +206,12 @@ class Batcher:
 
     async def _run(self, batch: list[_Item]) -> None:
         requests = [item.request for item in batch]
+        started = time.monotonic()
+        for item in batch:
+            item.future.started_at, item.future.batch_size = started, len(batch)
+            if self._metrics is not None:
+                self._metrics.queue_wait.labels(model=self.name, priority=item.request.priority.name.lower()).observe(
+                    started - item.future.queued_at)
         try:
             results = await self._call(requests)
         except asyncio.CancelledError:
@@ -227,6 +274,7 @@ class Batcher:
     def _resolve(item: _Item, result: Optional[Result] = None, exc: Optional[BaseException] = None) -> None:
         if item.future.done():
             return
+        item.future.finished_at = time.monotonic()
         if exc is not None:
             item.future.set_exception(exc)
         else:
@@ -238,27 +286,37 @@ class Batcher:
 
 
 class BatcherPool:
-    """The four batchers of a server and the inference thread of each device."""
+    """The batchers of a server (one per model, two for GigaAM on the CPU) and the inference threads."""
 
     def __init__(self, models: Mapping[str, BatchModel], devices: Mapping[str, str], max_batch: int,
-                 max_wait: float, metrics: Optional[ServerMetrics] = None, cpu_threads: int = 1) -> None:
+                 max_wait: float, metrics: Optional[ServerMetrics] = None, cpu_threads: int = 1,
+                 background_nice: int = 0) -> None:
         if cpu_threads < 1:
             raise ValueError("BatcherPool cpu_threads must be >= 1")
-        self._executors: dict[str, ThreadPoolExecutor] = {}  # "cpu", "cuda:0", …, and "cpu-vad"
+        if not 0 <= background_nice <= 19:
+            raise ValueError("BatcherPool background_nice must be 0-19 (0: all inference threads equal)")
+        self._executors: dict[str, ThreadPoolExecutor] = {}  # "cpu", "cuda:0", …, "cpu-vad" and "cpu-final"
         self._devices = tuple(dict.fromkeys(devices.get(name, "cpu") for name in models))
         self.batchers: dict[str, Batcher] = {}
         self._reported: dict[str, str] = {}
-        for name, model in models.items():
-            device = devices.get(name, "cpu")
-            # on the CPU the VAD (about a millisecond a call) has a thread of its own: every final waits for the
-            # VAD to see its pause, and a shared thread made it wait behind whole GigaAM decodes
-            key = "cpu-vad" if device == "cpu" and name == "vad" else device
+        lanes = [(name, name, model) for name, model in models.items()]
+        if devices.get("asr", "cpu") == "cpu" and "asr" in models:
+            lanes.append((PARTIAL_LANE, "asr", models["asr"]))
+        for name, model_name, model in lanes:
+            device = devices.get(model_name, "cpu")
+            # on the CPU the VAD (about a millisecond a call) and GigaAM's finals have a thread each: every final
+            # waits for the VAD to see its pause, and a shared thread made both wait behind whole decodes
+            key = f"cpu-{'final' if name == 'asr' else name}" if device == "cpu" and name in ("vad", "asr") else device
             executor = self._executors.get(key)
             if executor is None:
-                workers = cpu_threads if key == "cpu" else 1
-                executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"infer-{key}")
+                shared = key == "cpu"
+                executor = ThreadPoolExecutor(
+                    max_workers=cpu_threads if shared else 1, thread_name_prefix=f"infer-{key}",
+                    initializer=lower_thread_priority if shared else None, initargs=(background_nice,) if shared else ())
                 self._executors[key] = executor
-            self.batchers[name] = Batcher(model, executor, max_batch, max_wait, metrics, name=name)
+            final_lane = key == "cpu-final"
+            self.batchers[name] = Batcher(model, executor, CPU_FINAL_BATCH if final_lane else max_batch, max_wait,
+                                          metrics, name=name, shortest_first=final_lane)
 
     def problems(self, hang_limit: float) -> dict[str, str]:
         """Model name → why its batcher cannot serve; each new problem is logged once with the model's name."""
@@ -275,8 +333,10 @@ class BatcherPool:
         batcher = self.batchers.get(model)
         return batcher.oldest_wait if batcher is not None else 0.0
 
-    def submit(self, request: Request) -> asyncio.Future:
-        """Route ``request`` to the batcher of its model."""
+    def submit(self, request: Request) -> TimedFuture:
+        """Route ``request`` to the batcher of its model (a partial decode to :data:`PARTIAL_LANE` if there is one)."""
+        if isinstance(request, AsrRequest) and request.kind == AsrKind.PARTIAL and PARTIAL_LANE in self.batchers:
+            return self.batchers[PARTIAL_LANE].submit(request)
         return self.batchers[MODEL_FOR_REQUEST[type(request)]].submit(request)
 
     @property

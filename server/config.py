@@ -47,12 +47,18 @@ class ServerConfig:
     idle_timeout: seconds without any client message before the server ends the stream (close 1001).
     cpu_inference_threads: models on the CPU run on this many threads, so different models overlap (2 suits a
         2-core machine); a GPU always has one inference thread.
+    final_threads: intra-op threads of a GigaAM decode of finals only on the CPU (the ONNX engine: a second session
+        of the same graph; the finals have a thread of their own and the background threads yield to them, so a final
+        gets both cores of a 2-core machine while it runs).
+    background_nice: how many nice levels below the finals' and the VAD's the CPU threads running partial decodes
+        and diarization run (Linux, per thread), so a final does not share the cores with them; 0 makes them equal.
     model_threads: intra-op threads of one CPU model call (torch's and the ONNX encoder's); 1 with
         ``cpu_inference_threads`` 2 keeps a 2-core machine's cores one call each.
     max_batch / max_wait_ms: a batcher runs as soon as it has ``max_batch`` requests or its oldest request has
         waited ``max_wait_ms``.
     overload_lag: seconds (wall time) the oldest unprocessed audio may wait before a stream is warned ``overloaded``.
-    shed_partials_wait: while the oldest queued ASR request has waited longer than this (seconds), every stream skips
+    shed_partials_wait: while the oldest queued GigaAM final (speculative ones too) has waited longer than this
+        (seconds; on the CPU partial decodes queue apart and never count), every stream skips
         its partials and speculative finals (``Session.models_behind``), so GigaAM's time goes to finals; finals
         are never skipped.
     shutdown_grace: on SIGTERM, seconds open streams get to flush their finals before being closed.
@@ -76,6 +82,8 @@ class ServerConfig:
     max_batch: int = 16
     cpu_inference_threads: int = 2
     model_threads: int = 1
+    final_threads: int = 2
+    background_nice: int = 10
     max_wait_ms: float = 5.0
     overload_lag: float = 5.0
     shed_partials_wait: float = 1.0
@@ -105,6 +113,8 @@ class ServerConfig:
                "ServerConfig.asr_quantize=int8 needs --device cpu (on CUDA GigaAM runs fp16)")
         _check(1 <= self.cpu_inference_threads <= 64, "ServerConfig.cpu_inference_threads must be 1-64 (default 2)")
         _check(1 <= self.model_threads <= 64, "ServerConfig.model_threads must be 1-64 (default 1)")
+        _check(1 <= self.final_threads <= 64, "ServerConfig.final_threads must be 1-64 (default 2)")
+        _check(0 <= self.background_nice <= 19, "ServerConfig.background_nice must be 0-19 (default 10; 0: equal)")
         _check(1 <= self.max_batch <= 1024, "ServerConfig.max_batch must be 1-1024 (default 16)")
         _check(0 <= self.max_wait_ms <= 1000, "ServerConfig.max_wait_ms must be 0-1000 ms (a few ms is typical)")
         _check(self.overload_lag > 0, "ServerConfig.overload_lag must be > 0 seconds (default 5)")
@@ -158,6 +168,9 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("max_batch", int, "largest model batch (default 16)"),
     ("cpu_inference_threads", int, "threads running CPU models side by side (default 2; a GPU has one)"),
     ("model_threads", int, "intra-op threads of one CPU model call, torch's and ONNX Runtime's (default 1)"),
+    ("final_threads", int, "intra-op threads of a GigaAM decode of finals on the CPU, ONNX engine (default 2)"),
+    ("background_nice", int, "nice levels below the finals' threads for partial decodes and diarization on the "
+                             "CPU (default 10; 0: equal)"),
     ("max_wait_ms", float, "longest a request waits for batch-mates, in ms (default 5)"),
     ("overload_lag", float, "seconds the oldest unprocessed audio may wait before an 'overloaded' warning (default 5)"),
     ("shed_partials_wait", float, "seconds the oldest queued ASR request may wait before streams skip partials "

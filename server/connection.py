@@ -25,17 +25,39 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from server.backpressure import ClientPace, ReadGate
-from server.batcher import BatcherPool
+from server.batcher import BatcherPool, TimedFuture
 from server.config import ServerConfig
 from server.metrics import ServerMetrics
 from streaming import wire
 from streaming.config import SAMPLE_RATE
 from streaming.protocols.base import INTERNAL_MESSAGE, Close, CloseCode, Outgoing, Phase, StreamProtocol
-from streaming.work import Request
+from streaming.work import AsrKind, AsrRequest, Request, VadRequest, VadResult
 
 log = logging.getLogger("rechka.connection")
 
 ARRIVALS_KEPT = 60 * SAMPLE_RATE  # arrival times kept for final-latency measurement (seconds of audio)
+VAD_DONE_KEPT = 2000  # VAD results' (end, time) kept per channel for final traces (about a minute at real time)
+FINALS_TRACKED = 64  # final (and speculative) ASR requests whose futures are kept until their final is sent
+
+
+def final_trace(end_arrived: float, close_arrived: float, vad_closed: float, future: Optional[TimedFuture],
+                sent: float) -> dict[str, Optional[float]]:
+    """Where one final's latency went (seconds, wall): ``silence`` (the pause that closes it arriving), ``vad``
+    (the VAD seeing that pause), ``asr_wait`` (its ASR result, after the VAD closed it), ``send`` (the rest, to the
+    socket); they add up to ``total``. ``queued``/``compute``/``batch``: its ASR request's wait for the model, call
+    time and batch size; ``submitted``: when it was queued after the utterance's last audio arrived (a speculative
+    final is queued before the VAD closes the utterance)."""
+    vad_closed = max(vad_closed, close_arrived)
+    done = future.finished_at if future is not None else None
+    ready = max(vad_closed, done) if done is not None else vad_closed
+    trace: dict[str, Optional[float]] = {
+        "total": sent - end_arrived, "silence": close_arrived - end_arrived, "vad": vad_closed - close_arrived,
+        "asr_wait": ready - vad_closed, "send": sent - ready,
+        "submitted": None, "queued": None, "compute": None, "batch": None}
+    if future is not None and future.started_at is not None and done is not None:
+        trace.update(submitted=future.queued_at - end_arrived, queued=future.started_at - future.queued_at,
+                     compute=done - future.started_at, batch=float(future.batch_size))
+    return {k: (round(v, 4) if v is not None else None) for k, v in trace.items()}
 
 
 @dataclass
@@ -68,6 +90,9 @@ class Connection:
         self._first_audio_at: Optional[float] = None
         self._first_partial_seen = False
         self._arrivals: deque[tuple[int, float]] = deque()  # (stream samples at 16 kHz after a message, time)
+        self._vad_done: dict[int, deque[tuple[int, float]]] = {}  # channel → (samples the VAD is past, time)
+        self._vad_ends: dict[int, tuple[int, int]] = {}  # VAD request seq → (channel, its end sample)
+        self._finals: dict[tuple[int, int, int], TimedFuture] = {}  # (channel, start, end) → final request's future
         self._flush_timer: Optional[asyncio.TimerHandle] = None
         self._pace = ClientPace()
         self._gate = ReadGate()  # closed while an unpaced client's pending audio is at its bound
@@ -119,7 +144,8 @@ class Connection:
     def _step(self, call: Any, *args: Any) -> None:
         """One protocol call, then the pump; a failure inside it closes only this stream, without internals."""
         session = self.protocol.session
-        if session is not None:  # load shedding: GigaAM's queue is behind, so optional decodes wait
+        if session is not None:  # load shedding: GigaAM's finals queue is behind, so optional decodes wait (a late
+            # partial lane is bounded by each stream's one partial in flight)
             session.models_behind = self.ctx.pool.oldest_wait("asr") > self.ctx.config.shed_partials_wait
         try:
             call(*args)
@@ -190,6 +216,12 @@ class Connection:
 
     def _submit(self, request: Request) -> None:
         future = self.ctx.pool.submit(request)
+        if isinstance(request, VadRequest):
+            self._vad_ends[request.seq] = (request.channel, request.start + len(request.audio))
+        elif isinstance(request, AsrRequest) and request.kind == AsrKind.FINAL:
+            self._finals[(request.channel, request.start, request.start + len(request.audio))] = future
+            while len(self._finals) > FINALS_TRACKED:
+                del self._finals[next(iter(self._finals))]
         self._inflight.add(future)
         future.add_done_callback(self._on_result)
 
@@ -210,7 +242,11 @@ class Connection:
         if self._flush_timer is not None:  # progress: the flush limit counts from the latest result
             self._flush_timer.cancel()
             self._flush_timer = None
-        self._step(self.protocol.receive_result, future.result())
+        result = future.result()
+        if isinstance(result, VadResult) and result.seq in self._vad_ends:
+            channel, end = self._vad_ends.pop(result.seq)
+            self._vad_done.setdefault(channel, deque(maxlen=VAD_DONE_KEPT)).append((end, time.monotonic()))
+        self._step(self.protocol.receive_result, result)
 
     # ----------------------------------------------------------------------------------------------- metrics
     def _note_arrival(self) -> None:
@@ -278,6 +314,27 @@ class Connection:
             arrived = self._arrival_of(event.end)
             if arrived is not None:
                 m.final_latency.observe(max(0.0, now - arrived))
+                self._trace_final(event, arrived, now)
+
+    def _trace_final(self, event: wire.Final, arrived: float, sent: float) -> None:
+        """The final's latency breakdown (:func:`final_trace`) into the metrics."""
+        session = self.protocol.session
+        done = self._vad_done.get(event.channel)
+        if session is None or not done:
+            return
+        vad = session.config.vad
+        close = event.end - vad.speech_pad + vad.min_silence  # the VAD closes an utterance this far into its pause
+        index = bisect.bisect_left(done, close, key=lambda d: d[0])
+        if index == len(done) or done[index][1] > sent:  # closed earlier: cut at max_utterance, a finalize, the end
+            close = event.end
+            index = bisect.bisect_left(done, close, key=lambda d: d[0])
+        vad_closed = done[min(index, len(done) - 1)][1]
+        future = self._finals.pop((event.channel, event.start, event.end), None)
+        close_arrived = self._arrival_of(close)
+        trace = final_trace(arrived, close_arrived if close_arrived is not None else arrived, vad_closed, future,
+                            sent)
+        trace["audio"], trace["at"] = round((event.end - event.start) / SAMPLE_RATE, 3), sent
+        self.ctx.metrics.add_final_trace(trace)
 
     def _arrival_of(self, sample: int) -> Optional[float]:
         """Wall time the message holding stream sample ``sample - 1`` arrived (the utterance's last audio)."""

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections import deque
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+FINAL_STAGES = ("silence", "vad", "asr_wait", "send")  # what a final's latency is made of (FinalTrace)
+TRACES_KEPT = 2000
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
@@ -42,6 +48,13 @@ class ServerMetrics:
         self.queue_depth = Gauge("rechka_queue_depth", "Requests waiting in a batcher", ["model"], registry=r)
         self.batch_size = Histogram("rechka_batch_size", "Requests per model batch", ["model"],
                                     buckets=BATCH_BUCKETS, registry=r)
+        self.queue_wait = Histogram("rechka_queue_wait_seconds", "Submit to model call start, per request",
+                                    ["model", "priority"], buckets=WAIT_BUCKETS, registry=r)
+        self.final_stage = Histogram(
+            "rechka_final_stage_seconds", "A final's latency by stage: silence (the closing pause arriving), vad "
+            "(the VAD seeing it), asr_wait (its ASR result after that), send (to the socket)", ["stage"],
+            buckets=WAIT_BUCKETS, registry=r)
+        self.final_traces: deque[dict[str, Any]] = deque(maxlen=TRACES_KEPT)  # the latest finals' breakdowns
         self.batch_failures = Counter("rechka_batch_failures", "run_batch calls that raised", ["model"], registry=r)
         self._busy_total = 0.0
         self._processed_total = 0.0
@@ -49,6 +62,14 @@ class ServerMetrics:
     def add_busy(self, model: str, seconds: float) -> None:
         self.model_busy.labels(model=model).inc(seconds)
         self._busy_total += seconds
+
+    def add_final_trace(self, trace: dict[str, Any]) -> None:
+        """One final's latency breakdown (``server.connection.final_trace``): the stage histograms and the ring."""
+        for stage in FINAL_STAGES:
+            value = trace.get(stage)
+            if value is not None:
+                self.final_stage.labels(stage=stage).observe(max(0.0, value))
+        self.final_traces.append(trace)
 
     def add_processed(self, seconds: float) -> None:
         self.audio_processed.inc(seconds)

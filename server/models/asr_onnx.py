@@ -31,9 +31,10 @@ import hashlib
 import logging
 import os
 import tempfile
+import threading
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -44,6 +45,7 @@ from server.models.cache import cache_dir
 from server.models.conv_taps import with_tap_convs
 from server.models.gigaam_compat import encode_features, features_batch
 from server.models.gigaam_models import DEFAULT_MODEL
+from streaming.work import AsrKind, AsrRequest, AsrResult
 
 log = logging.getLogger(__name__)
 
@@ -169,10 +171,14 @@ class OnnxGigaAmAsr(GigaAmAsr):
     """:class:`GigaAmAsr` whose encoder runs on ONNX Runtime (``precision`` ``fp32`` or ``int8``; ``recipe`` one of
     :data:`RECIPES`, how the graph is exported, by default the precision's in :data:`DEFAULT_RECIPES`).
 
-    ``threads``: ONNX Runtime's intra-op threads (default: torch's); see :func:`session_options`."""
+    ``threads``: ONNX Runtime's intra-op threads (default: torch's); see :func:`session_options`. ``final_threads``:
+    batches of finals only run on a second session of the same graph with this many threads (the server's finals
+    lane: a final decoded on both cores while partials and diarization, on lower-priority threads, wait); None or
+    equal to ``threads``: one session for all."""
 
     def __init__(self, model: str = DEFAULT_MODEL, device: str = "cpu", max_batch: int = 16, precision: str = "int8",
-                 threads: Optional[int] = None, recipe: Optional[str] = None, **options: Any) -> None:
+                 threads: Optional[int] = None, recipe: Optional[str] = None, final_threads: Optional[int] = None,
+                 **options: Any) -> None:
         import onnxruntime as ort
 
         if precision not in PRECISIONS:
@@ -190,6 +196,10 @@ class OnnxGigaAmAsr(GigaAmAsr):
             self._providers = ["CPUExecutionProvider"]
         self.threads = threads or torch.get_num_threads()
         self.session = ort.InferenceSession(str(self.graph), session_options(self.threads), providers=self._providers)
+        self.final_threads = final_threads if final_threads and self.device.type == "cpu" else self.threads
+        self.final_session = self.session if self.final_threads == self.threads else ort.InferenceSession(
+            str(self.graph), session_options(self.final_threads), providers=self._providers)
+        self._lane = threading.local()  # the session this thread's batch runs on
         if onnx_device(self.session).type != self.device.type:
             raise RuntimeError(f"ONNX Runtime could not use {self.device} (providers {self.session.get_providers()});"
                                f" install onnxruntime-gpu for CUDA, or use --asr-engine torch")
@@ -198,27 +208,40 @@ class OnnxGigaAmAsr(GigaAmAsr):
 
     def set_threads(self, threads: int) -> None:
         """Open the graph again with ``threads`` intra-op threads (a whole-file run that overlaps GigaAM with the other
-        models may want another count than the one it was loaded with); a no-op at the current count."""
+        models may want another count than the one it was loaded with); a no-op at the current count. Batches of
+        finals follow when they had no session of their own."""
         import onnxruntime as ort
 
         if threads < 1:
             raise ValueError("OnnxGigaAmAsr threads must be >= 1")
         if threads != self.threads:
+            shared = self.final_session is self.session
             self.session = ort.InferenceSession(str(self.graph), session_options(threads), providers=self._providers)
             self.threads = threads
+            if shared:
+                self.final_session, self.final_threads = self.session, threads
+
+    def run_batch(self, requests: Sequence[AsrRequest]) -> list[AsrResult]:
+        finals = all(r.kind == AsrKind.FINAL for r in requests)
+        self._lane.session = self.final_session if finals else self.session
+        return super().run_batch(requests)
 
     def _encode(self, wavs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         x, lengths = features_batch(self.model, wavs)
-        encoded, frames = self.session.run(None, {"features": x.float().cpu().numpy(),
+        session = getattr(self._lane, "session", self.session)
+        encoded, frames = session.run(None, {"features": x.float().cpu().numpy(),
                                                   "lengths": lengths.cpu().numpy().astype(np.int64)})
         return torch.from_numpy(encoded).to(self.device), torch.from_numpy(frames).to(self.device)
 
     def modules(self) -> dict[str, Any]:
-        return {"gigaam": self.model, "onnx_encoder": self.session}
+        modules = {"gigaam": self.model, "onnx_encoder": self.session}
+        if self.final_session is not self.session:
+            modules["onnx_encoder_finals"] = self.final_session
+        return modules
 
     def describe(self) -> dict[str, Any]:
         out = super().describe()
         out.update(engine="onnx", precision=self.precision, recipe=self.recipe, providers=self.session.get_providers(),
-                   graph=self.graph.name, quantize=None,
+                   graph=self.graph.name, quantize=None, final_threads=self.final_threads,
                    parameters=out["parameters"] + self._encoder_parameters)
         return out

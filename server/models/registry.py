@@ -56,7 +56,8 @@ class Models(NamedTuple):
 def load_models(asr: Union["ServerConfig", str, None] = ASR_DEFAULT, segmentation: str = SEGMENTATION_DEFAULT,
                 embedding: str = EMBEDDING_DEFAULT, device: Optional[str] = None, *, max_batch: int = 16,
                 warmup: bool = True, wheel: Optional["Path"] = None, asr_quantize: Optional[str] = None,
-                asr_engine: str = "torch", threads: Optional[int] = None) -> Models:
+                asr_engine: str = "torch", threads: Optional[int] = None,
+                final_threads: Optional[int] = None) -> Models:
     """Load, audit and (optionally) warm up the models.
 
     ``asr``: a GigaAM model name or checkpoint path, or ``None`` to leave ASR out (``rechka-fetch-models
@@ -67,13 +68,15 @@ def load_models(asr: Union["ServerConfig", str, None] = ASR_DEFAULT, segmentatio
     ``asr_engine``: ``"torch"`` or ``"onnx"`` (:mod:`server.models.asr_onnx`; ``asr_quantize`` then picks its graph),
     or ``"auto"`` (:func:`asr_engine_for`); ``asr_quantize="auto"`` likewise.
     ``threads``: intra-op threads of one model call on the CPU — torch's (process-wide, ``torch.set_num_threads``)
-    and the ONNX encoder's; ``None`` leaves torch's as it is (its default is one per core).
+    and the ONNX encoder's; ``None`` leaves torch's as it is (its default is one per core). ``final_threads``: the
+    ONNX encoder's threads for batches of finals only (``ServerConfig.final_threads``; None: ``threads``).
     """
     if asr is not None and not isinstance(asr, str):
         config = asr
         asr, segmentation, embedding = config.asr_model, config.segmentation_model, config.embedding_model
         device, max_batch = config.device, config.max_batch
         asr_quantize, asr_engine, threads = config.asr_quantize, config.asr_engine, config.model_threads
+        final_threads = config.final_threads
     target = resolve_device(device)
     name = str(target)
     if threads is not None:
@@ -94,7 +97,7 @@ def load_models(asr: Union["ServerConfig", str, None] = ASR_DEFAULT, segmentatio
     }
     if asr is not None:
         asr_engine, asr_quantize = asr_engine_for(target.type, asr_engine, asr_quantize)
-        models["asr"] = load_asr(asr, name, max_batch, asr_quantize, asr_engine, threads)
+        models["asr"] = load_asr(asr, name, max_batch, asr_quantize, asr_engine, threads, final_threads)
     placement = audit_models(models, target)
     for model_name, entry in placement.items():
         log.info("model %-12s %s (%s)", model_name, entry.summary(), models[model_name].describe().get("checkpoint"))
@@ -135,16 +138,18 @@ def asr_engine_for(device_type: str, engine: str = "auto",
 
 
 def load_asr(model: str, device: str, max_batch: int, quantize: Optional[str] = None, engine: str = "torch",
-             threads: Optional[int] = None) -> Any:
+             threads: Optional[int] = None, final_threads: Optional[int] = None) -> Any:
     """GigaAM, imported only when needed; its own "unavailable" error is re-raised as :class:`ModelUnavailable`.
-    ``threads``: the ONNX engine's intra-op threads (default: torch's)."""
+    ``threads``: the ONNX engine's intra-op threads (default: torch's); ``final_threads``: its threads for batches of
+    finals (default: ``threads``; the torch engine has one thread count for all)."""
     from server.models import asr as asr_module
 
     try:
         if engine == "onnx":
             from server.models.asr_onnx import OnnxGigaAmAsr
 
-            return OnnxGigaAmAsr(model, device, max_batch, precision=quantize or "fp32", threads=threads)
+            return OnnxGigaAmAsr(model, device, max_batch, precision=quantize or "fp32", threads=threads,
+                                 final_threads=final_threads)
         if engine != "torch":
             raise ValueError(f"unknown ASR engine {engine!r}; use torch or onnx")
         return asr_module.GigaAmAsr(model, device, max_batch, quantize=quantize)

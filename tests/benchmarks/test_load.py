@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from benchmarks.common import SAMPLE_RATE, StreamLog, compose
-from benchmarks.load import client_plan, markdown_table, parse_args, summarize_step
+from benchmarks.load import client_plan, final_breakdown, markdown_table, parse_args, summarize_step
 
 
 def _session(t0: float, latencies: list[float], done: bool = True, dropped: float = 0.0) -> StreamLog:
@@ -77,3 +77,16 @@ def test_markdown_table_has_one_sorted_row_per_step() -> None:
     assert len(lines) == 4 and lines[0].startswith("| streams |")
     assert lines[2].startswith("| 1 | 1 | 0.3 / 0.3 / 0.3 |") and lines[2].endswith("| yes |")
     assert lines[3].startswith("| 4 | 4 | 1.2 / 1.2 / 1.2 |") and lines[3].endswith("| no |")
+
+
+def test_final_breakdown_takes_the_steps_finals_and_their_slowest_tenth() -> None:
+    def trace(total: float, at: float) -> dict:
+        return {"total": total, "silence": 0.4, "vad": 0.01, "asr_wait": total - 0.41, "send": 0.0, "queued": None,
+                "at": at}
+
+    traces = [trace(0.5 + i / 10, 10.0 + i) for i in range(20)] + [trace(9.0, 5.0)]  # the last: an earlier step
+    out = final_breakdown(traces, 10.0, 40.0)
+    assert out["n"] == 20 and out["tail_n"] == 2 and len(out["finals"]) == 20
+    assert out["tail_median"]["total"] == 2.35 and out["tail_median"]["asr_wait"] == 1.94
+    assert out["all_median"]["silence"] == 0.4 and out["all_median"]["queued"] is None
+    assert final_breakdown(traces, 100.0, 200.0) == {}

@@ -18,6 +18,7 @@ from websockets.asyncio.client import connect
 from server.__main__ import CannotStart, load, main, placement_dict
 from server.app import RechkaServer, static_file
 from server.config import DEFAULT_STATIC_DIR, ServerConfig
+from server.connection import final_trace
 from tests.server.conftest import (HttpReply, Received, http_get, metric_value, read_all, run, serving, stream,
                                   tones_audio)
 from tests.server.fake_models import FAKE_PLACEMENT, fake_models
@@ -95,6 +96,38 @@ def test_metrics_count_sessions_audio_latency_and_batches() -> None:
     assert metric_value(text, "rechka_real_time_factor") > 0
     for name in ("rechka_queue_depth", "rechka_partials_dropped_total"):
         assert name in text
+
+
+def test_debug_finals_break_each_final_latency_into_stages_that_add_up() -> None:
+    audio = tones_audio([440, 660])
+
+    async def main() -> tuple[HttpReply, HttpReply]:
+        async with serving() as server:
+            await stream(server.url, audio, pace=0.005)
+            return await http_get(server.port, "/debug/finals"), await http_get(server.port, "/metrics")
+
+    reply, metrics = run(main())
+    traces = reply.json()["finals"]
+    assert reply.status == 200 and len(traces) == 2
+    for t in traces:
+        stages = [t[k] for k in ("silence", "vad", "asr_wait", "send")]
+        assert min(stages) >= 0 and sum(stages) == pytest.approx(t["total"], abs=0.002)
+        assert t["queued"] >= 0 and t["compute"] >= 0 and t["batch"] >= 1 and t["audio"] > 0
+    assert metric_value(metrics.body.decode(), "rechka_final_stage_seconds_count", 'stage="asr_wait"') == 2
+    assert metric_value(metrics.body.decode(), "rechka_queue_wait_seconds_count", 'model="asr",priority="final"') >= 2
+
+
+def test_final_trace_charges_the_asr_only_for_what_comes_after_the_vad_closes() -> None:
+    class Times:  # a TimedFuture's fields
+        queued_at, started_at, finished_at, batch_size = 100.05, 100.1, 100.3, 2
+
+    early = final_trace(100.0, 100.4, 100.42, Times(), 100.43)  # speculative: decoded before the VAD closed it
+    assert (early["silence"], early["vad"], early["asr_wait"], early["send"]) == (0.4, 0.02, 0.0, 0.01)
+    assert (early["submitted"], early["queued"], early["compute"], early["batch"]) == (0.05, 0.05, 0.2, 2.0)
+    Times.finished_at = 101.0  # decoded after the close: the rest is ASR time
+    late = final_trace(100.0, 100.4, 100.42, Times(), 101.01)
+    assert (late["asr_wait"], late["send"], late["total"]) == (0.58, 0.01, 1.01)
+    assert final_trace(100.0, 100.4, 100.3, None, 100.5)["vad"] == 0.0  # never before its pause arrived
 
 
 def test_static_page_and_files_with_their_content_types(web_root: Path) -> None:

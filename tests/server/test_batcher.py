@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
@@ -10,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 import pytest
 
-from server.batcher import Batcher, BatcherClosed, BatcherPool
+from server.batcher import PARTIAL_LANE, Batcher, BatcherClosed, BatcherPool
 from server.metrics import ServerMetrics
 from streaming.work import AsrKind, AsrRequest, AsrResult, Priority, VadRequest, VadResult
 
@@ -321,6 +323,96 @@ def test_pool_routes_each_request_kind_to_its_model() -> None:
     assert isinstance(a, AsrResult) and isinstance(v, VadResult)
 
 
+class PartialsHeldAsr(EchoAsr):
+    """EchoAsr whose ``gate`` holds partial batches only: finals always run."""
+
+    def run_batch(self, requests: Sequence[AsrRequest]) -> list[AsrResult]:
+        if any(r.kind == AsrKind.FINAL for r in requests):
+            self.threads.add(threading.current_thread().name)
+            return [AsrResult(r.session_id, r.seq, f"{r.session_id}/{r.seq}") for r in requests]
+        return super().run_batch(requests)
+
+
+def test_on_the_cpu_a_final_does_not_wait_for_a_running_partial_batch() -> None:
+    model = PartialsHeldAsr()
+
+    async def main() -> tuple[list[float], str, bool, set[str]]:
+        metrics = ServerMetrics()
+        pool = BatcherPool({"asr": model}, {"asr": "cpu"}, max_batch=4, max_wait=0.0, metrics=metrics)
+        model.gate.clear()
+        running = pool.submit(asr("p", 1))
+        await asyncio.get_running_loop().run_in_executor(None, model.entered.wait, 5)
+        waits = [pool.oldest_wait(PARTIAL_LANE)]  # the running partial is not queued
+        queued = pool.submit(asr("p", 2))
+        await asyncio.sleep(0.2)
+        waits.append(pool.oldest_wait(PARTIAL_LANE))  # a partial queued behind it
+        waits.append(pool.oldest_wait("asr"))  # the finals' queue is not behind
+        final = await asyncio.wait_for(pool.submit(asr("f", 3, AsrKind.FINAL)), 5)
+        held = not running.done()
+        final_threads = set(model.threads)
+        model.gate.set()
+        await asyncio.gather(running, queued)
+        assert running.started_at is not None and running.finished_at is not None
+        assert running.queued_at <= running.started_at <= running.finished_at and running.batch_size == 1
+        text = metrics.render().decode()
+        assert 'rechka_queue_wait_seconds_count{model="asr-partials",priority="partial"} 2.0' in text
+        await pool.close()
+        return waits, final.text, held, final_threads
+
+    waits, text, held, final_threads = run(main())
+    assert waits[0] == waits[2] == 0.0 and waits[1] >= 0.2
+    assert text == "f/3" and held, "the final ran while the partial batch was still running"
+    assert final_threads.isdisjoint(model.threads - final_threads) and model.threads != final_threads
+
+
+def test_on_a_gpu_finals_and_partials_share_one_batcher() -> None:
+    async def main() -> set[str]:
+        pool = BatcherPool({"asr": EchoAsr()}, {"asr": "cuda:0"}, max_batch=4, max_wait=0.0)
+        names = set(pool.batchers)
+        await pool.close()
+        return names
+
+    assert run(main()) == {"asr"}
+
+
+class NiceRecorder(EchoAsr):
+    """Records the nice value of the thread each batch runs on."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+        self.nice: set[int] = set()
+
+    def run_batch(self, requests: Sequence[Any]) -> list[Any]:
+        self.nice.add(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        if isinstance(requests[0], VadRequest):
+            return [VadResult(r.session_id, r.seq, np.zeros(1, np.float32), None) for r in requests]
+        return [AsrResult(r.session_id, r.seq, "") for r in requests]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_shared_cpu_threads_run_below_the_finals_and_the_vad() -> None:
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    if base + 5 > 19:
+        pytest.skip("the tests already run at nice > 14: the shared threads cannot go 5 lower")
+    vad, seg, gigaam = NiceRecorder("vad"), NiceRecorder("segmentation"), NiceRecorder("asr")
+
+    async def main() -> None:
+        pool = BatcherPool({"vad": vad, "segmentation": seg, "asr": gigaam}, dict.fromkeys(("vad", "segmentation", "asr"), "cpu"),
+                           max_batch=4, max_wait=0.0, cpu_threads=2, background_nice=5)
+        await pool.submit(VadRequest("s", 1, 0, 0, np.zeros(512, np.float32)))
+        await pool.batchers["segmentation"].submit(VadRequest("s", 2, 0, 0, np.zeros(512, np.float32)))
+        await pool.submit(asr("s", 3, AsrKind.FINAL))
+        final_nice = set(gigaam.nice)
+        await pool.submit(asr("s", 4))
+        gigaam.nice -= final_nice
+        await pool.close()
+        assert final_nice == vad.nice == {base}
+
+    run(main())
+    assert seg.nice == gigaam.nice == {base + 5}  # the partial ran on a shared thread
+
+
 @pytest.mark.parametrize("kwargs", [{"max_batch": 0, "max_wait": 0.0}, {"max_batch": 1, "max_wait": -1.0}])
 def test_bad_options_are_refused(kwargs: dict[str, Any]) -> None:
     async def main() -> None:
@@ -329,3 +421,23 @@ def test_bad_options_are_refused(kwargs: dict[str, Any]) -> None:
 
     with pytest.raises(ValueError, match="Batcher max_"):
         run(main())
+
+
+def test_on_the_cpu_finals_run_one_at_a_time_the_shortest_first() -> None:
+    model = EchoAsr()
+
+    def final(seq: int, samples: int) -> AsrRequest:
+        return AsrRequest("s", seq, 0, 0, np.zeros(samples, np.float32), utterance_id=seq, kind=AsrKind.FINAL)
+
+    async def main() -> None:
+        pool = BatcherPool({"asr": model}, {"asr": "cpu"}, max_batch=8, max_wait=0.0)
+        model.gate.clear()
+        running = pool.submit(final(0, 16000))
+        await asyncio.get_running_loop().run_in_executor(None, model.entered.wait, 5)
+        queued = [pool.submit(final(1, 48000)), pool.submit(final(2, 8000)), pool.submit(final(3, 32000))]
+        model.gate.set()
+        await asyncio.gather(running, *queued)
+        await pool.close()
+
+    run(main())
+    assert model.batches == [[("s", 0)], [("s", 2)], [("s", 3)], [("s", 1)]]

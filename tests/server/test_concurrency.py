@@ -42,14 +42,17 @@ def test_twenty_concurrent_sessions_each_get_their_own_transcript_in_shared_batc
         ids.add(got.events[0]["session_id"])
     assert len(ids) == SESSIONS
     assert metric_value(metrics, "rechka_sessions_total") == SESSIONS
-    for model in ("vad", "asr"):
+    for model in ("vad", "asr-partials"):
         count = metric_value(metrics, "rechka_batch_size_count", f'model="{model}"')
         total = metric_value(metrics, "rechka_batch_size_sum", f'model="{model}"')
         assert total > count, f"{model}: no batch held more than one request"
+    finals = metric_value(metrics, "rechka_batch_size_count", 'model="asr"')
+    assert finals >= 3 * SESSIONS and metric_value(metrics, "rechka_batch_size_sum", 'model="asr"') == finals  # one by one
     assert metric_value(metrics, "rechka_batch_size_count", 'model="segmentation"') > 0
     assert max(models["vad"].batch_sizes) > 1
-    shared = set().union(*(m.threads for name, m in models.items() if name != "vad"))
+    shared = models["segmentation"].threads | models["embedding"].threads
     assert len(shared) == 1 and len(models["vad"].threads) == 1 and models["vad"].threads.isdisjoint(shared)
+    assert len(models["asr"].threads - shared) == 1  # GigaAM's finals: a thread of their own, partials on the shared
 
 
 def test_a_failing_model_call_errors_only_the_affected_session() -> None:

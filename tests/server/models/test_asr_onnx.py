@@ -14,6 +14,7 @@ import torch
 from server.models.asr import GigaAmAsr
 from server.models.asr_onnx import CONV_OPS, MATMUL_CONVS, OnnxGigaAmAsr, ensure_graph, weights_key
 from server.models.audit import PlacementError, audit_model
+from streaming.work import AsrKind, AsrRequest
 from tests.server.models.test_asr import TINY_CKPT, _cer, _requests, held_out, needs_espeak, rnnt_ckpt  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -186,3 +187,33 @@ def test_set_threads_reopens_the_graph_with_that_many_intra_op_threads(cache: Pa
 def test_unknown_precision_is_refused(cache: Path) -> None:
     with pytest.raises(ValueError, match="fp32, int8"):
         OnnxGigaAmAsr(str(TINY_CKPT), precision="int4")
+
+
+class _CountingSession:
+    """Wraps an ONNX Runtime session and counts its runs."""
+
+    def __init__(self, session: object) -> None:
+        self.session, self.runs = session, 0
+
+    def run(self, *args: object) -> object:
+        self.runs += 1
+        return self.session.run(*args)  # type: ignore[attr-defined]
+
+
+@needs_espeak
+def test_batches_of_finals_run_on_their_own_session_with_the_same_results(fp32: OnnxGigaAmAsr, cache: Path,
+                                                                          held_out) -> None:
+    lanes = OnnxGigaAmAsr(str(TINY_CKPT), device="cpu", max_batch=8, precision="fp32", threads=1, final_threads=2)
+    assert lanes.final_session is not lanes.session and lanes.describe()["final_threads"] == 2
+    assert lanes.final_session.get_session_options().intra_op_num_threads == 2
+    assert lanes.session.get_session_options().intra_op_num_threads == 1
+    assert "onnx_encoder_finals" in lanes.modules() and audit_model("asr", lanes, "cpu").devices == ("cpu",)
+    audios = held_out[1][:3]
+    finals = [AsrRequest("s", i, 0, 0, a, 0, AsrKind.FINAL) for i, a in enumerate(audios)]
+    partials = [AsrRequest("s", 10 + i, 0, 0, a, 0, AsrKind.PARTIAL) for i, a in enumerate(audios)]
+    lanes.session, lanes.final_session = _CountingSession(lanes.session), _CountingSession(lanes.final_session)
+    got_finals, got_partials = lanes.run_batch(finals), lanes.run_batch(partials + finals[:1])
+    assert (lanes.final_session.runs, lanes.session.runs) == (1, 1)  # a batch with a partial runs on the shared one
+    reference = fp32.run_batch(finals)
+    assert [r.text for r in got_finals] == [r.text for r in reference] == [r.text for r in got_partials[:3]]
+    assert fp32.final_session is fp32.session  # no final_threads: one session for all
