@@ -312,7 +312,7 @@ class BatcherPool:
                 shared = key == "cpu"
                 executor = ThreadPoolExecutor(
                     max_workers=cpu_threads if shared else 1, thread_name_prefix=f"infer-{key}",
-                    initializer=lower_thread_priority if shared else None, initargs=(background_nice,) if shared else ())
+                    initializer=lower_thread_priority, initargs=(background_nice if shared else 0,))
                 self._executors[key] = executor
             final_lane = key == "cpu-final"
             self.batchers[name] = Batcher(model, executor, CPU_FINAL_BATCH if final_lane else max_batch, max_wait,

@@ -398,8 +398,9 @@ def test_shared_cpu_threads_run_below_the_finals_and_the_vad() -> None:
     vad, seg, gigaam = NiceRecorder("vad"), NiceRecorder("segmentation"), NiceRecorder("asr")
 
     async def main() -> None:
-        pool = BatcherPool({"vad": vad, "segmentation": seg, "asr": gigaam}, dict.fromkeys(("vad", "segmentation", "asr"), "cpu"),
-                           max_batch=4, max_wait=0.0, cpu_threads=2, background_nice=5)
+        names = ("vad", "segmentation", "asr")
+        pool = BatcherPool(dict(zip(names, (vad, seg, gigaam))), dict.fromkeys(names, "cpu"), max_batch=4,
+                           max_wait=0.0, cpu_threads=2, background_nice=5)
         await pool.submit(VadRequest("s", 1, 0, 0, np.zeros(512, np.float32)))
         await pool.batchers["segmentation"].submit(VadRequest("s", 2, 0, 0, np.zeros(512, np.float32)))
         await pool.submit(asr("s", 3, AsrKind.FINAL))
