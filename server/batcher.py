@@ -320,7 +320,10 @@ class BatcherPool:
 
     def problems(self, hang_limit: float) -> dict[str, str]:
         """Model name → why its batcher cannot serve; each new problem is logged once with the model's name."""
-        found = {name: why for name, b in self.batchers.items() if (why := b.problem(hang_limit)) is not None}
+        found: dict[str, str] = {}
+        for name, b in self.batchers.items():  # GigaAM's partial lane reports as its model
+            if (why := b.problem(hang_limit)) is not None:
+                found.setdefault("asr" if name == PARTIAL_LANE else name, why)
         for name, why in found.items():
             if self._reported.get(name) != why.split(" for ")[0]:
                 self._reported[name] = why.split(" for ")[0]
