@@ -154,6 +154,7 @@ def run_variant(variant: Variant, models: Any, timers: dict[str, Timed], wav: Pa
            "rtf": wall / audio_s, "cpu_seconds": cpu, "cpu_seconds_per_audio_second": cpu / audio_s,
            "mean_cores_used": cpu / wall, "finals": len(captions.finals), "revisions": captions.revisions,
            "speakers": len(captions.speakers), "outputs_sha256": digest,
+           "finals_without_speaker": sum(1 for f in captions.finals if not f.speaker),
            "peak_rss_mb_so_far": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
            "models": {k: {"busy_seconds": t.seconds, "rtf": t.seconds / audio_s, "calls": t.calls,
                           "mean_batch": t.requests / max(t.calls, 1)} for k, t in timers.items()}}
