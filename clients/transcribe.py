@@ -6,8 +6,9 @@
 Each file (anything ffmpeg reads, mixed to 16 kHz mono) goes through the same :class:`~streaming.session.Session`
 and the same models as a live stream (Silero VAD, diarization, GigaAM), loaded once and audited as the server
 does (:func:`server.models.registry.load_models`); :func:`server.offline.drive_whole` feeds the files side by side
-in large chunks and batches every model's work across them (finals ``--asr-batch`` at a time). Partials are off;
-speakers are the settled ones (revisions applied). Writes ``<stem>.json``, ``.srt``, ``.vtt``, ``.rttm`` and
+in large chunks and batches every model's work across them (finals ``--asr-batch`` at a time), GigaAM and
+diarization each in its own threads beside the VAD (:func:`thread_plan`; ``--sequential``: one after another, the
+same results). Partials are off; every final is labelled by the finished diarization. Writes ``<stem>.json``, ``.srt``, ``.vtt``, ``.rttm`` and
 ``.txt`` per file, as ``rechka-stream`` does. Exit status: 0 done, 1 a file or model failed, 2 bad arguments.
 """
 

@@ -9,7 +9,8 @@ function per request type (``adapter.run_batch`` fits).
 :func:`drive_whole` is the whole-file mode (``rechka-transcribe``): several sessions fed in large chunks side by
 side, their requests batched together per model, and final decodes held back until a pool of them is waiting,
 so GigaAM sees large batches of like-length rows. Results reach each session exactly as from a server (out
-of order across kinds, in order per VAD chain), so the events are the live ones.
+of order across kinds, in order per VAD chain), so the events are the live ones; with ``overlap`` the models run
+side by side in threads with the same batches (:class:`_Overlapped`).
 """
 
 from __future__ import annotations
