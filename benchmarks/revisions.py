@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -68,16 +70,35 @@ def revised_share(events: Sequence[wire.ServerEvent]) -> dict[str, Any]:
             "revised_share": revised / words if words else 0.0}
 
 
-def drive_with_asr_delay(session: Session, run: Any, pcm: bytes, delay: int, chunk: int = ms(100)) -> list:
+def final_delays(events: Sequence[wire.ServerEvent], emitted_at: Sequence[int], fed: int) -> list[float]:
+    """Seconds of audio fed between each utterance's end and its final (the VAD's closing silence included); the
+    pieces of a final split by speaker (adjacent, sent together) are one utterance; finals flushed by the end of
+    the stream are left out."""
+    groups: list[list[int]] = []  # [sent at, utterance end]
+    for event, at in zip(events, emitted_at):
+        if isinstance(event, wire.Final):
+            if groups and groups[-1] == [at, event.start]:
+                groups[-1][1] = event.end  # the next piece of the same utterance
+            else:
+                groups.append([at, event.end])
+    return [round((at - end) / SAMPLE_RATE, 3) for at, end in groups if at < fed]
+
+
+def drive_with_asr_delay(session: Session, run: Any, pcm: bytes, delay: int, chunk: int = ms(100),
+                         emitted_at: Optional[list[int]] = None) -> list:
     """Feed ``pcm`` in ``chunk``-sample messages answering every request at once, except final decodes, whose
-    results are handed back once ``delay`` more samples have been fed (all of them at the end)."""
+    results are handed back once ``delay`` more samples have been fed (all of them at the end). ``emitted_at`` (if
+    given) gets, per event, the samples fed when it came out."""
     events: list[wire.ServerEvent] = []
     waiting: list[tuple[int, Any]] = []  # (release at fed sample, result)
 
     def pump(fed: int, flush: bool = False) -> None:
         while True:
             work = session.work_to_run()
-            events.extend(session.events_to_send())
+            out = session.events_to_send()
+            events.extend(out)
+            if emitted_at is not None:
+                emitted_at.extend([fed] * len(out))
             due = [r for t, r in waiting if flush or t <= fed]
             waiting[:] = [(t, r) for t, r in waiting if not (flush or t <= fed)]
             if not work and not due:
@@ -105,8 +126,10 @@ def run_item(wav: Path, models: dict[type, Any], word: int, delay: int) -> dict[
     pcm = (audio.clip(-1, 1) * 32767).astype("<i2").tobytes()
     session = Session("revisions", SessionConfig(interim_results=False))
     started = time.perf_counter()
-    events = drive_with_asr_delay(session, run_requests_by_kind(models), pcm, delay)
+    emitted_at: list[int] = []
+    events = drive_with_asr_delay(session, run_requests_by_kind(models), pcm, delay, emitted_at=emitted_at)
     row = revised_share(events)
+    row["final_after_end_s"] = final_delays(events, emitted_at, len(audio))
     row.update(audio_seconds=len(audio) / SAMPLE_RATE, wall_seconds=time.perf_counter() - started)
     return row
 
@@ -144,15 +167,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for key in ("words", "revised_words", "revisions", "finals", "audio_seconds"):
             t[key] += row[key]
         t["recordings"] += 1
-    for t in totals.values():
+    for name, t in totals.items():
         t["revised_share"] = t["revised_words"] / t["words"] if t["words"] else 0.0
+        after = np.array([x for r in rows if name in ("all", r["dataset"]) for x in r["final_after_end_s"]])
+        t["final_after_end_s"] = ({q: round(float(np.percentile(after, v)), 3) for q, v in
+                                   (("p50", 50), ("p95", 95), ("max", 100))} if after.size else {})
     result = {"command": " ".join(["python -m benchmarks.revisions", *(argv or sys.argv[1:])]),
               "word_ms": args.word_ms, "asr_delay_ms": args.asr_delay_ms, "rows": rows, "totals": totals}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print("| dataset | recordings | words | revised words | share |\n|---|---|---|---|---|")
+    print("| dataset | recordings | words | revised words | share | final after end p50 / p95 / max |\n"
+          "|---|---|---|---|---|---|")
     for name, t in totals.items():
-        print(f"| {name} | {t['recordings']} | {t['words']} | {t['revised_words']} | {100 * t['revised_share']:.2f} % |")
+        after = " / ".join(f"{v:.2f}" for v in t["final_after_end_s"].values())
+        print(f"| {name} | {t['recordings']} | {t['words']} | {t['revised_words']} | {100 * t['revised_share']:.2f} % "
+              f"| {after} s |")
     return 0
 
 

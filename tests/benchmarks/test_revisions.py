@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.revisions import TiledWords, revised_share
+from benchmarks.revisions import TiledWords, final_delays, revised_share
 from streaming import wire
 from streaming.work import AsrKind, AsrRequest
 
@@ -46,8 +46,21 @@ def test_final_decodes_come_back_after_the_delay_and_everything_is_flushed() -> 
     run = run_requests_by_kind({VadRequest: FakeVad(), AsrRequest: FakeAsr()})
     config = SessionConfig(interim_results=False, diarization=False)
     audio = pcm16(bursts.audio)
-    prompt = drive_with_asr_delay(Session("a", config), run, audio, 0)
+    at: list[int] = []
+    prompt = drive_with_asr_delay(Session("a", config), run, audio, 0, emitted_at=at)
     late = drive_with_asr_delay(Session("b", config), run, audio, 16_000 * 10)  # longer than the stream
+    assert len(at) == len(prompt) and at == sorted(at)
+    first = next(i for i, e in enumerate(prompt) if isinstance(e, wire.Final))
+    assert prompt[first].end < at[first] < prompt[first].end + 16_000  # out once the VAD's silence closed it
     finals = [[(e.text, e.start, e.end) for e in events if isinstance(e, wire.Final)] for events in (prompt, late)]
     assert finals[0] == finals[1] and len(finals[0]) == 2
     assert isinstance(late[-1], wire.End)
+
+
+def test_final_delays_count_the_pieces_of_a_split_final_as_one_utterance() -> None:
+    a = wire.Final(0, 0, 16_000, 32_000, "x", speaker="S1")
+    b = wire.Final(1, 0, 32_000, 48_000, "y", speaker="S2")  # a's next piece, sent with it
+    c = wire.Final(2, 0, 64_000, 80_000, "z", speaker="S1")
+    d = wire.Final(3, 0, 96_000, 112_000, "w", speaker="S1")  # flushed by the end of the stream
+    delays = final_delays([a, b, wire.Warning("x", "y"), c, d], [56_000, 56_000, 60_000, 88_000, 120_000], 120_000)
+    assert delays == [0.5, 0.5]
