@@ -52,8 +52,8 @@ class ServerConfig:
         gets both cores of a 2-core machine while it runs).
     background_nice: how many nice levels below the finals' and the VAD's the CPU threads running partial decodes
         and diarization run (Linux, per thread; at most nice 19), so a final does not share the cores with them; 0
-        makes them equal. 19 (the default) gave 4 streams p95 0.91 / 0.94 s against 0.97 / 1.11 s at 10, with first
-        partials later (p50 1.1-1.5 vs 0.95 s); on a box shared with other busy processes lower it.
+        makes them equal. 19 was not better for finals in seven 4-stream runs (p95 0.94 / 0.91 / 1.34 s against
+        1.11 / 1.16 / 1.11 / 0.97 s at 10) and made first partials later (p50 1.1-1.5 vs 0.95 s).
     model_threads: intra-op threads of one CPU model call (torch's and the ONNX encoder's); 1 with
         ``cpu_inference_threads`` 2 keeps a 2-core machine's cores one call each.
     max_batch / max_wait_ms: a batcher runs as soon as it has ``max_batch`` requests or its oldest request has
@@ -85,7 +85,7 @@ class ServerConfig:
     cpu_inference_threads: int = 2
     model_threads: int = 1
     final_threads: int = 2
-    background_nice: int = 19
+    background_nice: int = 10
     max_wait_ms: float = 5.0
     overload_lag: float = 5.0
     shed_partials_wait: float = 1.0
@@ -116,7 +116,7 @@ class ServerConfig:
         _check(1 <= self.cpu_inference_threads <= 64, "ServerConfig.cpu_inference_threads must be 1-64 (default 2)")
         _check(1 <= self.model_threads <= 64, "ServerConfig.model_threads must be 1-64 (default 1)")
         _check(1 <= self.final_threads <= 64, "ServerConfig.final_threads must be 1-64 (default 2)")
-        _check(0 <= self.background_nice <= 19, "ServerConfig.background_nice must be 0-19 (default 19; 0: equal)")
+        _check(0 <= self.background_nice <= 19, "ServerConfig.background_nice must be 0-19 (default 10; 0: equal)")
         _check(1 <= self.max_batch <= 1024, "ServerConfig.max_batch must be 1-1024 (default 16)")
         _check(0 <= self.max_wait_ms <= 1000, "ServerConfig.max_wait_ms must be 0-1000 ms (a few ms is typical)")
         _check(self.overload_lag > 0, "ServerConfig.overload_lag must be > 0 seconds (default 5)")
@@ -172,7 +172,7 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("model_threads", int, "intra-op threads of one CPU model call, torch's and ONNX Runtime's (default 1)"),
     ("final_threads", int, "intra-op threads of a GigaAM decode of finals on the CPU, ONNX engine (default 2)"),
     ("background_nice", int, "nice levels below the finals' threads for partial decodes and diarization on the "
-                             "CPU (default 19; 0: equal)"),
+                             "CPU (default 10; 0: equal)"),
     ("max_wait_ms", float, "longest a request waits for batch-mates, in ms (default 5)"),
     ("overload_lag", float, "seconds the oldest unprocessed audio may wait before an 'overloaded' warning (default 5)"),
     ("shed_partials_wait", float, "seconds the oldest queued ASR request may wait before streams skip partials "
