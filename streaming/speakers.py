@@ -22,6 +22,10 @@ total cosine distance. Thresholds (all in :class:`~streaming.config.DiarizationO
   (and, if a window has more local speakers than centroids, to the nearest centroid at all).
 - ``update_threshold``: a centroid only learns from embeddings closer than this, so forced assignments and
   borderline matches do not drag it towards another voice.
+- ``borderline_margin`` / ``borderline_windows`` / ``borderline_count``: a candidate whose mean lies just beyond
+  the threshold of a mature speaker (within ``new_speaker_threshold + borderline_margin`` of one holding
+  ``borderline_count`` embeddings) needs ``borderline_windows`` windows instead: a well-known voice's odd segment
+  usually comes back within the threshold before then, a new voice keeps adding to its candidate.
 - ``merge_distance`` / ``merge_count``: after a centroid learns, if another live speaker's centroid lies within
   ``merge_distance`` and the larger of the two holds ``merge_count`` embeddings, they merge: the one with more
   embeddings stays, the other is *merged* (:attr:`SpeakerTracker.merged`; it takes nobody again, ``max_speakers``
@@ -209,13 +213,28 @@ class SpeakerTracker:
             candidate.last_seen = at
         joined.add(id(candidate))
         self._last_key = candidate.key
-        needed = 1 if self.n_live < self.minimum else self.options.new_speaker_windows
+        needed = 1 if self.n_live < self.minimum else self._windows_needed(unit(candidate.total))
         if candidate.count < needed or self.n_live >= self.capacity:
             return None
         self._candidates.remove(candidate)
         g = self._create(candidate.total / candidate.count, candidate.count)
         self.promoted.append((candidate.key, g))
         return g
+
+    def _windows_needed(self, mean: np.ndarray) -> int:
+        """Windows a candidate with this mean needs: ``borderline_windows`` while a live speaker lies within
+        ``new_speaker_threshold + borderline_margin`` of it, else ``new_speaker_windows``."""
+        options = self.options
+        if options.borderline_margin <= 0:
+            return options.new_speaker_windows
+        mature = [g for g in range(self.n_speakers) if g not in self._merged
+                  and self._counts[g] >= options.borderline_count]
+        if mature:
+            nearest = float(np.min(1.0 - self.centroids[mature] @ mean))
+            if nearest <= options.new_speaker_threshold + options.borderline_margin:
+                most = max(options.new_speaker_windows, options.window // options.step)
+                return min(max(options.new_speaker_windows, options.borderline_windows), most)
+        return options.new_speaker_windows
 
     def _create(self, centroid: np.ndarray, count: int) -> int:
         if not self.n_speakers:

@@ -245,6 +245,37 @@ def test_merging_frees_a_slot_under_max_speakers() -> None:
     assert full.assign([voice(3)], at=ms(7_000)) == [2]  # a third label, but only the second live speaker
 
 
+def borderline_tracker(**overrides: object) -> SpeakerTracker:
+    """S1 from 8 windows at angle 0 (threshold 0.3, margin 0.05, 4 windows for a borderline candidate once a
+    speaker holds 5 embeddings)."""
+    base = dict(new_speaker_windows=2, borderline_margin=0.05, borderline_windows=4, borderline_count=5,
+                merge_distance=0.0)
+    base.update(overrides)
+    t = tracker(**base)
+    assert [t.assign([in_plane(0.0)], at=w * ms(500)) for w in range(8)] == [[None]] + [[0]] * 7
+    return t
+
+
+def test_a_borderline_candidate_near_a_mature_speaker_needs_more_windows() -> None:
+    just_beyond = in_plane(np.arccos(0.68))  # 0.32 from S1: beyond 0.3, within 0.3 + 0.05
+    t = borderline_tracker()
+    assert [t.assign([just_beyond], at=w * ms(500)) for w in range(8, 12)] == [[None], [None], [None], [1]]
+    t = borderline_tracker()  # the odd segment comes back within the threshold: no phantom, S1 takes it
+    assert [t.assign([x], at=w * ms(500)) for w, x in zip(range(8, 12), [just_beyond] * 2 + [in_plane(0.5)] * 2)] \
+        == [[None], [None], [0], [0]]
+    assert t.n_speakers == 1
+    t = borderline_tracker(borderline_margin=0.0)  # the rule off: two windows, as for any candidate
+    assert [t.assign([just_beyond], at=w * ms(500)) for w in range(8, 10)] == [[None], [1]]
+
+
+def test_a_clearly_new_voice_and_a_young_speaker_are_not_held_back() -> None:
+    t = borderline_tracker()
+    far = in_plane(np.arccos(0.55))  # 0.45 from S1: beyond the margin
+    assert [t.assign([far], at=w * ms(500)) for w in range(8, 10)] == [[None], [1]]
+    t = borderline_tracker(borderline_count=50)  # S1 holds 8 embeddings: too young for the rule
+    assert [t.assign([in_plane(np.arccos(0.68))], at=w * ms(500)) for w in range(8, 10)] == [[None], [1]]
+
+
 def test_reset_starts_over_at_s1() -> None:
     t = tracker()
     step(t, 1, 0)
@@ -267,6 +298,9 @@ def test_reset_starts_over_at_s1() -> None:
     ("overlap_match_threshold", 2.5, "overlap_match_threshold"),
     ("merge_distance", 2.0, "merge_distance"),
     ("merge_count", 0, "merge_count"),
+    ("borderline_margin", -0.1, "borderline_margin"),
+    ("borderline_windows", 0, "borderline_windows"),
+    ("borderline_count", 0, "borderline_count"),
 ])
 def test_options_are_validated_with_a_message_naming_the_field(field: str, value: object, fix: str) -> None:
     with pytest.raises(ValueError, match=fix):
