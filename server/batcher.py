@@ -52,6 +52,7 @@ PARTIAL_LANE = "asr-partials"  # the batcher of GigaAM's partial decodes on the 
 # on the CPU a batch costs about the sum of its decodes (ONNX int8, 5 s: 4 in one batch 3.5x one alone), so GigaAM's
 # finals run one at a time, the shortest first: each is out once its own decode is done, not the whole batch's
 CPU_FINAL_BATCH = 1
+OWN_CPU_THREAD = {"vad": "cpu-vad", "asr": "cpu-final"}  # batchers with a CPU inference thread of their own
 
 
 def lower_thread_priority(steps: int) -> None:
@@ -306,7 +307,7 @@ class BatcherPool:
             device = devices.get(model_name, "cpu")
             # on the CPU the VAD (about a millisecond a call) and GigaAM's finals have a thread each: every final
             # waits for the VAD to see its pause, and a shared thread made both wait behind whole decodes
-            key = f"cpu-{'final' if name == 'asr' else name}" if device == "cpu" and name in ("vad", "asr") else device
+            key = OWN_CPU_THREAD.get(name, device) if device == "cpu" else device
             executor = self._executors.get(key)
             if executor is None:
                 shared = key == "cpu"
