@@ -175,7 +175,7 @@ _FLAGS: list[tuple[str, type, str]] = [
                              "CPU (default 10; 0: equal)"),
     ("max_wait_ms", float, "longest a request waits for batch-mates, in ms (default 5)"),
     ("overload_lag", float, "seconds the oldest unprocessed audio may wait before an 'overloaded' warning (default 5)"),
-    ("shed_partials_wait", float, "seconds the oldest queued ASR request may wait before streams skip partials "
+    ("shed_partials_wait", float, "seconds the oldest queued GigaAM final may wait before streams skip partials "
                                   "(default 1)"),
     ("tokens_file", str, "file with one accepted bearer token per line (also RECHKA_TOKENS=a,b)"),
     ("tls_cert", str, "PEM certificate: serve wss:// (needs --tls-key)"),
