@@ -25,27 +25,32 @@ Life of a window (see :mod:`streaming.windows` for the schedule and the aggregat
 4. Frames up to ``end of the last resolved window - latency`` become final: their binarised activity is merged
    into turns per global speaker (``binarization``: by default the windows' mean speaker count decides how many
    speakers a frame has, the highest aggregated scores which). Turns may overlap (two speakers at once).
+
+One class per stage: :class:`~streaming.windows.SegmentationWindows` (schedule, aggregate),
+:mod:`streaming.voice_segments` (what to embed, voices of a local speaker), :class:`~streaming.speakers.SpeakerTracker`
+(global speakers), :class:`~streaming.continuity.ContinuityMap` (mapping by continuity),
+:class:`~streaming.candidate_voices.CandidateVoices` (voices waiting for a candidate) and
+:class:`~streaming.final_turns.FinalTurns` (final turns, ``speaker_for``); this module drives them.
 """
 
 from __future__ import annotations
 
-import bisect
 from collections import deque
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Callable, Optional
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from streaming import wire
-from streaming.config import DiarizationOptions, ms
+from streaming.candidate_voices import CandidateVoices
+from streaming.config import DiarizationOptions
+from streaming.continuity import ContinuityMap
+from streaming.final_turns import FinalTurns
 from streaming.speakers import SpeakerTracker, label_of
-from streaming.voice_segments import Segment, plan_segments, runs as _runs, split_by_voice
-from streaming.windows import FrameGeometry, SampleSource, SegmentationWindows, Window, top_speakers
+from streaming.voice_segments import Segment, plan_segments, split_by_voice
+from streaming.windows import FrameGeometry, SampleSource, SegmentationWindows, Window
 from streaming.work import EmbeddingRequest, EmbeddingResult, Request, Result, SegmentationRequest, SegmentationResult
-
-NEAREST = ms(500)  # speaker_for() looks this far around a span in which nobody was heard
 
 
 class _Stage(IntEnum):
@@ -80,16 +85,12 @@ class StreamingDiarizer:
         self.tracker = SpeakerTracker(options)
         self._pending: deque[_PendingWindow] = deque()
         self._by_seq: dict[int, _PendingWindow] = {}
+        self.continuity = ContinuityMap(options, self.windows)
+        self.candidate_voices = CandidateVoices(options, self.windows)
+        self.turns = FinalTurns(options, self.windows, channel)
         self._finishing = False
         self._audio_end = 0
-        self.final_until = 0
-        self._open: dict[int, int] = {}           # global speaker → first frame of its unfinished final run
-        self._history: list[tuple[int, int, int]] = []  # closed final turns (end, start, global), sorted
-        self._new_turns: list[wire.Turn] = []
         self._new_merges: list[wire.SpeakerMerge] = []
-        self._seen: set[int] = set()
-        self._previous: Optional[tuple[Window, np.ndarray]] = None  # last resolved window, mapped scores
-        self._candidate_voices: list[tuple[int, Window, np.ndarray]] = []  # (candidate key, window, its scores)
 
     # ------------------------------------------------------------------------------------------------ requests
     def on_audio(self, buffer: SampleSource) -> list[Request]:
@@ -105,7 +106,7 @@ class StreamingDiarizer:
             return []
         requests = self.on_audio(buffer)
         self._finishing = True
-        self._audio_end = buffer.end
+        self._audio_end = self.turns.audio_end = buffer.end
         tail = self.windows.tail(buffer.end)
         if tail is not None:
             requests.append(self._segment(tail, buffer))
@@ -190,22 +191,9 @@ class StreamingDiarizer:
             pending = self._pending.popleft()
             self._aggregate(pending)
             if not self._finishing or self._pending:
-                self._finalize(self._final_edge(pending.window.end))
+                self.turns.finalize(self.candidate_voices.final_edge(pending.window.end, self.tracker.candidates))
         if self._finishing and not self._pending:
-            self._finalize(self._audio_end, last=True)
-
-    def _final_edge(self, end: int) -> int:
-        """How far frames may become final once the window ending at ``end`` is resolved: ``latency`` behind it,
-        but not past the first speech of a voice still waiting for its candidate new speaker (at most ``window``
-        behind), so a confirmed speaker is credited with all of it."""
-        edge = end - self.options.latency
-        waiting = self.tracker.candidates
-        tau = self.options.tau_active
-        for key, window, column in self._candidate_voices:
-            heard = np.flatnonzero(column > tau)
-            if key in waiting and heard.size:
-                edge = min(edge, self.windows.frame_start(self.windows.global_index(window) + int(heard[0])))
-        return max(edge, end - self.options.window)
+            self.turns.finalize(self._audio_end, last=True)
 
     def _aggregate(self, pending: _PendingWindow) -> None:
         scores = pending.scores
@@ -234,7 +222,8 @@ class StreamingDiarizer:
                                                        threshold=self.options.overlap_match_threshold)):
             if g is not None:
                 mapping[c] = g
-        self._map_by_continuity(pending.window, voices_scores, [c for c in active if c not in waiting], mapping)
+        self.continuity.map(pending.window, voices_scores, [c for c in active if c not in waiting], mapping,
+                            self.tracker)
         n_frames = len(scores)
         valid = self.windows.valid_frames(pending.window, n_frames)
         mapped = np.zeros((n_frames, max(self.tracker.n_speakers, self.windows.n_speakers, 1)))
@@ -246,137 +235,27 @@ class StreamingDiarizer:
         heard = (voices_scores > tau) & valid[:, None]
         self.windows.add(pending.window, mapped, abstain=unnamed[:, None] & (mapped <= tau), unnamed=unnamed,
                          talkers=heard.sum(axis=1))
-        self._previous = (pending.window, mapped)
-        self._credit_candidates(pending.window, voices_scores, waiting)
-
-    def _credit_candidates(self, window: Window, scores: np.ndarray, waiting: dict[int, int]) -> None:
-        """Keep the voices of this window that joined a candidate new speaker; when a candidate became a speaker
-        in this window, add its earlier voices' votes to the frames that are not final yet (those windows abstained
-        there, not knowing the speaker)."""
-        tau = self.options.tau_active
-        self._candidate_voices.extend((key, window, scores[:, c].copy()) for c, key in waiting.items())
-        for key, g in self.tracker.promoted:
-            g = self.tracker.live(g)
-            for voice_key, voice_window, column in self._candidate_voices:
-                if voice_key == key:
-                    votes = np.zeros((len(column), max(g + 1, self.windows.n_speakers)))
-                    votes[:, g] = column
-                    abstain = np.ones(votes.shape, dtype=bool)
-                    abstain[:, g] = column <= tau
-                    self.windows.add(voice_window, votes, abstain=abstain, unnamed=np.ones(len(column), dtype=bool))
-        waiting = set(self.tracker.candidates)  # promoted and expired candidates are done with
-        edge = self.windows.frame_start(self.windows.frozen) if self.windows.frozen is not None else None
-        self._candidate_voices = [v for v in self._candidate_voices
-                                  if v[0] in waiting and (edge is None or v[1].end > edge)]
+        self.continuity.remember(pending.window, mapped)
+        self.candidate_voices.credit(pending.window, voices_scores, waiting, self.tracker)
 
     def _merge(self, gone: int, keep: int, at: int) -> None:
         """The tracker merged speaker ``gone`` into ``keep``: what is not final yet (aggregate, open runs, turns not
         popped) and what ``speaker_for`` reads (history) become ``keep``'s, and a ``SpeakerMerge`` is queued so that
         clients relabel what they already received."""
         self.windows.merge_speakers(gone, keep)
-        if gone in self._open:
-            first = self._open.pop(gone)
-            self._open[keep] = min(first, self._open.get(keep, first))
-        self._history = sorted((end, start, keep if g == gone else g) for end, start, g in self._history)
         merge = wire.SpeakerMerge(self.channel, label_of(gone), label_of(keep), at)
-        self._new_turns = [merge.relabel_turn(t) for t in self._new_turns]
-        if gone in self._seen:
-            self._seen.discard(gone)
-            self._seen.add(keep)
+        self.turns.merge(gone, keep, merge)
         self._new_merges.append(merge)
 
-    def _map_by_continuity(self, window: Window, scores: np.ndarray, active: list[int],
-                           mapping: dict[int, int]) -> None:
-        """Map active local speakers without a global speaker by their overlap with the previous window's mapped
-        activity on the frames both windows cover: intersection over union ≥ ``continuity_threshold``, with a
-        one-to-one assignment over the still free global speakers."""
-        previous = self._previous
-        rest = [k for k in active if k not in mapping]
-        if not rest or previous is None:
-            return
-        prev_window, prev_mapped = previous
-        if self.tracker.merged:  # what a merged speaker was heard saying now belongs to the speaker it became
-            width = max(prev_mapped.shape[1], self.tracker.n_speakers)
-            prev_mapped = np.pad(prev_mapped, ((0, 0), (0, width - prev_mapped.shape[1])))
-            for gone in self.tracker.merged:
-                if gone < prev_mapped.shape[1]:
-                    keep = self.tracker.live(gone)
-                    prev_mapped[:, keep] = np.maximum(prev_mapped[:, keep], prev_mapped[:, gone])
-                    prev_mapped[:, gone] = 0.0
-        free = [g for g in range(prev_mapped.shape[1]) if g not in mapping.values()]
-        n_frames, tau = len(scores), self.options.tau_active
-        index = self.windows.global_index(window) + np.arange(n_frames)
-        prev_frames = index - self.windows.global_index(prev_window)
-        shared = ((prev_frames >= 0) & (prev_frames < len(prev_mapped))
-                  & self.windows.valid_frames(window, n_frames))
-        if not free or not shared.any():
-            return
-        local = scores[shared][:, rest] > tau                           # (shared frames, rest)
-        past = prev_mapped[prev_frames[shared]][:, free] > tau          # (shared frames, free)
-        inter = local.T.astype(np.int64) @ past.astype(np.int64)
-        union = local.sum(axis=0)[:, None] + past.sum(axis=0)[None, :] - inter
-        iou = inter / np.maximum(union, 1)
-        for r, c in zip(*linear_sum_assignment(-iou)):
-            if iou[r, c] >= self.options.continuity_threshold:
-                mapping[rest[r]] = free[c]
-
-    def _finalize(self, until: int, last: bool = False) -> None:
-        """Make frames before ``until`` (all frames when ``last``) final and turn them into turns."""
-        windows = self.windows
-        if windows.geometry is None:
-            if last:
-                self.final_until = max(self.final_until, self._audio_end)
-            return
-        start = windows.frozen if windows.frozen is not None else windows.covered[0]
-        stop = max(start, windows.covered[1] if last else windows.frame_at(until))
-        if stop == start and not last:
-            return
-        active = self._binarize(start, stop)
-        turns: list[tuple[int, int, int]] = []
-        for g in range(active.shape[1]):
-            runs = _runs(active[:, g])
-            carried = self._open.pop(g, None)
-            if carried is not None and not (runs and runs[0][0] == 0):
-                turns.append(self._turn(g, carried, start))
-                carried = None
-            for a, b in runs:
-                first = carried if (a == 0 and carried is not None) else start + a
-                if b == stop - start and not last:
-                    self._open[g] = first
-                else:
-                    turns.append(self._turn(g, first, start + b))
-        windows.freeze(stop)
-        turns = sorted(t for t in turns if t[0] > t[1])
-        self._seen.update(g for _, _, g in turns)
-        self._history.extend(turns)
-        self._new_turns.extend(wire.Turn(label_of(g), a, b, self.channel) for b, a, g in turns)
-        self.final_until = max(self.final_until, self._audio_end if last else windows.frame_start(stop))
-        if self.options.history is not None:
-            horizon = bisect.bisect_left(self._history, (self.final_until - self.options.history,))
-            del self._history[:horizon]
-        if len(self._new_turns) > len(self._history):  # nobody pops them (speaker_turns off): same bound
-            del self._new_turns[:len(self._new_turns) - len(self._history)]
-
-    def _binarize(self, first: int, stop: int) -> np.ndarray:
-        """Active global speakers in global frames ``[first, stop)`` (see ``DiarizationOptions.binarization``)."""
-        activity = self.windows.activity(first, stop)
-        if self.options.binarization == "threshold":
-            return activity > self.options.tau_active
-        return top_speakers(activity, self.windows.talkers(first, stop))
-
-    def _turn(self, g: int, first: int, stop: int) -> tuple[int, int, int]:
-        """``(end, start, g)`` of global speaker ``g``'s final run over global frames ``[first, stop)``."""
-        start = max(0, self.windows.frame_start(first))
-        end = self.windows.frame_start(stop)
-        if self._finishing:
-            end = min(end, self._audio_end)
-        return (max(start, end), start, g)
-
     # ------------------------------------------------------------------------------------------------ output
+    @property
+    def final_until(self) -> int:
+        """Frames before this sample are final (their turns popped or queued)."""
+        return self.turns.final_until
+
     def pop_final_turns(self) -> list[wire.Turn]:
         """Turns finalised since the last call, ordered by end (unpopped ones are kept for ``options.history`` only)."""
-        turns, self._new_turns = self._new_turns, []
-        return turns
+        return self.turns.pop()
 
     def pop_merges(self) -> list[wire.SpeakerMerge]:
         """Speaker merges since the last call, in order (after one, no turn or label carries the merged label)."""
@@ -386,41 +265,8 @@ class StreamingDiarizer:
     @property
     def speakers(self) -> tuple[str, ...]:
         """Labels that occur in final output so far, in label order."""
-        return tuple(label_of(g) for g in sorted(self._seen))
+        return self.turns.speakers
 
     def speaker_for(self, start: int, end: int) -> Optional[str]:
-        """The label with the largest overlap with ``[start, end)``: final turns before :attr:`final_until`,
-        the provisional aggregate after it. When nobody was heard in the span, the largest overlap within
-        ``NEAREST`` samples around it; ``None`` if still nobody."""
-        end = max(end, start + 1)
-        overlap = self._overlap(start, end)
-        if not overlap:
-            overlap = self._overlap(start - NEAREST, end + NEAREST)
-        if not overlap:
-            return None
-        return label_of(max(overlap, key=lambda g: (overlap[g], -g)))
-
-    def _overlap(self, start: int, end: int) -> dict[int, int]:
-        out: dict[int, int] = {}
-
-        def add(g: int, a: int, b: int) -> None:
-            n = min(b, end) - max(a, start)
-            if n > 0:
-                out[g] = out.get(g, 0) + n
-
-        for turn_end, turn_start, g in self._history[bisect.bisect_right(self._history, (start, 1 << 62)):]:
-            add(g, turn_start, turn_end)
-        windows = self.windows
-        if windows.geometry is None:
-            return out
-        for g, first in self._open.items():
-            add(g, windows.frame_start(first), self.final_until)
-        if end > self.final_until:
-            first = windows.frame_at(max(start, self.final_until))
-            stop = windows.frame_at(end - 1) + 1
-            active = self._binarize(first, stop)
-            for g in range(active.shape[1]):
-                for a, b in _runs(active[:, g]):
-                    add(g, max(self.final_until, windows.frame_start(first + a)), windows.frame_start(first + b))
-        return out
-
+        """The label with the largest overlap with ``[start, end)`` (see :meth:`FinalTurns.speaker_for`)."""
+        return self.turns.speaker_for(start, end)

@@ -248,12 +248,12 @@ def _handover(options: DiarizationOptions, monkeypatch: pytest.MonkeyPatch, mode
     local speaker: the end of the first S1 turn in seconds (speaker 0 stops at 6.0 s). ``mode``: "as is";
     "no credit" (confirmed candidates are not credited on earlier windows); "continuity" (also, voices waiting for a
     candidate are mapped by continuity, as before candidates were tracked)."""
-    from streaming.diarization import StreamingDiarizer as Diarizer
+    from streaming.candidate_voices import CandidateVoices
     from streaming.speakers import SpeakerTracker
 
     with monkeypatch.context() as patch:
         if mode in ("no credit", "continuity"):
-            patch.setattr(Diarizer, "_credit_candidates", lambda self, window, scores, waiting: None)
+            patch.setattr(CandidateVoices, "credit", lambda self, window, scores, waiting, tracker: None)
         if mode == "continuity":
             assign = SpeakerTracker.assign
 
