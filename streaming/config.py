@@ -190,6 +190,22 @@ class DiarizationOptions:
         whose activity in the previous window matches its own on the frames both windows cover with at least this
         intersection over union; below it, the local speaker is left out of that window. A voice whose embedding
         joined a candidate new speaker is never mapped this way: it waits for the candidate's confirmation.
+    probe_gap: a *probe* is a local speaker's first or last stretch of confident speech (clean frames scored above
+        ``probe_level``) that a pause of at least this sets apart from the rest and that holds less than
+        ``min_segment_speech`` (so its segment merged it with the rest) but at least ``probe_min_speech``; it is
+        embedded on its own as well (:func:`streaming.voice_segments.plan_probes`), and when it lies within
+        ``probe_match_threshold`` of another live speaker and farther than ``change_threshold`` from the speaker its
+        local speaker got, its frames go to that speaker. On the composed real 5-voice conversation PyanNet gave one
+        voice and the next voice's first 0.62 s (after a 0.55 s pause) one local speaker in four windows: 2 flips
+        (``benchmarks/der.py``). 0 = off. 0.4 and 0.5 s fixed them; 0.5 s lost 2 of the 6 flips it removed on the
+        held-out espeak conversations; 0.15-0.3 s removed no more and probed more.
+    probe_level: see ``probe_gap``: PyanNet bridged that pause with scores of 0.5-0.8 in three of the four windows,
+        so pauses at ``tau_active`` did not show it. 0.7 lost 2 of the espeak flips removed, 0.9-0.95 removed none
+        more.
+    probe_min_speech: see ``probe_gap`` (none is made when it exceeds ``min_segment_speech``). The handover's
+        probes held 0.43-0.65 s; 0.3 s removed no more flips, 0.5 s the same ones.
+    probe_match_threshold: see ``probe_gap``. The handover's probes lay 0.21-0.23 from their voice's centroid (and
+        0.53-0.54 from the previous voice's): 0.22 kept both flips, 0.25 and 0.3 scored alike everywhere.
     history: how long final turns are kept after they end, for the speakers of finals that come later (a live
         final comes seconds after its speech); ``None`` keeps every turn: a whole file's finals may all come at its
         end (``rechka-transcribe``), and with 5 minutes most of a 30-minute file's finals had no speaker.
@@ -218,6 +234,10 @@ class DiarizationOptions:
     min_segment_speech: int = ms(1_000)
     change_threshold: float = 0.3
     overlap_match_threshold: float = 0.45
+    probe_gap: int = ms(400)
+    probe_level: float = 0.8
+    probe_min_speech: int = ms(400)
+    probe_match_threshold: float = 0.25
     history: Optional[int] = ms(300_000)
 
     def __post_init__(self) -> None:
@@ -265,6 +285,16 @@ class DiarizationOptions:
                "DiarizationOptions.change_threshold must be in (0, 2]; 2 never splits a local speaker")
         _check(0.0 < self.overlap_match_threshold <= 2.0,
                "DiarizationOptions.overlap_match_threshold must be in (0, 2]")
+        _check(0 <= self.probe_gap <= self.window,
+               "DiarizationOptions.probe_gap must be 0 (off) or at most the window (400 ms is the default; below "
+               "segment_gap every short edge segment is probed)")
+        _check(0.0 < self.probe_level < 1.0,
+               "DiarizationOptions.probe_level must be in (0, 1) (0.8 is the default; tau_active or less: pauses as "
+               "segments see them)")
+        _check(0 < self.probe_min_speech <= self.window,
+               "DiarizationOptions.probe_min_speech must be between 1 sample and the window (400 ms is the default)")
+        _check(0.0 < self.probe_match_threshold <= 2.0,
+               "DiarizationOptions.probe_match_threshold must be in (0, 2] (0.25 is the default)")
 
 
     def with_speaker_counts(self, min_speakers: Optional[int] = None, max_speakers: Optional[int] = None,

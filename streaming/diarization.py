@@ -48,7 +48,7 @@ from streaming.config import DiarizationOptions
 from streaming.continuity import ContinuityMap
 from streaming.final_turns import FinalTurns
 from streaming.speakers import SpeakerTracker, label_of
-from streaming.voice_segments import Segment, plan_segments, split_by_voice
+from streaming.voice_segments import Segment, plan_probes, plan_segments, split_by_voice, split_probes
 from streaming.windows import FrameGeometry, SampleSource, SegmentationWindows, Window
 from streaming.work import EmbeddingRequest, EmbeddingResult, Request, Result, SegmentationRequest, SegmentationResult
 
@@ -68,6 +68,7 @@ class _PendingWindow:
     scores: Optional[np.ndarray] = None                            # (frames, local speakers)
     active: list[int] = field(default_factory=list)               # locally active speakers
     segments: dict[int, list[Segment]] = field(default_factory=dict)  # local speaker → its embedded segments
+    probes: dict[int, list[Segment]] = field(default_factory=dict)    # local speaker → its probes (after segments)
     waiting: dict[int, tuple[int, int]] = field(default_factory=dict)  # embedding seq → (local speaker, segment)
     embeddings: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)  # (local speaker, segment) → vector
 
@@ -172,9 +173,12 @@ class StreamingDiarizer:
         pending.active = [k for k in range(scores.shape[1]) if active[:, k].any()]
         requests: list[Request] = []
         for k in pending.active:
-            segments = plan_segments(clean[:, k], active[:, k], lo, hi, self.options, self.windows.geometry.step)
+            step = self.windows.geometry.step
+            segments = plan_segments(clean[:, k], active[:, k], lo, hi, self.options, step)
             pending.segments[k] = segments
-            for i, segment in enumerate(segments):
+            confident = clean[:, k] & (scores[:, k] > self.options.probe_level)
+            pending.probes[k] = plan_probes(confident, lo, hi, self.options, step) if segments else []
+            for i, segment in enumerate(segments + pending.probes[k]):
                 seq = self._next_seq()
                 pending.waiting[seq] = (k, i)
                 self._by_seq[seq] = pending
@@ -199,6 +203,7 @@ class StreamingDiarizer:
         scores = pending.scores
         assert scores is not None
         columns, active, clean, overlapped = [], [], {}, {}
+        probes: list[tuple[int, Segment, np.ndarray]] = []  # (voice column it lies in, probe, its embedding)
         for k in pending.active:
             segments = pending.segments.get(k, [])
             voices = split_by_voice(scores[:, k], segments, [pending.embeddings[(k, i)] for i in range(len(segments))],
@@ -206,11 +211,13 @@ class StreamingDiarizer:
             if not voices:
                 active.append(len(columns))
                 columns.append(scores[:, k])
+            for j, probe in enumerate(pending.probes.get(k, [])):
+                parent = len(columns) if probe.first == 0 else len(columns) + len(voices) - 1
+                probes.append((parent, probe, pending.embeddings[(k, len(segments) + j)]))
             for voice in voices:
                 (overlapped if voice.overlapped else clean)[len(columns)] = voice.embedding
                 active.append(len(columns))
                 columns.append(voice.scores)
-        voices_scores = np.stack(columns, axis=1) if columns else np.zeros((len(scores), 0))
         mapping: dict[int, int] = {}
         for c, g in zip(clean, self.tracker.assign(list(clean.values()), at=pending.window.end)):
             if g is not None:
@@ -222,6 +229,8 @@ class StreamingDiarizer:
                                                        threshold=self.options.overlap_match_threshold)):
             if g is not None:
                 mapping[c] = g
+        columns += split_probes(columns, probes, mapping, self.tracker, self.options, active)
+        voices_scores = np.stack(columns, axis=1) if columns else np.zeros((len(scores), 0))
         self.continuity.map(pending.window, voices_scores, [c for c in active if c not in waiting], mapping,
                             self.tracker)
         n_frames = len(scores)

@@ -11,6 +11,13 @@ is embedded on its own, and consecutive segments whose embeddings disagree becom
    their nearer neighbour (short embeddings are noisy). When the clean frames hold less than
    ``min_embedding_speech`` in all, its overlapped frames are used instead (marked ``overlapped``: such an
    embedding describes a mixture and may only *match* an existing speaker, see ``overlap_match_threshold``).
+   :func:`plan_probes`: a short first or last stretch of confident speech (score above ``probe_level``) that a
+   long pause in it (``probe_gap``) sets apart is also embedded on its own, a *probe*: the model sometimes gives a
+   voice's first (or last) words after (or before) a pause the previous (next) voice's local speaker, too short for
+   a segment of their own, and may even bridge the pause with scores just above ``tau_active``.
+   :func:`split_probes` hands a probe's frames to another global speaker when its embedding lies within
+   ``probe_match_threshold`` of that speaker and farther than ``change_threshold`` from the speaker its local
+   speaker got.
 2. :func:`split_by_voice`: consecutive segments closer than ``change_threshold`` (cosine distance between the
    running mean of the group and the next segment) stay one voice; a farther segment starts a new voice. Each voice
    gets the local speaker's scores on its own frame range (boundaries halfway between segments) and the
@@ -25,7 +32,7 @@ from typing import Sequence
 import numpy as np
 
 from streaming.config import DiarizationOptions
-from streaming.speakers import unit
+from streaming.speakers import SpeakerTracker, unit
 
 
 @dataclass(frozen=True)
@@ -73,13 +80,7 @@ def plan_segments(clean: np.ndarray, active: np.ndarray, lo: np.ndarray, hi: np.
         frame_runs, overlapped = runs(active), True
         if speech(frame_runs) < max(1, options.min_embedding_speech):
             return []
-    gap = max(1, int(round(options.segment_gap / frame_step)))
-    groups: list[list[tuple[int, int]]] = []
-    for a, b in frame_runs:
-        if groups and a - groups[-1][-1][1] < gap:
-            groups[-1].append((a, b))
-        else:
-            groups.append([(a, b)])
+    groups = _groups(frame_runs, options.segment_gap, frame_step)
     while len(groups) > 1:
         short = [i for i, g in enumerate(groups) if speech(g) < options.min_segment_speech]
         if not short:
@@ -100,6 +101,55 @@ def plan_segments(clean: np.ndarray, active: np.ndarray, lo: np.ndarray, hi: np.
         spans = tuple((int(lo[a]), int(hi[b - 1])) for a, b in g if hi[b - 1] > lo[a])
         if spans:
             out.append(Segment(g[0][0], g[-1][1], spans, overlapped))
+    return out
+
+
+def _groups(frame_runs: Sequence[tuple[int, int]], pause: int, frame_step: float) -> list[list[tuple[int, int]]]:
+    """Frame runs grouped: a pause of at least ``pause`` samples starts a new group."""
+    gap = max(1, int(round(pause / frame_step)))
+    groups: list[list[tuple[int, int]]] = []
+    for a, b in frame_runs:
+        if groups and a - groups[-1][-1][1] < gap:
+            groups[-1].append((a, b))
+        else:
+            groups.append([(a, b)])
+    return groups
+
+
+def plan_probes(confident: np.ndarray, lo: np.ndarray, hi: np.ndarray, options: DiarizationOptions,
+                frame_step: float) -> list[Segment]:
+    """Edge stretches of one local speaker to embed on their own as well (``DiarizationOptions.probe_gap``).
+    ``confident``: its clean frames scored above ``probe_level``; pauses of at least ``probe_gap`` in them cut it
+    into groups. A trailing probe is the longest run of last groups holding less than ``min_segment_speech`` (so
+    :func:`plan_segments` merged it into a longer segment) but at least ``probe_min_speech``, while the groups
+    before it hold ``min_segment_speech``; a leading probe likewise. A probe's frames ``[first, stop)`` reach from
+    the middle of its pause to the window's edge."""
+    if options.probe_gap <= 0:
+        return []
+
+    def speech(groups: Sequence[list[tuple[int, int]]]) -> int:
+        return sum(max(0, int(hi[b - 1]) - int(lo[a])) for g in groups for a, b in g)
+
+    groups = _groups(runs(confident), options.probe_gap, frame_step)
+    out = []
+    for leading in (True, False):
+        best = None
+        for n in range(1, len(groups)):
+            edge, rest = (groups[:n], groups[n:]) if leading else (groups[-n:], groups[:-n])
+            if speech(edge) >= options.min_segment_speech:
+                break
+            if speech(edge) >= options.probe_min_speech and speech(rest) >= options.min_segment_speech:
+                best = n
+        if best is None:
+            continue
+        edge = groups[:best] if leading else groups[-best:]
+        pause = (groups[best - 1][-1][1], groups[best][0][0]) if leading else \
+            (groups[-best - 1][-1][1], groups[-best][0][0])
+        middle = (pause[0] + pause[1]) // 2
+        first, stop = (0, middle) if leading else (middle, len(confident))
+        spans = tuple((int(lo[a]), int(hi[b - 1])) for g in edge for a, b in g if hi[b - 1] > lo[a])
+        if spans:
+            out.append(Segment(first, stop, spans))
     return out
 
 
@@ -130,3 +180,33 @@ def split_by_voice(scores: np.ndarray, segments: Sequence[Segment], embeddings: 
         voices.append(Voice(column, unit(mean), segments[g[0]].overlapped))
     return voices
 
+
+def split_probes(columns: list[np.ndarray], probes: Sequence[tuple[int, Segment, np.ndarray]],
+                 mapping: dict[int, int], tracker: SpeakerTracker, options: DiarizationOptions,
+                 active: list[int]) -> list[np.ndarray]:
+    """Hand probes to the speaker they sound like. ``probes``: (voice column it lies in, probe, its embedding);
+    ``mapping``: voice column → global speaker so far. A probe whose voice got a speaker farther than
+    ``change_threshold`` from the probe, while another live speaker lies within ``probe_match_threshold`` (the
+    nearest is taken), leaves its voice's column: its frames become a new column mapped to that speaker (added to
+    ``mapping`` and ``active``). Returns the new columns, to append after ``columns``; creates and updates no
+    speaker."""
+    out: list[np.ndarray] = []
+    for parent, probe, embedding in probes:
+        owner = mapping.get(parent)
+        if owner is None or not tracker.n_speakers:
+            continue
+        distances = tracker.distances(embedding[None, :])[0]
+        distances[owner] = 2.0
+        nearest = int(np.argmin(distances))
+        if 1.0 - float(unit(embedding) @ tracker.centroids[owner]) <= options.change_threshold or \
+                distances[nearest] > options.probe_match_threshold:
+            continue
+        column = np.zeros_like(columns[parent])
+        column[probe.first:probe.stop] = columns[parent][probe.first:probe.stop]
+        columns[parent] = columns[parent].copy()
+        columns[parent][probe.first:probe.stop] = 0.0
+        c = len(columns) + len(out)
+        out.append(column)
+        mapping[c] = nearest
+        active.append(c)
+    return out

@@ -261,14 +261,15 @@ class CamPlusPlusEmbedding:
 
     name = "embedding"
     tracking = {"new_speaker_threshold": 0.55, "change_threshold": 0.5, "overlap_match_threshold": 0.7,
-                "borderline_margin": 0.0}
+                "borderline_margin": 0.0, "probe_gap": 0}
     """Tracking thresholds for CAM++'s cosine distances (``server.models.registry.fit_diarizer`` applies them).
     Calibrated with ``benchmarks/der_calibrate.py`` on the development sets (pyannote's sample, AMI, composed
     conversations of seeds the held-out benchmark never uses) with PyanNet: same-speaker segments of 1-2 s lie
     0.13-0.24 from their speaker's centroid (median), other speakers 0.46 (espeak voices) to 0.84 (real voices) and
     more; 0.55 / 0.5 / 0.7 scored best of new_speaker 0.4-0.6 x change 0.4-0.8 (resemblyzer's 0.25 / 0.3 / 0.45
     would split every speaker: CAM++ distances are about twice GE2E's). The borderline-candidate rule
-    (``DiarizationOptions.borderline_margin``) is off: its margin was measured on resemblyzer's scale only."""
+    (``DiarizationOptions.borderline_margin``) and the probes of short edge stretches (``probe_gap``) are off: their
+    thresholds were measured on resemblyzer's scale only."""
 
     def __init__(self, checkpoint: Optional[str] = None, device: Union[str, torch.device] = "cpu",
                  max_batch: int = 32, *, min_samples: int = 8000, max_padding: float = 0.25) -> None:

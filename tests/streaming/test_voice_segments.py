@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
+import pytest
 
 from streaming.config import DiarizationOptions, ms
 from streaming.diarization import StreamingDiarizer
-from streaming.voice_segments import plan_segments, runs, split_by_voice
-from tests.fakes_diarization import FakeEmbedding, FakeSegmentation, Speech, run_fakes, stream, synthesize
+from streaming.voice_segments import plan_probes, plan_segments, runs, split_by_voice
+from tests.fakes_diarization import (FakeEmbedding, FakeSegmentation, Speech, run_fakes, stream, synthesize,
+                                    tone_amplitudes)
 
 STEP = 320  # samples per frame (20 ms)
 OPTIONS = DiarizationOptions()
@@ -87,3 +90,89 @@ def test_a_new_speaker_merged_into_the_previous_local_speaker_gets_its_own_label
     # without the split (one voice per local speaker) speaker 1's first half second or more carries speaker 0's
     # label (its frames before speaker 1's embedding was far from speaker 0 are not credited to the new speaker)
     assert speaker_0_label_on_speaker_1(DiarizationOptions(change_threshold=2.0)) >= ms(500)
+
+
+def probes(clean: np.ndarray, options: DiarizationOptions = OPTIONS):
+    lo = np.arange(len(clean)) * STEP
+    return plan_probes(clean, lo, lo + STEP, options, float(STEP))
+
+
+def test_a_short_edge_segment_after_a_long_pause_is_probed_on_its_own() -> None:
+    # 0.6 s, pause 0.55 s, 2.5 s of speech, pause 0.5 s, 0.62 s at the window's end (5 s)
+    mask = frames((0, 600), (1150, 3650), (4150, 4770), n=250)
+    assert [(s.first, s.stop) for s in plan(mask, mask)] == [(0, 238)]  # both merged into the middle
+    found = probes(mask)
+    assert [(p.first * 20, p.stop * 20) for p in found] == [(0, 860), (3880, 5000)]  # from mid-pause to the edge
+    assert [p.speech for p in found] == [ms(600), ms(620)]
+    # a pause under probe_gap, an edge segment too short, or one long enough for its own segment: no probe
+    assert probes(mask, DiarizationOptions(probe_gap=ms(600))) == []
+    assert probes(mask, DiarizationOptions(probe_min_speech=ms(700))) == []
+    assert probes(frames((0, 1500), (2100, 3600), n=250)) == []
+    assert probes(mask, DiarizationOptions(probe_gap=0)) == []  # off
+    assert probes(frames((0, 600), (1150, 1500), n=250)) == []  # the rest holds under min_segment_speech
+
+
+def test_probe_options_are_validated_with_the_fix_named() -> None:
+    for bad in ({"probe_gap": -1}, {"probe_gap": ms(6000)}, {"probe_min_speech": 0}, {"probe_match_threshold": 0.0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            DiarizationOptions(**bad)
+
+
+class HandoverSegmentation(FakeSegmentation):
+    """Tones as local speakers, except that the first ``lead`` samples of tone 1's turn from ``start`` on go to tone
+    0's local speaker in every window ending before ``until``: PyanNet's handover on the real 5-voice conversation."""
+
+    def __init__(self, start: int, lead: int, until: int) -> None:
+        super().__init__()
+        self.start, self.lead, self.until = start, lead, until
+
+    def _one(self, request):
+        result = super()._one(request)
+        audio = np.asarray(request.audio, dtype=np.float64)
+        scores = np.array(result.scores)
+        frames_at = request.start + np.arange(len(scores)) * int(result.frame_step)
+        idx = (np.arange(len(scores))[:, None] * int(result.frame_step)) + np.arange(int(result.frame_duration))
+        present = tone_amplitudes(audio[idx]) > self.threshold
+        if request.start + len(audio) <= self.until and present[:, 0].any() and present[:, 1].any():
+            col = {t: int(np.argmax(scores[present[:, t]].mean(axis=0))) for t in (0, 1)}
+            moved = (frames_at >= self.start) & (frames_at < self.start + self.lead) & present[:, 1]
+            scores[moved, col[0]] = scores[moved, col[1]]
+            scores[moved, col[1]] = 0.03
+        return dataclasses.replace(result, scores=scores)
+
+
+def _handover_run(options: DiarizationOptions, second: int) -> tuple[list, tuple[str, ...], int]:
+    """Speaker 0, speaker 1 (a voice now known), speaker 0 for 6 s, a 0.55 s pause, speaker ``second`` for 5 s,
+    whose first 0.62 s the model gives speaker 0's local speaker in every window ending within 2 s of its start.
+    Returns the final turns, the labels and the embeddings requested."""
+    start = ms(18_500) + ms(550)
+    turns = [Speech(0, 0, ms(6000)), Speech(1, ms(6400), ms(12000)), Speech(0, ms(12500), ms(18500)),
+             Speech(second, start, start + ms(5000))]
+    seq = itertools.count()
+    diarizer = StreamingDiarizer(options, "s", 0, lambda: next(seq))
+    embedding = FakeEmbedding()
+    stream(diarizer, synthesize(turns, start + ms(6000)),
+           run_fakes(HandoverSegmentation(start, ms(620), start + ms(2000)), embedding))
+    return diarizer.pop_final_turns(), diarizer.speakers, len(embedding.requests)
+
+
+def test_a_known_voice_after_a_pause_takes_its_first_words_back_from_the_previous_speaker() -> None:
+    # speaker 1's first 0.62 s after the pause lie in the previous voice's local speaker, too short for a segment of
+    # their own: without probes they carry speaker 0's label (a flip there and back); the probe hands them to S2
+    start = ms(19_050)
+
+    def wrong(options: DiarizationOptions) -> int:
+        final, speakers, _ = _handover_run(options, 1)
+        assert speakers == ("S1", "S2")
+        return sum(max(0, min(t.end, start + ms(620)) - max(t.start, start)) for t in final if t.speaker == "S1")
+
+    assert wrong(DiarizationOptions(probe_gap=0)) >= ms(400)
+    assert wrong(OPTIONS) <= ms(100)
+
+
+def test_a_voice_that_goes_on_after_a_pause_keeps_its_label() -> None:
+    # the same words after the pause in the same voice: the probe is embedded, matches its own speaker, no split
+    final, speakers, requests = _handover_run(OPTIONS, 0)
+    assert speakers == ("S1", "S2")
+    assert {t.speaker for t in final if t.end > ms(12_500)} == {"S1"}
+    assert requests > _handover_run(DiarizationOptions(probe_gap=0), 0)[2]
