@@ -164,7 +164,8 @@ def summarize_step(streams: int, logs: Sequence[StreamLog], t0: float, args: arg
     return step
 
 
-BREAKDOWN_STAGES = ("silence", "vad", "asr_wait", "send", "queued", "compute", "submitted", "batch", "audio")
+BREAKDOWN_STAGES = ("silence", "vad", "asr_wait", "send", "queued", "behind_own", "behind_other", "compute",
+                    "submitted", "batch", "audio")
 
 
 def final_breakdown(traces: Sequence[dict[str, Any]], t0: float, t1: float) -> dict[str, Any]:
@@ -207,6 +208,7 @@ def server_side(before: dict, after: dict, sampler: Optional[ResourceSampler], t
     out["final_latency_server_p95_s"] = histogram_quantile(before, after, "rechka_final_latency_seconds", 0.95)
     out["first_partial_server_p95_s"] = histogram_quantile(before, after, "rechka_time_to_first_partial_seconds",
                                                            0.95)
+    out["calls_interrupted"] = counter_delta(before, after, "rechka_model_calls_interrupted_total")
     out["audio_dropped_server_s"] = counter_delta(before, after, "rechka_audio_dropped_seconds_total").get("all")
     out["partials_dropped_server"] = counter_delta(before, after, "rechka_partials_dropped_total").get("all")
     return out

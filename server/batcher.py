@@ -4,8 +4,10 @@ Requests from every session go into the batcher of their model. Its single consu
 request arrives it takes whatever else is queued (lowest ``priority`` first: finals before partials), waits at most
 ``max_wait`` for more while the batch is short of ``max_batch``, and runs ``model.run_batch`` on the device's inference
 thread (a ``ThreadPoolExecutor(max_workers=1)`` shared by every batcher of that device, so a GPU never runs two
-batches at once). On the CPU, ``cpu_threads`` > 1 lets different models run side by side (each batcher still runs
-one batch at a time), so the diarization models do not wait behind a long GigaAM decode; the VAD has a CPU thread of
+batches at once). A batch whose every request is cancelled while it runs has its model call :class:`Interrupt`-ed
+(the ONNX engine stops between graph nodes), so a withdrawn speculative final frees the finals lane at once; a
+cancelled request still queued is never run. On the CPU, ``cpu_threads`` > 1 lets different models run side by
+side (each batcher still runs one batch at a time), so the diarization models do not wait behind a long GigaAM decode; the VAD has a CPU thread of
 its own, and so have GigaAM's finals (speculative ones included): partial decodes go to a second batcher of the same
 model (:data:`PARTIAL_LANE`) on the shared threads, so a final never waits for a partial batch to finish; finals
 run one at a time, the shortest first (:data:`CPU_FINAL_BATCH`). Those
@@ -29,13 +31,13 @@ import os
 import sys
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
 from server.metrics import ServerMetrics
-from server.models.base import BatchModel
+from server.models.base import BatchModel, Interrupt, set_current_interrupt
 from streaming.work import AsrKind, AsrRequest, EmbeddingRequest, Request, Result, SegmentationRequest, VadRequest
 
 log = logging.getLogger("rechka.batcher")
@@ -53,6 +55,7 @@ PARTIAL_LANE = "asr-partials"  # the batcher of GigaAM's partial decodes on the 
 # finals run one at a time, the shortest first: each is out once its own decode is done, not the whole batch's
 CPU_FINAL_BATCH = 1
 OWN_CPU_THREAD = {"vad": "cpu-vad", "asr": "cpu-final"}  # batchers with a CPU inference thread of their own
+RUNS_KEPT = 512  # model calls a batcher remembers (session ids and times) for final-latency traces
 
 
 def lower_thread_priority(steps: int) -> None:
@@ -124,6 +127,10 @@ class Batcher:
         self._task = self._loop.create_task(self._consume(), name=f"batcher-{self.name}")
         self.batches_run = 0
         self.running_since: Optional[float] = None  # monotonic start of the model call in progress
+        # the latest model calls: (session ids of the batch, monotonic start, end), oldest first
+        self.runs: deque[tuple[frozenset[str], float, float]] = deque(maxlen=RUNS_KEPT)
+        self._running: tuple[list[_Item], Interrupt] = ([], Interrupt())  # the batch in the model now, its stop
+        self.interrupted = 0  # model calls stopped because every request of the batch was cancelled
 
     # ------------------------------------------------------------------------------------------- public
     def submit(self, request: Request) -> TimedFuture:
@@ -137,8 +144,20 @@ class Batcher:
         self._queued_at[order] = future.queued_at
         size = len(getattr(request, "audio", ())) if self.shortest_first else 0
         self._queue.put_nowait(_Item(int(request.priority), size, order, request, future))
+        future.add_done_callback(self._on_cancelled)
         self._set_depth()
         return future
+
+    def _on_cancelled(self, future: asyncio.Future) -> None:
+        """A request's future is done: when it was cancelled and the batch in the model has no one left waiting,
+        interrupt the call."""
+        batch, interrupt = self._running
+        if (future.cancelled() and batch and not interrupt.triggered and any(i.future is future for i in batch)
+                and all(i.future.done() for i in batch)):
+            self.interrupted += 1
+            if self._metrics is not None:
+                self._metrics.calls_interrupted.labels(model=self.name).inc()
+            interrupt.trigger()
 
     @property
     def depth(self) -> int:
@@ -213,15 +232,17 @@ class Batcher:
             if self._metrics is not None:
                 self._metrics.queue_wait.labels(model=self.name, priority=item.request.priority.name.lower()).observe(
                     started - item.future.queued_at)
+        interrupt = Interrupt()
+        self._running = (batch, interrupt)
         try:
-            results = await self._call(requests)
+            results = await self._call(requests, interrupt)
         except asyncio.CancelledError:
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(BatcherClosed(f"{self.name} batcher is closed"))
             raise
         except Exception as exc:  # noqa: BLE001 - any model failure goes to the requests
-            if len(batch) == 1:
+            if interrupt.triggered or len(batch) == 1:  # interrupted: every request was cancelled, nobody waits
                 self._resolve(batch[0], exc=exc)
                 return
             if is_out_of_memory(exc):  # smaller batches may fit: halve and retry each half
@@ -244,19 +265,22 @@ class Batcher:
                 else:
                     self._resolve(item, result=result)
             return
+        finally:
+            self._running = ([], interrupt)
         for item, result in zip(batch, results):
             self._resolve(item, result=result)
 
-    async def _call(self, requests: list[Request]) -> list[Result]:
+    async def _call(self, requests: list[Request], interrupt: Optional[Interrupt] = None) -> list[Result]:
         started = time.perf_counter()
         self.running_since = time.monotonic()
         try:
-            results = await self._loop.run_in_executor(self._executor, self._run_batch, requests)
+            results = await self._loop.run_in_executor(self._executor, self._run_batch, requests, interrupt)
         except Exception:
-            if self._metrics is not None:
+            if self._metrics is not None and not (interrupt is not None and interrupt.triggered):
                 self._metrics.batch_failures.labels(model=self.name).inc()
             raise
         finally:
+            self.runs.append((frozenset(r.session_id for r in requests), self.running_since, time.monotonic()))
             self.running_since = None
             self.batches_run += 1
             if self._metrics is not None:
@@ -264,9 +288,13 @@ class Batcher:
                 self._metrics.batch_size.labels(model=self.name).observe(len(requests))
         return results
 
-    def _run_batch(self, requests: Sequence[Request]) -> list[Result]:
+    def _run_batch(self, requests: Sequence[Request], interrupt: Optional[Interrupt] = None) -> list[Result]:
         """On the inference thread."""
-        results = list(self.model.run_batch(requests))
+        set_current_interrupt(interrupt)
+        try:
+            results = list(self.model.run_batch(requests))
+        finally:
+            set_current_interrupt(None)
         if len(results) != len(requests):
             raise RuntimeError(f"{self.name}.run_batch returned {len(results)} results for {len(requests)} requests")
         return results
@@ -336,6 +364,20 @@ class BatcherPool:
         """Seconds the oldest request queued for ``model`` has waited (0 when none is, or no such batcher)."""
         batcher = self.batchers.get(model)
         return batcher.oldest_wait if batcher is not None else 0.0
+
+    def ran_during(self, model: str, session_id: str, start: float, end: float) -> tuple[float, float]:
+        """Seconds of ``[start, end]`` (monotonic) during which ``model``'s batcher ran a batch holding a request of
+        ``session_id``, and one of other sessions only (what a request queued then waited behind)."""
+        own = other = 0.0
+        batcher = self.batchers.get(model)
+        for sessions, a, b in batcher.runs if batcher is not None else ():
+            overlap = min(b, end) - max(a, start)
+            if overlap > 0:
+                if session_id in sessions:
+                    own += overlap
+                else:
+                    other += overlap
+        return own, other
 
     def submit(self, request: Request) -> TimedFuture:
         """Route ``request`` to the batcher of its model (a partial decode to :data:`PARTIAL_LANE` if there is one)."""

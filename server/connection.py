@@ -93,6 +93,7 @@ class Connection:
         self._vad_done: dict[int, deque[tuple[int, float]]] = {}  # channel → (samples the VAD is past, time)
         self._vad_ends: dict[int, tuple[int, int]] = {}  # VAD request seq → (channel, its end sample)
         self._finals: dict[tuple[int, int, int], TimedFuture] = {}  # (channel, start, end) → final request's future
+        self._cancellable: dict[int, TimedFuture] = {}  # seq → future of a final request (one may be withdrawn)
         self._flush_timer: Optional[asyncio.TimerHandle] = None
         self._pace = ClientPace()
         self._gate = ReadGate()  # closed while an unpaced client's pending audio is at its bound
@@ -188,6 +189,10 @@ class Connection:
             self.ctx.metrics.sessions_active.inc()
         for request in protocol.work_to_run():
             self._submit(request)
+        for seq in protocol.withdrawn_work():  # a withdrawn speculative final: out of the finals' queue (or model)
+            future = self._cancellable.pop(seq, None)
+            if future is not None:
+                future.cancel()
         for message in protocol.messages_to_send():
             self._outbound.put_nowait(message)
         session = protocol.session
@@ -220,6 +225,8 @@ class Connection:
             self._vad_ends[request.seq] = (request.channel, request.start + len(request.audio))
         elif isinstance(request, AsrRequest) and request.kind == AsrKind.FINAL:
             self._finals[(request.channel, request.start, request.start + len(request.audio))] = future
+            self._cancellable[request.seq] = future
+            future.add_done_callback(lambda _, seq=request.seq: self._cancellable.pop(seq, None))
             while len(self._finals) > FINALS_TRACKED:
                 del self._finals[next(iter(self._finals))]
         self._inflight.add(future)
@@ -334,6 +341,9 @@ class Connection:
         trace = final_trace(arrived, close_arrived if close_arrived is not None else arrived, vad_closed, future,
                             sent)
         trace["audio"], trace["at"] = round((event.end - event.start) / SAMPLE_RATE, 3), sent
+        if future is not None and future.started_at is not None:  # what its queue wait waited behind
+            own, other = self.ctx.pool.ran_during("asr", self.session_id, future.queued_at, future.started_at)
+            trace["behind_own"], trace["behind_other"] = round(own, 4), round(other, 4)
         self.ctx.metrics.add_final_trace(trace)
 
     def _arrival_of(self, sample: int) -> Optional[float]:

@@ -56,6 +56,9 @@ class ServerMetrics:
             buckets=WAIT_BUCKETS, registry=r)
         self.final_traces: deque[dict[str, Any]] = deque(maxlen=TRACES_KEPT)  # the latest finals' breakdowns
         self.batch_failures = Counter("rechka_batch_failures", "run_batch calls that raised", ["model"], registry=r)
+        self.calls_interrupted = Counter(
+            "rechka_model_calls_interrupted", "Model calls stopped because every request of the batch was cancelled "
+            "(a withdrawn speculative final)", ["model"], registry=r)
         self._busy_total = 0.0
         self._processed_total = 0.0
 

@@ -8,7 +8,9 @@ Speculative finals (``SessionConfig.speculative_finals``): once a pause inside a
 ``speech_pad`` (:attr:`~streaming.vad.VadEndpointer.pending_end`), the utterance's final audio is complete, and its
 final request goes out then, while the VAD waits for ``min_silence``. If the VAD closes the utterance at that end,
 the request in flight (or its result) is the final: the same samples at the same offset, so finals are unchanged.
-If speech resumes, its result is used as a partial (``PartialPolicy.adopt``, charged to the partial budget); no
+If speech resumes before its result is back, the request is withdrawn (:meth:`Outbox.withdraw`: the caller may
+cancel it, so a doomed decode does not hold the finals' lane; partials resume on their cadence, counted from the
+pause); a result already back is used as a partial (``PartialPolicy.adopt``, charged to the partial budget). No
 other partial is sent while it is in flight.
 """
 
@@ -48,6 +50,7 @@ class SessionStats:
     utterances: int = 0
     finals_speculated: int = 0  # finals answered by a speculative request
     speculations_missed: int = 0  # speculative requests whose pause ended in more speech (or another end)
+    speculations_withdrawn: int = 0  # missed ones withdrawn while in flight (Outbox.withdraw)
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ class Outbox:
     config: SessionConfig
     stats: SessionStats = field(default_factory=SessionStats)
     work: list[Request] = field(default_factory=list)
+    withdrawn: list[int] = field(default_factory=list)  # seqs of requests in flight no longer wanted
     events: list[wire.ServerEvent] = field(default_factory=list)
     in_flight: dict[int, InFlight] = field(default_factory=dict)
     models_behind: bool = False  # set by the caller while its models are behind: partials and speculation wait
@@ -84,6 +88,17 @@ class Outbox:
         for request in requests:
             self.in_flight[request.seq] = InFlight(kind, _RESULT_FOR[type(request)], channel, request.start, **extra)
             self.work.append(request)
+
+    def withdraw(self, seq: int) -> None:
+        """Request ``seq`` is no longer wanted: forget it (a result that still comes is dropped and counted) and tell
+        the caller, who may cancel it."""
+        if self.in_flight.pop(seq, None) is not None:
+            self.withdrawn.append(seq)
+            self.stats.speculations_withdrawn += 1
+
+    def take_withdrawn(self) -> list[int]:
+        withdrawn, self.withdrawn = self.withdrawn, []
+        return withdrawn
 
     def take_work(self) -> list[Request]:
         work, self.work = self.work, []
@@ -197,10 +212,13 @@ class Channel:
         end = self.endpointer.pending_end if utt is not None else None
         if spec is not None and spec.end == end:
             return  # still the same pause
-        if spec is not None:  # speech resumed: its result serves as a partial
+        if spec is not None:  # speech resumed: its result serves as a partial, or it is withdrawn
             self.speculation = None
             self.out.stats.speculations_missed += 1
-            if spec.result is not None and utt is not None:
+            if spec.result is None:  # withdrawn; the next partial waits its interval from the pause, as after
+                self.out.withdraw(spec.seq)  # a partial decode of it (no extra decode for the doomed one)
+                self.policy.skip(max(spec.end, self.policy.last_end))
+            elif utt is not None:
                 self._adopt(utt, (spec.start, spec.end), spec.result)
         if end is None or utt is None or not self.config.speculative_finals or self.behind()[0]:
             return
@@ -234,6 +252,7 @@ class Channel:
         final's (then it is the final: its result now, or the request in flight is answered as the final)."""
         if (spec.start, spec.end) != (start, end):
             self.out.stats.speculations_missed += 1
+            self.out.withdraw(spec.seq)  # its result would be dropped: the final's own request must not wait for it
             return False
         self.out.stats.finals_speculated += 1
         if spec.result is not None:

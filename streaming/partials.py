@@ -124,6 +124,11 @@ class PartialPolicy:
         self.start(window)
         return self.on_result(words, text)
 
+    @property
+    def last_end(self) -> int:
+        """End of the last window sent or skipped: the next decode waits an :meth:`interval` of audio after it."""
+        return self._last_end
+
     def skip(self, now: int) -> None:
         """A due decode was not sent (the session is behind): wait another interval before the next one."""
         self._last_end = now

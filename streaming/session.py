@@ -164,6 +164,11 @@ class Session:
         """Model requests made since the last call."""
         return self._out.take_work()
 
+    def withdrawn_work(self) -> list[int]:
+        """Seqs of requests handed over earlier whose results are no longer wanted (a speculative final whose pause
+        ended in speech), since the last call: the caller may cancel them; a result that still comes is dropped."""
+        return self._out.take_withdrawn()
+
     def events_to_send(self) -> list[wire.ServerEvent]:
         """Protocol events made since the last call."""
         return self._out.take_events()

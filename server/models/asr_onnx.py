@@ -41,6 +41,7 @@ import torch
 
 from server.models.asr import GigaAmAsr
 from server.models.audit import onnx_device
+from server.models.base import current_interrupt
 from server.models.cache import cache_dir
 from server.models.conv_taps import with_tap_convs
 from server.models.gigaam_compat import encode_features, features_batch
@@ -229,8 +230,16 @@ class OnnxGigaAmAsr(GigaAmAsr):
     def _encode(self, wavs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         x, lengths = features_batch(self.model, wavs)
         session = getattr(self._lane, "session", self.session)
-        encoded, frames = session.run(None, {"features": x.float().cpu().numpy(),
-                                                  "lengths": lengths.cpu().numpy().astype(np.int64)})
+        feeds = {"features": x.float().cpu().numpy(), "lengths": lengths.cpu().numpy().astype(np.int64)}
+        interrupt = current_interrupt()
+        if interrupt is None:
+            encoded, frames = session.run(None, feeds)
+        else:  # the batcher may stop it: every request of the batch cancelled (ORT stops between nodes and raises)
+            import onnxruntime as ort
+
+            run_options = ort.RunOptions()
+            with interrupt.bound(lambda: setattr(run_options, "terminate", True)):
+                encoded, frames = session.run(None, feeds, run_options)
         return torch.from_numpy(encoded).to(self.device), torch.from_numpy(frames).to(self.device)
 
     def modules(self) -> dict[str, Any]:

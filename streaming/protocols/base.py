@@ -159,6 +159,10 @@ class StreamProtocol:
             return []
         return self.session.work_to_run()
 
+    def withdrawn_work(self) -> list[int]:
+        """Seqs of requests from :meth:`work_to_run` no longer wanted (``Session.withdrawn_work``): cancel them."""
+        return self.session.withdrawn_work() if self.session is not None else []
+
     def messages_to_send(self) -> list[Outgoing]:
         """Messages made since the last call, in order; the :attr:`close` follows them."""
         out, self._outbox = self._outbox, []

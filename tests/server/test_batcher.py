@@ -14,6 +14,7 @@ import pytest
 
 from server.batcher import PARTIAL_LANE, Batcher, BatcherClosed, BatcherPool
 from server.metrics import ServerMetrics
+from server.models.base import current_interrupt
 from streaming.work import AsrKind, AsrRequest, AsrResult, Priority, VadRequest, VadResult
 
 
@@ -442,3 +443,77 @@ def test_on_the_cpu_finals_run_one_at_a_time_the_shortest_first() -> None:
 
     run(main())
     assert model.batches == [[("s", 0)], [("s", 2)], [("s", 3)], [("s", 1)]]
+
+
+class StoppableAsr(EchoAsr):
+    """Like :class:`EchoAsr`, but a held call binds a stopper to its interrupt (as the ONNX engine does) and ends,
+    raising, once the batcher interrupts it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stopped = threading.Event()
+
+    def run_batch(self, requests: Sequence[AsrRequest]) -> list[AsrResult]:
+        interrupt = current_interrupt()
+        if interrupt is None or self.gate.is_set():
+            return super().run_batch(requests)
+        self.entered.set()
+        with interrupt.bound(self.stopped.set):
+            if self.stopped.wait(10):
+                raise RuntimeError("terminated")
+        return super().run_batch(requests)
+
+
+def test_a_running_batch_whose_requests_are_all_cancelled_is_interrupted() -> None:
+    """A withdrawn speculative final frees the finals' lane at once: the call is stopped, the next request runs,
+    and the stop is not counted as a model failure; a batch with someone still waiting runs to its end."""
+    model = StoppableAsr()
+    metrics = ServerMetrics()
+
+    def final(session: str, seq: int) -> AsrRequest:
+        return AsrRequest(session, seq, 0, 0, np.zeros(160, np.float32), utterance_id=seq, kind=AsrKind.FINAL)
+
+    async def main() -> tuple[bool, Any, int]:
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(1) as ex:
+            b = Batcher(model, ex, max_batch=1, max_wait=0.0, metrics=metrics)
+            model.gate.clear()
+            doomed = b.submit(final("a", 0))
+            await loop.run_in_executor(None, model.entered.wait, 5)
+            waiting = b.submit(final("b", 1))
+            doomed.cancel()
+            model.gate.set()  # what runs next is not held
+            result = await asyncio.wait_for(waiting, 5)
+            stopped = model.stopped.is_set()
+            await b.close()
+            return stopped, result, b.interrupted
+
+    stopped, result, interrupted = run(main())
+    assert stopped and interrupted == 1 and result.text == "b/1"
+    assert model.batches == [[("b", 1)]]  # the interrupted call never returned results
+    failures = [s for m in metrics.registry.collect() if m.name == "rechka_batch_failures" for s in m.samples
+                if s.name.endswith("_total")]
+    assert all(s.value == 0 for s in failures)
+
+
+def test_a_batch_is_not_interrupted_while_one_of_its_requests_still_waits() -> None:
+    model = StoppableAsr()
+
+    async def main() -> tuple[Any, bool, int]:
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(1) as ex:
+            b = Batcher(model, ex, max_batch=4, max_wait=0.05)
+            model.gate.clear()
+            gone, kept = b.submit(asr("gone", 0)), b.submit(asr("kept", 1))
+            await loop.run_in_executor(None, model.entered.wait, 5)
+            gone.cancel()
+            await asyncio.sleep(0.05)  # the cancel's callbacks have run
+            stopped = model.stopped.is_set()
+            model.gate.set()
+            model.stopped.set()  # let the held call end (it raises; "kept" gets the retry's result)
+            result = await asyncio.wait_for(kept, 5)
+            await b.close()
+            return result, stopped, b.interrupted
+
+    result, stopped, interrupted = run(main())
+    assert not stopped and interrupted == 0 and result.text == "kept/1"

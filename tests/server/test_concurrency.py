@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from typing import Any
 
 import numpy as np
 
-from tests.fakes import dominant_frequency
+from server.models.base import current_interrupt
+from streaming.work import AsrKind
+from tests.fakes import dominant_frequency, pcm16, tone_bursts
 from tests.server.conftest import Received, http_get, metric_value, run, serving, stream, tones_audio
 from tests.server.fake_models import fake_models
 
@@ -78,3 +81,37 @@ def test_a_failing_model_call_errors_only_the_affected_session() -> None:
         if i != 2:
             assert got.final_words == [f"w{f}" for f in tones[i]] and got.close_code == 1000, f"session {i}"
     assert models["asr"].failed_batches, "the poisoned request reached the model"
+
+
+def test_a_withdrawn_speculative_final_is_stopped_and_frees_the_finals_lane() -> None:
+    """The first speculative final (a 0.3 s pause, then speech again) blocks in the model until interrupted: the
+    session withdraws it when speech resumes, the server cancels it and the batcher interrupts the call, so the
+    utterance's real final is not stuck behind it."""
+    models = fake_models()
+    inner = models["asr"].function
+    stopped = threading.Event()
+    first = threading.Event()
+
+    def asr(requests: list) -> list:
+        interrupt = current_interrupt()
+        if interrupt is not None and not first.is_set() and all(r.kind == AsrKind.FINAL for r in requests):
+            first.set()
+            with interrupt.bound(stopped.set):
+                if stopped.wait(20):
+                    raise RuntimeError("terminated")
+        return inner(requests)
+
+    models["asr"].function = asr
+    audio = pcm16(tone_bursts([(440, 1.0), (660, 1.0)], gaps=0.3, lead=0.5, tail=1.0).audio)
+
+    async def main() -> tuple[Received, str]:
+        async with serving(models) as server:
+            got = await stream(server.url, audio, {"diarization": False, "interim_results": False}, chunk=3200,
+                               pace=0.05)  # about twice real time: the VAD keeps up, so the pause is speculated on
+            return got, (await http_get(server.port, "/metrics")).body.decode()
+
+    got, metrics = run(main(), timeout=30)
+    assert first.is_set() and stopped.is_set()
+    assert got.final_words == ["w440", "w660"]
+    assert metric_value(metrics, "rechka_model_calls_interrupted_total", 'model="asr"') == 1
+    assert metric_value(metrics, "rechka_batch_failures_total", 'model="asr"') == 0

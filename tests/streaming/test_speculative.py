@@ -81,29 +81,48 @@ def test_the_final_request_goes_out_while_the_vad_waits() -> None:
     assert z <= final.end <= z + VAD.speech_pad + 512
 
 
-@pytest.mark.parametrize("held", [False, True], ids=["result-before-speech", "result-after-speech"])
-def test_a_speculation_whose_pause_ends_in_speech_becomes_a_partial(held: bool) -> None:
+def test_a_speculation_whose_pause_ends_in_speech_becomes_a_partial() -> None:
     b = tone_bursts([(440, 1.0), (660, 1.0)], gaps=0.3, lead=0.5, tail=1.0)
     (a1, z1), (a2, z2) = b.spans
     cfg = SessionConfig(diarization=False, partials=PartialOptions(cadence=ms(3_000), cadence_growth=0.0))
     h = Harness(cfg)
-    if held:
-        h.hold = lambda r: isinstance(r, AsrRequest) and r.kind == AsrKind.FINAL
-    h.feed(b.audio[:a2 + ms(200)], chunk=0.02)  # the pause, then speech again
+    h.feed(b.audio[:a2 + ms(200)], chunk=0.02)  # the pause (its speculation answered at once), then speech again
     speculative = [r for r in h.sent if isinstance(r, AsrRequest) and r.kind == AsrKind.FINAL]
     assert len(speculative) == 1 and h.session.stats.speculations_missed == 1
     spec_end = speculative[0].start + len(speculative[0].audio)
-    if held:  # no partial goes out while the speculation is in flight; its result is the partial
-        assert not any(isinstance(r, AsrRequest) and r.kind == AsrKind.PARTIAL and r.start + len(r.audio) > spec_end
-                       for r in h.sent)
-        h.release()
     partials = [p for p in of(h.events, wire.Partial) if p.end == spec_end]
     assert len(partials) == 1 and partials[0].text == "w440"
+    assert h.session.withdrawn_work() == [] and h.session.stats.speculations_withdrawn == 0
     h.feed(b.audio[a2 + ms(200):], chunk=0.02)
     h.end()
     (final,) = of(h.events, wire.Final)
     assert final.text == "w440 w660" and final.utterance_id == partials[0].utterance_id
     assert h.session.stats.finals_speculated == 1
+
+
+def test_a_speculation_still_in_flight_when_speech_resumes_is_withdrawn() -> None:
+    """Its result would only be a late partial: the caller may cancel it (it must not hold the finals' lane), partials
+    of the new speech go out without waiting for it, and if its result comes anyway it is dropped."""
+    b = tone_bursts([(440, 1.0), (660, 1.5)], gaps=0.3, lead=0.5, tail=1.0)
+    (a1, z1), (a2, z2) = b.spans
+    h = Harness(SessionConfig(diarization=False))
+    h.hold = lambda r: isinstance(r, AsrRequest) and r.kind == AsrKind.FINAL
+    h.feed(b.audio[:a2 + ms(200)], chunk=0.02)
+    (spec,) = [r for r in h.sent if isinstance(r, AsrRequest) and r.kind == AsrKind.FINAL]
+    assert h.session.withdrawn_work() == [spec.seq] and h.session.withdrawn_work() == []  # handed over once
+    assert h.session.stats.speculations_missed == 1 and h.session.stats.speculations_withdrawn == 1
+    spec_end = spec.start + len(spec.audio)
+    h.feed(b.audio[a2 + ms(200):z2], chunk=0.02)
+    assert any(isinstance(r, AsrRequest) and r.kind == AsrKind.PARTIAL and r.start + len(r.audio) > a2 + ms(200)
+               for r in h.sent)  # partials resumed with the speculation still held
+    h.hold = lambda r: isinstance(r, AsrRequest) and r.kind == AsrKind.FINAL and r.seq != spec.seq
+    h.pump()  # the withdrawn request's result comes anyway: dropped
+    assert h.session.stats.results_dropped == 1 and not [p for p in of(h.events, wire.Partial) if p.end == spec_end]
+    h.release()
+    h.feed(b.audio[z2:], chunk=0.02)
+    h.end()
+    (final,) = of(h.events, wire.Final)
+    assert final.text == "w440 w660" and isinstance(h.events[-1], wire.End)
 
 
 def test_a_missed_speculation_counts_against_the_partial_budget() -> None:

@@ -14,6 +14,7 @@ import torch
 from server.models.asr import GigaAmAsr
 from server.models.asr_onnx import CONV_OPS, MATMUL_CONVS, OnnxGigaAmAsr, ensure_graph, weights_key
 from server.models.audit import PlacementError, audit_model
+from server.models.base import Interrupt, set_current_interrupt
 from streaming.work import AsrKind, AsrRequest
 from tests.server.models.test_asr import TINY_CKPT, _cer, _requests, held_out, needs_espeak, rnnt_ckpt  # noqa: F401
 
@@ -217,3 +218,20 @@ def test_batches_of_finals_run_on_their_own_session_with_the_same_results(fp32: 
     reference = fp32.run_batch(finals)
     assert [r.text for r in got_finals] == [r.text for r in reference] == [r.text for r in got_partials[:3]]
     assert fp32.final_session is fp32.session  # no final_threads: one session for all
+
+
+def test_an_interrupted_call_stops_in_onnx_runtime_and_the_next_one_decodes(fp32: OnnxGigaAmAsr, held_out) -> None:
+    """The batcher's Interrupt reaches ONNX Runtime (RunOptions.terminate): a call interrupted before or while it runs
+    raises instead of decoding; an untriggered one gives the plain result."""
+    requests = [AsrRequest("s", 0, 0, 0, held_out[1][0], 0, AsrKind.FINAL)]
+    reference = fp32.run_batch(requests)
+    stopped = Interrupt()
+    stopped.trigger()
+    set_current_interrupt(stopped)
+    try:
+        with pytest.raises(Exception, match="terminate"):
+            fp32.run_batch(requests)
+        set_current_interrupt(Interrupt())
+        assert [r.text for r in fp32.run_batch(requests)] == [r.text for r in reference]
+    finally:
+        set_current_interrupt(None)
