@@ -181,7 +181,7 @@ class RechkaServer:
         devices = {name: str(info.get("device", "cpu")) for name, info in self.placement.items()}
         self.pool = BatcherPool(self.models, devices, self.config.max_batch, self.config.max_wait_ms / 1000,
                                 self.metrics, cpu_threads=self.config.cpu_inference_threads,
-                                background_nice=self.config.background_nice)
+                                background_nice=self.config.background_nice, final_lanes=self.config.final_lanes)
         self.server = await serve(
             self._handle, self.config.host, self.config.port, process_request=self._process_request,
             max_size=self.config.max_message_bytes, ssl=self._ssl_context(), server_header="rechka",

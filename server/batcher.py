@@ -7,13 +7,14 @@ thread (a ``ThreadPoolExecutor(max_workers=1)`` shared by every batcher of that 
 batches at once). A batch whose every request is cancelled while it runs has its model call :class:`Interrupt`-ed
 (the ONNX engine stops between graph nodes), so a withdrawn speculative final frees the finals lane at once; a
 cancelled request still queued is never run. On the CPU, ``cpu_threads`` > 1 lets different models run side by
-side (each batcher still runs one batch at a time), so the diarization models do not wait behind a long GigaAM decode; the VAD has a CPU thread of
-its own, and so have GigaAM's finals (speculative ones included): partial decodes go to a second batcher of the same
-model (:data:`PARTIAL_LANE`) on the shared threads, so a final never waits for a partial batch to finish; finals
-run one at a time, the shortest first (:data:`CPU_FINAL_BATCH`). Those
-shared threads (partials, segmentation, embeddings) run ``background_nice`` steps below the process's priority
-(Linux), so while a final or the VAD runs, the cores are theirs first. Each request's future gets its result (with
-its times: :class:`TimedFuture`), or the exception. A failed batch of several requests is
+side (each batcher still runs one batch at a time), so the diarization models do not wait behind a long GigaAM
+decode; the VAD has a CPU thread of its own, and so have GigaAM's finals (speculative ones included): partial
+decodes go to a second batcher of the same model (:data:`PARTIAL_LANE`) on the shared threads, so a final never
+waits for a partial batch to finish; finals run one at a time, the shortest first (:data:`CPU_FINAL_BATCH`),
+except that with ``final_lanes`` 2 a queued final at most :data:`SPILL_RATIO` as long as the one decoding starts
+beside it on a spill thread of its own. Those shared threads (partials, segmentation, embeddings) run
+``background_nice`` steps below the process's priority (Linux), so while a final or the VAD runs, the cores are
+theirs first. Each request's future gets its result (with its times: :class:`TimedFuture`), or the exception. A failed batch of several requests is
 retried one request at a time, so one bad request fails only its own session; a batch that ran out of GPU memory
 (``torch.cuda.OutOfMemoryError``) is split in halves and each half retried, down to single requests.
 
@@ -37,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
 from server.metrics import ServerMetrics
-from server.models.base import BatchModel, Interrupt, set_current_interrupt
+from server.models.base import BatchModel, Interrupt, set_current_interrupt, set_spill_lane
 from streaming.work import AsrKind, AsrRequest, EmbeddingRequest, Request, Result, SegmentationRequest, VadRequest
 
 log = logging.getLogger("rechka.batcher")
@@ -54,6 +55,7 @@ PARTIAL_LANE = "asr-partials"  # the batcher of GigaAM's partial decodes on the 
 # on the CPU a batch costs about the sum of its decodes (ONNX int8, 5 s: 4 in one batch 3.5x one alone), so GigaAM's
 # finals run one at a time, the shortest first: each is out once its own decode is done, not the whole batch's
 CPU_FINAL_BATCH = 1
+SPILL_RATIO = 0.5  # a final waiting for another's decode starts beside it (spill lane) when at most this long
 OWN_CPU_THREAD = {"vad": "cpu-vad", "asr": "cpu-final"}  # batchers with a CPU inference thread of their own
 RUNS_KEPT = 512  # model calls a batcher remembers (session ids and times) for final-latency traces
 
@@ -104,9 +106,10 @@ class Batcher:
 
     def __init__(self, model: BatchModel, executor: ThreadPoolExecutor, max_batch: int, max_wait: float,
                  metrics: Optional[ServerMetrics] = None, name: Optional[str] = None,
-                 shortest_first: bool = False) -> None:
+                 shortest_first: bool = False, spill: Optional[ThreadPoolExecutor] = None) -> None:
         """``shortest_first``: among requests of one priority, the one with the least audio runs first (else the
-        oldest)."""
+        oldest). ``spill``: a second executor that runs a batch at once while ``executor`` is busy (the CPU finals
+        lane: a final that would wait for another's decode starts beside it, on one thread)."""
         if max_batch < 1:
             raise ValueError("Batcher max_batch must be >= 1")
         if max_wait < 0:
@@ -118,6 +121,9 @@ class Batcher:
         self.max_wait = max_wait
         self.shortest_first = shortest_first
         self._executor = executor
+        self._lanes = [executor] + ([spill] if spill is not None else [])
+        self._first_size = 0  # samples of the batch on the first lane (0: it is idle)
+        self._kick = asyncio.Event()  # something was queued, or the first lane started a batch
         self._metrics = metrics
         self._queue: asyncio.PriorityQueue[_Item] = asyncio.PriorityQueue()
         self._order = itertools.count()
@@ -126,10 +132,11 @@ class Batcher:
         self._closed = False
         self._task = self._loop.create_task(self._consume(), name=f"batcher-{self.name}")
         self.batches_run = 0
-        self.running_since: Optional[float] = None  # monotonic start of the model call in progress
+        self._since: dict[int, float] = {}  # lane → monotonic start of its model call in progress
+        self.spilled = 0  # batches run on the spill lane
         # the latest model calls: (session ids of the batch, monotonic start, end), oldest first
         self.runs: deque[tuple[frozenset[str], float, float]] = deque(maxlen=RUNS_KEPT)
-        self._running: tuple[list[_Item], Interrupt] = ([], Interrupt())  # the batch in the model now, its stop
+        self._running: dict[int, tuple[list[_Item], Interrupt]] = {}  # lane → the batch in its model call, its stop
         self.interrupted = 0  # model calls stopped because every request of the batch was cancelled
 
     # ------------------------------------------------------------------------------------------- public
@@ -146,18 +153,26 @@ class Batcher:
         self._queue.put_nowait(_Item(int(request.priority), size, order, request, future))
         future.add_done_callback(self._on_cancelled)
         self._set_depth()
+        self._kick.set()
         return future
 
     def _on_cancelled(self, future: asyncio.Future) -> None:
         """A request's future is done: when it was cancelled and the batch in the model has no one left waiting,
         interrupt the call."""
-        batch, interrupt = self._running
-        if (future.cancelled() and batch and not interrupt.triggered and any(i.future is future for i in batch)
-                and all(i.future.done() for i in batch)):
-            self.interrupted += 1
-            if self._metrics is not None:
-                self._metrics.calls_interrupted.labels(model=self.name).inc()
-            interrupt.trigger()
+        if not future.cancelled():
+            return
+        for batch, interrupt in list(self._running.values()):
+            if (not interrupt.triggered and any(i.future is future for i in batch)
+                    and all(i.future.done() for i in batch)):
+                self.interrupted += 1
+                if self._metrics is not None:
+                    self._metrics.calls_interrupted.labels(model=self.name).inc()
+                interrupt.trigger()
+
+    @property
+    def running_since(self) -> Optional[float]:
+        """Monotonic start of the oldest model call in progress (None when none runs)."""
+        return min(self._since.values()) if self._since else None
 
     @property
     def depth(self) -> int:
@@ -198,11 +213,41 @@ class Batcher:
 
     # ------------------------------------------------------------------------------------------- consumer
     async def _consume(self) -> None:
+        spill = self._loop.create_task(self._spill()) if len(self._lanes) > 1 else None
+        try:
+            while True:
+                batch = await self._collect()
+                batch = [item for item in batch if not item.future.done()]  # cancelled by a closed session
+                if batch:
+                    self._first_size = sum(item.size for item in batch)
+                    self._kick.set()
+                    try:
+                        await self._run(batch)
+                    finally:
+                        self._first_size = 0
+        finally:
+            if spill is not None:
+                spill.cancel()
+
+    async def _spill(self) -> None:
+        """The spill lane: while the first lane decodes, a queued request at most :data:`SPILL_RATIO` as long as
+        that decode starts beside it (so it is out long before, and the first is slowed only briefly)."""
         while True:
-            batch = await self._collect()
-            batch = [item for item in batch if not item.future.done()]  # cancelled by a closed session
-            if batch:
-                await self._run(batch)
+            await self._kick.wait()
+            self._kick.clear()
+            while self._first_size and not self._queue.empty():
+                head = self._queue._queue[0]  # the heap's first: what the first lane would take next
+                if head.future.done():
+                    self._queue.get_nowait()
+                    self._queued_at.pop(head.order, None)
+                    continue
+                if head.size > SPILL_RATIO * self._first_size:
+                    break
+                item = self._queue.get_nowait()
+                self._queued_at.pop(item.order, None)
+                self._set_depth()
+                self.spilled += 1
+                await self._run([item], 1)
 
     async def _collect(self) -> list[_Item]:
         batch = [await self._queue.get()]
@@ -224,7 +269,7 @@ class Batcher:
         batch.sort()
         return batch
 
-    async def _run(self, batch: list[_Item]) -> None:
+    async def _run(self, batch: list[_Item], lane: int = 0) -> None:
         requests = [item.request for item in batch]
         started = time.monotonic()
         for item in batch:
@@ -233,9 +278,9 @@ class Batcher:
                 self._metrics.queue_wait.labels(model=self.name, priority=item.request.priority.name.lower()).observe(
                     started - item.future.queued_at)
         interrupt = Interrupt()
-        self._running = (batch, interrupt)
+        self._running[lane] = (batch, interrupt)
         try:
-            results = await self._call(requests, interrupt)
+            results = await self._call(requests, interrupt, lane)
         except asyncio.CancelledError:
             for item in batch:
                 if not item.future.done():
@@ -249,15 +294,15 @@ class Batcher:
                 log.warning("%s: batch of %d ran out of GPU memory; retrying as two of %d and %d", self.name,
                             len(batch), len(batch) // 2, len(batch) - len(batch) // 2)
                 half = len(batch) // 2
-                await self._run(batch[:half])
-                await self._run(batch[half:])
+                await self._run(batch[:half], lane)
+                await self._run(batch[half:], lane)
                 return
             log.warning("%s: batch of %d failed (%s); retrying one by one", self.name, len(batch), exc)
             for item in batch:
                 if item.future.done():
                     continue
                 try:
-                    (result,) = await self._call([item.request])
+                    (result,) = await self._call([item.request], lane=lane)
                 except asyncio.CancelledError:
                     raise
                 except Exception as single_exc:  # noqa: BLE001
@@ -266,22 +311,23 @@ class Batcher:
                     self._resolve(item, result=result)
             return
         finally:
-            self._running = ([], interrupt)
+            self._running.pop(lane, None)
         for item, result in zip(batch, results):
             self._resolve(item, result=result)
 
-    async def _call(self, requests: list[Request], interrupt: Optional[Interrupt] = None) -> list[Result]:
+    async def _call(self, requests: list[Request], interrupt: Optional[Interrupt] = None,
+                    lane: int = 0) -> list[Result]:
         started = time.perf_counter()
-        self.running_since = time.monotonic()
+        since = self._since[lane] = time.monotonic()
         try:
-            results = await self._loop.run_in_executor(self._executor, self._run_batch, requests, interrupt)
+            results = await self._loop.run_in_executor(self._lanes[lane], self._run_batch, requests, interrupt)
         except Exception:
             if self._metrics is not None and not (interrupt is not None and interrupt.triggered):
                 self._metrics.batch_failures.labels(model=self.name).inc()
             raise
         finally:
-            self.runs.append((frozenset(r.session_id for r in requests), self.running_since, time.monotonic()))
-            self.running_since = None
+            self.runs.append((frozenset(r.session_id for r in requests), since, time.monotonic()))
+            self._since.pop(lane, None)
             self.batches_run += 1
             if self._metrics is not None:
                 self._metrics.add_busy(self.name, time.perf_counter() - started)
@@ -319,7 +365,7 @@ class BatcherPool:
 
     def __init__(self, models: Mapping[str, BatchModel], devices: Mapping[str, str], max_batch: int,
                  max_wait: float, metrics: Optional[ServerMetrics] = None, cpu_threads: int = 1,
-                 background_nice: int = 0) -> None:
+                 background_nice: int = 0, final_lanes: int = 1) -> None:
         if cpu_threads < 1:
             raise ValueError("BatcherPool cpu_threads must be >= 1")
         if not 0 <= background_nice <= 19:
@@ -344,8 +390,12 @@ class BatcherPool:
                     initializer=lower_thread_priority, initargs=(background_nice if shared else 0,))
                 self._executors[key] = executor
             final_lane = key == "cpu-final"
+            spill = None
+            if final_lane and final_lanes > 1:  # a final that would wait for another's decode starts beside it
+                spill = self._executors["cpu-final-spill"] = ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix="infer-cpu-final-spill", initializer=set_spill_lane)
             self.batchers[name] = Batcher(model, executor, CPU_FINAL_BATCH if final_lane else max_batch, max_wait,
-                                          metrics, name=name, shortest_first=final_lane)
+                                          metrics, name=name, shortest_first=final_lane, spill=spill)
 
     def problems(self, hang_limit: float) -> dict[str, str]:
         """Model name → why its batcher cannot serve; each new problem is logged once with the model's name."""

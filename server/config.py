@@ -50,6 +50,10 @@ class ServerConfig:
     final_threads: intra-op threads of a GigaAM decode of finals only on the CPU (the ONNX engine: a second session
         of the same graph; the finals have a thread of their own and the background threads yield to them, so a final
         gets both cores of a 2-core machine while it runs).
+    final_lanes: GigaAM finals decoded at once on the CPU: 1 runs them one at a time on ``final_threads``; 2 lets a
+        queued final at most half as long as the decode running start beside it, on its own thread with
+        ``model_threads`` (ONNX engine; ``server.batcher.SPILL_RATIO``): 4 streams p95 0.93-1.06 s vs 1.08-1.32 s at 1
+        in four A/B pairs; spilling every waiting final was no better (both decodes slow down).
     background_nice: how many nice levels below the finals' and the VAD's the CPU threads running partial decodes
         and diarization run (Linux, per thread; at most nice 19), so a final does not share the cores with them; 0
         makes them equal. 19 was not better for finals in seven 4-stream runs (p95 0.94 / 0.91 / 1.34 s against
@@ -85,6 +89,7 @@ class ServerConfig:
     cpu_inference_threads: int = 2
     model_threads: int = 1
     final_threads: int = 2
+    final_lanes: int = 2
     background_nice: int = 10
     max_wait_ms: float = 5.0
     overload_lag: float = 5.0
@@ -116,6 +121,7 @@ class ServerConfig:
         _check(1 <= self.cpu_inference_threads <= 64, "ServerConfig.cpu_inference_threads must be 1-64 (default 2)")
         _check(1 <= self.model_threads <= 64, "ServerConfig.model_threads must be 1-64 (default 1)")
         _check(1 <= self.final_threads <= 64, "ServerConfig.final_threads must be 1-64 (default 2)")
+        _check(self.final_lanes in (1, 2), "ServerConfig.final_lanes must be 1 or 2 (default 2)")
         _check(0 <= self.background_nice <= 19, "ServerConfig.background_nice must be 0-19 (default 10; 0: equal)")
         _check(1 <= self.max_batch <= 1024, "ServerConfig.max_batch must be 1-1024 (default 16)")
         _check(0 <= self.max_wait_ms <= 1000, "ServerConfig.max_wait_ms must be 0-1000 ms (a few ms is typical)")
@@ -171,6 +177,8 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("cpu_inference_threads", int, "threads running CPU models side by side (default 2; a GPU has one)"),
     ("model_threads", int, "intra-op threads of one CPU model call, torch's and ONNX Runtime's (default 1)"),
     ("final_threads", int, "intra-op threads of a GigaAM decode of finals on the CPU, ONNX engine (default 2)"),
+    ("final_lanes", int, "GigaAM finals decoded at once on the CPU: 1 one at a time, 2 a waiting one at most half "
+                         "as long beside the running one (default 2)"),
     ("background_nice", int, "nice levels below the finals' threads for partial decodes and diarization on the "
                              "CPU (default 10; 0: equal)"),
     ("max_wait_ms", float, "longest a request waits for batch-mates, in ms (default 5)"),

@@ -41,7 +41,7 @@ import torch
 
 from server.models.asr import GigaAmAsr
 from server.models.audit import onnx_device
-from server.models.base import current_interrupt
+from server.models.base import current_interrupt, on_spill_lane
 from server.models.cache import cache_dir
 from server.models.conv_taps import with_tap_convs
 from server.models.gigaam_compat import encode_features, features_batch
@@ -224,7 +224,7 @@ class OnnxGigaAmAsr(GigaAmAsr):
 
     def run_batch(self, requests: Sequence[AsrRequest]) -> list[AsrResult]:
         finals = all(r.kind == AsrKind.FINAL for r in requests)
-        self._lane.session = self.final_session if finals else self.session
+        self._lane.session = self.final_session if finals and not on_spill_lane() else self.session
         return super().run_batch(requests)
 
     def _encode(self, wavs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

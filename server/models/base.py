@@ -85,3 +85,16 @@ def current_interrupt() -> Optional[Interrupt]:
 def set_current_interrupt(interrupt: Optional[Interrupt]) -> None:
     """The batcher, on the inference thread, around ``run_batch``."""
     _CALL.interrupt = interrupt
+
+
+_LANE = threading.local()
+
+
+def set_spill_lane() -> None:
+    """Mark the calling inference thread as the finals' spill lane (server.batcher): finals decoded on it use the
+    adapter's ordinary thread count, not its finals' one (the cores are shared with the finals lane's decode)."""
+    _LANE.spill = True
+
+
+def on_spill_lane() -> bool:
+    return getattr(_LANE, "spill", False)

@@ -14,7 +14,7 @@ import pytest
 
 from server.batcher import PARTIAL_LANE, Batcher, BatcherClosed, BatcherPool
 from server.metrics import ServerMetrics
-from server.models.base import current_interrupt
+from server.models.base import current_interrupt, on_spill_lane
 from streaming.work import AsrKind, AsrRequest, AsrResult, Priority, VadRequest, VadResult
 
 
@@ -517,3 +517,40 @@ def test_a_batch_is_not_interrupted_while_one_of_its_requests_still_waits() -> N
 
     result, stopped, interrupted = run(main())
     assert not stopped and interrupted == 0 and result.text == "kept/1"
+
+
+def test_a_short_final_starts_beside_a_long_decode_and_a_long_one_waits() -> None:
+    """``final_lanes=2``: while the finals lane decodes, a queued final at most half as long runs at once on the spill
+    lane (its own thread, the models' ordinary thread count); a longer one waits for the first lane."""
+    model = EchoAsr()
+    held = threading.Event()
+
+    def final(seq: int, samples: int) -> AsrRequest:
+        return AsrRequest("s", seq, 0, 0, np.zeros(samples, np.float32), utterance_id=seq, kind=AsrKind.FINAL)
+
+    def run_batch(requests: Sequence[AsrRequest]) -> list[AsrResult]:
+        if len(requests[0].audio) == 80000:
+            held.set()
+            model.gate.wait(10)
+        model.threads.add(f"{threading.current_thread().name}:{requests[0].seq}:{on_spill_lane()}")
+        return [AsrResult(r.session_id, r.seq, f"{r.seq}") for r in requests]
+
+    model.run_batch = run_batch  # type: ignore[method-assign]
+
+    async def main() -> tuple[bool, bool]:
+        pool = BatcherPool({"asr": model}, {"asr": "cpu"}, max_batch=8, max_wait=0.0, final_lanes=2)
+        model.gate.clear()
+        long = pool.submit(final(0, 80000))
+        await asyncio.get_running_loop().run_in_executor(None, held.wait, 5)
+        short, middle = pool.submit(final(1, 40000)), pool.submit(final(2, 60000))
+        await asyncio.wait_for(short, 5)
+        waiting = not long.done() and not middle.done()
+        model.gate.set()
+        await asyncio.gather(long, middle)
+        await pool.close()
+        return waiting, pool.batchers["asr"].spilled == 1
+
+    waiting, spilled_once = run(main())
+    assert waiting and spilled_once
+    assert any(t.startswith("infer-cpu-final-spill") and t.endswith(":1:True") for t in model.threads)
+    assert any(t.startswith("infer-cpu-final_") and t.endswith(":2:False") for t in model.threads)
