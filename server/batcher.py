@@ -16,7 +16,8 @@ beside it on a spill thread of its own. Those shared threads (partials, segmenta
 ``background_nice`` steps below the process's priority (Linux), so while a final or the VAD runs, the cores are
 theirs first. Each request's future gets its result (with its times: :class:`TimedFuture`), or the exception. A
 failed batch of several requests is retried one request at a time, so one bad request fails only its own session; a
-batch that ran out of GPU memory (``torch.cuda.OutOfMemoryError``) is split in halves and each half retried, down to single requests.
+batch that ran out of GPU memory (``torch.cuda.OutOfMemoryError``) is split in halves and each half retried, down
+to single requests.
 
 Health (:meth:`BatcherPool.problems`): a batcher whose consumer task died, whose executor can no longer run work,
 or whose model call has been running longer than ``hang_limit`` seconds is reported (and logged once) with the
