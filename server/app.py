@@ -29,7 +29,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from server.batcher import BatcherPool
+from server.batcher_pool import BatcherPool
 from server.config import ServerConfig
 from server.connection import Connection, ConnectionContext
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, ServerMetrics

@@ -8,20 +8,21 @@ batches at once). A batch whose every request is cancelled while it runs has its
 (the ONNX engine stops between graph nodes), so a withdrawn speculative final frees the finals lane at once; a
 cancelled request still queued is never run. On the CPU, ``cpu_threads`` > 1 lets different models run side by
 side (each batcher still runs one batch at a time), so the diarization models do not wait behind a long GigaAM
-decode; the VAD has a CPU thread of its own, and so have GigaAM's finals (speculative ones included): partial
-decodes go to a second batcher of the same model (:data:`PARTIAL_LANE`) on the shared threads, so a final never
-waits for a partial batch to finish; finals run one at a time, the shortest first (:data:`CPU_FINAL_BATCH`),
-except that with ``final_lanes`` 2 a queued final at most :data:`SPILL_RATIO` as long as the one decoding starts
-beside it on a spill thread of its own. Those shared threads (partials, segmentation, embeddings) run
-``background_nice`` steps below the process's priority (Linux), so while a final or the VAD runs, the cores are
-theirs first. Each request's future gets its result (with its times: :class:`TimedFuture`), or the exception. A
-failed batch of several requests is retried one request at a time, so one bad request fails only its own session; a
-batch that ran out of GPU memory (``torch.cuda.OutOfMemoryError``) is split in halves and each half retried, down
-to single requests.
+decode; the VAD has a CPU thread of its own, and so have GigaAM's finals (speculative ones included): partial decodes
+go to a second batcher of the same model (:data:`~server.batcher_pool.PARTIAL_LANE`) on the shared threads, so a final
+never waits for a partial batch to finish; finals run one at a time, the shortest first
+(:data:`~server.batcher_pool.CPU_FINAL_BATCH`), except that with ``final_lanes`` 2 a queued final at most
+:data:`SPILL_RATIO` as long as the one decoding starts beside it on a spill thread of its own. Those shared threads
+(partials, segmentation, embeddings) run ``background_nice`` steps below the process's priority (Linux), so while a
+final or the VAD runs, the cores are theirs first. Each request's future gets its result (with its times:
+:class:`TimedFuture`), or the exception. A failed batch of several requests is retried one request at a time, so one
+bad request fails only its own session; a batch that ran out of GPU memory (``torch.cuda.OutOfMemoryError``) is split
+in halves and each half retried, down to single requests.
 
-Health (:meth:`BatcherPool.problems`): a batcher whose consumer task died, whose executor can no longer run work,
-or whose model call has been running longer than ``hang_limit`` seconds is reported (and logged once) with the
-model's name; ``/health`` then answers 503 so a supervisor restarts the process.
+The threads are set up by :class:`server.batcher_pool.BatcherPool`. Health (its ``problems``): a batcher whose
+consumer task or spill lane died, whose executor can no longer run work, or whose model call has been running longer
+than ``hang_limit`` seconds is reported (and logged once) with the model's name; ``/health`` then answers 503 so a
+supervisor restarts the process.
 """
 
 from __future__ import annotations
@@ -29,47 +30,21 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import os
 import sys
-import threading
 import time
 from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Sequence
+from typing import Optional, Sequence
 
 from server.metrics import ServerMetrics
-from server.models.base import BatchModel, Interrupt, set_current_interrupt, set_spill_lane
-from streaming.work import AsrKind, AsrRequest, EmbeddingRequest, Request, Result, SegmentationRequest, VadRequest
+from server.models.base import BatchModel, Interrupt, set_current_interrupt
+from streaming.work import Request, Result
 
 log = logging.getLogger("rechka.batcher")
 
-MODEL_FOR_REQUEST: dict[type, str] = {
-    VadRequest: "vad",
-    SegmentationRequest: "segmentation",
-    EmbeddingRequest: "embedding",
-    AsrRequest: "asr",
-}
-
-
-PARTIAL_LANE = "asr-partials"  # the batcher of GigaAM's partial decodes on the CPU (finals keep "asr")
-# on the CPU a batch costs about the sum of its decodes (ONNX int8, 5 s: 4 in one batch 3.5x one alone), so GigaAM's
-# finals run one at a time, the shortest first: each is out once its own decode is done, not the whole batch's
-CPU_FINAL_BATCH = 1
 SPILL_RATIO = 0.5  # a final waiting for another's decode starts beside it (spill lane) when at most this long
-OWN_CPU_THREAD = {"vad": "cpu-vad", "asr": "cpu-final"}  # batchers with a CPU inference thread of their own
 RUNS_KEPT = 512  # model calls a batcher remembers (session ids and times) for final-latency traces
-
-
-def lower_thread_priority(steps: int) -> None:
-    """Make the calling thread ``steps`` nice levels less urgent (Linux: per thread; elsewhere nothing)."""
-    if steps <= 0 or not sys.platform.startswith("linux"):
-        return
-    tid = threading.get_native_id()
-    try:
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + steps))
-    except OSError as exc:  # a sandbox may refuse; the threads then share the cores evenly
-        log.warning("could not lower an inference thread's priority: %s", exc)
 
 
 class BatcherClosed(RuntimeError):
@@ -131,6 +106,7 @@ class Batcher:
         self._queued_at: OrderedDict[int, float] = OrderedDict()  # order → monotonic submit time, oldest first
         self._loop = asyncio.get_running_loop()
         self._closed = False
+        self._spill_task: Optional[asyncio.Task[None]] = None  # the spill lane's loop, started by the consumer
         self._task = self._loop.create_task(self._consume(), name=f"batcher-{self.name}")
         self.batches_run = 0
         self._since: dict[int, float] = {}  # lane → monotonic start of its model call in progress
@@ -191,7 +167,10 @@ class Batcher:
         if self._task.done():
             error = None if self._task.cancelled() else self._task.exception()
             return f"its inference loop stopped ({type(error).__name__ if error else 'cancelled'})"
-        if getattr(self._executor, "_shutdown", False) or getattr(self._executor, "_broken", False):
+        if self._spill_task is not None and self._spill_task.done():
+            error = None if self._spill_task.cancelled() else self._spill_task.exception()
+            return f"its spill lane stopped ({type(error).__name__ if error else 'cancelled'})"
+        if any(getattr(lane, "_shutdown", False) or getattr(lane, "_broken", False) for lane in self._lanes):
             return "its inference thread is gone"
         if self.running_since is not None and time.monotonic() - self.running_since > hang_limit:
             return f"a model call has been running for {time.monotonic() - self.running_since:.0f} s"
@@ -214,7 +193,8 @@ class Batcher:
 
     # ------------------------------------------------------------------------------------------- consumer
     async def _consume(self) -> None:
-        spill = self._loop.create_task(self._spill()) if len(self._lanes) > 1 else None
+        spill = self._spill_task = (self._loop.create_task(self._spill(), name=f"batcher-{self.name}-spill")
+                                    if len(self._lanes) > 1 else None)
         try:
             while True:
                 batch = await self._collect()
@@ -237,14 +217,13 @@ class Batcher:
             await self._kick.wait()
             self._kick.clear()
             while self._first_size and not self._queue.empty():
-                head = self._queue._queue[0]  # the heap's first: what the first lane would take next
-                if head.future.done():
-                    self._queue.get_nowait()
-                    self._queued_at.pop(head.order, None)
+                item = self._queue.get_nowait()  # what the first lane would take next
+                if item.future.done():
+                    self._queued_at.pop(item.order, None)
                     continue
-                if head.size > SPILL_RATIO * self._first_size:
+                if item.size > SPILL_RATIO * self._first_size:
+                    self._queue.put_nowait(item)  # back in its place: items order by (priority, size, arrival)
                     break
-                item = self._queue.get_nowait()
                 self._queued_at.pop(item.order, None)
                 self._set_depth()
                 self.spilled += 1
@@ -359,89 +338,3 @@ class Batcher:
     def _set_depth(self) -> None:
         if self._metrics is not None:
             self._metrics.queue_depth.labels(model=self.name).set(self._queue.qsize())
-
-
-class BatcherPool:
-    """The batchers of a server (one per model, two for GigaAM on the CPU) and the inference threads."""
-
-    def __init__(self, models: Mapping[str, BatchModel], devices: Mapping[str, str], max_batch: int,
-                 max_wait: float, metrics: Optional[ServerMetrics] = None, cpu_threads: int = 1,
-                 background_nice: int = 0, final_lanes: int = 1) -> None:
-        if cpu_threads < 1:
-            raise ValueError("BatcherPool cpu_threads must be >= 1")
-        if not 0 <= background_nice <= 19:
-            raise ValueError("BatcherPool background_nice must be 0-19 (0: all inference threads equal)")
-        self._executors: dict[str, ThreadPoolExecutor] = {}  # "cpu", "cuda:0", …, "cpu-vad" and "cpu-final"
-        self._devices = tuple(dict.fromkeys(devices.get(name, "cpu") for name in models))
-        self.batchers: dict[str, Batcher] = {}
-        self._reported: dict[str, str] = {}
-        lanes = [(name, name, model) for name, model in models.items()]
-        if devices.get("asr", "cpu") == "cpu" and "asr" in models:
-            lanes.append((PARTIAL_LANE, "asr", models["asr"]))
-        for name, model_name, model in lanes:
-            device = devices.get(model_name, "cpu")
-            # on the CPU the VAD (about a millisecond a call) and GigaAM's finals have a thread each: every final
-            # waits for the VAD to see its pause, and a shared thread made both wait behind whole decodes
-            key = OWN_CPU_THREAD.get(name, device) if device == "cpu" else device
-            executor = self._executors.get(key)
-            if executor is None:
-                shared = key == "cpu"
-                executor = ThreadPoolExecutor(
-                    max_workers=cpu_threads if shared else 1, thread_name_prefix=f"infer-{key}",
-                    initializer=lower_thread_priority, initargs=(background_nice if shared else 0,))
-                self._executors[key] = executor
-            final_lane = key == "cpu-final"
-            spill = None
-            if final_lane and final_lanes > 1:  # a final that would wait for another's decode starts beside it
-                spill = self._executors["cpu-final-spill"] = ThreadPoolExecutor(
-                    max_workers=1, thread_name_prefix="infer-cpu-final-spill", initializer=set_spill_lane)
-            self.batchers[name] = Batcher(model, executor, CPU_FINAL_BATCH if final_lane else max_batch, max_wait,
-                                          metrics, name=name, shortest_first=final_lane, spill=spill)
-
-    def problems(self, hang_limit: float) -> dict[str, str]:
-        """Model name → why its batcher cannot serve; each new problem is logged once with the model's name."""
-        found: dict[str, str] = {}
-        for name, b in self.batchers.items():  # GigaAM's partial lane reports as its model
-            if (why := b.problem(hang_limit)) is not None:
-                found.setdefault("asr" if name == PARTIAL_LANE else name, why)
-        for name, why in found.items():
-            if self._reported.get(name) != why.split(" for ")[0]:
-                self._reported[name] = why.split(" for ")[0]
-                label = self.batchers[name].model.describe().get("name", name)
-                log.error("model %s (%s) is unhealthy: %s", name, label, why)
-        return found
-
-    def oldest_wait(self, model: str) -> float:
-        """Seconds the oldest request queued for ``model`` has waited (0 when none is, or no such batcher)."""
-        batcher = self.batchers.get(model)
-        return batcher.oldest_wait if batcher is not None else 0.0
-
-    def ran_during(self, model: str, session_id: str, start: float, end: float) -> tuple[float, float]:
-        """Seconds of ``[start, end]`` (monotonic) during which ``model``'s batcher ran a batch holding a request of
-        ``session_id``, and one of other sessions only (what a request queued then waited behind)."""
-        own = other = 0.0
-        batcher = self.batchers.get(model)
-        for sessions, a, b in batcher.runs if batcher is not None else ():
-            overlap = min(b, end) - max(a, start)
-            if overlap > 0:
-                if session_id in sessions:
-                    own += overlap
-                else:
-                    other += overlap
-        return own, other
-
-    def submit(self, request: Request) -> TimedFuture:
-        """Route ``request`` to the batcher of its model (a partial decode to :data:`PARTIAL_LANE` if there is one)."""
-        if isinstance(request, AsrRequest) and request.kind == AsrKind.PARTIAL and PARTIAL_LANE in self.batchers:
-            return self.batchers[PARTIAL_LANE].submit(request)
-        return self.batchers[MODEL_FOR_REQUEST[type(request)]].submit(request)
-
-    @property
-    def devices(self) -> tuple[str, ...]:
-        return self._devices
-
-    async def close(self) -> None:
-        for batcher in self.batchers.values():
-            await batcher.close()
-        for executor in self._executors.values():
-            executor.shutdown(wait=False, cancel_futures=True)

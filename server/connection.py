@@ -25,7 +25,8 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from server.backpressure import ClientPace, ReadGate
-from server.batcher import BatcherPool, TimedFuture
+from server.batcher import TimedFuture
+from server.batcher_pool import BatcherPool
 from server.config import ServerConfig
 from server.metrics import ServerMetrics
 from streaming import wire

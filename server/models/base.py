@@ -91,7 +91,7 @@ _LANE = threading.local()
 
 
 def set_spill_lane() -> None:
-    """Mark the calling inference thread as the finals' spill lane (server.batcher): finals decoded on it use the
+    """Mark the calling inference thread as the finals' spill lane (server.batcher_pool): finals decoded on it use the
     adapter's ordinary thread count, not its finals' one (the cores are shared with the finals lane's decode)."""
     _LANE.spill = True
 

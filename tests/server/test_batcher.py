@@ -12,7 +12,8 @@ from typing import Any, Sequence
 import numpy as np
 import pytest
 
-from server.batcher import PARTIAL_LANE, Batcher, BatcherClosed, BatcherPool
+from server.batcher import Batcher, BatcherClosed
+from server.batcher_pool import PARTIAL_LANE, BatcherPool
 from server.metrics import ServerMetrics
 from server.models.base import current_interrupt, on_spill_lane
 from streaming.work import AsrKind, AsrRequest, AsrResult, Priority, VadRequest, VadResult
@@ -554,3 +555,23 @@ def test_a_short_final_starts_beside_a_long_decode_and_a_long_one_waits() -> Non
     assert waiting and spilled_once
     assert any(t.startswith("infer-cpu-final-spill") and t.endswith(":1:True") for t in model.threads)
     assert any(t.startswith("infer-cpu-final_") and t.endswith(":2:False") for t in model.threads)
+
+
+def test_a_stopped_spill_lane_is_a_problem_the_health_check_reports() -> None:
+    """With ``final_lanes=2`` the finals batcher is unhealthy when its spill lane's loop stops while the batcher is
+    open (``/health`` reports it); an idle, running spill lane is fine."""
+    async def main() -> tuple[dict[str, str], dict[str, str]]:
+        pool = BatcherPool({"asr": EchoAsr()}, {"asr": "cpu"}, max_batch=8, max_wait=0.0, final_lanes=2)
+        await asyncio.sleep(0.05)
+        healthy = pool.problems(hang_limit=60.0)
+        spill = pool.batchers["asr"]._spill_task
+        assert spill is not None
+        spill.cancel()
+        await asyncio.sleep(0.05)
+        broken = pool.problems(hang_limit=60.0)
+        await pool.close()
+        return healthy, broken
+
+    healthy, broken = run(main())
+    assert healthy == {}
+    assert list(broken) == ["asr"] and "spill lane stopped" in broken["asr"]
