@@ -204,6 +204,12 @@ def server_side(before: dict, after: dict, sampler: Optional[ResourceSampler], t
     busy = counter_delta(before, after, "rechka_model_busy_seconds_total")
     processed = counter_delta(before, after, "rechka_audio_processed_seconds_total").get("all", 0.0)
     out["model_busy_fraction"] = {k: round(v / (t1 - t0), 3) for k, v in busy.items()}
+    cpu = counter_delta(before, after, "rechka_model_cpu_seconds_total")
+    if processed:  # CPU-seconds per second of a stream's audio, per model (its inference thread)
+        out["model_cpu_per_audio_s"] = {k: round(v / processed, 4) for k, v in cpu.items()}
+        if out.get("cpu_percent_mean") is not None:  # the rest: event loop, a model's extra intra-op threads, …
+            out["other_cpu_per_audio_s"] = round(
+                (out["cpu_percent_mean"] / 100 * (t1 - t0) - sum(cpu.values())) / processed, 4)
     out["compute_rtf"] = round(sum(busy.values()) / processed, 4) if processed else None
     out["final_latency_server_p95_s"] = histogram_quantile(before, after, "rechka_final_latency_seconds", 0.95)
     out["first_partial_server_p95_s"] = histogram_quantile(before, after, "rechka_time_to_first_partial_seconds",

@@ -317,10 +317,13 @@ class Batcher:
     def _run_batch(self, requests: Sequence[Request], interrupt: Optional[Interrupt] = None) -> list[Result]:
         """On the inference thread."""
         set_current_interrupt(interrupt)
+        cpu = time.thread_time()
         try:
             results = list(self.model.run_batch(requests))
         finally:
             set_current_interrupt(None)
+            if self._metrics is not None:
+                self._metrics.model_cpu.labels(model=self.name).inc(time.thread_time() - cpu)
         if len(results) != len(requests):
             raise RuntimeError(f"{self.name}.run_batch returned {len(results)} results for {len(requests)} requests")
         return results

@@ -35,6 +35,9 @@ class ServerMetrics:
             "rechka_read_pauses", "Times a stream's socket stopped being read (backpressure on a fast client)",
             registry=r)
         self.model_busy = Counter("rechka_model_busy_seconds", "Wall time spent in run_batch", ["model"], registry=r)
+        self.model_cpu = Counter(
+            "rechka_model_cpu_seconds", "CPU time of the inference thread during run_batch (not counting a model's "
+            "own extra intra-op threads)", ["model"], registry=r)
         self.real_time_factor = Gauge(
             "rechka_real_time_factor",
             "Model compute seconds per second of audio processed, since start (below 1 keeps up)", registry=r)

@@ -6,6 +6,7 @@ import asyncio
 import os
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
@@ -575,3 +576,27 @@ def test_a_stopped_spill_lane_is_a_problem_the_health_check_reports() -> None:
     healthy, broken = run(main())
     assert healthy == {}
     assert list(broken) == ["asr"] and "spill lane stopped" in broken["asr"]
+
+
+def test_model_cpu_seconds_count_the_inference_threads_cpu_not_its_waits() -> None:
+    """``rechka_model_cpu_seconds_total``: CPU spent computing counts, time the call sleeps or blocks does not."""
+
+    class Burner(EchoAsr):
+        def run_batch(self, requests: Sequence[AsrRequest]) -> list[AsrResult]:
+            start = time.thread_time()
+            while time.thread_time() - start < 0.15:  # compute
+                pass
+            time.sleep(0.3)  # waiting: wall time, no CPU
+            return super().run_batch(requests)
+
+    metrics = ServerMetrics()
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as ex:
+            b = Batcher(Burner(), ex, max_batch=4, max_wait=0.0, metrics=metrics)
+            await b.submit(asr("s", 1))
+            await b.close()
+
+    run(main())
+    values = {s.name: s.value for m in metrics.registry.collect() for s in m.samples if s.labels.get("model") == "asr"}
+    assert 0.15 <= values["rechka_model_cpu_seconds_total"] < 0.3 <= values["rechka_model_busy_seconds_total"]
