@@ -220,7 +220,7 @@ class Channel:
                 self.policy.skip(max(spec.end, self.policy.last_end))
             elif utt is not None:
                 self._adopt(utt, (spec.start, spec.end), spec.result)
-        if end is None or utt is None or not self.config.speculative_finals or self.behind()[0]:
+        if end is None or utt is None or not self.config.speculative_finals or self.behind(diarization=False)[0]:
             return
         start, audio = self.buffer.read_retained(utt.start, end)
         if len(audio) == 0 or not self._may_speculate(start, end):
@@ -269,12 +269,15 @@ class Channel:
             self.out.events += self.transcript.partial(utt, window[1], text)
 
     # ------------------------------------------------------------------------------------------------ partials
-    def behind(self) -> tuple[bool, int]:
-        """Whether the channel is behind (optional decodes wait: partials, speculation), and its VAD lag."""
+    def behind(self, diarization: bool = True) -> tuple[bool, int]:
+        """Whether the channel is behind (optional decodes wait: partials, speculation), and its VAD lag.
+        ``diarization``: its diarization requests in flight count toward ``max_pending_requests`` (for partials; a
+        speculative final is the final itself, early, and diarization lagging does not delay finals, so it waits
+        only for the caller's models, the VAD and the channel's own finals)."""
         options = self.config.partials
         lag = self.buffer.end - max(self.vad_done, self.skipped_to)
-        backlog = sum(1 for e in self.out.in_flight.values()
-                      if e.channel == self.index and e.kind in ("final", "diarization"))
+        kinds = ("final", "diarization") if diarization else ("final",)
+        backlog = sum(1 for e in self.out.in_flight.values() if e.channel == self.index and e.kind in kinds)
         return self.out.models_behind or lag > options.max_lag or backlog > options.max_pending_requests, lag
 
     def partial_step(self) -> None:

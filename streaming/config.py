@@ -89,7 +89,8 @@ class PartialOptions:
         agreement (the audio may cut them off).
     max_lag: partials are skipped while more audio than this waits for the VAD (the session is behind).
     max_pending_requests: partials are also skipped while a channel has more final-ASR and diarization requests
-        than this in flight.
+        than this in flight (speculative finals while it has more final-ASR requests: a lagging diarization had
+        turned them off at 4 streams on a busy machine, 10 of 33 finals 0.4 s later).
     """
 
     enabled: bool = True

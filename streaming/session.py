@@ -15,7 +15,8 @@ requests, events and in-flight bookkeeping go through one :class:`~streaming.cha
 Backpressure: while the session is behind (audio waiting for the VAD above ``PartialOptions.max_lag``, more than
 ``max_pending_requests`` final and diarization requests of the channel in flight, or the caller's models behind:
 :attr:`Session.models_behind`, set by the server while GigaAM's queue waits too long) partial decodes and
-speculative finals are skipped (partials counted). Audio waiting for the VAD (:attr:`Session.pending_audio`) is bounded by ``SessionConfig.max_pending_audio``:
+speculative finals are skipped (partials counted); a speculative final counts only the channel's final requests, not
+its diarization backlog (finals do not wait for diarization). Audio waiting for the VAD (:attr:`Session.pending_audio`) is bounded by ``SessionConfig.max_pending_audio``:
 with :attr:`Session.drop_when_behind` (a live client, the default) the oldest beyond it is dropped (the open
 utterance closes at the gap); otherwise the caller stops feeding audio while :attr:`Session.has_room` is false, and
 only audio beyond twice the bound (a caller that ignores it) is dropped. Every drop is reported (``audio_dropped``)

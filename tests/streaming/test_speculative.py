@@ -166,3 +166,23 @@ def test_while_the_models_are_behind_partials_and_speculation_wait_and_finals_do
     assert of(shed.events, wire.Final) == of(normal.events, wire.Final)
     assert shed.session.stats.partials_dropped > 0 and of(shed.events, wire.Partial) == []
     assert any(isinstance(e, wire.Warning) and e.code == "partials_dropped" for e in shed.events)
+
+
+def test_a_diarization_backlog_holds_back_partials_but_not_speculative_finals() -> None:
+    """Diarization lagging (its requests piling up in flight) skips partials; a speculative final is the final
+    early and finals do not wait for diarization, so it still goes out at the pause (a final backlog stops it)."""
+    fakes = pytest.importorskip("tests.fakes_diarization")
+    cfg = SessionConfig(diarization=True, partials=PartialOptions(max_pending_requests=2))
+    h = Harness(cfg, extra={fakes.SegmentationRequest: fakes.FakeSegmentation(),
+                            fakes.EmbeddingRequest: fakes.FakeEmbedding()})
+    h.hold = lambda r: isinstance(r, (fakes.SegmentationRequest, fakes.EmbeddingRequest))  # diarization stalls
+    h.feed(bursts(), chunk=0.02)
+    assert sum(1 for r in h.held if isinstance(r, fakes.SegmentationRequest)) > 2  # the backlog is there
+    kinds = [r.kind for r in h.sent if isinstance(r, AsrRequest)]
+    stats = h.session.stats
+    assert stats.finals_speculated == 4 and stats.speculations_missed == 3 and kinds.count(AsrKind.FINAL) == 4 + 3
+    assert stats.partials_dropped > 0 and AsrKind.PARTIAL not in kinds[2:]  # partials stopped once it built up
+    h.release()
+    h.end()
+    assert [f.text for f in of(h.events, wire.Final)] == [f.text for f in of(run(
+        SessionConfig(diarization=False, speculative_finals=False), asr_late=False).events, wire.Final)]
