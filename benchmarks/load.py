@@ -165,7 +165,8 @@ def summarize_step(streams: int, logs: Sequence[StreamLog], t0: float, args: arg
 
 
 BREAKDOWN_STAGES = ("silence", "vad", "asr_wait", "send", "queued", "behind_own", "behind_other", "compute",
-                    "submitted", "batch", "audio")
+                    "submitted", "batch", "audio", "beside_asr", "beside_asr_partials", "beside_segmentation",
+                    "beside_embedding", "beside_vad")
 
 
 def final_breakdown(traces: Sequence[dict[str, Any]], t0: float, t1: float) -> dict[str, Any]:

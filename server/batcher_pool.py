@@ -117,6 +117,12 @@ class BatcherPool:
                     other += overlap
         return own, other
 
+    def busy_during(self, start: float, end: float) -> dict[str, float]:
+        """Seconds of ``[start, end]`` (monotonic) each batcher spent in model calls (its lanes summed): what ran on
+        the cores beside a model call in that window."""
+        return {name: round(sum(max(0.0, min(b, end) - max(a, start)) for _, a, b in batcher.runs), 4)
+                for name, batcher in self.batchers.items()}
+
     def submit(self, request: Request) -> TimedFuture:
         """Route ``request`` to the batcher of its model (a partial decode to :data:`PARTIAL_LANE` if there is one)."""
         if isinstance(request, AsrRequest) and request.kind == AsrKind.PARTIAL and PARTIAL_LANE in self.batchers:

@@ -345,6 +345,13 @@ class Connection:
         if future is not None and future.started_at is not None:  # what its queue wait waited behind
             own, other = self.ctx.pool.ran_during("asr", self.session_id, future.queued_at, future.started_at)
             trace["behind_own"], trace["behind_other"] = round(own, 4), round(other, 4)
+        if future is not None and future.started_at is not None and future.finished_at is not None:
+            # what else ran while it decoded: each batcher's model-call seconds in its compute window (the finals'
+            # own batcher less this decode: another final on the spill lane)
+            for name, seconds in self.ctx.pool.busy_during(future.started_at, future.finished_at).items():
+                if name == "asr":
+                    seconds = max(0.0, seconds - (future.finished_at - future.started_at))
+                trace[f"beside_{name.replace('-', '_')}"] = round(seconds, 4)
         self.ctx.metrics.add_final_trace(trace)
 
     def _arrival_of(self, sample: int) -> Optional[float]:

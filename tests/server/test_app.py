@@ -113,6 +113,7 @@ def test_debug_finals_break_each_final_latency_into_stages_that_add_up() -> None
         stages = [t[k] for k in ("silence", "vad", "asr_wait", "send")]
         assert min(stages) >= 0 and sum(stages) == pytest.approx(t["total"], abs=0.002)
         assert t["queued"] >= 0 and t["compute"] >= 0 and t["batch"] >= 1 and t["audio"] > 0
+        assert t["beside_vad"] >= 0 and t["beside_asr"] >= 0 and "beside_asr_partials" in t  # what shared the cores
     assert metric_value(metrics.body.decode(), "rechka_final_stage_seconds_count", 'stage="asr_wait"') == 2
     assert metric_value(metrics.body.decode(), "rechka_queue_wait_seconds_count", 'model="asr",priority="final"') >= 2
 

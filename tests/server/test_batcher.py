@@ -600,3 +600,17 @@ def test_model_cpu_seconds_count_the_inference_threads_cpu_not_its_waits() -> No
     run(main())
     values = {s.name: s.value for m in metrics.registry.collect() for s in m.samples if s.labels.get("model") == "asr"}
     assert 0.15 <= values["rechka_model_cpu_seconds_total"] < 0.3 <= values["rechka_model_busy_seconds_total"]
+
+
+def test_busy_during_sums_each_batchers_model_calls_inside_a_window() -> None:
+    async def main() -> dict[str, float]:
+        pool = BatcherPool({"asr": EchoAsr(), "vad": CountingVad("vad", {"now": 0, "max": 0})},
+                           {"asr": "cpu", "vad": "cpu"}, max_batch=1, max_wait=0.0)
+        pool.batchers["asr"].runs.extend([(frozenset({"a"}), 10.0, 11.0), (frozenset({"b"}), 10.5, 10.8)])
+        pool.batchers["vad"].runs.extend([(frozenset({"a"}), 9.0, 10.2), (frozenset({"b"}), 10.9, 12.0),
+                                          (frozenset({"c"}), 12.0, 13.0)])
+        busy = pool.busy_during(10.0, 11.0)
+        await pool.close()
+        return busy
+
+    assert run(main()) == {"asr": pytest.approx(1.3), "vad": pytest.approx(0.3), PARTIAL_LANE: 0.0}
