@@ -168,16 +168,19 @@ def offline_pipeline(models: Models, threshold: float, repeat_short: bool = True
     """pyannote.audio's ``SpeakerDiarization`` on the same segmentation and embedding models, agglomerative
     clustering; ``repeat_short=False`` (resemblyzer only) embeds audio under 1.6 s zero-padded (``embed_utterance``)
     rather than repeated."""
+    from server.models.cache import load_pyannote_model
     from server.models.embedding import ResemblyzerEmbedding
     from pyannote.audio.core.io import Audio
     from pyannote.audio.pipelines import speaker_diarization
     from pyannote.audio.pipelines.clustering import AgglomerativeClustering
 
+    # the pipeline needs pyannote's own Model class: the same checkpoint as rechka's adapter (equal scores, tested)
+    segmentation, _ = load_pyannote_model(models.segmentation.checkpoint, "segmentation")
     get_plda = speaker_diarization.get_plda
     speaker_diarization.get_plda = lambda *args, **kwargs: None  # no PLDA: agglomerative clustering needs none
     try:
         pipeline = speaker_diarization.SpeakerDiarization(
-            segmentation=models.segmentation.model, segmentation_step=0.1, embedding_exclude_overlap=True,
+            segmentation=segmentation, segmentation_step=0.1, embedding_exclude_overlap=True,
             plda="none", clustering="OracleClustering", segmentation_batch_size=32, embedding_batch_size=32)
     finally:
         speaker_diarization.get_plda = get_plda

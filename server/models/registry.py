@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Union
+import time
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Union
 
 from server.models.audit import ModelPlacement, audit_models
 from server.models.base import BatchModel
@@ -90,20 +91,30 @@ def load_models(asr: Union["ServerConfig", str, None] = ASR_DEFAULT, segmentatio
     from server.models.segmentation import SegmentationModel
     from server.models.vad import VadModel
 
-    models: dict[str, BatchModel] = {
-        "vad": VadModel(name, max_batch),
-        "segmentation": SegmentationModel(segmentation, name, max_batch, wheel=wheel),
-        "embedding": load_embedding_model(embedding, name, max_batch),
+    started = time.monotonic()
+    loaders: dict[str, Callable[[], BatchModel]] = {
+        "vad": lambda: VadModel(name, max_batch),
+        "segmentation": lambda: SegmentationModel(segmentation, name, max_batch, wheel=wheel),
+        "embedding": lambda: load_embedding_model(embedding, name, max_batch),
     }
     if asr is not None:
         asr_engine, asr_quantize = asr_engine_for(target.type, asr_engine, asr_quantize)
-        models["asr"] = load_asr(asr, name, max_batch, asr_quantize, asr_engine, threads, final_threads)
+        loaders["asr"] = lambda: load_asr(asr, name, max_batch, asr_quantize, asr_engine, threads, final_threads)
+    models: dict[str, BatchModel] = {}
+    seconds: dict[str, float] = {}
+    for model_name, loader in loaders.items():
+        begun = time.monotonic()
+        models[model_name] = loader()
+        seconds[model_name] = time.monotonic() - begun
     placement = audit_models(models, target)
     for model_name, entry in placement.items():
         log.info("model %-12s %s (%s)", model_name, entry.summary(), models[model_name].describe().get("checkpoint"))
+    warmed = time.monotonic()
     if warmup:
         for model in models.values():
             model.warmup()
+    log.info("models loaded in %.2f s (%s); warm-up %.2f s", warmed - started,
+             ", ".join(f"{n} {s:.2f}" for n, s in seconds.items()), time.monotonic() - warmed)
     return Models(models, placement)
 
 

