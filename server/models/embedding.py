@@ -1,7 +1,9 @@
 """Speaker embeddings as a batched adapter: the samples of one local speaker → one vector.
 
-Default: resemblyzer's shipped GE2E ``VoiceEncoder`` (256-d). Its ``embed_utterance`` cuts one utterance into
-1.6 s partials (160 mel frames, ``rate`` partials per second), embeds each and averages; :class:`ResemblyzerEmbedding`
+Default: resemblyzer's shipped GE2E ``VoiceEncoder`` (256-d; its network rebuilt here as :class:`VoiceEncoderNet`
+and its mel filters as :func:`slaney_mel_filters`, so that start-up imports neither resemblyzer nor the librosa,
+numba and scipy behind it: the weights are read from the installed package's ``pretrained.pt``). Its
+``embed_utterance`` cuts one utterance into 1.6 s partials (160 mel frames, ``rate`` partials per second), embeds each and averages; :class:`ResemblyzerEmbedding`
 does the same for a whole ragged batch at once: one STFT over the zero-padded batch on the device (the same mel
 spectrogram as librosa's: periodic Hann window, centred zero-padded frames, power 2, Slaney mel filters), every
 partial of every request through the LSTM in one call, then a per-request mean. With the same audio it matches
@@ -21,9 +23,9 @@ utterance, so zero padding would change the result); requests under 0.5 s are re
 
 from __future__ import annotations
 
-import warnings
+import importlib.util
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -41,6 +43,8 @@ _INT16_MAX = 2 ** 15 - 1
 _N_FFT = 400  # 25 ms at 16 kHz
 _HOP = 160  # 10 ms
 _N_MELS = 40
+_HIDDEN = 256  # GE2E LSTM width, 3 layers, and the embedding size
+_LAYERS = 3
 _PARTIAL_FRAMES = 160  # 1.6 s
 _MIN_PYANNOTE_SAMPLES = 8000  # 0.5 s: shorter requests are repeated up to it for pyannote models
 
@@ -58,18 +62,54 @@ def load_embedding_model(model: str = EMBEDDING_DEFAULT, device: Union[str, torc
     return PyannoteEmbedding(model, device, max_batch)
 
 
-def import_resemblyzer() -> Any:
-    """The ``resemblyzer`` package, without the deprecation warnings its imports (webrtcvad, scipy) print."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*(pkg_resources|scipy\.ndimage).*")
-        import resemblyzer
-        import resemblyzer.voice_encoder  # noqa: F401  (imports resemblyzer.audio → webrtcvad)
-    return resemblyzer
-
-
 def resemblyzer_weights() -> Path:
-    """The GE2E weights shipped inside the resemblyzer package."""
-    return Path(import_resemblyzer().__path__[0]) / "pretrained.pt"
+    """The GE2E weights shipped inside the installed resemblyzer package (found without importing it);
+    ``ImportError`` when it is not installed."""
+    spec = importlib.util.find_spec("resemblyzer")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("the resemblyzer package (which ships the GE2E weights) is not installed")
+    weights = Path(list(spec.submodule_search_locations)[0]) / "pretrained.pt"
+    if not weights.is_file():
+        raise ImportError(f"resemblyzer's weights {weights} are missing: reinstall resemblyzer")
+    return weights
+
+
+class VoiceEncoderNet(nn.Module):
+    """resemblyzer's GE2E network: a 3-layer LSTM over 40 mel bands, a linear layer and a ReLU on its last hidden
+    state (``VoiceEncoder`` without its loading and slicing code; the same parameter names)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(_N_MELS, _HIDDEN, _LAYERS, batch_first=True)
+        self.linear = nn.Linear(_HIDDEN, _HIDDEN)
+        self.relu = nn.ReLU()
+
+    @classmethod
+    def pretrained(cls, weights: Optional[Path] = None) -> "VoiceEncoderNet":
+        """The shipped weights (``model_state`` of ``pretrained.pt``, without the GE2E loss' similarity scale and
+        bias, which only training uses), loaded strictly; in eval mode."""
+        state = torch.load(weights or resemblyzer_weights(), map_location="cpu", weights_only=True)["model_state"]
+        net = cls()
+        net.load_state_dict({k: v for k, v in state.items() if not k.startswith("similarity_")}, strict=True)
+        return net.eval()
+
+
+def slaney_mel_filters(sample_rate: int = SAMPLE_RATE, n_fft: int = _N_FFT, n_mels: int = _N_MELS) -> np.ndarray:
+    """``(n_mels, n_fft // 2 + 1)`` triangular mel filters on the Slaney mel scale (linear below 1 kHz, logarithmic
+    above), each scaled to unit area (2 / its width in Hz): librosa's ``filters.mel`` defaults (0 Hz to Nyquist)."""
+    def to_mel(hz: np.ndarray) -> np.ndarray:
+        linear = hz / (200.0 / 3)
+        return np.where(hz >= 1000.0, 15.0 + np.log(np.maximum(hz, 1e-10) / 1000.0) / (np.log(6.4) / 27.0), linear)
+
+    def to_hz(mel: np.ndarray) -> np.ndarray:
+        return np.where(mel >= 15.0, 1000.0 * np.exp(np.log(6.4) / 27.0 * (mel - 15.0)), mel * (200.0 / 3))
+
+    edges = to_hz(np.linspace(to_mel(np.array(0.0)), to_mel(np.array(sample_rate / 2)), n_mels + 2))
+    bins = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
+    rising = (bins[None, :] - edges[:-2, None]) / np.diff(edges)[:-1, None]
+    falling = (edges[2:, None] - bins[None, :]) / np.diff(edges)[1:, None]
+    weights = np.maximum(0.0, np.minimum(rising, falling)) * (2.0 / (edges[2:] - edges[:-2]))[:, None]
+    return weights.astype(np.float32)
 
 
 def normalize_volume(audio: np.ndarray, target_dbfs: float = TARGET_DBFS) -> np.ndarray:
@@ -105,10 +145,7 @@ class MelFrontend(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        import librosa
-
-        filters = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=_N_FFT, n_mels=_N_MELS)
-        self.register_buffer("filters", torch.from_numpy(filters.astype(np.float32)))
+        self.register_buffer("filters", torch.from_numpy(slaney_mel_filters()))
         self.register_buffer("window", torch.hann_window(_N_FFT, periodic=True))
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
@@ -126,7 +163,6 @@ class ResemblyzerEmbedding:
 
     def __init__(self, device: Union[str, torch.device] = "cpu", max_batch: int = 32, *, rate: float = 1.3,
                  min_coverage: float = 0.75, normalize: bool = True, repeat_short: bool = True) -> None:
-        VoiceEncoder = import_resemblyzer().VoiceEncoder
         if max_batch < 1:
             raise ValueError("ResemblyzerEmbedding.max_batch must be >= 1")
         partial_starts(SAMPLE_RATE, rate, min_coverage)  # validates rate and min_coverage
@@ -134,8 +170,8 @@ class ResemblyzerEmbedding:
         self.device = torch.device(device)
         self.rate, self.min_coverage, self.normalize = rate, min_coverage, normalize
         self.repeat_short = repeat_short
-        encoder = VoiceEncoder(device=self.device, verbose=False)  # it moves itself; the audit checks it did
-        self.encoder = encoder.eval()
+        encoder = VoiceEncoderNet.pretrained()
+        self.encoder = encoder.to(self.device)
         frontend = MelFrontend()
         self.frontend = frontend.to(self.device)
         self.checkpoint = str(resemblyzer_weights())

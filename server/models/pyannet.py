@@ -189,7 +189,8 @@ class SincNet(nn.Module):
 
 
 class PyanNet(nn.Module):
-    """SincNet → LSTM → linear layers → classifier → activation: ``(batch, 1, samples)`` → ``(batch, frames, dim)``."""
+    """SincNet → LSTM → linear layers → classifier → activation:
+    ``(batch, 1, samples)`` → ``(batch, frames, dimension)``."""
 
     def __init__(self, task: SegmentationTask, config: PyanNetConfig = PyanNetConfig()) -> None:
         super().__init__()
