@@ -172,3 +172,17 @@ def test_loading_the_default_models_imports_neither_pyannote_nor_lightning() -> 
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_adapter_runs_local_pyannet_checkpoints_on_rechkas_network(tmp_path: Path) -> None:
+    from server.models.cache import SEGMENTATION_3
+    from server.models.segmentation import SegmentationModel
+
+    shipped = SegmentationModel(SEGMENTATION_3, "cpu", 2)
+    assert isinstance(shipped.model, PyanNet) and isinstance(shipped.powerset, PowersetToSpeakers)
+    local = SegmentationModel(str(real_checkpoint("whisperx")), "cpu", 2)
+    assert isinstance(local.model, PyanNet) and local.sha256 is None and local.powerset is None
+    garbage = tmp_path / "pytorch_model.bin"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelUnavailable, match="could not be loaded by pyannote.audio"):
+        SegmentationModel(str(garbage))  # not ours to read: pyannote.audio's turn, and its error
