@@ -34,7 +34,7 @@ class Models:
 
     The cache maps (model, request kind, audio) to the model's output, so a second run over the same audio (another
     latency, other tracking thresholds: neither changes what is asked) costs no model compute; ``cache_file``
-    keeps it across runs. Counters and ``cpu_s`` count only requests actually computed.
+    keeps it across runs (:func:`save_cache`). Counters and ``cpu_s`` count only requests actually computed.
     """
 
     def __init__(self, device: str = "cpu", segmentation: str = SEGMENTATION_DEFAULT,
@@ -47,6 +47,7 @@ class Models:
         self.embedding = load_embedding_model(embedding, device, 32)
         self.cache_file = cache_file
         self._cache: dict[tuple[str, bytes], Any] = {}
+        self._computed: dict[tuple[str, bytes], Any] = {}  # what this process added: all that save() writes
         if cache_file is not None and cache_file.is_file():
             self._cache = pickle.loads(cache_file.read_bytes())
         self.reset_counters()
@@ -78,7 +79,7 @@ class Models:
             for batch in _batches(todo[kind], model.max_batch):
                 for request, result in zip(batch, model.run_batch(batch)):
                     results[request.seq] = result
-                    self._cache[(kind, _key(request.audio))] = result
+                    self._cache[(kind, _key(request.audio))] = self._computed[(kind, _key(request.audio))] = result
         self.cpu_s += time.process_time() - started
         self.windows += len(todo["seg"])
         self.embeddings += len(todo["emb"])
@@ -87,8 +88,28 @@ class Models:
 
     def save(self) -> None:
         if self.cache_file is not None:
-            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-            self.cache_file.write_bytes(pickle.dumps(self._cache))
+            save_cache(self.cache_file, self._computed)
+
+
+def save_cache(path: Path, computed: dict[tuple[str, bytes], Any]) -> bool:
+    """Add ``computed`` to the cache file at ``path``: merged into what the file holds *now* (another run may have
+    saved since this one loaded it) and replaced atomically (a run loading it meanwhile reads the old or the new
+    file, never half of one); nothing is written when nothing was computed. True when the file was written."""
+    if not computed:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cache = pickle.loads(path.read_bytes()) if path.is_file() else {}
+    cache.update(computed)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.fchmod(handle, 0o644)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(pickle.dumps(cache))
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return True
 
 
 SHORT = {SEGMENTATION_DEFAULT: "pyannet", SEGMENTATION_3: "seg30"}
