@@ -83,7 +83,8 @@ class Item:
 
 # ---------------------------------------------------------------------------------------------------- datasets
 def datasets(names: Sequence[str], composed_minutes: float = 5.0,
-             speakers: Optional[dict[str, Sequence[int]]] = None) -> list[Item]:
+             speakers: Optional[dict[str, Sequence[int]]] = None, composed_seed: int = COMPOSED_SEED) -> list[Item]:
+    """The items of the named datasets; composed conversations of ``n`` speakers use seed ``composed_seed + n``."""
     items: list[Item] = []
     if "sample" in names and (PYANNOTE_SAMPLE / "sample.wav").is_file():
         items.append(Item("sample", "pyannote_sample", PYANNOTE_SAMPLE / "sample.wav", PYANNOTE_SAMPLE / "sample.rttm"))
@@ -101,7 +102,7 @@ def datasets(names: Sequence[str], composed_minutes: float = 5.0,
         from benchmarks.compose import OUT_DIR, compose
 
         for n in (speakers or COMPOSED_SPEAKERS)[source]:
-            seed = COMPOSED_SEED + n
+            seed = composed_seed + n
             name = f"{source}_{n}spk_s{seed}"
             wav = OUT_DIR / f"{name}.wav"
             if not wav.is_file():

@@ -1,0 +1,41 @@
+"""benchmarks.flip_kinds: every flip label_flips counts, sorted into slips, late onsets and relabels."""
+
+from __future__ import annotations
+
+from benchmarks.der import label_flips, to_annotation
+from benchmarks.flip_kinds import flip_events, kinds
+
+
+def test_a_previous_voice_running_into_a_turn_is_two_slips_not_a_relabel() -> None:
+    reference = to_annotation([("A", 0.0, 10.0), ("B", 10.0, 20.0), ("A", 20.0, 30.0), ("B", 30.0, 40.0)])
+    # A's label runs 0.4 s into B's second turn, then B is back under its own label
+    hypothesis = to_annotation([("x", 0.0, 10.0), ("y", 10.0, 20.0), ("x", 20.0, 30.4), ("y", 30.4, 40.0)])
+    flips = flip_events(reference, hypothesis)
+    assert len(flips) == label_flips(reference, hypothesis) == 2
+    assert [(f.speaker, f.old, f.new, f.kind) for f in flips] == [("B", "y", "x", "slip"), ("B", "x", "y", "slip")]
+    assert abs(flips[0].time - 30.0) < 0.05 and abs(flips[0].run - 0.4) < 0.06
+
+
+def test_a_returning_speaker_with_a_new_label_is_a_relabel() -> None:
+    reference = to_annotation([("A", 0.0, 10.0), ("B", 10.0, 20.0), ("A", 20.0, 30.0)])
+    hypothesis = to_annotation([("x", 0.0, 10.0), ("y", 10.0, 20.0), ("z", 20.0, 30.0)])
+    flips = flip_events(reference, hypothesis)
+    assert len(flips) == label_flips(reference, hypothesis) == 1
+    assert (flips[0].speaker, flips[0].old, flips[0].new, flips[0].kind) == ("A", "x", "z", "relabel")
+    # the same change held only 0.6 s (the speaker's speech ends): a slip, not the label it is known by
+    short = to_annotation([("A", 0.0, 10.0), ("B", 10.0, 20.0), ("A", 20.0, 20.6)])
+    assert kinds(flip_events(short, to_annotation([("x", 0.0, 10.0), ("y", 10.0, 20.0), ("z", 20.0, 20.6)]))) == \
+        {"slip": 1, "onset": 0, "relabel": 0}
+
+
+def test_a_new_voice_first_heard_under_the_previous_label_is_a_late_onset() -> None:
+    reference = to_annotation([("A", 0.0, 10.0), ("B", 10.0, 20.0)])
+    hypothesis = to_annotation([("x", 0.0, 10.5), ("y", 10.5, 20.0)])  # B confirmed 0.5 s into its first turn
+    flips = flip_events(reference, hypothesis)
+    assert [(f.speaker, f.old, f.new, f.kind) for f in flips] == [("B", "x", "y", "onset")]
+    assert kinds(flip_events(reference, hypothesis, hold=12.0)) == {"slip": 1, "onset": 0, "relabel": 0}
+
+
+def test_one_label_per_speaker_has_no_flips_of_any_kind() -> None:
+    reference = to_annotation([("A", 0.0, 5.0), ("B", 5.0, 9.0), ("A", 9.0, 14.0)])
+    assert flip_events(reference, to_annotation([("p", 0.0, 5.0), ("q", 5.0, 9.0), ("p", 9.0, 14.0)])) == []
