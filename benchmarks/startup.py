@@ -16,6 +16,7 @@ Per start the JSON has ``seconds_to_health`` and ``phases`` read from the server
 and warm-up the registry logs, ``serving`` = warm-up to listening, ``health`` = listening to the first 200). One more
 start per variant runs with ``PYTHONPROFILEIMPORTTIME=1`` (not timed with the others: it slows imports) for the
 import breakdown: cumulative seconds of the top-level packages and of the slowest single imports.
+``--without-graphs`` starts each server in a copy of the model cache without its ONNX graphs: a first start.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -85,13 +87,17 @@ def command(variant: Variant, launcher: str, port: int, server_args: Sequence[st
 
 
 def start_once(variant: Variant, launcher: str, server_args: Sequence[str], *, poll: float, timeout: float,
-               importtime: bool = False) -> dict[str, Any]:
-    """Start the server once, poll ``/health`` until 200, stop it; the timings and the log it wrote."""
+               importtime: bool = False, without_graphs: bool = False) -> dict[str, Any]:
+    """Start the server once, poll ``/health`` until 200, stop it; the timings and the log it wrote.
+    ``without_graphs``: in a copy of the model cache without its ONNX graphs (see :func:`cache_without_graphs`)."""
     port = free_port()
     env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"), **variant.env}
     if importtime:
         env["PYTHONPROFILEIMPORTTIME"] = "1"
-    with tempfile.TemporaryFile() as log:
+    with tempfile.TemporaryDirectory(prefix="rechka-startup-") as scratch, tempfile.TemporaryFile() as log:
+        if without_graphs:
+            env["RECHKA_CACHE"] = str(cache_without_graphs(Path(env.get("RECHKA_CACHE") or
+                                                                Path.home() / ".cache" / "rechka"), Path(scratch)))
         started_wall = time.time()
         started = time.monotonic()
         proc = subprocess.Popen(command(variant, launcher, port, server_args), cwd=variant.tree, env=env,
@@ -120,6 +126,22 @@ def start_once(variant: Variant, launcher: str, server_args: Sequence[str], *, p
     if importtime:
         result["imports"] = import_breakdown(text)
     return result
+
+
+def cache_without_graphs(cache: Path, scratch: Path) -> Path:
+    """A copy of the rechka model cache under ``scratch`` (hard links where possible) without ``onnx/``: a machine
+    whose weights are fetched but whose ONNX graphs were never built, so the server exports them while starting."""
+    copy = scratch / "cache"
+    shutil.copytree(cache, copy, ignore=lambda folder, names: ["onnx"] if Path(folder) == cache else [],
+                    copy_function=_link_or_copy)
+    return copy
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def _stop(proc: "subprocess.Popen[bytes]") -> None:
@@ -203,16 +225,17 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run(variants: Sequence[Variant], launcher: str, server_args: Sequence[str], repeats: int, poll: float,
-        timeout: float, importtime: bool) -> dict[str, Any]:
+        timeout: float, importtime: bool, without_graphs: bool = False) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {v.name: [] for v in variants}
     for repeat in range(repeats):
         shift = repeat % len(variants)
         for variant in [*variants[shift:], *variants[:shift]]:
-            result = start_once(variant, launcher, server_args, poll=poll, timeout=timeout)
+            result = start_once(variant, launcher, server_args, poll=poll, timeout=timeout,
+                                without_graphs=without_graphs)
             runs[variant.name].append(result)
             print(f"startup: {variant.name} #{repeat + 1}: {result['seconds_to_health']} s", file=sys.stderr)
     out: dict[str, Any] = {"machine": machine_info(), "launcher": launcher, "server_args": list(server_args),
-                           "repeats": repeats, "variants": {}}
+                           "repeats": repeats, "without_graphs": without_graphs, "variants": {}}
     baseline: Optional[float] = None
     for variant in variants:
         summary = summarize(runs[variant.name])
@@ -223,7 +246,8 @@ def run(variants: Sequence[Variant], launcher: str, server_args: Sequence[str], 
         entry: dict[str, Any] = {"env": variant.env, "tree": str(variant.tree), "summary": summary,
                                  "runs": runs[variant.name]}
         if importtime:
-            profiled = start_once(variant, launcher, server_args, poll=poll, timeout=timeout, importtime=True)
+            profiled = start_once(variant, launcher, server_args, poll=poll, timeout=timeout, importtime=True,
+                                  without_graphs=without_graphs)
             entry["importtime_run"] = profiled
         out["variants"][variant.name] = entry
     return out
@@ -242,6 +266,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--poll", type=float, default=0.1, help="seconds between /health polls")
     parser.add_argument("--timeout", type=float, default=300.0, help="give up a start after this many seconds")
     parser.add_argument("--no-importtime", action="store_true", help="skip the import-time breakdown starts")
+    parser.add_argument("--without-graphs", action="store_true", help="each start in a copy of the model cache "
+                        "without its ONNX graphs (a first start: the server exports the encoder)")
     parser.add_argument("--out-dir", type=Path, default=OUT_DIR, help="where startup-<stamp>.json goes")
     parser.add_argument("server_args", nargs="*", help="more server arguments (after --)")
     args = parser.parse_args(argv)
@@ -254,7 +280,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if len({v.name for v in variants}) != len(variants):
         parser.error("variant names must differ")
     server_args = ["--asr-model", args.asr_model, *args.server_args]
-    result = run(variants, args.launcher, server_args, args.repeats, args.poll, args.timeout, not args.no_importtime)
+    result = run(variants, args.launcher, server_args, args.repeats, args.poll, args.timeout, not args.no_importtime,
+                 args.without_graphs)
     result["command"] = command_line("startup")
     write_result("startup", result, args.out_dir)
     return 0 if all(v["summary"]["healthy"] == v["summary"]["starts"] for v in result["variants"].values()) else 1

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.startup import TINY_ASR, Variant, import_breakdown, phases, start_once, summarize
+from benchmarks.startup import (TINY_ASR, Variant, cache_without_graphs, import_breakdown, phases, start_once,
+                                summarize)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -20,6 +21,19 @@ def test_variants_parse_names_environments_and_trees(tmp_path: Path) -> None:
         Variant.parse("x:NOVALUE")
     with pytest.raises(ValueError, match="not a rechka tree"):
         Variant.parse(f"other@{tmp_path}")
+
+
+def test_a_cache_without_graphs_keeps_the_weights_and_drops_only_onnx(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    (cache / "segmentation").mkdir(parents=True)
+    (cache / "onnx").mkdir()
+    (cache / "segmentation" / "model.bin").write_bytes(b"weights")
+    (cache / "onnx" / "graph.onnx").write_bytes(b"graph")
+    (cache / "segmentation" / "onnx").mkdir()  # only the top-level graph folder is left out
+    copy = cache_without_graphs(cache, tmp_path / "scratch")
+    assert (copy / "segmentation" / "model.bin").read_bytes() == b"weights"
+    assert (copy / "segmentation" / "onnx").is_dir() and not (copy / "onnx").exists()
+    assert (cache / "onnx" / "graph.onnx").is_file()  # the original is untouched
 
 
 def stamp(seconds: float) -> str:
