@@ -160,14 +160,15 @@ def test_pyannote_classes_become_inert_stand_ins() -> None:
                 or PLAIN_GLOBALS.get(name) is obj), name
 
 
-def test_loading_the_default_models_imports_neither_pyannote_nor_lightning() -> None:
+def test_loading_the_default_models_imports_neither_pyannote_nor_lightning_nor_librosa() -> None:
     real_checkpoint("whisperx")
     code = ("import sys\n"
             "from server.config import ServerConfig\n"
             "from server.models.registry import load_models\n"
             "models = load_models(ServerConfig(asr_model='tests/assets/tiny_gigaam_ctc.ckpt'))\n"
             "assert type(models.segmentation.model).__module__ == 'server.models.pyannet'\n"
-            "heavy = ('lightning', 'pyannote.audio', 'torch._dynamo', 'torchmetrics')\n"
+            "heavy = ('lightning', 'pyannote.audio', 'torch._dynamo', 'torchmetrics', 'resemblyzer', 'librosa',\n"
+            "         'numba', 'scipy')\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m.startswith(heavy)))\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
