@@ -270,6 +270,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--datasets", default="sample,ami,composed-espeak,composed-real")
     parser.add_argument("--espeak-speakers", default="2,3,4,6", help="composed espeak conversations (speaker counts)")
     parser.add_argument("--real-speakers", default="3,5", help="composed real-voice conversations (speaker counts)")
+    parser.add_argument("--composed-seed", type=int, default=COMPOSED_SEED,
+                        help="composed conversations of n speakers use seed this + n (another base: held-out ones)")
     parser.add_argument("--systems", default="rechka,offline,diart",
                         help="any of rechka,offline,offline-zeropad,diart,diart-zeropad,oracle")
     parser.add_argument("--segmentation-models", default=f"{SEGMENTATION_DEFAULT},{SEGMENTATION_3}")
@@ -293,7 +295,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     speakers = {"espeak": [int(n) for n in args.espeak_speakers.split(",")],
                 "real": [int(n) for n in args.real_speakers.split(",")]}
-    items = datasets(args.datasets.split(","), speakers=speakers)
+    items = datasets(args.datasets.split(","), speakers=speakers, composed_seed=args.composed_seed)
     audio = {item.wav: load_audio(item.wav) for item in items}
     references = {item.wav: load_reference(item.rttm) for item in items}
     hypotheses: dict[tuple[str, Path], list[tuple[str, float, float]]] = {}

@@ -39,3 +39,26 @@ def test_a_new_voice_first_heard_under_the_previous_label_is_a_late_onset() -> N
 def test_one_label_per_speaker_has_no_flips_of_any_kind() -> None:
     reference = to_annotation([("A", 0.0, 5.0), ("B", 5.0, 9.0), ("A", 9.0, 14.0)])
     assert flip_events(reference, to_annotation([("p", 0.0, 5.0), ("q", 5.0, 9.0), ("p", 9.0, 14.0)])) == []
+
+
+def test_held_out_conversations_take_their_seeds_from_another_base(monkeypatch, tmp_path) -> None:
+    import benchmarks.compose as compose
+    from benchmarks.der import datasets
+
+    made = []
+
+    class Conversation:
+        def write(self, directory) -> None:
+            (directory / f"{made[-1][2]}.wav").write_bytes(b"")
+
+    def fake_compose(n, minutes, seed, source, name):
+        made.append((n, seed, name))
+        return Conversation()
+
+    monkeypatch.setattr(compose, "OUT_DIR", tmp_path)
+    monkeypatch.setattr(compose, "compose", fake_compose)
+    items = datasets(["composed-espeak"], speakers={"espeak": [2, 3], "real": []}, composed_seed=300)
+    assert [item.name for item in items] == ["espeak_2spk_s302", "espeak_3spk_s303"]
+    assert [(n, seed) for n, seed, _ in made] == [(2, 302), (3, 303)]
+    assert [item.name for item in datasets(["composed-espeak"], speakers={"espeak": [2], "real": []})] == \
+        ["espeak_2spk_s102"]
