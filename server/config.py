@@ -40,6 +40,8 @@ class ServerConfig:
         and 1.1-1.2x faster than torch's dynamic int8 in ``benchmarks/asr_engines.py`` (full-size v2, random weights),
         equal held-out CER on the tiny trained model; accuracy risk: int8 moves log-probs by up to ~0.03 (torch int8
         ~0.05), which can flip a near-tie between tokens — measure your data, ``--asr-quantize none`` keeps fp32.
+    vad_engine: ``auto`` (``onnx`` on the CPU, ``torch`` on CUDA), ``torch`` or ``onnx`` (Silero VAD on ONNX
+        Runtime, :mod:`server.models.vad_onnx`: equal probabilities, a fraction of torch's per-call CPU cost).
     asr_quantize: ``auto`` (``int8`` with the ONNX engine on the CPU, else ``none``), ``none`` or ``int8`` (CPU
         only: the ONNX graph's MatMuls, or torch's dynamic int8 Linear layers).
     max_sessions: concurrent streams; beyond it new connections get HTTP 503 with ``Retry-After``.
@@ -80,6 +82,7 @@ class ServerConfig:
     asr_model: str = DEFAULT_MODEL
     asr_quantize: Optional[str] = "auto"
     asr_engine: str = "auto"
+    vad_engine: str = "auto"
     segmentation_model: str = SEGMENTATION_DEFAULT
     embedding_model: str = "resemblyzer"
     max_sessions: int = 32
@@ -116,6 +119,9 @@ class ServerConfig:
         _check(self.idle_timeout > 0, "ServerConfig.idle_timeout must be > 0 seconds (default 30)")
         _check(self.asr_quantize in (None, "int8", "auto"), "ServerConfig.asr_quantize must be auto, none or int8")
         _check(self.asr_engine in ("auto", "torch", "onnx"), "ServerConfig.asr_engine must be auto, torch or onnx")
+        _check(self.vad_engine in ("auto", "torch", "onnx"), "ServerConfig.vad_engine must be auto, torch or onnx")
+        _check(self.vad_engine != "onnx" or not self.device.startswith("cuda"),
+               "ServerConfig.vad_engine=onnx needs --device cpu (use auto or torch on CUDA)")
         _check(self.asr_quantize != "int8" or self.device == "cpu",
                "ServerConfig.asr_quantize=int8 needs --device cpu (on CUDA GigaAM runs fp16)")
         _check(1 <= self.cpu_inference_threads <= 64, "ServerConfig.cpu_inference_threads must be 1-64 (default 2)")
@@ -167,6 +173,8 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("asr_model", str, f"GigaAM model name ({', '.join(PUBLISHED)}) or checkpoint path (default {DEFAULT_MODEL})"),
     ("asr_engine", str, "auto, torch or onnx: GigaAM's encoder on PyTorch or ONNX Runtime (default auto: onnx on "
                         "the CPU, torch on CUDA)"),
+    ("vad_engine", str, "auto, torch or onnx: Silero VAD on PyTorch or ONNX Runtime (default auto: onnx on the "
+                        "CPU, torch on CUDA)"),
     ("asr_quantize", str, "auto, none or int8: int8 GigaAM on the CPU (default auto: int8 with the onnx engine)"),
     ("segmentation_model", str, f"pyannote segmentation checkpoint name or path (default {SEGMENTATION_DEFAULT})"),
     ("embedding_model", str, "speaker embedding model (default resemblyzer)"),

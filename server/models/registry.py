@@ -58,7 +58,7 @@ def load_models(asr: Union["ServerConfig", str, None] = ASR_DEFAULT, segmentatio
                 embedding: str = EMBEDDING_DEFAULT, device: Optional[str] = None, *, max_batch: int = 16,
                 warmup: bool = True, wheel: Optional["Path"] = None, asr_quantize: Optional[str] = None,
                 asr_engine: str = "torch", threads: Optional[int] = None,
-                final_threads: Optional[int] = None) -> Models:
+                final_threads: Optional[int] = None, vad_engine: str = "auto") -> Models:
     """Load, audit and (optionally) warm up the models.
 
     ``asr``: a GigaAM model name or checkpoint path, or ``None`` to leave ASR out (``rechka-fetch-models
@@ -71,13 +71,14 @@ def load_models(asr: Union["ServerConfig", str, None] = ASR_DEFAULT, segmentatio
     ``threads``: intra-op threads of one model call on the CPU — torch's (process-wide, ``torch.set_num_threads``)
     and the ONNX encoder's; ``None`` leaves torch's as it is (its default is one per core). ``final_threads``: the
     ONNX encoder's threads for batches of finals only (``ServerConfig.final_threads``; None: ``threads``).
+    ``vad_engine``: ``"auto"``, ``"torch"`` or ``"onnx"`` (:func:`server.models.vad_onnx.vad_engine_for`).
     """
     if asr is not None and not isinstance(asr, str):
         config = asr
         asr, segmentation, embedding = config.asr_model, config.segmentation_model, config.embedding_model
         device, max_batch = config.device, config.max_batch
         asr_quantize, asr_engine, threads = config.asr_quantize, config.asr_engine, config.model_threads
-        final_threads = config.final_threads
+        final_threads, vad_engine = config.final_threads, config.vad_engine
     target = resolve_device(device)
     name = str(target)
     if threads is not None:
@@ -90,10 +91,12 @@ def load_models(asr: Union["ServerConfig", str, None] = ASR_DEFAULT, segmentatio
     from server.models.embedding import load_embedding_model
     from server.models.segmentation import SegmentationModel
     from server.models.vad import VadModel
+    from server.models.vad_onnx import OnnxVadModel, vad_engine_for
 
     started = time.monotonic()
     loaders: dict[str, Callable[[], BatchModel]] = {
-        "vad": lambda: VadModel(name, max_batch),
+        "vad": (lambda: OnnxVadModel(name, max_batch)) if vad_engine_for(target.type, vad_engine) == "onnx"
+        else (lambda: VadModel(name, max_batch)),
         "segmentation": lambda: SegmentationModel(segmentation, name, max_batch, wheel=wheel),
         "embedding": lambda: load_embedding_model(embedding, name, max_batch),
     }

@@ -1,4 +1,5 @@
-"""server.models.vad: our torch Silero VAD against silero's own model, batching across streams, state chaining."""
+"""server.models.vad (torch) and server.models.vad_onnx (ONNX Runtime): each engine against silero's own model,
+batching across streams, state chaining; the engines against each other in test_vad_engines.py."""
 
 from __future__ import annotations
 
@@ -13,15 +14,19 @@ import soxr
 import torch
 
 from server.models.vad import CONTEXT, HIDDEN, SileroState, SileroVadNet, VadModel
+from server.models.vad_onnx import OnnxVadModel
 from streaming.work import SegmentationRequest, VadRequest
 
 SPEECH = Path(__file__).resolve().parents[3].parent / "shared" / "speech" / "ru"
 CHUNK = 512
 
 
-@pytest.fixture(scope="module")
-def vad() -> VadModel:
-    return VadModel("cpu", max_batch=8)
+ENGINES = {"torch": VadModel, "onnx": OnnxVadModel}
+
+
+@pytest.fixture(scope="module", params=sorted(ENGINES))
+def vad(request: pytest.FixtureRequest) -> VadModel:
+    return ENGINES[request.param]("cpu", max_batch=8)
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +153,7 @@ def test_adapter_interface(vad: VadModel) -> None:
     vad.warmup()
     assert set(vad.modules()) == {"silero"}
     info = vad.describe()
-    assert info["name"] == "vad" and info["engine"] == "torch" and Path(info["checkpoint"]).is_file()
+    assert info["name"] == "vad" and Path(info["checkpoint"]).is_file()
+    assert ENGINES[info["engine"]] is type(vad)
     with pytest.raises(ValueError, match="max_batch"):
-        VadModel("cpu", max_batch=0)
+        type(vad)("cpu", max_batch=0)
