@@ -3,11 +3,8 @@ batches, the endpointer's segments; the engine choice (auto/torch/onnx) and its 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-import soundfile as sf
 
 from server.config import ServerConfig
 from server.models.audit import audit_model
@@ -16,6 +13,7 @@ from server.models.vad_onnx import OnnxVadModel, vad_engine_for
 from streaming.config import VAD_CHUNK, VadOptions
 from streaming.vad import SpeechEnd, VadEndpointer
 from streaming.work import VadRequest
+from tests.server.models.test_pyannet import pyannote_sample
 
 # Measured on pyannote's sample.wav (30 s, 2 speakers) in these ragged batches: max |onnx - torch| 2.1e-6 on the
 # probabilities (float32 rounding of the same graph; benchmarks/vad_engines.py: <= 3.2e-6); the bound leaves room
@@ -25,13 +23,7 @@ TOLERANCE = 1e-5
 
 @pytest.fixture(scope="module")
 def sample() -> np.ndarray:
-    import pyannote.audio
-
-    path = Path(pyannote.audio.__file__).parent / "sample" / "sample.wav"
-    if not path.is_file():
-        pytest.skip("pyannote.audio's sample.wav is absent")
-    audio, rate = sf.read(path, dtype="float32")
-    assert rate == 16000
+    audio = pyannote_sample()
     return np.ascontiguousarray(audio[:len(audio) // VAD_CHUNK * VAD_CHUNK])
 
 
