@@ -81,8 +81,14 @@ def _check_recipe(recipe: str) -> None:
 def weights_key(encoder: torch.nn.Module, recipe: str) -> str:
     """SHA-256 over the encoder's parameter and buffer names and bytes (its checkpoint's content) plus the recipe."""
     _check_recipe(recipe)
+    return graph_key(encoder, recipe)
+
+
+def graph_key(module: torch.nn.Module, recipe: str) -> str:
+    """SHA-256 over ``recipe``, the opset, torch's version and ``module``'s state (names and bytes): the cache key
+    of a graph exported from it."""
     digest = hashlib.sha256(f"{recipe}/opset{OPSET}/torch{torch.__version__}".encode())
-    for name, tensor in sorted(encoder.state_dict().items()):
+    for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
     return digest.hexdigest()
@@ -108,7 +114,7 @@ def quantize_int8(source: Path, target: Path) -> None:
     quantize_dynamic(source, target, op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8, reduce_range=True)
 
 
-def _atomic(build: Any, target: Path) -> None:
+def atomic_build(build: Any, target: Path) -> None:
     """Run ``build(tmp_path)`` and move the result to ``target`` (concurrent builders never see half a file)."""
     fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp.onnx", dir=target.parent)
     os.close(fd)
@@ -134,13 +140,13 @@ def ensure_graph(encoder: torch.nn.Module, features: int, precision: str, root: 
     if not fp32.is_file():
         log.info("exporting the GigaAM encoder to %s", fp32)
         cpu = encoder if next(encoder.parameters()).device.type == "cpu" else _cpu_copy(encoder)
-        _atomic(lambda tmp: export_encoder(cpu, tmp, features, recipe), fp32)
+        atomic_build(lambda tmp: export_encoder(cpu, tmp, features, recipe), fp32)
     if precision == "fp32":
         return fp32
     int8 = folder / f"gigaam-encoder-{key}-int8r.onnx"  # r: reduce_range
     if not int8.is_file():
         log.info("quantizing %s to int8", fp32)
-        _atomic(lambda tmp: quantize_int8(fp32, tmp), int8)
+        atomic_build(lambda tmp: quantize_int8(fp32, tmp), int8)
     return int8
 
 

@@ -3,7 +3,8 @@
 torch's fixed cost per call and per op (~1.3-1.5 ms CPU for a handful of chunks) is most of the VAD's cost on a
 CPU; the same graph on ONNX Runtime costs a fraction of it (``benchmarks/vad_engines.py``, docs/benchmarks.md #14).
 The graph is :class:`~server.models.vad.SileroVadNet` itself (same weights, same front end), exported by torch's
-TorchScript exporter with one change: the ONNX LSTM's ``sequence_lens`` input is wired to a ``lengths`` graph input,
+TorchScript exporter once into the model cache (``onnx/silero-vad-KEY.onnx``, keyed by the weights, opset and torch
+version, like GigaAM's graphs) with one change: the ONNX LSTM's ``sequence_lens`` input is wired to a ``lengths`` graph input,
 so a batch of ragged requests is one zero-padded ``(streams, steps, CONTEXT + 512)`` call and every stream's final
 ``h``/``c`` is the state after its own last chunk. Requests, results and :class:`~server.models.vad.SileroState`
 are the torch adapter's, unchanged.
@@ -19,7 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from server.models.asr_onnx import session_options
+from server.models.asr_onnx import OPSET, atomic_build, graph_key, session_options
+from server.models.cache import cache_dir
 from server.models.vad import CONTEXT, HIDDEN, SileroState, SileroVadNet, VadModel
 from streaming.config import VAD_CHUNK
 
@@ -62,7 +64,7 @@ def export_graph(net: SileroVadNet) -> bytes:
     batch, steps = {0: "streams", 1: "steps"}, {1: "streams"}
     torch.onnx.export(_Sequences(net).eval(), (torch.zeros(2, 3, WINDOW), torch.zeros(1, 2, HIDDEN),
                                                torch.zeros(1, 2, HIDDEN)), buffer,
-                      input_names=["windows", "h", "c"], output_names=["probs", "h_n", "c_n"], opset_version=17,
+                      input_names=["windows", "h", "c"], output_names=["probs", "h_n", "c_n"], opset_version=OPSET,
                       dynamic_axes={"windows": batch, "probs": batch, "h": steps, "c": steps, "h_n": steps,
                                     "c_n": steps}, dynamo=False)
     graph = onnx.load_from_string(buffer.getvalue())
@@ -70,6 +72,16 @@ def export_graph(net: SileroVadNet) -> bytes:
     lstm.input[4] = "lengths"  # sequence_lens: ORT stops each stream's recurrence after its own last chunk
     graph.graph.input.append(helper.make_tensor_value_info("lengths", TensorProto.INT32, ["streams"]))
     return graph.SerializeToString()
+
+
+def ensure_vad_graph(net: SileroVadNet, root: Optional[Path] = None) -> Path:
+    """The cached graph of ``net`` (:func:`export_graph`), exported first if it is missing."""
+    folder = (root or cache_dir()) / "onnx"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"silero-vad-{graph_key(net, 'silero-vad-sequence-lens')[:24]}.onnx"
+    if not path.is_file():
+        atomic_build(lambda tmp: tmp.write_bytes(export_graph(net)), path)
+    return path
 
 
 class OnnxVadModel(VadModel):
@@ -83,7 +95,7 @@ class OnnxVadModel(VadModel):
         import onnxruntime as ort
 
         self.threads = threads
-        self.session = ort.InferenceSession(export_graph(self.net), session_options(threads),
+        self.session = ort.InferenceSession(str(ensure_vad_graph(self.net)), session_options(threads),
                                             providers=["CPUExecutionProvider"])
 
     def _run(self, audios: list[np.ndarray], states: list[SileroState]) -> tuple[list[np.ndarray], list[SileroState]]:

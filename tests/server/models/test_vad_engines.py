@@ -109,3 +109,16 @@ def test_engine_choice() -> None:
         ServerConfig(vad_engine="jit")
     with pytest.raises(ValueError, match="vad_engine=onnx needs --device cpu"):
         ServerConfig(vad_engine="onnx", device="cuda")
+
+
+def test_the_graph_is_exported_once_into_the_model_cache(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import server.models.vad_onnx as vad_onnx
+
+    monkeypatch.setenv("RECHKA_CACHE", str(tmp_path))
+    exports = []
+    real_export = vad_onnx.export_graph
+    monkeypatch.setattr(vad_onnx, "export_graph", lambda net: exports.append(1) or real_export(net))
+    first, second = OnnxVadModel(), OnnxVadModel()
+    assert len(exports) == 1 and len(list((tmp_path / "onnx").glob("silero-vad-*.onnx"))) == 1
+    request = VadRequest("s", 0, 0, 0, pyannote_sample()[:VAD_CHUNK * 8], None)
+    np.testing.assert_array_equal(first.run_batch([request])[0].probs, second.run_batch([request])[0].probs)
