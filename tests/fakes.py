@@ -7,13 +7,16 @@
   the samples it encodes per request kind (for the partials budget) and can jitter word times (seeded).
 - :func:`tone_bursts`: tones separated by silence, with the exact sample spans of each tone.
 - :class:`ProtocolDriver`: drives a protocol object of ``streaming/protocols/`` as the server does, no socket.
+- :class:`EchoAsr`, :class:`CountingVad`: model doubles for ``server/batcher.py`` (batches, threads, gates).
 
 All are functions ``list[Request] -> list[Result]`` (callable objects), usable with ``server.offline``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Union
 
@@ -236,3 +239,73 @@ class ProtocolDriver:
     @property
     def types(self) -> list[str]:
         return [m.get("type", "") for m in self.sent if isinstance(m, dict)]
+
+
+# Model doubles for the batcher (tests/server/test_batcher*.py)
+
+def run_bounded(coro: Any, timeout: float = 20.0) -> Any:
+    """``asyncio.run(coro)``, failing after ``timeout`` seconds instead of hanging the suite."""
+    async def bounded() -> Any:
+        return await asyncio.wait_for(coro, timeout)
+    return asyncio.run(bounded())
+
+
+class EchoAsr:
+    """Transcribes a request as its session id and seq; records batches; can be held or made to fail."""
+
+    name = "asr"
+    max_batch = 64
+
+    def __init__(self) -> None:
+        self.batches: list[list[tuple[str, int]]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self.poison: set[str] = set()
+        self.threads: set[str] = set()
+        self.short = False
+
+    def run_batch(self, requests: Sequence[AsrRequest]) -> list[AsrResult]:
+        self.entered.set()
+        self.gate.wait(10)
+        self.threads.add(threading.current_thread().name)
+        self.batches.append([(r.session_id, r.seq) for r in requests])
+        if any(r.session_id in self.poison for r in requests):
+            raise RuntimeError("poisoned")
+        out = [AsrResult(r.session_id, r.seq, f"{r.session_id}/{r.seq}") for r in requests]
+        return out[:-1] if self.short else out
+
+    def warmup(self) -> None: ...
+    def modules(self) -> dict[str, Any]: return {}
+    def describe(self) -> dict[str, Any]: return {"name": "echo", "checkpoint": None}
+
+
+def asr_request(session: str, seq: int, kind: AsrKind = AsrKind.PARTIAL) -> AsrRequest:
+    """A 10 ms ASR request of ``kind`` (partial by default) for the batcher doubles."""
+    return AsrRequest(session, seq, 0, 0, np.zeros(160, np.float32), utterance_id=0, kind=kind)
+
+
+class CountingVad:
+    """Records overlapping calls: two models on one device must never run at the same time."""
+
+    max_batch = 64
+
+    def __init__(self, name: str, shared: dict[str, int]) -> None:
+        self.name = name
+        self.shared = shared
+        self.lock = threading.Lock()
+        self.threads: set[str] = set()
+
+    def run_batch(self, requests: Sequence[VadRequest]) -> list[VadResult]:
+        with self.lock:
+            self.shared["now"] += 1
+            self.shared["max"] = max(self.shared["max"], self.shared["now"])
+        threading.Event().wait(0.002)
+        self.threads.add(threading.current_thread().name)
+        with self.lock:
+            self.shared["now"] -= 1
+        return [VadResult(r.session_id, r.seq, np.zeros(1, np.float32), None) for r in requests]
+
+    def warmup(self) -> None: ...
+    def modules(self) -> dict[str, Any]: return {}
+    def describe(self) -> dict[str, Any]: return {"name": self.name, "checkpoint": None}
