@@ -6,6 +6,7 @@
   gaps bridged) is a word named after its dominant frequency, ``w440`` for 440 Hz, with its sample times. It counts
   the samples it encodes per request kind (for the partials budget) and can jitter word times (seeded).
 - :func:`tone_bursts`: tones separated by silence, with the exact sample spans of each tone.
+- :class:`SessionHarness`: a :class:`~streaming.session.Session` pumped with fake models, requests held on demand.
 - :class:`ProtocolDriver`: drives a protocol object of ``streaming/protocols/`` as the server does, no socket.
 - :class:`EchoAsr`, :class:`CountingVad`: model doubles for ``server/batcher.py`` (batches, threads, gates).
 
@@ -18,12 +19,14 @@ import asyncio
 import json
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
 from server.offline import Run, run_requests_by_kind
-from streaming.config import SAMPLE_RATE, VAD_CHUNK
+from streaming import wire
+from streaming.config import SAMPLE_RATE, VAD_CHUNK, SessionConfig
+from streaming.session import Session
 from streaming.work import AsrKind, AsrRequest, AsrResult, Request, Result, VadRequest, VadResult, Word
 
 FRAME = 160  # 10 ms analysis frames of the fake ASR
@@ -239,6 +242,58 @@ class ProtocolDriver:
     @property
     def types(self) -> list[str]:
         return [m.get("type", "") for m in self.sent if isinstance(m, dict)]
+
+
+# A Session driven by fake models
+
+def plain_config(**kwargs: object) -> SessionConfig:
+    """A ``SessionConfig`` without diarization (the fake-model tests' default)."""
+    return SessionConfig(diarization=False, **kwargs)  # type: ignore[arg-type]
+
+
+def events_of(events: list, kind: type) -> list:
+    """The events of one type, in order."""
+    return [e for e in events if isinstance(e, kind)]
+
+
+class SessionHarness:
+    """A session with fake models; requests matching ``hold`` wait in ``held`` until released."""
+
+    def __init__(self, cfg: SessionConfig, extra: Optional[dict] = None, asr: Optional[FakeAsr] = None) -> None:
+        self.session = Session("s1", cfg)
+        self.asr = asr or FakeAsr(record=True)
+        self.run = run_requests_by_kind({VadRequest: FakeVad(), AsrRequest: self.asr, **(extra or {})})
+        self.events: list[wire.ServerEvent] = []
+        self.held: list[Request] = []
+        self.hold: Callable[[Request], bool] = lambda r: False
+        self.sent: list[Request] = []
+
+    def pump(self) -> None:
+        while True:
+            work = self.session.work_to_run()
+            self.sent += work
+            self.events += self.session.events_to_send()
+            work = self.held + work
+            self.held = [r for r in work if self.hold(r)]
+            now = [r for r in work if not self.hold(r)]
+            if not now:
+                return
+            for result in self.run(now):
+                self.session.receive_result(result)
+
+    def feed(self, audio: np.ndarray, chunk: float = 0.1) -> None:
+        data, step = pcm16(audio), 2 * seconds(chunk)
+        for a in range(0, len(data), step):
+            self.session.receive_audio(data[a:a + step])
+            self.pump()
+
+    def release(self) -> None:
+        self.hold = lambda r: False
+        self.pump()
+
+    def end(self) -> None:
+        self.session.receive_end()
+        self.pump()
 
 
 # Model doubles for the batcher (tests/server/test_batcher*.py)
