@@ -15,9 +15,16 @@ speaker's solo speech in one run.
 - ``relabel``: the known label changes to another one that then holds ``hold`` or more (a speaker split, or a
   returning speaker with a new label): the flips of the users' complaint.
 
+Per file it also counts *phantoms* (:func:`label_roles`): hypothesis labels that are no reference speaker's main
+label (the one covering most of its solo speech), i.e. labels beyond the one per voice, however little they hold;
+and *merged* reference speakers, whose main label is another speaker's main label too. With ``--composed-seeds``
+several seed bases run in one call (a fit set and held-out sets side by side), with DER (collar 0) per dataset and
+seed; ``--set FIELD=VALUE`` overrides a ``DiarizationOptions`` field (as in :mod:`benchmarks.long_replay`).
+
     python -m benchmarks.flip_kinds --datasets composed-espeak,composed-real --latencies 1.5 \\
         --cache-dir /work/coord/der-cache          # rechka, default pair, over cached model outputs
     python -m benchmarks.flip_kinds --composed-seed 300 --cache-dir /tmp/held-out   # other conversations
+    python -m benchmarks.flip_kinds --composed-seeds 400,500 --set probe_gap=0   # held-out sets, one option changed
 """
 
 from __future__ import annotations
@@ -82,8 +89,27 @@ def kinds(flips: Sequence[Flip]) -> dict[str, int]:
     return {kind: sum(f.kind == kind for f in flips) for kind in ("slip", "onset", "relabel")}
 
 
+def label_roles(reference: Any, hypothesis: Any, step: float = STEP) -> dict[str, Any]:
+    """Each reference speaker's main label (most of its solo samples: exactly one reference and one hypothesis
+    speaker active), the *phantom* labels (hypothesis labels that are nobody's main label) and the *merged*
+    reference speakers (whose main label another one's main label is too)."""
+    end = max([s.end for s in reference.get_timeline()] + [s.end for s in hypothesis.get_timeline()] + [0.0])
+    times = np.arange(0.0, end, step) + step / 2
+    counts: dict[str, dict[str, int]] = {}
+    for r, h in zip(_frame_labels(reference, times), _frame_labels(hypothesis, times)):
+        if r is not None and h is not None:
+            per = counts.setdefault(r, {})
+            per[h] = per.get(h, 0) + 1
+    main = {r: max(per, key=lambda h: (per[h], h)) for r, per in counts.items()}
+    owners = list(main.values())
+    return {"main": main, "phantoms": sorted(set(hypothesis.labels()) - set(owners)),
+            "merged": sorted(r for r, h in main.items() if owners.count(h) > 1)}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from benchmarks.der import score
     from benchmarks.der_systems import Models, run_rechka
+    from benchmarks.long_replay import with_overrides
     from server.models.cache import EMBEDDING_DEFAULT, SEGMENTATION_DEFAULT
     from server.models.registry import fit_diarizer
     from streaming.config import SAMPLE_RATE, DiarizationOptions
@@ -93,6 +119,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--composed-seed", type=int, default=COMPOSED_SEED,
                         help=f"composed conversations of n speakers use seed this + n ({COMPOSED_SEED}: der.py's; "
                              "another base composes held-out ones)")
+    parser.add_argument("--composed-seeds", default=None,
+                        help="several seed bases, comma-separated (e.g. 100,300: a fit set; 400,500: held out)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a DiarizationOptions field (repeat)")
     parser.add_argument("--latencies", default="1.5")
     parser.add_argument("--hold", type=float, default=HOLD, help="seconds a label must hold to be a speaker's label")
     parser.add_argument("--segmentation-model", default=SEGMENTATION_DEFAULT)
@@ -104,31 +134,55 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("--hold must be > 0 seconds (1.0 is the default)")
     cache = args.cache_dir / f"{args.segmentation_model}+{args.embedding_model}.pkl"
     models = Models("cpu", args.segmentation_model, args.embedding_model, cache)
-    base = fit_diarizer(DiarizationOptions(), models.segmentation, models.embedding)
+    base = with_overrides(fit_diarizer(DiarizationOptions(), models.segmentation, models.embedding), args.set)
+    seeds = [int(x) for x in args.composed_seeds.split(",")] if args.composed_seeds else [args.composed_seed]
+    names = args.datasets.split(",")
+    items = [(None, item) for item in datasets([n for n in names if not n.startswith("composed")])]
+    items += [(seed, item) for seed in seeds for item in datasets([n for n in names if n.startswith("composed")],
+                                                                 composed_seed=seed)]
     rows = []
-    for item in datasets(args.datasets.split(","), composed_seed=args.composed_seed):
+    for seed, item in items:
         audio, reference = load_audio(item.wav), load_reference(item.rttm)
         for latency in (float(x) for x in args.latencies.split(",")):
             options = dataclasses.replace(base, latency=min(base.window, int(round(latency * SAMPLE_RATE))))
-            flips = flip_events(reference, to_annotation(run_rechka(audio, options, models.run)), args.hold)
-            rows.append({"dataset": item.dataset, "file": item.name, "latency": latency,
-                         "minutes": round(len(audio) / SAMPLE_RATE / 60, 2), "flips": len(flips), **kinds(flips),
+            hypothesis = to_annotation(run_rechka(audio, options, models.run))
+            flips = flip_events(reference, hypothesis, args.hold)
+            roles = label_roles(reference, hypothesis)
+            scored = score(reference, hypothesis, len(audio) / SAMPLE_RATE)
+            rows.append({"dataset": item.dataset, "seed": seed, "file": item.name,
+                         "latency": latency, "minutes": round(len(audio) / SAMPLE_RATE / 60, 2),
+                         "reference_speech": round(sum(s.duration for s, _ in reference.itertracks()), 2),
+                         "der_c0": scored["der_c0"], "flips": len(flips), **kinds(flips),
+                         "phantoms": len(roles["phantoms"]), "merged": len(roles["merged"]), "roles": roles,
                          "events": [dataclasses.asdict(f) for f in flips]})
-            print(f"{item.name} @{latency:g}s: {len(flips)} flips {kinds(flips)}", file=sys.stderr, flush=True)
+            print(f"{item.name} @{latency:g}s: DER {scored['der_c0']:.3f}, {len(flips)} flips {kinds(flips)}, "
+                  f"phantoms {roles['phantoms']}, merged {roles['merged']}", file=sys.stderr, flush=True)
     models.save()
-    summary: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        key = f"{row['dataset']}@{row['latency']:g}s"
-        s = summary.setdefault(key, {"minutes": 0.0, "flips": 0, "slip": 0, "onset": 0, "relabel": 0})
-        for field in ("minutes", "flips", "slip", "onset", "relabel"):
-            s[field] = round(s[field] + row[field], 2)
-    for s in summary.values():
-        s.update({f"{k}_per_min": round(s[k] / max(s["minutes"], 1e-9), 2) for k in ("flips", "relabel")})
+    summary = summarise(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"command": sys.argv, "hold": args.hold, "summary": summary, "files": rows},
-                                   indent=1))
+    args.out.write_text(json.dumps({"command": sys.argv, "hold": args.hold, "options": args.set,
+                                    "summary": summary, "files": rows}, indent=1))
     print(json.dumps(summary, indent=1))
     return 0
+
+
+def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per dataset, seed base and latency: minutes, flips of each kind, phantoms, merged speakers, DER (collar 0,
+    weighted by reference speech) and flips / relabels per minute."""
+    summary: dict[str, dict[str, Any]] = {}
+    fields = ("minutes", "flips", "slip", "onset", "relabel", "phantoms", "merged")
+    for row in rows:
+        seed = f"/s{row['seed']}" if row.get("seed") is not None else ""
+        key = f"{row['dataset']}{seed}@{row['latency']:g}s"
+        s = summary.setdefault(key, {**{f: 0 for f in fields}, "_der": 0.0, "_speech": 0.0})
+        for field in fields:
+            s[field] = round(s[field] + row[field], 2)
+        s["_der"] += row["der_c0"] * row["reference_speech"]
+        s["_speech"] += row["reference_speech"]
+    for s in summary.values():
+        s["der_c0"] = round(s.pop("_der") / max(s.pop("_speech"), 1e-9), 4)
+        s.update({f"{k}_per_min": round(s[k] / max(s["minutes"], 1e-9), 2) for k in ("flips", "relabel")})
+    return summary
 
 
 if __name__ == "__main__":

@@ -62,3 +62,32 @@ def test_held_out_conversations_take_their_seeds_from_another_base(monkeypatch, 
     assert [(n, seed) for n, seed, _ in made] == [(2, 302), (3, 303)]
     assert [item.name for item in datasets(["composed-espeak"], speakers={"espeak": [2], "real": []})] == \
         ["espeak_2spk_s102"]
+
+
+def test_a_label_that_is_no_speakers_main_label_is_a_phantom() -> None:
+    from benchmarks.flip_kinds import label_roles
+
+    reference = to_annotation([("A", 0.0, 10.0), ("B", 10.0, 20.0), ("A", 20.0, 30.0)])
+    # A's last turn loses 0.5 s to a third label: A's main label stays x, z belongs to nobody
+    hypothesis = to_annotation([("x", 0.0, 10.0), ("y", 10.0, 20.0), ("x", 20.0, 25.0), ("z", 25.0, 25.5),
+                                ("x", 25.5, 30.0)])
+    roles = label_roles(reference, hypothesis)
+    assert roles == {"main": {"A": "x", "B": "y"}, "phantoms": ["z"], "merged": []}
+    # two voices under one label: merged, and no phantom
+    merged = label_roles(reference, to_annotation([("x", 0.0, 30.0)]))
+    assert merged == {"main": {"A": "x", "B": "x"}, "phantoms": [], "merged": ["A", "B"]}
+
+
+def test_the_summary_keeps_seed_sets_apart_and_weights_der_by_reference_speech() -> None:
+    from benchmarks.flip_kinds import summarise
+
+    def row(seed, der, speech, relabel):
+        return {"dataset": "composed-real", "seed": seed, "latency": 1.5, "minutes": 5.0, "flips": relabel,
+                "slip": 0, "onset": 0, "relabel": relabel, "phantoms": 1, "merged": 0, "der_c0": der,
+                "reference_speech": speech}
+
+    summary = summarise([row(400, 0.1, 100.0, 1), row(400, 0.4, 300.0, 2), row(500, 0.2, 50.0, 0)])
+    assert set(summary) == {"composed-real/s400@1.5s", "composed-real/s500@1.5s"}
+    s400 = summary["composed-real/s400@1.5s"]
+    assert s400["der_c0"] == 0.325 and s400["relabel"] == 3 and s400["phantoms"] == 2
+    assert s400["relabel_per_min"] == 0.3 and summary["composed-real/s500@1.5s"]["flips"] == 0
