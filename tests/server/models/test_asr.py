@@ -274,6 +274,18 @@ def test_random_weights_are_full_size_and_say_so() -> None:
     assert info["encoder"] == "16x768 rotary" and info["head"] == "ctc" and info["parameters"] > 200e6
 
 
+def test_random_weights_decode_text_for_every_window() -> None:
+    """Random CTC weights never predict the blank: each decode has text, even of near silence, where the plain random
+    head gives none (so benchmarks see the partials a trained model shows); a checkpoint's head keeps its bias."""
+    model = GigaAmAsr("random:v2_ctc")
+    quiet = [np.random.default_rng(k).normal(0, 1e-4, n).astype(np.float32) for k, n in enumerate((5760, 16000))]
+    assert all(result.text for result in model.run_batch(_requests(quiet)))
+    blank = model.model.spec.num_classes - 1
+    assert model.model.head.decoder_layers[0].bias[blank] < -1e3
+    tiny = GigaAmAsr(str(TINY_CKPT))
+    assert tiny.model.head.decoder_layers[0].bias[tiny.model.spec.num_classes - 1] > -1e3
+
+
 # -- CUDA -----------------------------------------------------------------------------------------------------------
 
 
