@@ -1,0 +1,221 @@
+"""GigaAM's encoder run chunk by chunk over one utterance, each chunk's new frames attending to cached context.
+
+An experiment for cheaper partials (issue #14 point 3, ``benchmarks/partial_cache.py``): a partial decode that
+encodes only the audio no partial has encoded yet, yet with left context. GigaAM is a full-context Conformer; here
+each chunk's new frames pass every layer with
+
+- attention over the cached keys and values of all earlier frames of the utterance (rotary or relative positions at
+  the frames' absolute offsets),
+- the depthwise convolution over the cached inputs of the ``(kernel - 1) / 2`` frames before the chunk (its right
+  context is what the chunk has: zeros after it, as at an utterance's end),
+- the strided subsampling over the few feature frames of overlap its kernels need, and the log-mel frames whose
+  STFT window is complete (the rest wait for the next chunk).
+
+Nothing else is computed twice. An earlier frame is not revised by later audio (that is the approximation: in the
+full forward every frame sees the whole utterance). ``lookahead`` frames at a chunk's end are provisional: they are
+decoded, but not cached, and pass the layers again with the next chunk (the cost of a little right context).
+``push(audio, final=True)`` flushes the rest as the full forward would (zero padding at the end), so one final chunk
+equals :func:`server.models.gigaam_compat.encode_batch` of the utterance. Batch size 1, float32, no masks.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from gigaam.utils import apply_rotary_pos_emb
+from torch import Tensor, nn
+
+from server.models.gigaam_net import LogMelFeatures
+
+
+class _Strided:
+    """One stride-2 convolution of the subsampling (``conv1d`` over time, or ``conv2d`` over time × mel) fed frame
+    by frame: an output frame is emitted once every input frame its kernel covers has arrived (or, at ``final``,
+    is the zero padding after the end). Time is dim 2."""
+
+    def __init__(self, conv: nn.Module) -> None:
+        self.conv = conv
+        self.kernel = conv.kernel_size[0]
+        self.pad = (self.kernel - 1) // 2
+        self.buffer: Optional[Tensor] = None  # inputs from index 2 * emitted on, in padded coordinates
+        self.started = False
+
+    def push(self, x: Tensor, final: bool) -> Tensor:
+        parts = [] if self.buffer is None else [self.buffer]
+        if not self.started:
+            parts.append(x.new_zeros(x.shape[:2] + (self.pad,) + x.shape[3:]))
+            self.started = True
+        parts.append(x)
+        if final:
+            parts.append(x.new_zeros(x.shape[:2] + (self.pad,) + x.shape[3:]))
+        ext = torch.cat(parts, dim=2)
+        count = (ext.shape[2] - self.kernel) // 2 + 1 if ext.shape[2] >= self.kernel else 0
+        self.buffer = ext[:, :, 2 * count:]
+        if count == 0:
+            return self._empty(x)
+        used = ext[:, :, : 2 * (count - 1) + self.kernel]
+        if isinstance(self.conv, nn.Conv2d):
+            return F.conv2d(used, self.conv.weight, self.conv.bias, stride=2, padding=(0, self.pad))
+        return F.conv1d(used, self.conv.weight, self.conv.bias, stride=2)
+
+    def _empty(self, x: Tensor) -> Tensor:
+        if isinstance(self.conv, nn.Conv2d):
+            mels = (x.shape[3] + 2 * self.pad - self.kernel) // 2 + 1
+            return x.new_zeros((x.shape[0], self.conv.out_channels, 0, mels))
+        return x.new_zeros((x.shape[0], self.conv.out_channels, 0))
+
+
+class _Features:
+    """Log-mel frames of a growing utterance: a frame is emitted once its STFT window lies inside the audio received
+    (``final``: the rest, with the front end's own end padding). Keeps only the samples still needed."""
+
+    def __init__(self, preprocessor: LogMelFeatures) -> None:
+        self.pre = preprocessor
+        f = preprocessor.frontend
+        self.hop, self.center = f.hop_length, f.center
+        self.half = f.n_fft // 2 if f.center else 0
+        self.window = f.n_fft if f.center else f.win_length
+        self.lead = math.ceil(self.half / self.hop) if f.center else 0  # discarded frames before the first needed
+        self.audio = np.zeros(0, dtype=np.float32)
+        self.audio_start = 0  # absolute sample of self.audio[0]
+        self.total = 0  # samples received
+        self.emitted = 0  # frames emitted
+
+    def push(self, audio: np.ndarray, final: bool) -> Tensor:
+        self.audio = np.concatenate([self.audio, audio.astype(np.float32)])
+        self.total += len(audio)
+        if final:
+            stop = self.total // self.hop + 1 if self.center else max((self.total - self.window) // self.hop + 1, 0)
+        else:  # frame m covers [m * hop - half, m * hop - half + window)
+            stop = max((self.total + self.half - self.window) // self.hop + 1, 0)
+        if stop <= self.emitted:
+            return torch.zeros((1, 0, self.pre.frontend.features))
+        first = max(self.emitted - self.lead, 0)  # slice from frame ``first``'s hop: its centre padding is discarded
+        begin = first * self.hop
+        wav = torch.from_numpy(self.audio[begin - self.audio_start:])[None, :]
+        mel = self.pre(wav, torch.tensor([wav.shape[1]]))[0]  # (1, F, frames of the slice)
+        frames = mel[0].transpose(0, 1)[self.emitted - first: stop - first]
+        if not final and frames.shape[0] < stop - self.emitted:
+            raise AssertionError("log-mel slice shorter than the complete frames")
+        self.emitted = stop
+        keep = max(self.emitted - self.lead, 0) * self.hop
+        self.audio, self.audio_start = self.audio[keep - self.audio_start:], keep
+        return frames[None]
+
+
+class ChunkedEncoder:
+    """One utterance's encoder state; :meth:`push` each new stretch of audio, get its new encoder frames.
+
+    ``net`` is a :class:`~server.models.gigaam_net.GigaAmNet` (or anything with its ``preprocessor`` and
+    ``encoder``). Counters: ``frames_encoded`` (frames that passed the Conformer layers, lookahead repeats
+    included) and ``frames_out`` (frames committed).
+    """
+
+    def __init__(self, net: nn.Module, lookahead: int = 0) -> None:
+        self.encoder = net.encoder
+        self.features = _Features(net.preprocessor)
+        sub = self.encoder.pre_encode
+        self.kind = sub.kind
+        self.stages = [_Strided(m) for m in sub.conv if isinstance(m, (nn.Conv1d, nn.Conv2d))]
+        self.rotary = hasattr(self.encoder.pos_enc, "pe") and self.encoder.pos_enc.pe.dim() == 4
+        self.lookahead = lookahead
+        n = len(self.encoder.layers)
+        self.keys: list[Optional[Tensor]] = [None] * n
+        self.values: list[Optional[Tensor]] = [None] * n
+        self.conv_left: list[Optional[Tensor]] = [None] * n
+        self.held: Optional[Tensor] = None  # layer-0 inputs of the provisional frames
+        self.frames_out = 0  # committed frames (their keys, values and conv inputs are cached)
+        self.frames_encoded = 0
+
+    @torch.inference_mode()
+    def push(self, audio: np.ndarray, final: bool = False) -> Tensor:
+        """Encoder frames ``(T, D)`` from the first not yet committed one on: committed ones, then (unless
+        ``final``) up to ``lookahead`` provisional ones that the next push computes again."""
+        x = self.subsample(audio, final)
+        if self.held is not None:
+            x = torch.cat([self.held, x], dim=1)
+        n = x.shape[1]
+        commit = n if final else max(n - self.lookahead, 0)
+        self.held = None if commit == n else x[:, commit:]
+        if n == 0:
+            return x[0]
+        self.frames_encoded += n
+        h = x
+        for i, layer in enumerate(self.encoder.layers):
+            h = self._layer(i, layer, h, commit)
+        self.frames_out += commit
+        return h[0].float()
+
+    def subsample(self, audio: np.ndarray, final: bool) -> Tensor:
+        """The subsampling's new output frames ``(1, n, D)`` for new audio: exactly those of the whole
+        utterance's subsampling (the frames whose inputs are complete; ``final``: all the rest)."""
+        x = self.features.push(audio, final)
+        x = x[:, None] if self.kind == "conv2d" else x.transpose(1, 2)
+        for stage in self.stages:
+            x = torch.relu(stage.push(x, final))
+        if self.kind == "conv2d":
+            b, c, t, f = x.shape
+            return self.encoder.pre_encode.out(x.transpose(1, 2).reshape(b, t, c * f))
+        return x.transpose(1, 2)
+
+    # -- one Conformer layer on new frames ---------------------------------------------------------------------
+    def _layer(self, i: int, layer: nn.Module, x: Tensor, commit: int) -> Tensor:
+        residual = x + layer.feed_forward1(layer.norm_feed_forward1(x)) * layer.fc_factor
+        residual = residual + self._attention(i, layer.self_attn, layer.norm_self_att(residual), commit)
+        residual = residual + self._convolution(i, layer.conv, layer.norm_conv(residual), commit)
+        residual = residual + layer.feed_forward2(layer.norm_feed_forward2(residual)) * layer.fc_factor
+        return layer.norm_out(residual)
+
+    def _attention(self, i: int, attn: nn.Module, x: Tensor, commit: int) -> Tensor:
+        t0, n = self.frames_out, x.shape[1]
+        if self.rotary:
+            pe = self.encoder.pos_enc.pe
+            half = pe.shape[0] // 2
+            cos, sin = pe[t0:t0 + n], pe[half + t0: half + t0 + n]  # (n, 1, 1, d_k)
+            xt = x.transpose(0, 1).reshape(n, 1, attn.h, attn.d_k)
+            rotated, _ = apply_rotary_pos_emb(xt, xt, cos, sin)
+            rotated = rotated.reshape(n, 1, attn.h * attn.d_k).transpose(0, 1)
+            q, k, v = attn.forward_qkv(rotated, rotated, x)
+        else:
+            q, k, v = attn.forward_qkv(x, x, x)
+        keys = k if self.keys[i] is None else torch.cat([self.keys[i], k], dim=2)
+        values = v if self.values[i] is None else torch.cat([self.values[i], v], dim=2)
+        self.keys[i], self.values[i] = keys[:, :, : t0 + commit], values[:, :, : t0 + commit]
+        if self.rotary:
+            scores = torch.matmul(q, keys.transpose(-2, -1) / math.sqrt(attn.d_k))
+        else:
+            scores = self._rel_scores(attn, q, keys, t0)
+        return attn.forward_attention(values, scores, None)
+
+    def _rel_scores(self, attn: nn.Module, q: Tensor, keys: Tensor, t0: int) -> Tensor:
+        """Transformer-XL scores of queries at ``t0 + i`` against keys at ``j``: position ``(t0 + i) - j``."""
+        n, total = q.shape[2], keys.shape[2]
+        pe = self.encoder.pos_enc.pe  # (1, 2L - 1, D): row r is position L - 1 - r
+        length = (pe.shape[1] + 1) // 2
+        top = t0 + n - 1  # positions top .. -(n - 1)
+        rows = pe[0, length - 1 - top: length - 1 + n]
+        p = attn.linear_pos(rows).view(1, -1, attn.h, attn.d_k).transpose(1, 2)  # (1, h, R, d_k)
+        qt = q.transpose(1, 2)
+        u = (qt + attn.pos_bias_u).transpose(1, 2)
+        v = (qt + attn.pos_bias_v).transpose(1, 2)
+        ac = torch.matmul(u, keys.transpose(-2, -1))
+        raw = torch.matmul(v, p.transpose(-2, -1))  # (1, h, n, R): column r is position top - r
+        index = (top - t0) - torch.arange(n)[:, None] + torch.arange(total)[None, :]  # r = top - (t0 + i - j)
+        bd = raw.gather(3, index[None, None].expand(raw.shape[0], raw.shape[1], n, total))
+        return (ac + bd) / math.sqrt(attn.d_k)
+
+    def _convolution(self, i: int, conv: nn.Module, x: Tensor, commit: int) -> Tensor:
+        x = F.glu(conv.pointwise_conv1(x.transpose(1, 2)), dim=1)  # (1, D, n)
+        dw = conv.depthwise_conv
+        pad = (dw.kernel_size[0] - 1) // 2
+        left = self.conv_left[i] if self.conv_left[i] is not None else x.new_zeros(x.shape[0], x.shape[1], pad)
+        kept = torch.cat([left, x[:, :, :commit]], dim=2)
+        self.conv_left[i] = kept[:, :, kept.shape[2] - pad:]
+        ext = torch.cat([left, x, x.new_zeros(x.shape[0], x.shape[1], pad)], dim=2)
+        y = F.conv1d(ext, dw.weight, dw.bias, groups=dw.groups)
+        y = conv.pointwise_conv2(conv.activation(conv.batch_norm(y)))
+        return y.transpose(1, 2)

@@ -1,0 +1,259 @@
+"""Partials with left context at no re-encoding: a cached chunked GigaAM encoder against today's policies.
+
+    python -m benchmarks.partial_cache --held-out 60 --asr-model tests/assets/tiny_gigaam_ctc.ckpt
+
+At ``budget_ratio`` 1.0 every partial window after an utterance's first one starts where the last one ended, so
+today each decodes its audio without left context (docs/benchmarks.md, cheaper partials). Here a *cached* variant
+sends the same windows, but the ASR keeps one :class:`~benchmarks.chunked_encoder.ChunkedEncoder` per utterance:
+each window's new frames attend to every earlier frame's cached keys and values, its convolutions see the cached
+left frames, and the partial text is the greedy CTC decode of all frames so far (so no word is cut at a window
+edge). The final is the ordinary whole-utterance decode, unchanged; the cache is dropped there.
+``CADENCE:LOOKAHEAD``: the last LOOKAHEAD encoder frames (40 ms each) of a window are provisional and pass the layers
+again with the next window (right context, at a cost above 1.0); ``CADENCE:0:HIDE``: the newest HIDE frames' labels
+are left out of the text shown (no compute; they show with the next decode).
+
+Variants (one run, interleaved per stream, the same 60 finals in all): the defaults (budget 1.5), budget 1.0
+without context at cadence 1 s and 0.5 s, and the cached ones (``--cached CADENCE[:LOOKAHEAD]``, samples and
+frames). Metrics as ``benchmarks/partials.py --speech`` (``benchmarks/partial_quality.py``), plus, for cached
+variants, encoder frames passed through the Conformer layers per final frame (lookahead repeats included). Prints
+JSON and writes ``benchmarks/out/partial-cache-<time>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+
+from benchmarks.chunked_encoder import ChunkedEncoder
+from benchmarks.common import OUT_DIR, command_line, summarize, write_result
+from benchmarks.partial_quality import SessionRun, final_wer, partial_quality
+from benchmarks.partials import TimedAsr, policy_class, speech_inputs, speech_utterances, variant_options
+from streaming.config import PartialOptions
+from streaming.partials import PartialPolicy
+from streaming.wire import WordTiming
+from streaming.work import AsrKind, AsrRequest, AsrResult, Word
+
+
+class CachedPolicy(PartialPolicy):
+    """Today's schedule; each result is the whole utterance so far (the cached decode), shown as it is."""
+
+    def on_result(self, words: Sequence[WordTiming], text: str = "") -> str:
+        self.in_flight = None
+        self.committed, self._previous = [], list(words)
+        self._latest_text = "" if words else text.strip()
+        return self.text
+
+
+@dataclasses.dataclass
+class _Utterance:
+    encoder: ChunkedEncoder
+    start: int  # absolute sample of the utterance's first cached sample
+    end: int  # absolute end of the audio pushed so far
+    labels: np.ndarray  # greedy CTC labels of the committed frames
+
+
+class CachedAsr:
+    """Partials through one :class:`ChunkedEncoder` per utterance (a window that does not continue the cached audio
+    starts a new cache: ``restarts``); finals through ``asr`` unchanged. ``frames``: per finished utterance,
+    ``(Conformer frames encoded by its partials, frames of its final)``."""
+
+    def __init__(self, asr: Any, lookahead: int = 0, hide: int = 0) -> None:
+        self.asr, self.lookahead, self.hide = asr, lookahead, hide
+        self.cache: dict[tuple[str, int], _Utterance] = {}
+        self.frames: list[tuple[int, int]] = []
+        self.restarts = 0
+
+    def run_batch(self, requests: Sequence[AsrRequest]) -> list[AsrResult]:
+        finals = [r for r in requests if r.kind == AsrKind.FINAL]
+        done = {r.seq: res for r, res in zip(finals, self.asr.run_batch(finals))} if finals else {}
+        for r in finals:
+            utt = self.cache.pop((r.session_id, r.utterance_id), None)
+            if utt is not None:
+                self.frames.append((utt.encoder.frames_encoded, self.asr.spec.frontend.frames(len(r.audio))
+                                    // self.asr.spec.encoder.subsampling_factor))
+        for r in requests:
+            if r.kind == AsrKind.PARTIAL:
+                done[r.seq] = self._partial(r)
+        return [done[r.seq] for r in requests]
+
+    def _partial(self, r: AsrRequest) -> AsrResult:
+        key = (r.session_id, r.utterance_id)
+        utt = self.cache.get(key)
+        if utt is None or utt.end != r.start:
+            self.restarts += utt is not None
+            utt = self.cache[key] = _Utterance(ChunkedEncoder(self.asr.model, self.lookahead), r.start, r.start,
+                                               np.zeros(0, dtype=np.int64))
+        committed_before = utt.encoder.frames_out
+        frames = utt.encoder.push(np.asarray(r.audio, dtype=np.float32))
+        utt.end = r.start + len(r.audio)
+        labels = np.zeros(0, dtype=np.int64)
+        if len(frames):
+            with torch.inference_mode():
+                labels = self.asr.model.head(encoder_output=frames.T[None]).argmax(-1)[0].numpy()
+        new = utt.encoder.frames_out - committed_before
+        utt.labels = np.concatenate([utt.labels, labels[:new]])
+        row = np.concatenate([utt.labels, labels[new:]])
+        row = row[: max(len(row) - self.hide, 0)]  # the newest frames' labels not shown yet (no compute saved)
+        tokens = _ctc_tokens(row, self.asr.blank_id)
+        text, words = self.asr.words.build(tokens, utt.end - utt.start)
+        shift = utt.start - r.start  # the words are the utterance's; the request's audio starts later
+        return AsrResult(session_id=r.session_id, seq=r.seq, text=text,
+                         words=tuple(Word(w.text, w.start + shift, w.end + shift) for w in words))
+
+
+def _ctc_tokens(row: np.ndarray, blank: int) -> list[tuple[int, int, int]]:
+    """(token, first frame, last frame) for each run of one non-blank label."""
+    if len(row) == 0:
+        return []
+    starts = np.flatnonzero(np.diff(row, prepend=-1))
+    ends = np.append(starts[1:], len(row)) - 1
+    return [(int(row[s]), int(s), int(e)) for s, e in zip(starts, ends) if row[s] != blank]
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--asr-model", default="tests/assets/tiny_gigaam_ctc.ckpt")
+    p.add_argument("--held-out", type=int, default=60, metavar="N")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--speech", action="store_true", help="the shared recordings instead of --held-out")
+    p.add_argument("--speech-dir", type=Path, default=None)
+    p.add_argument("--max-files", type=int, default=23)
+    p.add_argument("--cached", action="append", default=None, metavar="CADENCE_MS[:LOOKAHEAD[:HIDE]]",
+                   help="a cached variant at budget 1.0 (repeatable; default 500, 1000, 500:2)")
+    p.add_argument("--compare", action="append", default=None, metavar="FIELD=VALUE[,...]",
+                   help="an uncached variant as in benchmarks.partials (default: budget 1.0 at cadence 1 s, 0.5 s)")
+    p.add_argument("--wall", metavar="SECONDS", type=float, default=0,
+                   help="instead: wall time of one utterance of SECONDS (noise) as cached chunks, as context-free "
+                        "windows of the same sizes and as one final pass, with --asr-model (e.g. random:v2_ctc)")
+    p.add_argument("--repeats", type=int, default=5, help="--wall: interleaved repeats (median reported)")
+    p.add_argument("--out-dir", type=Path, default=OUT_DIR)
+    return p.parse_args(argv)
+
+
+def wall_times(asr: Any, seconds: float, cadences: Sequence[int], repeats: int) -> dict[str, Any]:
+    """Median wall seconds of one utterance's encoder work: the final pass; per cadence (ms) the same audio in
+    first-partial + cadence pieces as cached chunks and as context-free windows (encoder only, no decoding)."""
+    import time
+
+    from server.models.gigaam_compat import encode_batch
+
+    audio = (np.random.default_rng(0).standard_normal(int(seconds * 16000)) * 0.1).astype(np.float32)
+    first = PartialOptions().first_partial
+
+    def pieces(cadence: int) -> list[np.ndarray]:
+        cuts = [0, first, *range(first + cadence * 16, len(audio), cadence * 16)]
+        return [audio[a:b] for a, b in zip(cuts, cuts[1:] + [len(audio)])]
+
+    def final() -> None:
+        encode_batch(asr.model, [torch.from_numpy(audio)])
+
+    def chunked(cadence: int) -> None:
+        encoder = ChunkedEncoder(asr.model)
+        for piece in pieces(cadence):
+            encoder.push(piece)
+
+    def windows(cadence: int) -> None:
+        for piece in pieces(cadence):
+            encode_batch(asr.model, [torch.from_numpy(piece)])
+
+    runs: dict[str, Any] = {"final": final}
+    for c in cadences:
+        runs[f"cached chunks, cadence {c} ms"] = lambda c=c: chunked(c)
+        runs[f"context-free windows, cadence {c} ms"] = lambda c=c: windows(c)
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    with torch.inference_mode():
+        for _ in range(repeats):
+            for name, run in runs.items():
+                began = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - began)
+    med = {name: float(np.median(t)) for name, t in times.items()}
+    return {name: {"median_s": round(t, 4), "over_final": round(t / med["final"], 3)} for name, t in med.items()}
+
+
+Plan = dict[str, tuple[Optional[type], PartialOptions, Optional[tuple[int, int]]]]
+
+
+def variants(args: argparse.Namespace) -> Plan:
+    """name → (policy class, options, ``(lookahead, hide)`` of a cached variant or ``None``)."""
+    out: Plan = {"defaults": (None, PartialOptions(), None)}
+    for spec in args.compare or ["budget_ratio=1.0,cadence=16000", "budget_ratio=1.0,cadence=8000"]:
+        out[f"no context, {spec}"] = (None, variant_options(spec)[0], None)
+    for spec in args.cached or ["500", "1000", "500:2"]:
+        cadence, lookahead, hide = (spec.split(":") + ["0", "0"])[:3]
+        options = PartialOptions(budget_ratio=1.0, cadence=int(cadence) * 16)
+        name = f"cached, budget 1.0, cadence {cadence} ms, lookahead {lookahead}" + (f", hide {hide}" if int(hide) else "")
+        out[name] = (CachedPolicy, options, (int(lookahead), int(hide)))
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    from server.models.registry import load_asr
+    from server.models.vad import VadModel
+
+    torch.set_num_threads(1)
+    asr = load_asr(args.asr_model, "cpu", 1, None, "torch")
+    asr.warmup()
+    if args.wall:
+        result = {"benchmark": "partial-cache-wall", "command": command_line("partial_cache"), "asr": asr.describe(),
+                  "seconds": args.wall, "repeats": args.repeats, "torch_threads": torch.get_num_threads(),
+                  "wall": wall_times(asr, args.wall, (500, 1000), args.repeats)}
+        write_result("partial-cache-wall", result, args.out_dir)
+        return result
+    vad = VadModel("cpu")
+    if not args.speech and not args.held_out:
+        raise SystemExit("pass --held-out N or --speech")
+    args.held_out = 0 if args.speech else args.held_out
+    source, streams = speech_inputs(args)
+    plan = variants(args)
+    backends = {name: (CachedAsr(asr, *c) if c is not None else asr) for name, (_, _, c) in plan.items()}
+    timers = {name: TimedAsr(backends[name].run_batch) for name in plan}
+    rows: dict[str, list[dict]] = {name: [] for name in plan}
+    runs: dict[str, list[SessionRun]] = {name: [] for name in plan}
+    spoken = []
+    for file, audio, clips in streams:
+        for name, (cls, options, _) in plan.items():
+            with policy_class(cls):
+                utts, record = speech_utterances(audio, options, vad, asr, timers[name])
+            rows[name] += [dict(u, file=file) for u in utts]
+            runs[name].append(record)
+        spoken.append((runs["defaults"][-1].finals, clips))
+    summary: dict[str, Any] = {}
+    for name, utts in rows.items():
+        ratios = [u["partial_over_final"] for u in utts]
+        delays = [u["first_partial_delay"] for u in utts if u["first_partial_delay"] is not None]
+        entry: dict[str, Any] = {
+            "utterances": len(utts), "partial_over_final": summarize(ratios),
+            "max_partial_over_final": round(max(ratios), 4), "over_1": sum(r > 1.0 for r in ratios),
+            "first_partial_delay_s": summarize(delays),
+            "decodes_per_utterance_second": round(sum(u["decodes"] for u in utts) / sum(u["seconds"] for u in utts), 3),
+            "quality": partial_quality(runs[name]),
+        }
+        backend = backends[name]
+        if isinstance(backend, CachedAsr):
+            frames = [a / b for a, b in backend.frames if b]
+            entry["encoded_frames_over_final_frames"] = summarize(frames)
+            entry["max_encoded_frames_over_final_frames"] = round(max(frames), 4) if frames else None
+            entry["frames_over_1"] = sum(f > 1.0 for f in frames)
+            entry["cache_restarts"] = backend.restarts
+        summary[name] = entry
+    result = {"benchmark": "partial-cache", "command": command_line("partial_cache"), "speech": source,
+              "streams": len(streams), "asr": asr.describe(),
+              "final_wer_vs_spoken": final_wer(spoken) if any(c for _, c in spoken) else None,
+              "variants": summary}
+    write_result("partial-cache", result, args.out_dir)
+    return result
+
+
+if __name__ == "__main__":
+    main()
