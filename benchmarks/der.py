@@ -285,6 +285,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="diart's new-speaker distance (default: rechka's new_speaker_threshold)")
     parser.add_argument("--diart-rho-update", type=float, default=0.3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--diarization-engine", choices=("torch", "onnx", "auto"), default="torch",
+                        help="the models' engine (server.models.diarization_onnx; default torch, the shared cache's); "
+                             "another engine's results are cached in their own files (PAIR+ENGINE.pkl)")
     parser.add_argument("--cache-dir", type=Path, default=OUT / "der-cache",
                         help="model results per model pair, reused by later runs ('none': no cache)")
     parser.add_argument("--out", type=Path, default=OUT / "der.json")
@@ -304,8 +307,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     notes: list[str] = []
     for segmentation, embedding in itertools.product(args.segmentation_models.split(","),
                                                      args.embedding_models.split(",")):
-        cache = None if str(args.cache_dir) == "none" else args.cache_dir / f"{segmentation}+{embedding}.pkl"
-        models = Models(args.device, segmentation, embedding, cache)
+        suffix = "" if args.diarization_engine == "torch" else f"+{args.diarization_engine}"
+        cache = None if str(args.cache_dir) == "none" else args.cache_dir / f"{segmentation}+{embedding}{suffix}.pkl"
+        models = Models(args.device, segmentation, embedding, cache, engine=args.diarization_engine)
         run_systems(args, models, items, audio, references, hypotheses, costs, notes)
         models.save()
         described[models.tag] = {"segmentation": models.segmentation.describe(),

@@ -38,13 +38,12 @@ class Models:
     """
 
     def __init__(self, device: str = "cpu", segmentation: str = SEGMENTATION_DEFAULT,
-                 embedding: str = EMBEDDING_DEFAULT, cache_file: Optional[Path] = None) -> None:
-        from server.models.embedding import load_embedding_model
-        from server.models.segmentation import SegmentationModel
+                 embedding: str = EMBEDDING_DEFAULT, cache_file: Optional[Path] = None, engine: str = "torch") -> None:
+        from server.models.diarization_onnx import load_embedding, load_segmentation
 
         self.names = (segmentation, embedding)
-        self.segmentation = SegmentationModel(segmentation, device=device, max_batch=32)
-        self.embedding = load_embedding_model(embedding, device, 32)
+        self.segmentation = load_segmentation(segmentation, device, 32, engine)
+        self.embedding = load_embedding(embedding, device, 32, engine)
         self.cache_file = cache_file
         self._cache: dict[tuple[str, bytes], Any] = {}
         self._computed: dict[tuple[str, bytes], Any] = {}  # what this process added: all that save() writes

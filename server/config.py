@@ -42,6 +42,8 @@ class ServerConfig:
         ~0.05), which can flip a near-tie between tokens — measure your data, ``--asr-quantize none`` keeps fp32.
     vad_engine: ``auto`` (``onnx`` on the CPU, ``torch`` on CUDA), ``torch`` or ``onnx`` (Silero VAD on ONNX
         Runtime, :mod:`server.models.vad_onnx`: equal probabilities, a fraction of torch's per-call CPU cost).
+    diarization_engine: the same choice for segmentation (PyanNet checkpoints) and embeddings (resemblyzer, CAM++)
+        (:mod:`server.models.diarization_onnx`); ``auto`` keeps models without an onnx engine on torch.
     asr_quantize: ``auto`` (``int8`` with the ONNX engine on the CPU, else ``none``), ``none`` or ``int8`` (CPU
         only: the ONNX graph's MatMuls, or torch's dynamic int8 Linear layers).
     max_sessions: concurrent streams; beyond it new connections get HTTP 503 with ``Retry-After``.
@@ -83,6 +85,7 @@ class ServerConfig:
     asr_quantize: Optional[str] = "auto"
     asr_engine: str = "auto"
     vad_engine: str = "auto"
+    diarization_engine: str = "torch"
     segmentation_model: str = SEGMENTATION_DEFAULT
     embedding_model: str = "resemblyzer"
     max_sessions: int = 32
@@ -122,6 +125,10 @@ class ServerConfig:
         _check(self.vad_engine in ("auto", "torch", "onnx"), "ServerConfig.vad_engine must be auto, torch or onnx")
         _check(self.vad_engine != "onnx" or not self.device.startswith("cuda"),
                "ServerConfig.vad_engine=onnx needs --device cpu (use auto or torch on CUDA)")
+        _check(self.diarization_engine in ("auto", "torch", "onnx"),
+               "ServerConfig.diarization_engine must be auto, torch or onnx")
+        _check(self.diarization_engine != "onnx" or not self.device.startswith("cuda"),
+               "ServerConfig.diarization_engine=onnx needs --device cpu (use auto or torch on CUDA)")
         _check(self.asr_quantize != "int8" or self.device == "cpu",
                "ServerConfig.asr_quantize=int8 needs --device cpu (on CUDA GigaAM runs fp16)")
         _check(1 <= self.cpu_inference_threads <= 64, "ServerConfig.cpu_inference_threads must be 1-64 (default 2)")
@@ -175,6 +182,9 @@ _FLAGS: list[tuple[str, type, str]] = [
                         "the CPU, torch on CUDA)"),
     ("vad_engine", str, "auto, torch or onnx: Silero VAD on PyTorch or ONNX Runtime (default auto: onnx on the "
                         "CPU, torch on CUDA)"),
+    ("diarization_engine", str, "auto, torch or onnx: segmentation and speaker embeddings on PyTorch or ONNX "
+                                "Runtime (default auto: onnx on the CPU where the model has an onnx engine, torch "
+                                "on CUDA)"),
     ("asr_quantize", str, "auto, none or int8: int8 GigaAM on the CPU (default auto: int8 with the onnx engine)"),
     ("segmentation_model", str, f"pyannote segmentation checkpoint name or path (default {SEGMENTATION_DEFAULT})"),
     ("embedding_model", str, "speaker embedding model (default resemblyzer)"),

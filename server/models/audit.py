@@ -9,8 +9,9 @@ path to it and the tensor. The report it returns is read from the tensors themse
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Union
+from typing import Any, Iterator, Mapping, Sequence, Union
 
 import torch
 
@@ -21,6 +22,15 @@ class PlacementError(RuntimeError):
     """A parameter, buffer or tensor attribute is not on the requested device."""
 
 
+_ONNX_WEIGHTS: "weakref.WeakKeyDictionary[Any, tuple[int, tuple[str, ...]]]" = weakref.WeakKeyDictionary()
+
+
+def note_onnx_parameters(session: Any, parameters: int, dtypes: Sequence[str] = ("float32",)) -> None:
+    """Record what an ONNX Runtime session's graph holds (the parameters of the module it was exported from, and
+    their dtypes), so the audit reports them: a session has no torch tensors to count."""
+    _ONNX_WEIGHTS[session] = (int(parameters), tuple(dtypes))
+
+
 @dataclass(frozen=True)
 class ModelPlacement:
     """Where one adapter's tensors are, as found by the audit."""
@@ -28,12 +38,18 @@ class ModelPlacement:
     name: str
     devices: tuple[str, ...]
     dtypes: tuple[str, ...]
-    parameters: int  # total elements of the distinct parameters
+    parameters: int  # total elements of the distinct parameters (torch tensors, and ONNX graphs' noted weights)
     tensors: int  # distinct tensors checked (parameters, buffers and tensor attributes)
+    providers: tuple[str, ...] = ()  # the execution providers of its ONNX Runtime sessions, one entry per session
 
     def summary(self) -> str:
+        held = [f"{self.tensors} tensors"] if self.tensors or not self.providers else []
+        if self.providers:
+            sessions = len(self.providers)
+            held.append(f"{sessions} ONNX Runtime session{'s' if sessions > 1 else ''} "
+                        f"({', '.join(sorted(set(self.providers)))})")
         return (f"{self.name}: {', '.join(self.devices) or 'no tensors'} "
-                f"{'/'.join(self.dtypes)} {self.parameters:,} parameters in {self.tensors} tensors")
+                f"{'/'.join(self.dtypes)} {self.parameters:,} parameters in {' + '.join(held)}")
 
 
 def audit_models(models: Mapping[str, Any], device: Union[str, torch.device]) -> dict[str, ModelPlacement]:
@@ -48,6 +64,7 @@ def audit_model(name: str, adapter: Any, device: Union[str, torch.device]) -> Mo
     devices: set[str] = set()
     dtypes: set[str] = set()
     parameters = 0
+    providers: list[str] = []
     for root_name, root in adapter.modules().items():
         if hasattr(root, "get_providers") and hasattr(root, "run"):  # an ONNX Runtime session: its providers say
             have = onnx_device(root)
@@ -55,6 +72,11 @@ def audit_model(name: str, adapter: Any, device: Union[str, torch.device]) -> Mo
                 raise PlacementError(f"model {name!r}: the ONNX Runtime session {root_name} runs on {have} "
                                      f"(providers {root.get_providers()}), not on {want}")
             devices.add(str(have))
+            providers.append(root.get_providers()[0])
+            noted = _ONNX_WEIGHTS.get(root)
+            if noted is not None:
+                parameters += noted[0]
+                dtypes.update(noted[1])
             continue
         for path, tensor, is_parameter in _tensors(root, root_name):
             if id(tensor) in seen:
@@ -68,7 +90,8 @@ def audit_model(name: str, adapter: Any, device: Union[str, torch.device]) -> Mo
             dtypes.add(str(tensor.dtype).removeprefix("torch."))
             if is_parameter:
                 parameters += tensor.numel()
-    return ModelPlacement(name, tuple(sorted(devices)), tuple(sorted(dtypes)), parameters, len(seen))
+    return ModelPlacement(name, tuple(sorted(devices)), tuple(sorted(dtypes)), parameters, len(seen),
+                          tuple(providers))
 
 
 def onnx_device(session: Any) -> torch.device:

@@ -311,8 +311,12 @@ class CamPlusPlusEmbedding:
         for rows in _length_batches([len(f) for f in features], self.max_padding):
             lengths = torch.tensor([len(features[r]) for r in rows], device=self.device)
             batch = torch.nn.utils.rnn.pad_sequence([features[r] for r in rows], batch_first=True)
-            out[rows] = self.model(batch, lengths).float().cpu().numpy()
+            out[rows] = self._forward(batch, lengths)
         return out
+
+    def _forward(self, features: torch.Tensor, lengths: torch.Tensor) -> np.ndarray:
+        """One padded batch ``(B, T, 80)`` with its real frames per row → ``(B, 192)`` (the engine seam)."""
+        return self.model(features, lengths).float().cpu().numpy()
 
     def warmup(self) -> None:
         self.run_batch([EmbeddingRequest("warmup", 0, 0, 0, np.zeros(16000, np.float32)),

@@ -58,7 +58,8 @@ def load_models(asr: Union["ServerConfig", str, None] = ASR_DEFAULT, segmentatio
                 embedding: str = EMBEDDING_DEFAULT, device: Optional[str] = None, *, max_batch: int = 16,
                 warmup: bool = True, wheel: Optional["Path"] = None, asr_quantize: Optional[str] = None,
                 asr_engine: str = "torch", threads: Optional[int] = None,
-                final_threads: Optional[int] = None, vad_engine: str = "auto") -> Models:
+                final_threads: Optional[int] = None, vad_engine: str = "auto",
+                diarization_engine: Optional[str] = None) -> Models:
     """Load, audit and (optionally) warm up the models.
 
     ``asr``: a GigaAM model name or checkpoint path, or ``None`` to leave ASR out (``rechka-fetch-models
@@ -72,6 +73,9 @@ def load_models(asr: Union["ServerConfig", str, None] = ASR_DEFAULT, segmentatio
     and the ONNX encoder's; ``None`` leaves torch's as it is (its default is one per core). ``final_threads``: the
     ONNX encoder's threads for batches of finals only (``ServerConfig.final_threads``; None: ``threads``).
     ``vad_engine``: ``"auto"``, ``"torch"`` or ``"onnx"`` (:func:`server.models.vad_onnx.vad_engine_for`).
+    ``diarization_engine``: the same for segmentation and embeddings
+    (:func:`server.models.diarization_onnx.diarization_engine_for`; ``auto`` keeps models without an onnx engine on
+    torch); ``None``: ``ServerConfig``'s default, its one home.
     """
     if asr is not None and not isinstance(asr, str):
         config = asr
@@ -79,6 +83,11 @@ def load_models(asr: Union["ServerConfig", str, None] = ASR_DEFAULT, segmentatio
         device, max_batch = config.device, config.max_batch
         asr_quantize, asr_engine, threads = config.asr_quantize, config.asr_engine, config.model_threads
         final_threads, vad_engine = config.final_threads, config.vad_engine
+        diarization_engine = config.diarization_engine
+    if diarization_engine is None:
+        from server.config import ServerConfig
+
+        diarization_engine = ServerConfig.diarization_engine
     target = resolve_device(device)
     name = str(target)
     if threads is not None:
@@ -88,8 +97,7 @@ def load_models(asr: Union["ServerConfig", str, None] = ASR_DEFAULT, segmentatio
 
         torch.set_num_threads(threads)
 
-    from server.models.embedding import load_embedding_model
-    from server.models.segmentation import SegmentationModel
+    from server.models.diarization_onnx import load_embedding, load_segmentation
     from server.models.vad import VadModel
     from server.models.vad_onnx import OnnxVadModel, vad_engine_for
 
@@ -97,8 +105,9 @@ def load_models(asr: Union["ServerConfig", str, None] = ASR_DEFAULT, segmentatio
     loaders: dict[str, Callable[[], BatchModel]] = {
         "vad": (lambda: OnnxVadModel(name, max_batch)) if vad_engine_for(target.type, vad_engine) == "onnx"
         else (lambda: VadModel(name, max_batch)),
-        "segmentation": lambda: SegmentationModel(segmentation, name, max_batch, wheel=wheel),
-        "embedding": lambda: load_embedding_model(embedding, name, max_batch),
+        "segmentation": lambda: load_segmentation(segmentation, name, max_batch, diarization_engine, wheel=wheel,
+                                                  threads=threads or 1),
+        "embedding": lambda: load_embedding(embedding, name, max_batch, diarization_engine, threads=threads or 1),
     }
     if asr is not None:
         asr_engine, asr_quantize = asr_engine_for(target.type, asr_engine, asr_quantize)

@@ -130,14 +130,18 @@ class SegmentationModel:
 
     @torch.inference_mode()
     def _scores(self, batch: np.ndarray) -> np.ndarray:
-        output = self.model(torch.from_numpy(batch).to(self.device))
+        """``(B, 1, samples)`` windows → ``(B, frames, speakers)`` probabilities (the engine seam)."""
+        return self.probabilities(self.model(torch.from_numpy(batch).to(self.device))).float().cpu().numpy()
+
+    def probabilities(self, output: torch.Tensor) -> torch.Tensor:
+        """The model's output → per-speaker probabilities in [0, 1] (see the module docstring)."""
         if self.powerset is not None:
             probabilities = self.powerset(output)
         elif isinstance(getattr(self.model, "activation", None), (nn.Sigmoid, nn.Softmax)):
             probabilities = output
         else:
             probabilities = torch.sigmoid(output)
-        return probabilities.clamp_(0.0, 1.0).float().cpu().numpy()
+        return probabilities.clamp(0.0, 1.0)
 
     def warmup(self) -> None:
         self.run_batch([SegmentationRequest("warmup", 0, 0, 0, np.zeros(self.window, np.float32))])

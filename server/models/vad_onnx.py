@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from server.models.asr_onnx import OPSET, atomic_build, graph_key, session_options
+from server.models.audit import note_onnx_parameters
 from server.models.cache import cache_dir
 from server.models.vad import CONTEXT, HIDDEN, SileroState, SileroVadNet, VadModel
 from streaming.config import VAD_CHUNK
@@ -97,6 +98,7 @@ class OnnxVadModel(VadModel):
         self.threads = threads
         self.session = ort.InferenceSession(str(ensure_vad_graph(self.net)), session_options(threads),
                                             providers=["CPUExecutionProvider"])
+        note_onnx_parameters(self.session, sum(p.numel() for p in self.net.parameters()))
 
     def _run(self, audios: list[np.ndarray], states: list[SileroState]) -> tuple[list[np.ndarray], list[SileroState]]:
         counts = [len(a) // VAD_CHUNK for a in audios]

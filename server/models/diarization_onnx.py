@@ -1,0 +1,226 @@
+"""Diarization's models on ONNX Runtime (``--diarization-engine onnx``, the CPU default): the same networks and
+weights as the torch adapters, exported once into the model cache and run on the CPU.
+
+- Segmentation (:class:`OnnxSegmentationModel`): rechka's :class:`~server.models.pyannet.PyanNet` (the whisperx
+  PyanNet and segmentation-3.0 checkpoints, or any local PyanNet checkpoint) together with the adapter's activation
+  (sigmoid, or the powerset → per-speaker conversion, then the clamp to [0, 1]): ``waveforms (B, 1, samples)`` →
+  ``probabilities (B, frames, speakers)``, batch and length dynamic. Windows of equal length share a call as in torch
+  (the model normalises each waveform as a whole, so nothing is padded).
+- resemblyzer (:class:`OnnxResemblyzerEmbedding`): the GE2E encoder (3-layer LSTM, linear, ReLU, L2 norm) on every
+  1.6 s partial, ``mels (N, 160, 40)`` → ``(N, 256)``; the mel front end (one STFT over the batch, 1.7 ms of ~25) and
+  the per-request mean stay in torch.
+- CAM++ (:class:`OnnxCamPlusPlusEmbedding`): the whole masked network, ``features (B, T, 80), lengths (B,)`` →
+  ``(B, 192)`` with the torch path's masks, so a padded row gives what it gives alone. The Kaldi fbank stays in torch
+  (``torchaudio.compliance.kaldi.fbank``, the reference implementation; ~1.3 ms per 2 s request, a few per cent of
+  the network's cost); exporting it would need ONNX's DFT and change its numerics.
+
+Graphs are exported by torch's TorchScript exporter (``dynamo=False``) into ``onnx/NAME-KEY.onnx`` of the model
+cache, keyed by the weights, opset and torch version (:func:`server.models.asr_onnx.graph_key`), built atomically;
+later starts load the file. Requests and results are the torch adapters', unchanged; other segmentation
+architectures and pyannote embedding models have no ONNX engine (``auto`` keeps them on torch).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from server.models.asr_onnx import OPSET, atomic_build, graph_key, session_options
+from server.models.audit import note_onnx_parameters
+from server.models.cache import CAMPPLUS, EMBEDDING_DEFAULT, SEGMENTATION_DEFAULT, cache_dir
+from server.models.campplus import CamPlusPlusEmbedding
+from server.models.embedding import ResemblyzerEmbedding, _l2_normalize, load_embedding_model
+from server.models.pyannet import PyanNet
+from server.models.segmentation import SegmentationModel
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("auto", "torch", "onnx")
+ONNX_EMBEDDINGS = (EMBEDDING_DEFAULT, CAMPPLUS)
+
+
+def diarization_engine_for(device_type: str, engine: str = "auto") -> str:
+    """``auto`` resolved for a device: ONNX Runtime on the CPU (measured cheaper, equal scores and embeddings),
+    torch on CUDA (this environment has no onnxruntime-gpu)."""
+    if engine not in ENGINES:
+        raise ValueError(f"diarization engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "auto":
+        return "onnx" if device_type == "cpu" else "torch"
+    if engine == "onnx" and device_type != "cpu":
+        raise ValueError("the onnx diarization engine runs on the CPU only; use --diarization-engine torch (or auto) "
+                         "on CUDA")
+    return engine
+
+
+def export_graph(module: nn.Module, example: tuple[torch.Tensor, ...], inputs: list[str], outputs: list[str],
+                 axes: dict[str, dict[int, str]]) -> bytes:
+    """``module`` (float32, CPU, eval) as an ONNX graph with the dynamic ``axes``."""
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings of shape arithmetic the graph keeps dynamic (tested)
+        torch.onnx.export(module.eval(), example, buffer, input_names=inputs, output_names=outputs,
+                          opset_version=OPSET, dynamic_axes=axes, dynamo=False)
+    return buffer.getvalue()
+
+
+def ensure_onnx_graph(name: str, module: nn.Module, export: Callable[[], bytes], root: Optional[Path] = None) -> Path:
+    """The cached graph ``onnx/NAME-KEY.onnx`` of ``module`` (``export()`` builds it when it is missing)."""
+    folder = (root or cache_dir()) / "onnx"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}-{graph_key(module, name)[:24]}.onnx"
+    if not path.is_file():
+        log.info("exporting %s to %s", name, path)
+        atomic_build(lambda tmp: tmp.write_bytes(export()), path)
+    return path
+
+
+def cpu_session(path: Path, threads: int, module: nn.Module) -> Any:
+    """An ONNX Runtime CPU session of ``path`` (``threads`` intra-op threads, no spinning); the audit reports the
+    parameters of the ``module`` it was exported from."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+    note_onnx_parameters(session, sum(p.numel() for p in module.parameters()),
+                         sorted({str(p.dtype).removeprefix("torch.") for p in module.parameters()}))
+    return session
+
+
+def _check_cpu(device: Union[str, torch.device], adapter: str) -> None:
+    if torch.device(device).type != "cpu":
+        raise ValueError(f"{adapter} runs on the CPU only; use the torch adapter on CUDA")
+
+
+class _SegmentationScores(nn.Module):
+    """What is exported: PyanNet and the adapter's activation, ``(B, 1, samples)`` → ``(B, frames, speakers)``."""
+
+    def __init__(self, adapter: SegmentationModel) -> None:
+        super().__init__()
+        self.net = adapter.model
+        self.powerset = adapter.powerset  # a registered submodule, so its mapping is exported with the graph
+        self.adapter = [adapter]  # not a module attribute: the adapter itself is no nn.Module
+
+    def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
+        return self.adapter[0].probabilities(self.net(waveforms))
+
+
+class OnnxSegmentationModel(SegmentationModel):
+    """The "segmentation" batch model on ONNX Runtime (PyanNet checkpoints only; CPU, ``threads`` intra-op threads)."""
+
+    def __init__(self, model: str = SEGMENTATION_DEFAULT, device: Union[str, torch.device] = "cpu",
+                 max_batch: int = 32, *, wheel: Optional[Path] = None, threads: int = 1) -> None:
+        _check_cpu(device, "OnnxSegmentationModel")
+        super().__init__(model, "cpu", max_batch, wheel=wheel)
+        if not isinstance(self.model, PyanNet):
+            raise ValueError(f"segmentation model {self.checkpoint} is a {type(self.model).__name__}; the onnx "
+                             "engine runs PyanNet checkpoints only (use --diarization-engine torch)")
+        self.threads = threads
+        scores = _SegmentationScores(self).eval()
+        example = (torch.zeros(2, 1, self.window),)
+        path = ensure_onnx_graph("pyannet", scores, lambda: export_graph(
+            scores, example, ["waveforms"], ["probabilities"],
+            {"waveforms": {0: "batch", 2: "samples"}, "probabilities": {0: "batch", 1: "frames"}}))
+        self.session = cpu_session(path, threads, scores)
+
+    def _scores(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"waveforms": batch})[0]
+
+    def modules(self) -> dict[str, Any]:
+        return {"pyannet": self.session}
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "engine": "onnx", "threads": self.threads}
+
+
+class _GE2EPartials(nn.Module):
+    """What is exported: resemblyzer's encoder on partials, ``(N, 160, 40)`` mels → ``(N, 256)`` unit vectors."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, mels: torch.Tensor) -> torch.Tensor:
+        _, (hidden, _) = self.encoder.lstm(mels)
+        return _l2_normalize(self.encoder.relu(self.encoder.linear(hidden[-1])))
+
+
+class OnnxResemblyzerEmbedding(ResemblyzerEmbedding):
+    """The "embedding" batch model with resemblyzer's GE2E encoder on ONNX Runtime (the mel front end in torch)."""
+
+    def __init__(self, device: Union[str, torch.device] = "cpu", max_batch: int = 32, *, threads: int = 1,
+                 **options: Any) -> None:
+        _check_cpu(device, "OnnxResemblyzerEmbedding")
+        super().__init__("cpu", max_batch, **options)
+        self.threads = threads
+        partials = _GE2EPartials(self.encoder).eval()
+        path = ensure_onnx_graph("ge2e", partials, lambda: export_graph(
+            partials, (torch.zeros(3, 160, 40),), ["mels"], ["embeddings"],
+            {"mels": {0: "partials"}, "embeddings": {0: "partials"}}))
+        self.session = cpu_session(path, threads, partials)
+
+    def _encode(self, mels: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {"mels": mels.contiguous().numpy()})[0])
+
+    def modules(self) -> dict[str, Any]:
+        return {"voice_encoder": self.session, "mel": self.frontend}
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "engine": "onnx", "threads": self.threads}
+
+
+class OnnxCamPlusPlusEmbedding(CamPlusPlusEmbedding):
+    """The "embedding" batch model with CAM++ on ONNX Runtime (the fbank in torch)."""
+
+    def __init__(self, checkpoint: Optional[str] = None, device: Union[str, torch.device] = "cpu",
+                 max_batch: int = 32, *, threads: int = 1, **options: Any) -> None:
+        _check_cpu(device, "OnnxCamPlusPlusEmbedding")
+        super().__init__(checkpoint, "cpu", max_batch, **options)
+        self.threads = threads
+        example = (torch.zeros(2, 300, 80), torch.tensor([300, 211]))
+        path = ensure_onnx_graph("campplus", self.model, lambda: export_graph(
+            self.model, example, ["features", "lengths"], ["embeddings"],
+            {"features": {0: "batch", 1: "frames"}, "lengths": {0: "batch"}, "embeddings": {0: "batch"}}))
+        self.session = cpu_session(path, threads, self.model)
+
+    def _forward(self, features: torch.Tensor, lengths: torch.Tensor) -> np.ndarray:
+        return self.session.run(None, {"features": features.contiguous().numpy(), "lengths": lengths.numpy()})[0]
+
+    def modules(self) -> dict[str, Any]:
+        return {"campplus": self.session}
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "engine": "onnx", "threads": self.threads}
+
+
+def load_segmentation(model: str, device: str, max_batch: int, engine: str = "auto", *,
+                      wheel: Optional[Path] = None, threads: int = 1) -> SegmentationModel:
+    """The segmentation adapter on ``engine`` (:func:`diarization_engine_for`); with ``auto`` a model the onnx
+    engine cannot run (not a PyanNet) stays on torch."""
+    if diarization_engine_for(torch.device(device).type, engine) == "onnx":
+        try:
+            return OnnxSegmentationModel(model, device, max_batch, wheel=wheel, threads=threads)
+        except ValueError:
+            if engine == "onnx":
+                raise
+            log.info("segmentation model %s has no onnx engine; running it on torch", model)
+    return SegmentationModel(model, device, max_batch, wheel=wheel)
+
+
+def load_embedding(model: str, device: str, max_batch: int, engine: str = "auto", *, threads: int = 1) -> Any:
+    """The embedding adapter on ``engine``: resemblyzer and CAM++ have an onnx engine; with ``auto`` any other
+    (pyannote) model stays on torch, with ``onnx`` it is refused."""
+    if diarization_engine_for(torch.device(device).type, engine) == "onnx":
+        if model == EMBEDDING_DEFAULT:
+            return OnnxResemblyzerEmbedding(device, max_batch, threads=threads)
+        if model == CAMPPLUS:
+            return OnnxCamPlusPlusEmbedding(None, device, max_batch, threads=threads)
+        if engine == "onnx":
+            raise ValueError(f"embedding model {model!r} has no onnx engine (only {', '.join(ONNX_EMBEDDINGS)}); use "
+                             "--diarization-engine torch")
+    return load_embedding_model(model, device, max_batch)
