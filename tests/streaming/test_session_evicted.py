@@ -12,8 +12,7 @@ import pytest
 from streaming import wire
 from streaming.config import AudioFormat, SessionConfig, ms
 from streaming.work import AsrKind, AsrRequest, EmbeddingRequest, SegmentationRequest, VadRequest
-from tests.fakes import pcm16, seconds, tone_bursts
-from tests.streaming.test_session import Harness, of
+from tests.fakes import SessionHarness, events_of, pcm16, seconds, tone_bursts
 
 
 def _speech(total_s: float) -> np.ndarray:
@@ -23,10 +22,10 @@ def _speech(total_s: float) -> np.ndarray:
                        tail=max(0.3, total_s - 1.5 * n)).audio
 
 
-def _check_stream(h: Harness) -> None:
+def _check_stream(h: SessionHarness) -> None:
     events = h.events
     assert isinstance(events[-1], wire.End)
-    finals = of(events, wire.Final)
+    finals = events_of(events, wire.Final)
     ids = [f.utterance_id for f in finals]
     assert len(ids) == len(set(ids))
     for channel in {f.channel for f in finals}:  # ids increase in emission order per channel
@@ -39,7 +38,7 @@ def _check_stream(h: Harness) -> None:
 
 
 def test_a_stalled_vad_result_ending_an_evicted_utterance_does_not_crash() -> None:
-    h = Harness(SessionConfig(diarization=False, max_pending_audio=ms(1_000)))
+    h = SessionHarness(SessionConfig(diarization=False, max_pending_audio=ms(1_000)))
     audio = _speech(120)
     h.feed(audio[:seconds(0.9)])  # an utterance is open
     h.hold = lambda r: isinstance(r, VadRequest)  # the VAD stalls while audio keeps coming
@@ -49,9 +48,9 @@ def test_a_stalled_vad_result_ending_an_evicted_utterance_does_not_crash() -> No
     h.feed(audio[seconds(100):], chunk=1.0)
     h.end()
     _check_stream(h)
-    finals = of(h.events, wire.Final)
+    finals = events_of(h.events, wire.Final)
     assert len(finals) >= 10
-    truncated = [w for w in of(h.events, wire.Warning) if w.code == "utterance_truncated"]
+    truncated = [w for w in events_of(h.events, wire.Warning) if w.code == "utterance_truncated"]
     assert truncated and h.session.stats.audio_truncated > 0  # reported, not silent
     assert sum(w.dropped_seconds for w in truncated) * 16000 == pytest.approx(h.session.stats.audio_truncated)
     for request in h.sent:  # every request read only audio that existed, none empty
@@ -60,7 +59,7 @@ def test_a_stalled_vad_result_ending_an_evicted_utterance_does_not_crash() -> No
 
 
 def test_partial_windows_over_evicted_audio_are_skipped_not_read() -> None:
-    h = Harness(SessionConfig(diarization=False, max_pending_audio=ms(1_000)))
+    h = SessionHarness(SessionConfig(diarization=False, max_pending_audio=ms(1_000)))
     long_speech = tone_bursts([(300 + 7 * k, 0.4) for k in range(40)], gaps=0.1, lead=0.3).audio  # 20 s, no pause
     h.feed(long_speech[:seconds(1.5)])
     h.hold = lambda r: isinstance(r, AsrRequest) and r.kind == AsrKind.PARTIAL
@@ -73,7 +72,7 @@ def test_partial_windows_over_evicted_audio_are_skipped_not_read() -> None:
 def test_multichannel_with_a_stalled_vad_survives_eviction() -> None:
     left, right = _speech(80), _speech(80)[::-1].copy()
     stereo = np.stack([left, right], axis=1).reshape(-1)
-    h = Harness(SessionConfig(multichannel=True, audio=AudioFormat("pcm_s16le", 16000, 2),
+    h = SessionHarness(SessionConfig(multichannel=True, audio=AudioFormat("pcm_s16le", 16000, 2),
                               max_pending_audio=ms(1_000)))
     data = pcm16(stereo)
     step = 4 * seconds(1.0)
@@ -92,7 +91,7 @@ def test_multichannel_with_a_stalled_vad_survives_eviction() -> None:
 def test_diarization_windows_over_evicted_audio_do_not_crash() -> None:
     fakes = pytest.importorskip("tests.fakes_diarization")
     cfg = SessionConfig(diarization=True, max_pending_audio=ms(1_000))
-    h = Harness(cfg, extra={SegmentationRequest: fakes.FakeSegmentation(), EmbeddingRequest: fakes.FakeEmbedding()})
+    h = SessionHarness(cfg, extra={SegmentationRequest: fakes.FakeSegmentation(), EmbeddingRequest: fakes.FakeEmbedding()})
     audio = _speech(90)
     h.feed(audio[:seconds(0.9)])
     h.hold = lambda r: isinstance(r, (VadRequest, SegmentationRequest))  # VAD and segmentation stall

@@ -16,8 +16,7 @@ from streaming.config import PartialOptions, SessionConfig, VadOptions, ms
 from streaming.partials import PartialPolicy
 from streaming.work import AsrKind, AsrRequest
 from streaming.wire import WordTiming
-from tests.fakes import tone_bursts
-from tests.streaming.test_session import Harness, of
+from tests.fakes import SessionHarness, events_of, tone_bursts
 
 VAD = VadOptions()
 # pauses below speech_pad, between speech_pad and min_silence (speech resumes), and beyond min_silence (a close)
@@ -29,9 +28,9 @@ def bursts() -> np.ndarray:
                        lead=0.5, tail=1.0).audio
 
 
-def run(cfg: SessionConfig, asr_late: bool) -> Harness:
+def run(cfg: SessionConfig, asr_late: bool) -> SessionHarness:
     """Stream ``bursts()`` in 20 ms messages; ``asr_late``: every ASR result arrives only at the end."""
-    h = Harness(cfg)
+    h = SessionHarness(cfg)
     if asr_late:
         h.hold = lambda r: isinstance(r, AsrRequest)
     h.feed(bursts(), chunk=0.02)
@@ -40,7 +39,7 @@ def run(cfg: SessionConfig, asr_late: bool) -> Harness:
     return h
 
 
-def answered_finals(h: Harness) -> list[tuple[int, bytes]]:
+def answered_finals(h: SessionHarness) -> list[tuple[int, bytes]]:
     """(start, audio bytes) of the request that answered each final: the last final request of its utterance."""
     last = {r.utterance_id: r for r in h.asr.requests if r.kind == AsrKind.FINAL}
     return [(r.start, r.audio.tobytes()) for _, r in sorted(last.items())]
@@ -53,7 +52,7 @@ def test_finals_do_not_depend_on_speculation(partials: PartialOptions, asr_late:
     """Byte for byte: the same final events and the same final requests (samples and offsets) with it off and on."""
     off = run(SessionConfig(diarization=False, partials=partials, speculative_finals=False), asr_late)
     on = run(SessionConfig(diarization=False, partials=partials, speculative_finals=True), asr_late)
-    finals_off, finals_on = of(off.events, wire.Final), of(on.events, wire.Final)
+    finals_off, finals_on = events_of(off.events, wire.Final), events_of(on.events, wire.Final)
     assert finals_on == finals_off and len(finals_off) == 4
     assert answered_finals(on) == answered_finals(off)
     assert off.session.stats.finals_speculated == 0 and off.asr.calls[AsrKind.FINAL] == 4
@@ -67,15 +66,15 @@ def test_finals_do_not_depend_on_speculation(partials: PartialOptions, asr_late:
 def test_the_final_request_goes_out_while_the_vad_waits() -> None:
     b = tone_bursts([(440, 1.0)], lead=0.5, tail=1.0)
     (a, z), = b.spans
-    h = Harness(SessionConfig(diarization=False, interim_results=False))
+    h = SessionHarness(SessionConfig(diarization=False, interim_results=False))
     h.hold = lambda r: isinstance(r, AsrRequest)
     h.feed(b.audio[:z + ms(250)], chunk=0.02)  # a pause longer than speech_pad, shorter than min_silence
     (request,) = [r for r in h.sent if isinstance(r, AsrRequest)]
-    assert request.kind == AsrKind.FINAL and of(h.events, wire.Final) == []
+    assert request.kind == AsrKind.FINAL and events_of(h.events, wire.Final) == []
     h.release()  # the result is back before the VAD decides: nothing goes out yet
-    assert of(h.events, wire.Final) == []
+    assert events_of(h.events, wire.Final) == []
     h.feed(b.audio[z + ms(250):], chunk=0.02)
-    (final,) = of(h.events, wire.Final)
+    (final,) = events_of(h.events, wire.Final)
     assert [r for r in h.sent if isinstance(r, AsrRequest)] == [request]  # the close sent no other request
     assert (final.start, final.end) == (request.start, request.start + len(request.audio)) and final.text == "w440"
     assert z <= final.end <= z + VAD.speech_pad + 512
@@ -85,17 +84,17 @@ def test_a_speculation_whose_pause_ends_in_speech_becomes_a_partial() -> None:
     b = tone_bursts([(440, 1.0), (660, 1.0)], gaps=0.3, lead=0.5, tail=1.0)
     (a1, z1), (a2, z2) = b.spans
     cfg = SessionConfig(diarization=False, partials=PartialOptions(cadence=ms(3_000), cadence_growth=0.0))
-    h = Harness(cfg)
+    h = SessionHarness(cfg)
     h.feed(b.audio[:a2 + ms(200)], chunk=0.02)  # the pause (its speculation answered at once), then speech again
     speculative = [r for r in h.sent if isinstance(r, AsrRequest) and r.kind == AsrKind.FINAL]
     assert len(speculative) == 1 and h.session.stats.speculations_missed == 1
     spec_end = speculative[0].start + len(speculative[0].audio)
-    partials = [p for p in of(h.events, wire.Partial) if p.end == spec_end]
+    partials = [p for p in events_of(h.events, wire.Partial) if p.end == spec_end]
     assert len(partials) == 1 and partials[0].text == "w440"
     assert h.session.withdrawn_work() == [] and h.session.stats.speculations_withdrawn == 0
     h.feed(b.audio[a2 + ms(200):], chunk=0.02)
     h.end()
-    (final,) = of(h.events, wire.Final)
+    (final,) = events_of(h.events, wire.Final)
     assert final.text == "w440 w660" and final.utterance_id == partials[0].utterance_id
     assert h.session.stats.finals_speculated == 1
 
@@ -105,7 +104,7 @@ def test_a_speculation_still_in_flight_when_speech_resumes_is_withdrawn() -> Non
     of the new speech go out without waiting for it, and if its result comes anyway it is dropped."""
     b = tone_bursts([(440, 1.0), (660, 1.5)], gaps=0.3, lead=0.5, tail=1.0)
     (a1, z1), (a2, z2) = b.spans
-    h = Harness(SessionConfig(diarization=False))
+    h = SessionHarness(SessionConfig(diarization=False))
     h.hold = lambda r: isinstance(r, AsrRequest) and r.kind == AsrKind.FINAL
     h.feed(b.audio[:a2 + ms(200)], chunk=0.02)
     (spec,) = [r for r in h.sent if isinstance(r, AsrRequest) and r.kind == AsrKind.FINAL]
@@ -117,11 +116,11 @@ def test_a_speculation_still_in_flight_when_speech_resumes_is_withdrawn() -> Non
                for r in h.sent)  # partials resumed with the speculation still held
     h.hold = lambda r: isinstance(r, AsrRequest) and r.kind == AsrKind.FINAL and r.seq != spec.seq
     h.pump()  # the withdrawn request's result comes anyway: dropped
-    assert h.session.stats.results_dropped == 1 and not [p for p in of(h.events, wire.Partial) if p.end == spec_end]
+    assert h.session.stats.results_dropped == 1 and not [p for p in events_of(h.events, wire.Partial) if p.end == spec_end]
     h.release()
     h.feed(b.audio[z2:], chunk=0.02)
     h.end()
-    (final,) = of(h.events, wire.Final)
+    (final,) = events_of(h.events, wire.Final)
     assert final.text == "w440 w660" and isinstance(h.events[-1], wire.End)
 
 
@@ -144,27 +143,27 @@ def test_no_speculation_while_the_session_is_behind() -> None:
     cfg = SessionConfig(diarization=False, interim_results=False,
                         partials=PartialOptions(max_pending_requests=1))
     audio = tone_bursts([(300 + 60 * k, 0.5) for k in range(6)], gaps=[0.3, 0.8] * 2 + [0.3], tail=1.0).audio
-    h = Harness(dataclasses.replace(cfg, speculative_finals=True))
+    h = SessionHarness(dataclasses.replace(cfg, speculative_finals=True))
     h.hold = lambda r: isinstance(r, AsrRequest)  # finals pile up: the channel is behind
     h.feed(audio, chunk=0.02)
     sent = [r for r in h.sent if isinstance(r, AsrRequest)]
     h.release()
     h.end()
-    finals = of(h.events, wire.Final)
+    finals = events_of(h.events, wire.Final)
     assert len(finals) == 3 and len(sent) < 3 + 3  # some pauses were not speculated on
 
 
 def test_while_the_models_are_behind_partials_and_speculation_wait_and_finals_do_not() -> None:
     cfg = SessionConfig(diarization=False)
-    normal, shed = Harness(cfg), Harness(cfg)
+    normal, shed = SessionHarness(cfg), SessionHarness(cfg)
     shed.session.models_behind = True  # the server: GigaAM's queue waited longer than shed_partials_wait
     for h in (normal, shed):
         h.feed(bursts(), chunk=0.02)
         h.end()
     kinds = lambda h: [r.kind for r in h.sent if isinstance(r, AsrRequest)]  # noqa: E731
     assert kinds(shed) == [AsrKind.FINAL] * 4 and AsrKind.PARTIAL in kinds(normal)
-    assert of(shed.events, wire.Final) == of(normal.events, wire.Final)
-    assert shed.session.stats.partials_dropped > 0 and of(shed.events, wire.Partial) == []
+    assert events_of(shed.events, wire.Final) == events_of(normal.events, wire.Final)
+    assert shed.session.stats.partials_dropped > 0 and events_of(shed.events, wire.Partial) == []
     assert any(isinstance(e, wire.Warning) and e.code == "partials_dropped" for e in shed.events)
 
 
@@ -173,7 +172,7 @@ def test_a_diarization_backlog_holds_back_partials_but_not_speculative_finals() 
     early and finals do not wait for diarization, so it still goes out at the pause (a final backlog stops it)."""
     fakes = pytest.importorskip("tests.fakes_diarization")
     cfg = SessionConfig(diarization=True, partials=PartialOptions(max_pending_requests=2))
-    h = Harness(cfg, extra={fakes.SegmentationRequest: fakes.FakeSegmentation(),
+    h = SessionHarness(cfg, extra={fakes.SegmentationRequest: fakes.FakeSegmentation(),
                             fakes.EmbeddingRequest: fakes.FakeEmbedding()})
     h.hold = lambda r: isinstance(r, (fakes.SegmentationRequest, fakes.EmbeddingRequest))  # diarization stalls
     h.feed(bursts(), chunk=0.02)
@@ -184,5 +183,5 @@ def test_a_diarization_backlog_holds_back_partials_but_not_speculative_finals() 
     assert stats.partials_dropped > 0 and AsrKind.PARTIAL not in kinds[2:]  # partials stopped once it built up
     h.release()
     h.end()
-    assert [f.text for f in of(h.events, wire.Final)] == [f.text for f in of(run(
+    assert [f.text for f in events_of(h.events, wire.Final)] == [f.text for f in events_of(run(
         SessionConfig(diarization=False, speculative_finals=False), asr_late=False).events, wire.Final)]
