@@ -4,7 +4,8 @@
 
 At ``budget_ratio`` 1.0 every partial window after an utterance's first one starts where the last one ended, so
 today each decodes its audio without left context (docs/benchmarks.md, cheaper partials). Here a *cached* variant
-sends the same windows, but the ASR keeps one :class:`~benchmarks.chunked_encoder.ChunkedEncoder` per utterance:
+(``PartialOptions.cached_context``) sends the same windows, but the ASR keeps one
+:class:`~server.models.asr_cache.ChunkedEncoder` per utterance:
 each window's new frames attend to every earlier frame's cached keys and values, its convolutions see the cached
 left frames, and the partial text is the greedy CTC decode of all frames so far (so no word is cut at a window
 edge). The final is the ordinary whole-utterance decode, unchanged; the cache is dropped there.
@@ -22,7 +23,6 @@ JSON and writes ``benchmarks/out/partial-cache-<time>.json``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -33,90 +33,41 @@ if __package__ in (None, ""):
 import numpy as np
 import torch
 
-from benchmarks.chunked_encoder import ChunkedEncoder
 from benchmarks.common import OUT_DIR, command_line, summarize, write_result
 from benchmarks.partial_quality import SessionRun, final_wer, partial_quality
-from benchmarks.partials import TimedAsr, policy_class, speech_inputs, speech_utterances, variant_options
+from benchmarks.partials import TimedAsr, speech_inputs, speech_utterances, variant_options
+from server.models.asr_cache import ChunkedEncoder, PartialCaches
 from streaming.config import PartialOptions
-from streaming.partials import PartialPolicy
-from streaming.wire import WordTiming
-from streaming.work import AsrKind, AsrRequest, AsrResult, Word
-
-
-class CachedPolicy(PartialPolicy):
-    """Today's schedule; each result is the whole utterance so far (the cached decode), shown as it is."""
-
-    def on_result(self, words: Sequence[WordTiming], text: str = "") -> str:
-        self.in_flight = None
-        self.committed, self._previous = [], list(words)
-        self._latest_text = "" if words else text.strip()
-        return self.text
-
-
-@dataclasses.dataclass
-class _Utterance:
-    encoder: ChunkedEncoder
-    start: int  # absolute sample of the utterance's first cached sample
-    end: int  # absolute end of the audio pushed so far
-    labels: np.ndarray  # greedy CTC labels of the committed frames
+from streaming.work import AsrKind, AsrRequest, AsrResult
 
 
 class CachedAsr:
-    """Partials through one :class:`ChunkedEncoder` per utterance (a window that does not continue the cached audio
-    starts a new cache: ``restarts``); finals through ``asr`` unchanged. ``frames``: per finished utterance,
-    ``(Conformer frames encoded by its partials, frames of its final)``."""
+    """What ``GigaAmAsr.run_batch`` does with cached partials (:class:`~server.models.asr_cache.PartialCaches`,
+    one chunked encoder per utterance; finals through ``asr`` unchanged), counting each utterance's frames. ``frames``: per finished utterance, ``(Conformer frames encoded by
+    its partials, frames of its final)``."""
 
-    def __init__(self, asr: Any, lookahead: int = 0, hide: int = 0) -> None:
-        self.asr, self.lookahead, self.hide = asr, lookahead, hide
-        self.cache: dict[tuple[str, int], _Utterance] = {}
+    def __init__(self, asr: Any, hide: int = 0) -> None:
+        self.asr = asr
+        self.caches = PartialCaches(asr, hide=hide)
         self.frames: list[tuple[int, int]] = []
-        self.restarts = 0
+
+    @property
+    def restarts(self) -> int:
+        return self.caches.restarts
 
     def run_batch(self, requests: Sequence[AsrRequest]) -> list[AsrResult]:
         finals = [r for r in requests if r.kind == AsrKind.FINAL]
         done = {r.seq: res for r, res in zip(finals, self.asr.run_batch(finals))} if finals else {}
         for r in finals:
-            utt = self.cache.pop((r.session_id, r.utterance_id), None)
-            if utt is not None:
-                self.frames.append((utt.encoder.frames_encoded, self.asr.spec.frontend.frames(len(r.audio))
+            encoder = self.caches.finished(r)
+            if encoder is not None:
+                self.frames.append((encoder.frames_encoded, self.asr.spec.frontend.frames(len(r.audio))
                                     // self.asr.spec.encoder.subsampling_factor))
         for r in requests:
             if r.kind == AsrKind.PARTIAL:
-                done[r.seq] = self._partial(r)
+                assert r.cache_lookahead is not None, "a cached variant's partials carry cache_lookahead"
+                done[r.seq] = self.caches.decode(r, r.cache_lookahead)
         return [done[r.seq] for r in requests]
-
-    def _partial(self, r: AsrRequest) -> AsrResult:
-        key = (r.session_id, r.utterance_id)
-        utt = self.cache.get(key)
-        if utt is None or utt.end != r.start:
-            self.restarts += utt is not None
-            utt = self.cache[key] = _Utterance(ChunkedEncoder(self.asr.model, self.lookahead), r.start, r.start,
-                                               np.zeros(0, dtype=np.int64))
-        committed_before = utt.encoder.frames_out
-        frames = utt.encoder.push(np.asarray(r.audio, dtype=np.float32))
-        utt.end = r.start + len(r.audio)
-        labels = np.zeros(0, dtype=np.int64)
-        if len(frames):
-            with torch.inference_mode():
-                labels = self.asr.model.head(encoder_output=frames.T[None]).argmax(-1)[0].numpy()
-        new = utt.encoder.frames_out - committed_before
-        utt.labels = np.concatenate([utt.labels, labels[:new]])
-        row = np.concatenate([utt.labels, labels[new:]])
-        row = row[: max(len(row) - self.hide, 0)]  # the newest frames' labels not shown yet (no compute saved)
-        tokens = _ctc_tokens(row, self.asr.blank_id)
-        text, words = self.asr.words.build(tokens, utt.end - utt.start)
-        shift = utt.start - r.start  # the words are the utterance's; the request's audio starts later
-        return AsrResult(session_id=r.session_id, seq=r.seq, text=text,
-                         words=tuple(Word(w.text, w.start + shift, w.end + shift) for w in words))
-
-
-def _ctc_tokens(row: np.ndarray, blank: int) -> list[tuple[int, int, int]]:
-    """(token, first frame, last frame) for each run of one non-blank label."""
-    if len(row) == 0:
-        return []
-    starts = np.flatnonzero(np.diff(row, prepend=-1))
-    ends = np.append(starts[1:], len(row)) - 1
-    return [(int(row[s]), int(s), int(e)) for s, e in zip(starts, ends) if row[s] != blank]
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -180,19 +131,20 @@ def wall_times(asr: Any, seconds: float, cadences: Sequence[int], repeats: int) 
     return {name: {"median_s": round(t, 4), "over_final": round(t / med["final"], 3)} for name, t in med.items()}
 
 
-Plan = dict[str, tuple[Optional[type], PartialOptions, Optional[tuple[int, int]]]]
+Plan = dict[str, tuple[PartialOptions, Optional[int]]]
 
 
 def variants(args: argparse.Namespace) -> Plan:
-    """name → (policy class, options, ``(lookahead, hide)`` of a cached variant or ``None``)."""
-    out: Plan = {"defaults": (None, PartialOptions(), None)}
+    """name → (options, ``hide`` of a cached variant or ``None``)."""
+    out: Plan = {"defaults": (PartialOptions(), None)}
     for spec in args.compare or ["budget_ratio=1.0,cadence=16000", "budget_ratio=1.0,cadence=8000"]:
-        out[f"no context, {spec}"] = (None, variant_options(spec)[0], None)
+        out[f"no context, {spec}"] = (variant_options(spec)[0], None)
     for spec in args.cached or ["500", "1000", "500:2"]:
         cadence, lookahead, hide = (spec.split(":") + ["0", "0"])[:3]
-        options = PartialOptions(budget_ratio=1.0, cadence=int(cadence) * 16)
+        options = PartialOptions(budget_ratio=1.0, cadence=int(cadence) * 16, cached_context=True,
+                                 cached_lookahead=int(lookahead))
         name = f"cached, budget 1.0, cadence {cadence} ms, lookahead {lookahead}" + (f", hide {hide}" if int(hide) else "")
-        out[name] = (CachedPolicy, options, (int(lookahead), int(hide)))
+        out[name] = (options, int(hide))
     return out
 
 
@@ -216,15 +168,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     args.held_out = 0 if args.speech else args.held_out
     source, streams = speech_inputs(args)
     plan = variants(args)
-    backends = {name: (CachedAsr(asr, *c) if c is not None else asr) for name, (_, _, c) in plan.items()}
+    backends = {name: (CachedAsr(asr, hide) if hide is not None else asr) for name, (_, hide) in plan.items()}
     timers = {name: TimedAsr(backends[name].run_batch) for name in plan}
     rows: dict[str, list[dict]] = {name: [] for name in plan}
     runs: dict[str, list[SessionRun]] = {name: [] for name in plan}
     spoken = []
     for file, audio, clips in streams:
-        for name, (cls, options, _) in plan.items():
-            with policy_class(cls):
-                utts, record = speech_utterances(audio, options, vad, asr, timers[name])
+        for name, (options, _) in plan.items():
+            utts, record = speech_utterances(audio, options, vad, asr, timers[name])
             rows[name] += [dict(u, file=file) for u in utts]
             runs[name].append(record)
         spoken.append((runs["defaults"][-1].finals, clips))

@@ -194,7 +194,7 @@ class Channel:
         elif entry.kind == "partial" and self.open is entry.utterance and self.policy.in_flight == entry.window:
             assert entry.utterance is not None and entry.window is not None
             text = self.policy.on_result(absolute_words(result.words, entry.start, entry.window[0], entry.window[1]),
-                                         result.text)
+                                         result.text, whole=result.whole_utterance)
             self.out.events += self.transcript.partial(entry.utterance, entry.window[1], text)
         else:  # a partial for a closed or superseded decode
             return False
@@ -310,5 +310,6 @@ class Channel:
         self.policy.start(window)
         a, b = window
         request = AsrRequest(self.out.session_id, self.out.next_seq(), self.index, a, self.buffer.read(a, b),
-                             self.open.key, AsrKind.PARTIAL)
+                             self.open.key, AsrKind.PARTIAL,
+                             cache_lookahead=options.cached_lookahead if options.cached_context else None)
         self.out.issue([request], "partial", self.index, utterance=self.open, window=window)

@@ -23,6 +23,12 @@ Words that two consecutive decodes agree on (same text, start and end within ``a
 before the window's last ``fresh_tail`` samples join the *committed prefix*. When a window starts after the
 re-encode point (``max_window`` or the budget), the previous decode's words in front of its reach are committed as
 they are. The partial text is the committed words followed by the latest decode's uncommitted words.
+
+Cached context (``PartialOptions.cached_context``): each window starts where the last one of this policy ended
+(``left_context`` and ``max_window`` do not apply), the ASR encodes it against the utterance's cached encoder state
+and answers with the whole utterance so far (``whole``), which replaces the text. A result that is not whole (an
+engine without the cache) is taken as an ordinary context-free decode. An adopted speculation is whole too, but
+does not move where the next cached window starts (the cache never saw it).
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ class PartialPolicy:
         self._previous: list[WordTiming] = []  # the last decode's uncommitted words
         self._latest_text = ""  # the last decode's uncommitted text when it had no word timings
         self._context_free = False  # the decode in flight starts where the last one ended
+        self._cached_end = utterance_start  # cached context: end of the last window this policy sent
 
     # ------------------------------------------------------------------------------------------------ scheduling
     def budget(self, now: int) -> int:
@@ -80,9 +87,12 @@ class PartialPolicy:
         else (waiting cannot help) the latest window the budget pays for, if that still reaches the audio decoded
         last (or ``max_window``).
         """
+        budget = self.budget(now)
+        if self.options.cached_context:
+            a = self._cached_end
+            return (a, now) if 0 < now - a <= budget else None
         earliest = now - self.options.max_window
         a = max(self._natural_start(), earliest)
-        budget = self.budget(now)
         if now - a <= budget:
             return a, now
         if self.options.budget_ratio > 1:
@@ -101,6 +111,8 @@ class PartialPolicy:
     def start(self, window: tuple[int, int]) -> None:
         """A decode of ``window`` was sent: count it and commit what will fall out of the window's reach."""
         a, b = window
+        if self.options.cached_context and a == self._cached_end:
+            self._cached_end = b
         if a > self._natural_start():  # the window starts late (max_window or budget): commit what it cannot reach
             reach = min(a + self.options.left_context, self._decoded_end)
             keep = [w for w in self._previous if (w.start + w.end) / 2 >= reach]
@@ -121,8 +133,10 @@ class PartialPolicy:
         if self.in_flight is not None or b <= self._decoded_end:
             self.encoded += b - a
             return None
+        cached_end = self._cached_end
         self.start(window)
-        return self.on_result(words, text)
+        self._cached_end = cached_end  # the encoder cache never saw this decode
+        return self.on_result(words, text, whole=self.options.cached_context)
 
     @property
     def last_end(self) -> int:
@@ -138,14 +152,20 @@ class PartialPolicy:
         self.in_flight = None
 
     # ------------------------------------------------------------------------------------------------ results
-    def on_result(self, words: Sequence[WordTiming], text: str = "") -> str:
+    def on_result(self, words: Sequence[WordTiming], text: str = "", whole: bool = False) -> str:
         """Take the in-flight decode's words (absolute times); return the partial text.
 
-        ``text`` is used only when the decoder gave no word timings (then nothing can be committed).
+        ``text`` is used only when the decoder gave no word timings (then nothing can be committed). ``whole``: the
+        words are the whole utterance so far (a cached decode): they replace the text.
         """
         window = self.in_flight
         self.in_flight = None
         if window is None:
+            return self.text
+        if whole:
+            self.committed, self._previous = [], list(words)
+            self.committed_end = self.utterance_start
+            self._latest_text = "" if words else text.strip()
             return self.text
         if not words and text.strip():
             self._previous = []

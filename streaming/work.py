@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -79,7 +79,11 @@ class AsrKind(IntEnum):
 
 @dataclass(frozen=True, eq=False)
 class AsrRequest:
-    """Decode ``audio`` (``start`` is its absolute position) once; a final covers a whole utterance."""
+    """Decode ``audio`` (``start`` is its absolute position) once; a final covers a whole utterance.
+
+    ``cache_lookahead`` (a partial of ``PartialOptions.cached_context``): not ``None`` = continue the encoder cache
+    of utterance ``(session_id, channel, utterance_id)`` with this audio (that many provisional frames); the result
+    is then the whole utterance so far (words before ``start`` have negative offsets)."""
 
     session_id: str
     seq: int
@@ -89,6 +93,7 @@ class AsrRequest:
     utterance_id: int
     kind: AsrKind
     priority: Priority = Priority.PARTIAL
+    cache_lookahead: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.kind == AsrKind.FINAL and self.priority != Priority.FINAL:
@@ -143,6 +148,7 @@ class AsrResult:
     seq: int
     text: str
     words: tuple[Word, ...] = field(default_factory=tuple)
+    whole_utterance: bool = False  # a cached partial: ``words`` are the whole utterance so far (AsrRequest.cache_lookahead)
 
 
 Result = Union[VadResult, SegmentationResult, EmbeddingResult, AsrResult]

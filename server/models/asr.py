@@ -23,6 +23,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
+from gigaam.encoder import ConformerEncoder
+from server.models.asr_cache import PartialCaches
 from server.models.asr_words import WordBuilder, normalize_text
 from server.models.gigaam_compat import (
     DEFAULT_CACHE_DIR,
@@ -39,7 +41,7 @@ from server.models.gigaam_models import DEFAULT_MODEL, RANDOM_PREFIX, names
 from server.models.gigaam_net import GigaAmNet
 from server.models.gigaam_spec import AsrSpec
 from streaming.config import SAMPLE_RATE
-from streaming.work import AsrRequest, AsrResult, Word
+from streaming.work import AsrKind, AsrRequest, AsrResult, Word
 
 __all__ = ["AsrOptions", "GigaAmAsr", "ModelUnavailable", "MAX_AUDIO_SAMPLES"]
 
@@ -142,24 +144,45 @@ class GigaAmAsr:
         self.tokenizer = net.decoding.tokenizer
         self.blank_id = self.spec.blank_id
         self.words = WordBuilder(self.tokenizer, self.spec.samples_per_frame, self.spec.frame_offset)
+        self._partial_caches: Optional[PartialCaches] = None
 
     # -- BatchModel ---------------------------------------------------------------------------------------------
 
     def run_batch(self, requests: Sequence[AsrRequest]) -> list[AsrResult]:
-        """One :class:`AsrResult` per request, in order. ``ValueError`` for audio that is not 1-D or over 25 s."""
+        """One :class:`AsrResult` per request, in order. ``ValueError`` for audio that is not 1-D or over 25 s.
+
+        A partial with ``cache_lookahead`` continues its utterance's encoder cache (:attr:`partial_caches`) and
+        answers with the whole utterance so far; without a cache (ONNX engine, RNNT) it is decoded alone. A final
+        drops its utterance's cache."""
         audios = [self._check_audio(r) for r in requests]
+        caches = self.partial_caches
+        cached: dict[int, AsrResult] = {}
+        if caches is not None:
+            for i, r in enumerate(requests):
+                if r.kind == AsrKind.FINAL:
+                    caches.finished(r)
+                elif r.cache_lookahead is not None:
+                    cached[i] = caches.decode(r, r.cache_lookahead)
         decoded: list[tuple[str, tuple[Word, ...]]] = [("", ())] * len(requests)
         shortest = self.spec.frontend.min_samples
-        order = sorted((i for i, a in enumerate(audios) if len(a) >= shortest), key=lambda i: -len(audios[i]))
+        order = sorted((i for i, a in enumerate(audios) if len(a) >= shortest and i not in cached),
+                       key=lambda i: -len(audios[i]))
         with torch.inference_mode():
             for chunk_start in range(0, len(order), self.max_batch):
                 chunk = order[chunk_start : chunk_start + self.max_batch]
                 for i, result in zip(chunk, self._decode([audios[i] for i in chunk])):
                     decoded[i] = result
         return [
-            AsrResult(session_id=r.session_id, seq=r.seq, text=text, words=words)
-            for r, (text, words) in zip(requests, decoded)
+            cached[i] if i in cached else AsrResult(session_id=r.session_id, seq=r.seq, text=text, words=words)
+            for i, (r, (text, words)) in enumerate(zip(requests, decoded))
         ]
+
+    @property
+    def partial_caches(self) -> Optional[PartialCaches]:
+        """The cached partials' store (``PartialOptions.cached_context``): CTC with the torch encoder only."""
+        if self._partial_caches is None and self.head_kind == "ctc" and isinstance(self.model.encoder, ConformerEncoder):
+            self._partial_caches = PartialCaches(self)
+        return self._partial_caches
 
     def warmup(self) -> None:
         """A ragged batch of two low-noise clips, so lazy CUDA/cuFFT initialisation happens now."""

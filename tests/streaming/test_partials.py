@@ -20,6 +20,7 @@ from tests.fakes import FakeAsr, FakeVad, pcm16, tone_bursts
 
 SPARE = PartialOptions(budget_ratio=1.5)  # spare budget: left context, agreement and re-decoding of cut words
 TIGHT = PartialOptions(budget_ratio=1.0)  # at most one final pass: each partial encodes only new audio
+CACHED = PartialOptions(budget_ratio=1.0, cadence=ms(1000), cached_context=True)  # new audio, cached left context
 
 WORD, STEP = ms(300), ms(400)  # a synthetic talker: a 300 ms word every 400 ms
 
@@ -253,7 +254,7 @@ def test_finals_do_not_depend_on_the_partial_policy() -> None:
     """The same final requests (samples and offsets) with partials off, at budget 1.0 and at budget 1.5."""
     audio = pcm16(tone_bursts([(300 + 40 * k, 0.3) for k in range(30)], gaps=0.15, lead=0.5, tail=1.0).audio)
     finals = []
-    for partials in (PartialOptions(enabled=False), TIGHT, SPARE):
+    for partials in (PartialOptions(enabled=False), TIGHT, SPARE, CACHED):
         asr = FakeAsr(record=True)
         config = SessionConfig(diarization=False, partials=partials)
         drive_session(Session("s", config), run_requests_by_kind({VadRequest: FakeVad(), AsrRequest: asr}), audio)
@@ -262,7 +263,7 @@ def test_finals_do_not_depend_on_the_partial_policy() -> None:
         finals.append(final)
         if partials.enabled:
             assert asr.samples[AsrKind.PARTIAL] <= partials.budget_ratio * sum(len(a) // 4 for _, a in final)
-    assert finals[0] == finals[1] == finals[2] and len(finals[0]) >= 1
+    assert finals[0] == finals[1] == finals[2] == finals[3] and len(finals[0]) >= 1
 
 
 
@@ -301,7 +302,52 @@ def test_reset_starts_a_new_utterance() -> None:
 
 @pytest.mark.parametrize("kwargs", [dict(cadence=ms(50)), dict(max_window=ms(800)), dict(first_partial=ms(50)),
                                     dict(cadence_growth=1.0), dict(budget_ratio=0),
-                                    dict(fresh_tail=ms(5_000)), dict(max_lag=10), dict(max_pending_requests=0)])
+                                    dict(fresh_tail=ms(5_000)), dict(max_lag=10), dict(max_pending_requests=0),
+                                    dict(cached_lookahead=1), dict(cached_context=True, cached_lookahead=26)])
 def test_bad_options_name_the_field(kwargs: dict) -> None:
     with pytest.raises(ValueError, match="PartialOptions"):
         PartialOptions(**kwargs)
+
+
+def test_cached_context_windows_continue_the_last_one_and_whole_results_replace_the_text() -> None:
+    policy = PartialPolicy(PartialOptions(cached_context=True, max_window=ms(2_000)), 0)
+    words = truth()
+    windows = []
+    for now in range(ms(100), ms(8_000) + 1, ms(100)):
+        window = policy.due(now)
+        if window is not None:
+            policy.start(window)
+            windows.append(window)
+            so_far = decoder(words)((0, window[1]))  # the cache's answer: the whole utterance so far
+            assert policy.on_result(so_far, whole=True) == " ".join(w.word for w in so_far)
+    assert windows[0] == (0, ms(300)) and all(a == b0 for (_, b0), (a, _) in zip(windows, windows[1:]))
+    assert policy.encoded == windows[-1][1]  # every sample once, no left context re-encoded, max_window ignored
+    assert policy.committed == []
+
+
+def test_cached_context_takes_a_result_that_is_not_whole_as_a_context_free_decode() -> None:
+    """An engine without the cache answers with the window's words: the text still grows as at budget 1.0."""
+    cached, tight = PartialPolicy(CACHED, 0), PartialPolicy(PartialOptions(budget_ratio=1.0, cadence=ms(1000)), 0)
+    assert run_utterance(cached, decoder(truth()), ms(6_000)) == run_utterance(tight, decoder(truth()), ms(6_000))
+    assert cached.text == tight.text and len(cached.text.split()) >= 10
+
+
+def test_an_adopted_speculation_does_not_move_the_next_cached_window() -> None:
+    policy = PartialPolicy(PartialOptions(cached_context=True, budget_ratio=3.0), 0)
+    policy.start(policy.due(ms(300)))
+    policy.on_result(decoder(truth())((0, ms(300))), whole=True)
+    text = policy.adopt((0, ms(900)), decoder(truth())((0, ms(900))))
+    assert text == "w0 w1 w2"  # the speculation is the whole utterance so far
+    assert policy.due(ms(1_500)) == (ms(300), ms(1_500))  # the cache ends where the last cached window did
+
+
+def test_cached_partial_requests_carry_the_lookahead_and_finals_stay_ordinary() -> None:
+    audio = pcm16(tone_bursts([(300 + 40 * k, 0.3) for k in range(12)], gaps=0.15, lead=0.5, tail=1.0).audio)
+    asr = FakeAsr(record=True)
+    config = SessionConfig(diarization=False, partials=PartialOptions(budget_ratio=1.0, cached_context=True,
+                                                                       cached_lookahead=2))
+    drive_session(Session("s", config), run_requests_by_kind({VadRequest: FakeVad(), AsrRequest: asr}), audio)
+    partials = [r for r in asr.requests if r.kind == AsrKind.PARTIAL]
+    assert len(partials) >= 3 and {r.cache_lookahead for r in partials} == {2}
+    assert all(b.start == a.start + len(a.audio) for a, b in zip(partials, partials[1:]))
+    assert {r.cache_lookahead for r in asr.requests if r.kind == AsrKind.FINAL} == {None}

@@ -1,8 +1,9 @@
-"""GigaAM's encoder run chunk by chunk over one utterance, each chunk's new frames attending to cached context.
+"""Partials with left context at no re-encoding: GigaAM's encoder run chunk by chunk over one utterance.
 
-An experiment for cheaper partials (issue #14 point 3, ``benchmarks/partial_cache.py``): a partial decode that
-encodes only the audio no partial has encoded yet, yet with left context. GigaAM is a full-context Conformer; here
-each chunk's new frames pass every layer with
+For ``PartialOptions.cached_context`` (issue #14 point 3; measured in ``benchmarks/partial_cache.py``): a partial
+decode encodes only the audio no partial of its utterance has encoded yet, yet with left context.
+:class:`ChunkedEncoder` holds one utterance's state; GigaAM is a full-context Conformer, and here each chunk's new
+frames pass every layer with
 
 - attention over the cached keys and values of all earlier frames of the utterance (rotary or relative positions at
   the frames' absolute offsets),
@@ -15,19 +16,30 @@ Nothing else is computed twice. An earlier frame is not revised by later audio (
 full forward every frame sees the whole utterance). ``lookahead`` frames at a chunk's end are provisional: they are
 decoded, but not cached, and pass the layers again with the next chunk (the cost of a little right context).
 ``push(audio, final=True)`` flushes the rest as the full forward would (zero padding at the end), so one final chunk
-equals :func:`server.models.gigaam_compat.encode_batch` of the utterance. Batch size 1, float32, no masks.
+equals :func:`server.models.gigaam_compat.encode_batch` of the utterance. Batch size 1, no masks.
+
+:class:`PartialCaches` is the adapter's store: one encoder per ``(session, channel)`` (the open utterance's; a
+partial of another utterance replaces it), dropped at a final request of its utterance (a speculative one
+included: a later partial then starts a new cache) and, least recently used first, beyond ``max_caches``. A cached
+partial's result is the greedy CTC decode of every frame of the utterance so far: its words start before the
+request's audio (negative offsets). Memory: every earlier frame's keys and values per layer (full-size GigaAM
+~2.5 MB per second of utterance in float32).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional
+import threading
+from collections import OrderedDict
+from typing import Any, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from gigaam.utils import apply_rotary_pos_emb
 from torch import Tensor, nn
+
+from streaming.work import AsrKind, AsrRequest, AsrResult, Word
 
 from server.models.gigaam_net import LogMelFeatures
 
@@ -75,6 +87,7 @@ class _Features:
 
     def __init__(self, preprocessor: LogMelFeatures) -> None:
         self.pre = preprocessor
+        self.device = next(iter(preprocessor.buffers()), torch.zeros(0)).device
         f = preprocessor.frontend
         self.hop, self.center = f.hop_length, f.center
         self.half = f.n_fft // 2 if f.center else 0
@@ -93,11 +106,11 @@ class _Features:
         else:  # frame m covers [m * hop - half, m * hop - half + window)
             stop = max((self.total + self.half - self.window) // self.hop + 1, 0)
         if stop <= self.emitted:
-            return torch.zeros((1, 0, self.pre.frontend.features))
+            return torch.zeros((1, 0, self.pre.frontend.features), device=self.device)
         first = max(self.emitted - self.lead, 0)  # slice from frame ``first``'s hop: its centre padding is discarded
         begin = first * self.hop
-        wav = torch.from_numpy(self.audio[begin - self.audio_start:])[None, :]
-        mel = self.pre(wav, torch.tensor([wav.shape[1]]))[0]  # (1, F, frames of the slice)
+        wav = torch.from_numpy(self.audio[begin - self.audio_start:])[None, :].to(self.device)
+        mel = self.pre(wav, torch.tensor([wav.shape[1]], device=self.device))[0]  # (1, F, frames of the slice)
         frames = mel[0].transpose(0, 1)[self.emitted - first: stop - first]
         if not final and frames.shape[0] < stop - self.emitted:
             raise AssertionError("log-mel slice shorter than the complete frames")
@@ -135,6 +148,11 @@ class ChunkedEncoder:
     def push(self, audio: np.ndarray, final: bool = False) -> Tensor:
         """Encoder frames ``(T, D)`` from the first not yet committed one on: committed ones, then (unless
         ``final``) up to ``lookahead`` provisional ones that the next push computes again."""
+        device = self.features.device.type
+        with torch.autocast(device_type=device, dtype=torch.float16, enabled=device == "cuda"):
+            return self._push(audio, final)
+
+    def _push(self, audio: np.ndarray, final: bool) -> Tensor:
         x = self.subsample(audio, final)
         if self.held is not None:
             x = torch.cat([self.held, x], dim=1)
@@ -204,7 +222,7 @@ class ChunkedEncoder:
         v = (qt + attn.pos_bias_v).transpose(1, 2)
         ac = torch.matmul(u, keys.transpose(-2, -1))
         raw = torch.matmul(v, p.transpose(-2, -1))  # (1, h, n, R): column r is position top - r
-        index = (top - t0) - torch.arange(n)[:, None] + torch.arange(total)[None, :]  # r = top - (t0 + i - j)
+        index = (top - t0) - torch.arange(n, device=q.device)[:, None] + torch.arange(total, device=q.device)[None, :]  # r = top - (t0 + i - j)
         bd = raw.gather(3, index[None, None].expand(raw.shape[0], raw.shape[1], n, total))
         return (ac + bd) / math.sqrt(attn.d_k)
 
@@ -219,3 +237,78 @@ class ChunkedEncoder:
         y = F.conv1d(ext, dw.weight, dw.bias, groups=dw.groups)
         y = conv.pointwise_conv2(conv.activation(conv.batch_norm(y)))
         return y.transpose(1, 2)
+
+
+def ctc_tokens(row: np.ndarray, blank: int) -> list[tuple[int, int, int]]:
+    """(token, first frame, last frame) for each run of one non-blank label of greedy CTC ``row``."""
+    if len(row) == 0:
+        return []
+    starts = np.flatnonzero(np.diff(row, prepend=-1))
+    ends = np.append(starts[1:], len(row)) - 1
+    return [(int(row[s]), int(s), int(e)) for s, e in zip(starts, ends) if row[s] != blank]
+
+
+class _Utterance:
+    def __init__(self, net: nn.Module, utterance_id: int, start: int, lookahead: int) -> None:
+        self.encoder = ChunkedEncoder(net, lookahead)
+        self.utterance_id = utterance_id
+        self.start = start  # absolute sample of the first cached sample
+        self.end = start  # absolute end of the audio pushed so far
+        self.labels = np.zeros(0, dtype=np.int64)  # greedy CTC labels of the committed frames
+
+
+class PartialCaches:
+    """Cached partial decodes of a CTC :class:`~server.models.asr.GigaAmAsr` (torch engine), one encoder per
+    ``(session, channel)``. Thread-safe (the finals' and the partials' lanes share the adapter).
+
+    ``restarts``: partials that did not continue their utterance's cached audio and started a new cache (no left
+    context); ``hide``: the newest frames' labels left out of the text (a measurement knob; 0 in the server).
+    """
+
+    def __init__(self, asr: Any, max_caches: int = 256, hide: int = 0) -> None:
+        self.asr, self.max_caches, self.hide = asr, max_caches, hide
+        self._caches: OrderedDict[tuple[str, int], _Utterance] = OrderedDict()
+        self._lock = threading.Lock()
+        self.restarts = 0
+
+    def __len__(self) -> int:
+        return len(self._caches)
+
+    def finished(self, request: AsrRequest) -> Optional[ChunkedEncoder]:
+        """A final request of an utterance: its cache is dropped (returned, for its counters)."""
+        key = (request.session_id, request.channel)
+        with self._lock:
+            utt = self._caches.get(key)
+            if utt is None or utt.utterance_id != request.utterance_id:
+                return None
+            del self._caches[key]
+        return utt.encoder
+
+    def decode(self, request: AsrRequest, lookahead: int = 0) -> AsrResult:
+        """The utterance so far, its new audio (``request.audio``) encoded against the cache."""
+        assert request.kind == AsrKind.PARTIAL
+        key = (request.session_id, request.channel)
+        with self._lock:
+            utt = self._caches.pop(key, None)
+            if utt is None or utt.utterance_id != request.utterance_id or utt.end != request.start:
+                self.restarts += utt is not None and utt.utterance_id == request.utterance_id
+                utt = _Utterance(self.asr.model, request.utterance_id, request.start, lookahead)
+            self._caches[key] = utt  # most recently used last
+            while len(self._caches) > self.max_caches:
+                self._caches.popitem(last=False)
+        committed = utt.encoder.frames_out
+        frames = utt.encoder.push(np.asarray(request.audio, dtype=np.float32))
+        utt.end = request.start + len(request.audio)
+        labels = np.zeros(0, dtype=np.int64)
+        if len(frames):
+            with torch.inference_mode():
+                labels = self.asr.model.head(encoder_output=frames.T[None]).argmax(-1)[0].cpu().numpy()
+        new = utt.encoder.frames_out - committed
+        utt.labels = np.concatenate([utt.labels, labels[:new]])
+        row = np.concatenate([utt.labels, labels[new:]])
+        row = row[: max(len(row) - self.hide, 0)]
+        text, words = self.asr.words.build(ctc_tokens(row, self.asr.blank_id), utt.end - utt.start)
+        shift = utt.start - request.start  # the words are the utterance's; the request's audio starts later
+        return AsrResult(session_id=request.session_id, seq=request.seq, text=text,
+                         words=tuple(Word(w.text, w.start + shift, w.end + shift) for w in words),
+                         whole_utterance=True)
