@@ -39,9 +39,8 @@ import torch.nn.functional as F
 from gigaam.utils import apply_rotary_pos_emb
 from torch import Tensor, nn
 
-from streaming.work import AsrKind, AsrRequest, AsrResult, Word
-
 from server.models.gigaam_net import LogMelFeatures
+from streaming.work import AsrKind, AsrRequest, AsrResult, Word
 
 
 class _Strided:
