@@ -94,7 +94,7 @@ class Connection:
         self._vad_done: dict[int, deque[tuple[int, float]]] = {}  # channel → (samples the VAD is past, time)
         self._vad_ends: dict[int, tuple[int, int]] = {}  # VAD request seq → (channel, its end sample)
         self._finals: dict[tuple[int, int, int], TimedFuture] = {}  # (channel, start, end) → final request's future
-        self._cancellable: dict[int, TimedFuture] = {}  # seq → future of a final request (one may be withdrawn)
+        self._cancellable: dict[int, TimedFuture] = {}  # seq → future of an ASR request (it may be withdrawn)
         self._flush_timer: Optional[asyncio.TimerHandle] = None
         self._pace = ClientPace()
         self._gate = ReadGate()  # closed while an unpaced client's pending audio is at its bound
@@ -190,7 +190,7 @@ class Connection:
             self.ctx.metrics.sessions_active.inc()
         for request in protocol.work_to_run():
             self._submit(request)
-        for seq in protocol.withdrawn_work():  # a withdrawn speculative final: out of the finals' queue (or model)
+        for seq in protocol.withdrawn_work():  # a missed speculation or a closed utterance's partial: out of the queue
             future = self._cancellable.pop(seq, None)
             if future is not None:
                 future.cancel()
@@ -224,12 +224,13 @@ class Connection:
         future = self.ctx.pool.submit(request)
         if isinstance(request, VadRequest):
             self._vad_ends[request.seq] = (request.channel, request.start + len(request.audio))
-        elif isinstance(request, AsrRequest) and request.kind == AsrKind.FINAL:
-            self._finals[(request.channel, request.start, request.start + len(request.audio))] = future
-            self._cancellable[request.seq] = future
+        elif isinstance(request, AsrRequest):
+            self._cancellable[request.seq] = future  # (or the model call, when all of its batch is withdrawn)
             future.add_done_callback(lambda _, seq=request.seq: self._cancellable.pop(seq, None))
-            while len(self._finals) > FINALS_TRACKED:
-                del self._finals[next(iter(self._finals))]
+            if request.kind == AsrKind.FINAL:
+                self._finals[(request.channel, request.start, request.start + len(request.audio))] = future
+                while len(self._finals) > FINALS_TRACKED:
+                    del self._finals[next(iter(self._finals))]
         self._inflight.add(future)
         future.add_done_callback(self._on_result)
 

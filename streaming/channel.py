@@ -11,7 +11,8 @@ the request in flight (or its result) is the final: the same samples at the same
 If speech resumes before its result is back, the request is withdrawn (:meth:`Outbox.withdraw`: the caller may
 cancel it, so a doomed decode does not hold the finals' lane; partials resume on their cadence, counted from the
 pause); a result already back is used as a partial (``PartialPolicy.adopt``, charged to the partial budget). No
-other partial is sent while it is in flight.
+other partial is sent while it is in flight. A partial decode still in flight when its utterance closes is withdrawn
+the same way: its text could no longer be shown.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class SessionStats:
     finals_speculated: int = 0  # finals answered by a speculative request
     speculations_missed: int = 0  # speculative requests whose pause ended in more speech (or another end)
     speculations_withdrawn: int = 0  # missed ones withdrawn while in flight (Outbox.withdraw)
+    partials_withdrawn: int = 0  # partial decodes still in flight when their utterance closed (Outbox.withdraw)
 
 
 @dataclass(frozen=True)
@@ -91,10 +93,18 @@ class Outbox:
 
     def withdraw(self, seq: int) -> None:
         """Request ``seq`` is no longer wanted: forget it (a result that still comes is dropped and counted) and tell
-        the caller, who may cancel it."""
-        if self.in_flight.pop(seq, None) is not None:
-            self.withdrawn.append(seq)
-            self.stats.speculations_withdrawn += 1
+        the caller, who may cancel it; one not handed over yet is simply taken back."""
+        entry = self.in_flight.pop(seq, None)
+        if entry is not None:
+            unsent = [r for r in self.work if r.seq != seq]
+            if len(unsent) < len(self.work):
+                self.work = unsent  # not handed over yet: nothing to cancel
+            else:
+                self.withdrawn.append(seq)
+            if entry.kind == "partial":
+                self.stats.partials_withdrawn += 1
+            else:
+                self.stats.speculations_withdrawn += 1
 
     def take_withdrawn(self) -> list[int]:
         withdrawn, self.withdrawn = self.withdrawn, []
@@ -161,6 +171,8 @@ class Channel:
         spec, self.speculation = self.speculation, None
         self.transcript.close(utt, event.end)
         self.policy.cancel()
+        for seq in [s for s, e in self.out.in_flight.items() if e.kind == "partial" and e.utterance is utt]:
+            self.out.withdraw(seq)  # its text would be dropped; the session does not wait for it to end
         start, audio = self.buffer.read_retained(event.start, event.end)
         if start > utt.start:
             self._truncated(utt, start)

@@ -146,7 +146,7 @@ def test_interim_results_off_means_no_partial_work() -> None:
     assert len(events_of(events, wire.Final)) == 1
 
 
-def test_one_partial_in_flight_and_late_partials_are_dropped() -> None:
+def test_one_partial_in_flight_and_one_still_out_at_the_final_is_withdrawn() -> None:
     b = long_utterance(10)
     h = SessionHarness(plain_config())
     h.hold = lambda r: isinstance(r, AsrRequest) and r.kind == AsrKind.PARTIAL
@@ -154,7 +154,9 @@ def test_one_partial_in_flight_and_late_partials_are_dropped() -> None:
     partial_requests = [r for r in h.sent if isinstance(r, AsrRequest) and r.kind == AsrKind.PARTIAL]
     assert len(partial_requests) == 1  # the first never came back, so no second one was sent
     assert len(events_of(h.events, wire.Final)) == 1  # the utterance closed while it was in flight
-    h.release()
+    assert h.session.withdrawn_work() == [partial_requests[0].seq]  # the caller may cancel it
+    assert h.session.stats.partials_withdrawn == 1 and h.session.stats.speculations_withdrawn == 0
+    h.release()  # a result that comes anyway is dropped and counted
     assert h.session.stats.results_dropped == 1 and events_of(h.events, wire.Partial) == []
 
 

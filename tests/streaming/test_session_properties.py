@@ -83,15 +83,22 @@ def test_random_streams_keep_every_invariant(encoding: str, rate: int, channels:
     events: list[wire.ServerEvent] = []
     pending: list = []
 
+    def drop_withdrawn() -> None:
+        nonlocal pending
+        withdrawn = set(session.withdrawn_work())  # the server cancels these: no result is owed
+        pending = [r for r in pending if r.seq not in withdrawn]
+
     def deliver(fraction: float) -> None:
         nonlocal pending
         pending += session.work_to_run()
+        drop_withdrawn()
         rng.shuffle(pending)
         later = [rng.random() < fraction for _ in pending]
         now = [r for r, wait in zip(pending, later) if not wait]
         pending = [r for r, wait in zip(pending, later) if wait]
         for result in run(now):
             session.receive_result(result)
+        drop_withdrawn()
         events.extend(session.events_to_send())
 
     offset, k, stop_byte = 0, 0, int(len(data) * stop_at)
