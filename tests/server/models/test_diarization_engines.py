@@ -18,17 +18,15 @@ from server.models.segmentation import SegmentationModel
 from streaming.work import EmbeddingRequest, SegmentationRequest
 from tests.server.models.test_pyannet import pyannote_sample, real_checkpoint
 
-# Measured on pyannote's sample.wav in these batches (float32 rounding of the same graph, ORT's kernels vs torch's):
-# segmentation probabilities max |onnx - torch| 1.9e-5 (PyanNet) / 8.3e-6 (segmentation-3.0) on full windows of speech,
-# up to 5.3e-4 on segmentation-3.0's half window in this batch (6.7e-6 alone in a script): the 251-tap sinc
-# convolution's accumulation order moves SincNet's features by 1.5e-5 relative, and two bidirectional LSTM layers over
-# the window amplify it; embeddings 6e-7
-# (resemblyzer, unit vectors) and 4.5e-6 (CAM++, entries of magnitude ~1-2, relative 2e-6). The bounds leave room for
-# other CPUs' kernels.
-SCORE_TOLERANCE = 1e-3
-SILENCE_TOLERANCE = 2e-3
-"""Digital silence: every instance norm then divides rounding noise by ~sqrt(eps) (segmentation-3.0's last frame of an
-all-zero window: 0.00928 vs 0.00909, 1.9e-4); no speech decision is near it."""
+# Measured on pyannote's sample.wav: embeddings max |onnx - torch| 6e-7 (resemblyzer, unit vectors) and 4.5e-6 (CAM++,
+# entries of magnitude ~1-2). Segmentation probabilities: mostly 1e-5 scale (mean |Δ| ~1e-6), but PyanNet is
+# ill-conditioned in float32 on some windows: there torch's own output moves by 2.5e-3 when the input is perturbed by
+# 1e-6 relative and lies 1.4e-2 from the float64 network; ORT's kernels (another accumulation order in the 251-tap sinc
+# convolution, amplified by the instance norms and two bidirectional LSTM layers) land 2e-3 from torch there, at most
+# 8.3e-3 over 320 windows in benchmarks/diarization_engines.py. So the bound on one score is float32's own, 1e-2; the
+# mean is held at 1e-5-scale, and speech decisions must agree away from 0.5.
+SCORE_TOLERANCE = 1e-2
+MEAN_TOLERANCE = 2e-5
 EMBEDDING_TOLERANCE = 2e-5
 SEGMENTATION_CHECKPOINTS = {SEGMENTATION_DEFAULT: "whisperx", SEGMENTATION_3: "segmentation-3.0"}
 
@@ -58,9 +56,8 @@ def test_segmentation_scores_equal_torch_on_real_audio(name: str, sample: np.nda
     expected, got = reference.run_batch(requests), ours.run_batch(requests)
     for e, g in zip(expected, got):
         assert e.scores.shape == g.scores.shape and g.scores.dtype == np.float32
-    for e, g in zip(expected[:-1], got[:-1]):
         np.testing.assert_allclose(g.scores, e.scores, atol=SCORE_TOLERANCE, rtol=0)
-    np.testing.assert_allclose(got[-1].scores, expected[-1].scores, atol=SILENCE_TOLERANCE, rtol=0)
+    assert np.mean([np.abs(e.scores - g.scores).mean() for e, g in zip(expected, got)]) < MEAN_TOLERANCE
     assert all((e.frame_step, e.frame_duration, e.frame_offset) == (g.frame_step, g.frame_duration, g.frame_offset)
                for e, g in zip(expected, got))
     for e, g in zip(expected, got):  # the same speech decisions wherever a score is not within the bound of 0.5
