@@ -43,7 +43,10 @@ class ServerConfig:
     vad_engine: ``auto`` (``onnx`` on the CPU, ``torch`` on CUDA), ``torch`` or ``onnx`` (Silero VAD on ONNX
         Runtime, :mod:`server.models.vad_onnx`: equal probabilities, a fraction of torch's per-call CPU cost).
     diarization_engine: the same choice for segmentation (PyanNet checkpoints) and embeddings (resemblyzer, CAM++)
-        (:mod:`server.models.diarization_onnx`); ``auto`` keeps models without an onnx engine on torch.
+        (:mod:`server.models.diarization_onnx`); ``auto`` keeps models without an onnx engine on torch. The CPU
+        default is ONNX Runtime: segmentation 1.2-1.6x and CAM++ 1.5-2.1x less CPU per call, resemblyzer 0.9-1.3x
+        (``benchmarks/diarization_engines.py``); at 4 streams diarization 0.085-0.090 -> 0.059-0.064 CPU-s per
+        stream-second; the same DER on pyannote's sample for all four model pairs (docs/benchmarks.md #14).
     asr_quantize: ``auto`` (``int8`` with the ONNX engine on the CPU, else ``none``), ``none`` or ``int8`` (CPU
         only: the ONNX graph's MatMuls, or torch's dynamic int8 Linear layers).
     max_sessions: concurrent streams; beyond it new connections get HTTP 503 with ``Retry-After``.
@@ -85,7 +88,7 @@ class ServerConfig:
     asr_quantize: Optional[str] = "auto"
     asr_engine: str = "auto"
     vad_engine: str = "auto"
-    diarization_engine: str = "torch"
+    diarization_engine: str = "auto"
     segmentation_model: str = SEGMENTATION_DEFAULT
     embedding_model: str = "resemblyzer"
     max_sessions: int = 32

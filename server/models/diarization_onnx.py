@@ -1,5 +1,5 @@
-"""Diarization's models on ONNX Runtime (``--diarization-engine onnx``, the CPU default): the same networks and
-weights as the torch adapters, exported once into the model cache and run on the CPU.
+"""Diarization's models on ONNX Runtime (``--diarization-engine onnx``; the default ``auto`` picks it on the CPU): the
+same networks and weights as the torch adapters, exported once into the model cache and run on the CPU.
 
 - Segmentation (:class:`OnnxSegmentationModel`): rechka's :class:`~server.models.pyannet.PyanNet` (the whisperx
   PyanNet and segmentation-3.0 checkpoints, or any local PyanNet checkpoint) together with the adapter's activation

@@ -123,6 +123,7 @@ def test_engine_choice() -> None:
         diarization_engine_for("cpu", "tvm")
     with pytest.raises(ValueError, match="CPU only"):
         OnnxSegmentationModel(device="cuda")
+    assert ServerConfig().diarization_engine == "auto"  # the CPU default is onnx (docs/benchmarks.md #14)
     with pytest.raises(ValueError, match="diarization_engine must be auto, torch or onnx"):
         ServerConfig(diarization_engine="jit")
     with pytest.raises(ValueError, match="diarization_engine=onnx needs --device cpu"):

@@ -40,6 +40,10 @@ def test_loads_audits_and_logs_each_model(caplog: pytest.LogCaptureFixture) -> N
     assert loaded.segmentation.describe()["checkpoint"] == str(segmentation_checkpoint_path())
     assert (loaded.asr is None) == (asr is None)
     assert loaded.vad.describe()["engine"] == "onnx"  # --vad-engine auto on the CPU
+    # --diarization-engine auto on the CPU: both diarization models on ONNX Runtime, audited with their weights
+    assert loaded.segmentation.describe()["engine"] == loaded.embedding.describe()["engine"] == "onnx"
+    assert placement["segmentation"].providers == ("CPUExecutionProvider",)
+    assert placement["segmentation"].parameters > 1_000_000
 
 
 def test_server_config_fills_the_arguments_and_asr_errors_become_model_unavailable() -> None:
