@@ -103,11 +103,11 @@ class _SegmentationScores(nn.Module):
     def __init__(self, adapter: SegmentationModel) -> None:
         super().__init__()
         self.net = adapter.model
-        self.powerset = adapter.powerset  # a registered submodule, so its mapping is exported with the graph
-        self.adapter = [adapter]  # not a module attribute: the adapter itself is no nn.Module
+        self.powerset = adapter.powerset  # registered here, so its mapping is exported with the graph
+        self.activate = adapter.probabilities  # the torch adapter's own activation code (it uses the two above)
 
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
-        return self.adapter[0].probabilities(self.net(waveforms))
+        return self.activate(self.net(waveforms))
 
 
 class OnnxSegmentationModel(SegmentationModel):
