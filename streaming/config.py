@@ -168,6 +168,14 @@ class DiarizationOptions:
         speakers stay unassigned. One noisy embedding thus cannot found a duplicate speaker (1 = create at once).
         While a candidate waits, the turns of the windows that heard it are not made final (for at most ``window``
         behind the newest audio), so a confirmed speaker is credited with all of its first words.
+    fresh_evidence: a window adds to a candidate's count of ``new_speaker_windows`` (and ``borderline_windows``)
+        only when the voice's speech in it ends at least ``step / 2`` later than the speech that last counted:
+        consecutive windows overlap by ``window - step``, so two windows that embed the same 2-3 s of speech are one
+        piece of evidence, not two. On the composed real 3-voice conversation of seed 303 one local speaker held the
+        end of one voice's turn and, after a 1.8 s pause, 0.5 s of the next voice's (both short, so one segment);
+        the mixture lay 0.28-0.37 from both voices in two windows ending 0.5 s apart over the same audio and founded a
+        phantom that took 0.5 s of speech. With the rule it waits for more speech and expires. False: every window
+        counts.
     borderline_margin: a candidate new speaker whose mean lies within ``new_speaker_threshold + borderline_margin``
         of a mature live speaker (one holding ``borderline_count`` embeddings) needs ``borderline_windows`` windows
         of confirmation instead of ``new_speaker_windows``: on the composed real 5-voice conversation one voice's
@@ -189,6 +197,16 @@ class DiarizationOptions:
     merge_count: a merge also needs the larger of the two speakers to hold at least this many embeddings (a
         well-estimated centroid): on the 30-60 s AMI files, young centroids of two real speakers come within 0.2
         (merging at 45 raised their DER .260 -> .299; 50 and up left every development set unchanged).
+    merge_apart: two live speakers that no window ever heard as two local speakers at once also merge when their
+        centroids come within ``merge_distance`` before either holds ``merge_count`` embeddings: the segmentation
+        model rarely splits one voice into two local speakers of a window, while two people in one conversation
+        alternate within a window's few seconds. On the composed real 5-voice conversation of seed 405 one widely
+        spread voice held five labels whose centroids lay 0.08-0.19 apart with 15-50 embeddings each (never
+        merged: 20 flips, 5 phantom labels); the two real AMI speakers whose young centroids come within 0.2 on
+        the 60 s excerpt were heard together, so they stay apart (lowering ``merge_count`` to 45 merged them:
+        DER .109 -> .678). Off by default: on held-out real-voice conversations (seeds 600 + n, 700 + n) it
+        removed 2 phantom labels and 2 relabels but added a flip and raised one set's DER .258 -> .270
+        (docs/benchmarks.md). False: only the maturity rule merges.
     aggregation: how overlapping windows are averaged per frame: ``"hamming"`` weighs each window's frames by a
         Hamming window (its edges, where the model lacked context, count little), ``"mean"`` weighs them equally.
         Hamming lowered DER on every data set in ``benchmarks/der.py`` at 1.5 s latency.
@@ -235,11 +253,13 @@ class DiarizationOptions:
     max_speakers: Optional[int] = None
     min_speakers: Optional[int] = None
     new_speaker_windows: int = 2
+    fresh_evidence: bool = True
     borderline_margin: float = 0.02
     borderline_windows: int = 6
     borderline_count: int = 30
     merge_distance: float = 0.2
     merge_count: int = 60
+    merge_apart: bool = False
     aggregation: str = "hamming"
     update_threshold: Optional[float] = None
     continuity_threshold: float = 0.5

@@ -219,7 +219,13 @@ class StreamingDiarizer:
                 active.append(len(columns))
                 columns.append(voice.scores)
         mapping: dict[int, int] = {}
-        for c, g in zip(clean, self.tracker.assign(list(clean.values()), at=pending.window.end)):
+        assert self.windows.geometry is not None
+        hi = self.windows.geometry.bounds(len(scores))[1]
+        ends = []  # where each clean voice's speech ends in this window: what is fresh evidence for a candidate
+        for c in clean:
+            heard = np.flatnonzero(columns[c] > self.options.tau_active)
+            ends.append(pending.window.start + int(hi[heard[-1]]) if heard.size else pending.window.start)
+        for c, g in zip(clean, self.tracker.assign(list(clean.values()), at=pending.window.end, speech_ends=ends)):
             if g is not None:
                 mapping[c] = g
         for gone, keep in self.tracker.merges:

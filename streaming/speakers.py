@@ -10,7 +10,9 @@ total cosine distance. Thresholds (all in :class:`~streaming.config.DiarizationO
 
 - ``new_speaker_threshold``: a local speaker farther than this from every centroid is a *candidate* new speaker.
   Candidates close to each other (within the same threshold) from ``new_speaker_windows`` windows, each within
-  ``window`` samples of the previous one, become a new global speaker (while fewer than ``max_speakers`` exist);
+  ``window`` samples of the previous one, become a new global speaker (while fewer than ``max_speakers`` exist;
+  with ``fresh_evidence`` a window counts only when the voice's speech runs at least ``step / 2`` past the speech
+  that last counted, see ``speech_ends``: overlapping windows re-embedding the same audio are one piece of evidence);
   until then the local speaker is unassigned (``None``); after each call, :attr:`SpeakerTracker.joined` says which
   candidate each embedding joined and :attr:`SpeakerTracker.promoted` which candidates became speakers, so the
   caller can credit a confirmed speaker with the windows that waited for it. A local speaker within the threshold
@@ -30,7 +32,8 @@ total cosine distance. Thresholds (all in :class:`~streaming.config.DiarizationO
   ``merge_distance`` and the larger of the two holds ``merge_count`` embeddings, they merge: the one with more
   embeddings stays, the other is *merged* (:attr:`SpeakerTracker.merged`; it takes nobody again, ``max_speakers``
   counts only live speakers, its label is never reused). This undoes "phantom" speakers that one widely spread
-  voice founded before its centroid was well estimated.
+  voice founded before its centroid was well estimated. With ``merge_apart`` two speakers no window ever heard as
+  two of its local speakers merge at any maturity: one voice rarely is two local speakers of one window.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ class _Candidate:
     count: int
     last_seen: int  # position (in samples) of the window that last added to it
     key: int = -1   # identifies the candidate to callers until it becomes a speaker
+    heard_until: int = -1  # the end (in samples) of the latest speech that added to ``count``
 
 
 class SpeakerTracker:
@@ -82,6 +86,7 @@ class SpeakerTracker:
         self._centroids = np.zeros((0, 0), dtype=np.float64)
         self._counts: list[float] = []
         self._merged: dict[int, int] = {}          # speaker merged away → the live speaker it became
+        self._together: set[frozenset[int]] = set()  # pairs of live speakers one window heard as two local speakers
         self._candidates: list[_Candidate] = []
         self._next_key = 0
         self._last_key = -1
@@ -129,11 +134,12 @@ class SpeakerTracker:
         return d
 
     def assign(self, embeddings: Sequence[np.ndarray], at: int = 0,
-               exclude: Sequence[int] = ()) -> list[Optional[int]]:
+               exclude: Sequence[int] = (), speech_ends: Optional[Sequence[int]] = None) -> list[Optional[int]]:
         """Global speaker index (or ``None``) for each embedding of one window's local speakers; creates new
         speakers, updates centroids and merges converged ones (:attr:`merges`; merged speakers are never
         returned). ``at``: the window's position in samples (for candidate expiry, calls must come in increasing
-        order). ``exclude``: global speakers already taken in this window."""
+        order). ``exclude``: global speakers already taken in this window. ``speech_ends``: per embedding, the
+        sample where its voice's speech in this window ends (default ``at``), for ``fresh_evidence``."""
         if not len(embeddings):
             return []
         e = unit(np.stack([np.asarray(x, dtype=np.float64).ravel() for x in embeddings]))
@@ -162,12 +168,14 @@ class SpeakerTracker:
             if not placed[r] and self.n_live:
                 result[r] = int(np.argmin(dist[r]))  # no slot left at all: the nearest centroid
         self._candidates = [c for c in self._candidates if at - c.last_seen <= self.options.window]
+        heard = sorted({g for g in result if g is not None and g != _NEW})
+        self._together.update(frozenset((a, b)) for i, a in enumerate(heard) for b in heard[i + 1:])
         joined: set[int] = set()
         out: list[Optional[int]] = []
         self.joined, self.promoted, self.merges = [None] * m, [], []
         for r, g in enumerate(result):
             if g == _NEW:
-                g = self._candidate(e[r], at, joined)
+                g = self._candidate(e[r], at, joined, speech_ends[r] if speech_ends is not None else None)
                 if g is None:
                     self.joined[r] = self._last_key
             elif g is not None and dist[r, g] <= self.options.update_threshold:
@@ -196,21 +204,25 @@ class SpeakerTracker:
                 out[r] = free[c]
         return out
 
-    def _candidate(self, embedding: np.ndarray, at: int, joined: set[int]) -> Optional[int]:
+    def _candidate(self, embedding: np.ndarray, at: int, joined: set[int],
+                   speech_end: Optional[int] = None) -> Optional[int]:
         """Add a far embedding to the nearest candidate (one per window) or start one; promote when confirmed."""
         candidate, best_dist = None, self.options.new_speaker_threshold
         for c in self._candidates:
             d = 1.0 - float(unit(c.total) @ embedding)
             if id(c) not in joined and d <= best_dist:
                 candidate, best_dist = c, d
+        fresh = speech_end if speech_end is not None else at
         if candidate is None:
-            candidate = _Candidate(embedding.copy(), 1, at, self._next_key)
+            candidate = _Candidate(embedding.copy(), 1, at, self._next_key, fresh)
             self._next_key += 1
             self._candidates.append(candidate)
         else:
             candidate.total = candidate.total + embedding
-            candidate.count += 1
             candidate.last_seen = at
+            if not self.options.fresh_evidence or fresh - candidate.heard_until >= self.options.step // 2:
+                candidate.count += 1
+                candidate.heard_until = max(candidate.heard_until, fresh)
         joined.add(id(candidate))
         self._last_key = candidate.key
         needed = 1 if self.n_live < self.minimum else self._windows_needed(unit(candidate.total))
@@ -256,7 +268,9 @@ class SpeakerTracker:
         c = self.centroids
         d = 1.0 - c[others] @ c[g]
         h = others[int(np.argmin(d))]
-        if d.min() > limit or max(self._counts[g], self._counts[h]) < self.options.merge_count:
+        mature = max(self._counts[g], self._counts[h]) >= self.options.merge_count
+        apart = not self.options.merge_apart or frozenset((g, h)) in self._together
+        if d.min() > limit or (not mature and apart):
             return
         keep, gone = sorted((g, h), key=lambda x: (-self._counts[x], x))
         total = self._counts[keep] + self._counts[gone]
@@ -264,6 +278,8 @@ class SpeakerTracker:
                                  + self._centroids[gone] * self._counts[gone]) / total
         self._counts[keep] = total
         self._merged[gone] = keep
+        self._together = {frozenset(keep if x == gone else x for x in pair) for pair in self._together}
+        self._together = {pair for pair in self._together if len(pair) == 2}
         self.merges.append((gone, keep))
 
     def _update(self, g: int, embedding: np.ndarray) -> None:

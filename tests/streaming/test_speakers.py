@@ -112,6 +112,23 @@ def test_assign_says_which_candidate_each_embedding_joined_and_which_were_confir
     assert step(t, 3, 0) == [0] and t.joined == [None] and t.promoted == []
 
 
+def test_windows_that_embed_the_same_speech_again_are_one_piece_of_evidence() -> None:
+    """Consecutive windows overlap by window - step: one that hears no new speech of a far voice (its speech ends
+    where it ended in the last window that counted) does not count towards confirming it (``fresh_evidence``)."""
+    def sightings(t: SpeakerTracker, ends_s: list[float]) -> list:
+        return [t.assign([voice(4)], at=w * ms(500), speech_ends=[int(e * ms(1000))])[0]
+                for w, e in enumerate(ends_s)]
+
+    # 0.1 s of new speech in the second window: not fresh; the third window brings 0.6 s more: confirmed
+    assert sightings(tracker(new_speaker_windows=2), [4.0, 4.1, 4.7]) == [None, None, 0]
+    assert sightings(tracker(new_speaker_windows=2), [4.0, 4.0, 4.0, 4.0]) == [None] * 4  # the same speech only
+    assert sightings(tracker(new_speaker_windows=2), [4.0, 4.25]) == [None, 0]            # step / 2 is fresh
+    # off, every window counts; without speech_ends, the window positions (a step apart) are the evidence
+    assert sightings(tracker(new_speaker_windows=2, fresh_evidence=False), [4.0, 4.0]) == [None, 0]
+    plain = tracker(new_speaker_windows=2)
+    assert [step(plain, w, 4)[0] for w in range(2)] == [None, 0]
+
+
 def test_unconfirmed_candidates_expire_after_a_window_length() -> None:
     t = tracker(new_speaker_windows=2)
     assert step(t, 0, 4) == [None]
@@ -208,13 +225,17 @@ def in_plane(angle: float) -> np.ndarray:
     return np.cos(angle) * VOICES[0] + np.sin(angle) * u
 
 
-def drifted_pair(merge_count: int) -> tuple[SpeakerTracker, list[list]]:
+def drifted_pair(merge_count: int, merge_apart: bool = False,
+                 together: bool = False) -> tuple[SpeakerTracker, list[list]]:
     """S1 from 5 embeddings at angle 0; S2 founded 0.35 away (beyond the 0.3 threshold); then embeddings between
-    them, nearer S2, drag S2's centroid towards S1. Returns the tracker and what each drifting window got."""
-    t = tracker(merge_distance=0.2, merge_count=merge_count)
+    them, nearer S2, drag S2's centroid towards S1. ``together``: one window hears both as two local speakers
+    first. Returns the tracker and what each drifting window got."""
+    t = tracker(merge_distance=0.2, merge_count=merge_count, merge_apart=merge_apart)
     for w in range(5):
         assert t.assign([in_plane(0.0)], at=w * ms(500)) == [0]
     assert t.assign([in_plane(np.arccos(0.65))], at=5 * ms(500)) == [1]
+    if together:
+        assert t.assign([in_plane(0.0), in_plane(np.arccos(0.65))], at=5 * ms(500)) == [0, 1]
     return t, [t.assign([in_plane(0.5)], at=w * ms(500)) for w in range(6, 12)]
 
 
@@ -231,6 +252,17 @@ def test_a_young_speaker_is_never_merged_into_another_young_one() -> None:
     t, got = drifted_pair(merge_count=50)  # neither speaker holds 50 embeddings
     assert t.merged == {} and t.n_live == 2 and all(g == [1] for g in got)
     assert 1.0 - float(t.centroids[0] @ t.centroids[1]) < 0.2  # converged, yet kept apart
+
+
+def test_young_speakers_never_heard_together_merge_once_they_converge() -> None:
+    """``merge_apart``: two labels no window ever heard as two local speakers at once are one voice's when their
+    centroids converge, however young; once a window heard both, only the maturity rule merges them."""
+    t, got = drifted_pair(merge_count=50, merge_apart=True)
+    assert t.merged == {1: 0} and got[-1] == [0]
+    t, got = drifted_pair(merge_count=50, merge_apart=True, together=True)
+    assert t.merged == {} and all(g == [1] for g in got)
+    t, _ = drifted_pair(merge_count=5, merge_apart=True, together=True)
+    assert t.merged == {1: 0}  # mature: merged as before
 
 
 def test_merging_frees_a_slot_under_max_speakers() -> None:
