@@ -114,6 +114,35 @@ def quantize_int8(source: Path, target: Path) -> None:
     quantize_dynamic(source, target, op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8, reduce_range=True)
 
 
+ENGINES = ("auto", "torch", "onnx")
+
+
+def engine_for(what: str, flag: str, device_type: str, engine: str = "auto") -> str:
+    """``engine`` (``auto``, ``torch`` or ``onnx``) of the ``what`` models (set by ``flag``) resolved for a device:
+    ``auto`` is ONNX Runtime on the CPU (measured cheaper, equal outputs) and torch on CUDA (this environment has no
+    onnxruntime-gpu)."""
+    if engine not in ENGINES:
+        raise ValueError(f"{what} engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "auto":
+        return "onnx" if device_type == "cpu" else "torch"
+    if engine == "onnx" and device_type != "cpu":
+        raise ValueError(f"the onnx {what} engine runs on the CPU only; use {flag} torch (or auto) on CUDA")
+    return engine
+
+
+def ensure_onnx_graph(name: str, module: torch.nn.Module, export: Any, root: Optional[Path] = None,
+                      recipe: Optional[str] = None) -> Path:
+    """The cached graph ``onnx/NAME-KEY.onnx`` of ``module`` (key: :func:`graph_key` of its weights and ``recipe``,
+    default ``name``); ``export()`` returns the graph's bytes and runs only when the file is missing."""
+    folder = (root or cache_dir()) / "onnx"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}-{graph_key(module, recipe or name)[:24]}.onnx"
+    if not path.is_file():
+        log.info("exporting %s to %s", name, path)
+        atomic_build(lambda tmp: tmp.write_bytes(export()), path)
+    return path
+
+
 def atomic_build(build: Any, target: Path) -> None:
     """Run ``build(tmp_path)`` and move the result to ``target`` (concurrent builders never see half a file)."""
     fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp.onnx", dir=target.parent)

@@ -26,15 +26,15 @@ import io
 import logging
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
 from torch import nn
 
-from server.models.asr_onnx import OPSET, atomic_build, graph_key, session_options
+from server.models.asr_onnx import OPSET, engine_for, ensure_onnx_graph, session_options
 from server.models.audit import note_onnx_parameters
-from server.models.cache import CAMPPLUS, EMBEDDING_DEFAULT, SEGMENTATION_DEFAULT, cache_dir
+from server.models.cache import CAMPPLUS, EMBEDDING_DEFAULT, SEGMENTATION_DEFAULT
 from server.models.campplus import CamPlusPlusEmbedding
 from server.models.embedding import ResemblyzerEmbedding, _l2_normalize, load_embedding_model
 from server.models.pyannet import PyanNet
@@ -42,21 +42,12 @@ from server.models.segmentation import SegmentationModel
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("auto", "torch", "onnx")
 ONNX_EMBEDDINGS = (EMBEDDING_DEFAULT, CAMPPLUS)
 
 
 def diarization_engine_for(device_type: str, engine: str = "auto") -> str:
-    """``auto`` resolved for a device: ONNX Runtime on the CPU (measured cheaper, equal scores and embeddings),
-    torch on CUDA (this environment has no onnxruntime-gpu)."""
-    if engine not in ENGINES:
-        raise ValueError(f"diarization engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    if engine == "auto":
-        return "onnx" if device_type == "cpu" else "torch"
-    if engine == "onnx" and device_type != "cpu":
-        raise ValueError("the onnx diarization engine runs on the CPU only; use --diarization-engine torch (or auto) "
-                         "on CUDA")
-    return engine
+    """``--diarization-engine`` resolved for a device (:func:`~server.models.asr_onnx.engine_for`)."""
+    return engine_for("diarization", "--diarization-engine", device_type, engine)
 
 
 def export_graph(module: nn.Module, example: tuple[torch.Tensor, ...], inputs: list[str], outputs: list[str],
@@ -68,17 +59,6 @@ def export_graph(module: nn.Module, example: tuple[torch.Tensor, ...], inputs: l
         torch.onnx.export(module.eval(), example, buffer, input_names=inputs, output_names=outputs,
                           opset_version=OPSET, dynamic_axes=axes, dynamo=False)
     return buffer.getvalue()
-
-
-def ensure_onnx_graph(name: str, module: nn.Module, export: Callable[[], bytes], root: Optional[Path] = None) -> Path:
-    """The cached graph ``onnx/NAME-KEY.onnx`` of ``module`` (``export()`` builds it when it is missing)."""
-    folder = (root or cache_dir()) / "onnx"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}-{graph_key(module, name)[:24]}.onnx"
-    if not path.is_file():
-        log.info("exporting %s to %s", name, path)
-        atomic_build(lambda tmp: tmp.write_bytes(export()), path)
-    return path
 
 
 def cpu_session(path: Path, threads: int, module: nn.Module) -> Any:

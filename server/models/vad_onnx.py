@@ -20,26 +20,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from server.models.asr_onnx import OPSET, atomic_build, graph_key, session_options
+from server.models.asr_onnx import OPSET, engine_for, ensure_onnx_graph, session_options
 from server.models.audit import note_onnx_parameters
-from server.models.cache import cache_dir
 from server.models.vad import CONTEXT, HIDDEN, SileroState, SileroVadNet, VadModel
 from streaming.config import VAD_CHUNK
 
-ENGINES = ("auto", "torch", "onnx")
 WINDOW = CONTEXT + VAD_CHUNK
 
 
 def vad_engine_for(device_type: str, engine: str = "auto") -> str:
-    """``auto`` resolved for a device: ONNX Runtime on the CPU (measured cheaper, equal probabilities), torch on
-    CUDA (this environment has no onnxruntime-gpu)."""
-    if engine not in ENGINES:
-        raise ValueError(f"vad engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    if engine == "auto":
-        return "onnx" if device_type == "cpu" else "torch"
-    if engine == "onnx" and device_type != "cpu":
-        raise ValueError("the onnx VAD engine runs on the CPU only; use --vad-engine torch (or auto) on CUDA")
-    return engine
+    """``--vad-engine`` resolved for a device (:func:`~server.models.asr_onnx.engine_for`)."""
+    return engine_for("VAD", "--vad-engine", device_type, engine)
 
 
 class _Sequences(nn.Module):
@@ -77,12 +68,7 @@ def export_graph(net: SileroVadNet) -> bytes:
 
 def ensure_vad_graph(net: SileroVadNet, root: Optional[Path] = None) -> Path:
     """The cached graph of ``net`` (:func:`export_graph`), exported first if it is missing."""
-    folder = (root or cache_dir()) / "onnx"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"silero-vad-{graph_key(net, 'silero-vad-sequence-lens')[:24]}.onnx"
-    if not path.is_file():
-        atomic_build(lambda tmp: tmp.write_bytes(export_graph(net)), path)
-    return path
+    return ensure_onnx_graph("silero-vad", net, lambda: export_graph(net), root, recipe="silero-vad-sequence-lens")
 
 
 class OnnxVadModel(VadModel):
