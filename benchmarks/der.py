@@ -12,7 +12,8 @@ Systems, all on the same segmentation (PyanNet from the whisperx wheel) and embe
 - ``offline``: pyannote.audio's ``SpeakerDiarization`` pipeline (same 5 s windows every 0.5 s, the same models,
   agglomerative clustering over the whole file: a non-causal reference point);
 - ``diart``: diart 0.9 ``SpeakerDiarization`` at the same latency, run by ``benchmarks/diart_runner.py`` in its own
-  virtual environment (``--diart-python``), skipped when that interpreter is missing;
+  virtual environment (``--diart-python``), skipped when that interpreter is missing; several latencies share one
+  model pass (``--diart-separate``: one run each; the output is the same);
 - ``offline-zeropad`` and ``diart-zeropad``: the same two with resemblyzer's own zero padding of audio under 1.6 s
   instead of the adapter's repetition (``ResemblyzerEmbedding.repeat_short``), which suits them less or more: each
   is shown both ways;
@@ -59,7 +60,8 @@ sys.path.insert(0, str(ROOT))
 if os.environ.get("RECHKA_DER_STREAMING"):  # --baseline's child: ``streaming`` as of another commit
     sys.path.insert(0, os.environ["RECHKA_DER_STREAMING"])
 
-from benchmarks.der_systems import Models, offline_pipeline, run_diart, run_offline, run_rechka  # noqa: E402
+from benchmarks.der_systems import (Models, offline_pipeline, run_diart, run_diart_latencies, run_offline,  # noqa: E402
+                                    run_rechka)
 from server.models.cache import CAMPPLUS, EMBEDDING_DEFAULT, SEGMENTATION_3, SEGMENTATION_DEFAULT  # noqa: E402
 from server.models.registry import fit_diarizer  # noqa: E402
 from streaming.config import SAMPLE_RATE, DiarizationOptions, ms  # noqa: E402
@@ -284,6 +286,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--diart-delta-new", type=float, default=None,
                         help="diart's new-speaker distance (default: rechka's new_speaker_threshold)")
     parser.add_argument("--diart-rho-update", type=float, default=0.3)
+    parser.add_argument("--diart-separate", action="store_true",
+                        help="one diart run per latency (by default several latencies share one model pass: "
+                             "diart_runner.py --latencies, the same output)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--diarization-engine", choices=("torch", "onnx", "auto"), default="torch",
                         help="the models' engine (server.models.diarization_onnx; default torch, the shared cache's); "
@@ -391,10 +396,25 @@ def run_systems(args: argparse.Namespace, models: Models, items: list[Item], aud
         notes.append(f"diart skipped: no diart interpreter at {args.diart_python}")
         variants = []
     delta_new = args.diart_delta_new if args.diart_delta_new is not None else base.new_speaker_threshold
+    wavs = [item.wav for item in items]
+    if len(latencies) > 1 and not args.diart_separate:  # one model pass serves every latency
+        for variant, repeat_short in variants:
+            started = time.time()
+            found = run_diart_latencies(wavs, latencies, args.diart_python, delta_new, base.tau_active,
+                                        args.diart_rho_update, repeat_short, models=models)
+            wall = round((time.time() - started) / total_audio, 4)
+            for latency in latencies:
+                name = f"diart{variant} {tag}@{latency:g}s"
+                for item in items:
+                    hypotheses[(name, item.wav)] = found[latency][str(item.wav)]
+                costs[name] = {"wall_s_per_audio_s_all_latencies": wall, "delta_new": delta_new}
+            print(f"diart{variant} {tag}@{args.latencies}: done, {wall} wall-s per audio s", file=sys.stderr,
+                  flush=True)
+        return
     for latency, (variant, repeat_short) in itertools.product(latencies, variants):
         name = f"diart{variant} {tag}@{latency:g}s"
         started = time.time()
-        found = run_diart([item.wav for item in items], latency, args.diart_python, delta_new, base.tau_active,
+        found = run_diart(wavs, latency, args.diart_python, delta_new, base.tau_active,
                           args.diart_rho_update, repeat_short, models=models)
         for item in items:
             hypotheses[(name, item.wav)] = found[str(item.wav)]

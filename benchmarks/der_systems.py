@@ -232,17 +232,47 @@ def run_diart(wavs: Sequence[Path], latency: float, python: Path, delta_new: flo
               rho_update: float, repeat_short: bool = True,
               models: Optional[Models] = None) -> dict[str, list[tuple[str, float, float]]]:
     """diart 0.9 on the same checkpoints (``models``' pair; default PyanNet + resemblyzer), in its own interpreter
-    (``benchmarks/diart_runner.py``), with the segmentation model's window as diart's duration."""
+    (``benchmarks/diart_runner.py``), with the segmentation model's window as diart's duration; one latency."""
+    found = _diart_runner(wavs, ["--latency", str(_diart_latency(latency, models))], python, delta_new, tau_active,
+                          rho_update, repeat_short, models)
+    return {path: [(t[0], t[1], t[2]) for t in turns] for path, turns in found["turns"].items()}
+
+
+def run_diart_latencies(wavs: Sequence[Path], latencies: Sequence[float], python: Path, delta_new: float,
+                        tau_active: float, rho_update: float, repeat_short: bool = True,
+                        models: Optional[Models] = None) -> dict[float, dict[str, list[tuple[str, float, float]]]]:
+    """:func:`run_diart` at several latencies from one model pass (``diart_runner.py --latencies``: each latency's
+    own unmodified pipeline, the model blocks' outputs shared; equal to separate runs, see
+    ``benchmarks/diart_latencies_check.py``), per requested latency."""
+    effective = {latency: _diart_latency(latency, models) for latency in latencies}
+    found = _diart_runner(wavs, ["--latencies", ",".join(str(x) for x in dict.fromkeys(effective.values()))],
+                          python, delta_new, tau_active, rho_update, repeat_short, models)
+    by_latency = found["by_latency"]
+    return {latency: {path: [(t[0], t[1], t[2]) for t in turns]
+                      for path, turns in by_latency[f"{effective[latency]:g}"].items()} for latency in latencies}
+
+
+def _diart_latency(latency: float, models: Optional[Models]) -> float:
+    """diart's latency for a requested one: at most its chunk duration (the segmentation model's window)."""
+    return min(latency, _diart_duration(models))
+
+
+def _diart_duration(models: Optional[Models]) -> float:
+    return models.segmentation.window / SAMPLE_RATE if models is not None else 5.0
+
+
+def _diart_runner(wavs: Sequence[Path], latency_args: list[str], python: Path, delta_new: float, tau_active: float,
+                  rho_update: float, repeat_short: bool, models: Optional[Models]) -> dict[str, Any]:
+    """Run ``benchmarks/diart_runner.py`` in diart's interpreter; its JSON output."""
     from server.models.cache import fetch_segmentation_checkpoint
 
     segmentation = models.segmentation.checkpoint if models is not None else str(fetch_segmentation_checkpoint())
-    duration = models.segmentation.window / SAMPLE_RATE if models is not None else 5.0
     embedding = ["--embedding", models.names[1], "--embedding-checkpoint", models.embedding.checkpoint] \
         if models is not None else []
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "diart.json"
         command = [str(python), str(ROOT / "benchmarks" / "diart_runner.py"), "--segmentation", segmentation,
-                   "--duration", str(duration), *embedding, "--latency", str(min(latency, duration)),
+                   "--duration", str(_diart_duration(models)), *embedding, *latency_args,
                    "--delta-new", str(delta_new),
                    "--tau-active", str(tau_active), "--rho-update", str(rho_update), "--out", str(out),
                    *([] if repeat_short else ["--zero-pad-short"]), *[str(wav) for wav in wavs]]
@@ -250,5 +280,4 @@ def run_diart(wavs: Sequence[Path], latency: float, python: Path, delta_new: flo
         done = subprocess.run(command, env=env, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"diart_runner failed ({done.returncode}):\n{done.stderr[-3000:]}")
-        found = json.loads(out.read_text())
-    return {path: [(t[0], t[1], t[2]) for t in turns] for path, turns in found["turns"].items()}
+        return json.loads(out.read_text())

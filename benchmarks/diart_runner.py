@@ -15,11 +15,21 @@ weight > 0.5³, i.e. speaker score × its softmax share > 0.5, which is rechka's
 clear-cut scores; when fewer than 0.5 s qualify, the highest-weighted 0.5 s is used (diart expects an embedding for
 every local speaker and decides activity itself with ``tau_active`` and ``rho_update``). Everything else is diart's
 own ``SpeakerDiarization`` run exactly as its ``Benchmark.run_single`` does.
+
+``--latencies 0.5,1.5,5`` serves several latencies from one model pass. In diart 0.9 only the delayed aggregation
+(and its binarisation) and the file's right padding (latency − step of zeros) depend on the latency; segmentation,
+embedding and the online clustering of each chunk do not, and every latency's chunks and batches of
+``--batch-size`` are the same up to its last, shorter batch. So one unmodified ``SpeakerDiarization`` per latency
+streams the file in turn, their segmentation and embedding blocks shared and remembering their outputs by the
+content of their inputs (:class:`Remembered`): every batch is computed once, but each latency's own last batch,
+and the output equals separate single-latency runs by construction (``benchmarks/diart_latencies_check.py`` checks
+it against them).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import warnings
@@ -91,6 +101,30 @@ class EmbeddingForDiart(nn.Module):
         return torch.from_numpy(out).float()
 
 
+class Remembered:
+    """A diart block (``SpeakerSegmentation``, ``OverlapAwareSpeakerEmbedding``) that remembers its output per input
+    content: a batch asked again (by the pipeline of another latency) is answered from memory, not recomputed.
+    The block itself is called unchanged; ``computed``/``reused`` count the batches."""
+
+    def __init__(self, block: object) -> None:
+        self.block = block
+        self.outputs: dict[tuple, torch.Tensor] = {}
+        self.computed = self.reused = 0
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        key = tuple((tuple(x.shape), hashlib.sha1(np.ascontiguousarray(x.cpu().numpy()).tobytes()).digest())
+                    for x in inputs)
+        if key in self.outputs:
+            self.reused += 1
+        else:
+            self.outputs[key] = self.block(*inputs)
+            self.computed += 1
+        return self.outputs[key].clone()
+
+    def forget(self) -> None:
+        self.outputs.clear()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("wavs", nargs="+", type=Path)
@@ -98,6 +132,9 @@ def main() -> int:
     parser.add_argument("--embedding", default="resemblyzer", choices=("resemblyzer", "campplus"))
     parser.add_argument("--embedding-checkpoint", default=None, help="CAM++ state dict (for --embedding campplus)")
     parser.add_argument("--latency", type=float, default=1.5)
+    parser.add_argument("--latencies", default=None,
+                        help="comma-separated latencies served by one model pass (instead of --latency); the JSON "
+                             "then holds 'by_latency': {latency: turns}")
     parser.add_argument("--step", type=float, default=0.5)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--tau-active", type=float, default=0.5)
@@ -130,27 +167,50 @@ def main() -> int:
         specs = getattr(model, "specifications", None)
         return PowersetAdapter(model) if specs is not None and specs.powerset else model  # as diart's own loader
 
-    config = SpeakerDiarizationConfig(
-        segmentation=SegmentationModel(load_segmentation),
-        embedding=EmbeddingModel(lambda: EmbeddingForDiart(repeat_short=not args.zero_pad_short,
-                                                           embedding=args.embedding,
-                                                           checkpoint=args.embedding_checkpoint)),
-        duration=args.duration, step=args.step, latency=args.latency, tau_active=args.tau_active,
-        rho_update=args.rho_update, delta_new=args.delta_new, device=torch.device("cpu"))
-    pipeline = SpeakerDiarization(config)
-    turns = {}
+    segmentation = SegmentationModel(load_segmentation)  # one lazily loaded instance shared by every latency
+    embedding = EmbeddingModel(lambda: EmbeddingForDiart(repeat_short=not args.zero_pad_short,
+                                                         embedding=args.embedding,
+                                                         checkpoint=args.embedding_checkpoint))
+    latencies = [float(x) for x in args.latencies.split(",")] if args.latencies else [args.latency]
+    pipelines = {latency: SpeakerDiarization(SpeakerDiarizationConfig(
+        segmentation=segmentation, embedding=embedding, duration=args.duration, step=args.step, latency=latency,
+        tau_active=args.tau_active, rho_update=args.rho_update, delta_new=args.delta_new,
+        device=torch.device("cpu"))) for latency in latencies}
+    blocks = None
+    if args.latencies:  # one model pass for all: the pipelines share remembering blocks
+        first = pipelines[latencies[0]]
+        blocks = Remembered(first.segmentation), Remembered(first.embedding)
+        for pipeline in pipelines.values():
+            pipeline.segmentation, pipeline.embedding = blocks
+    turns: dict[float, dict[str, list]] = {latency: {} for latency in latencies}
+    batches = {"computed": 0, "reused": 0}
     for wav in args.wavs:
-        pipeline.reset()
-        padding = config.get_file_padding(wav)
-        source = src.FileAudioSource(wav, config.sample_rate, padding, config.step)
-        pipeline.set_timestamp_shift(-padding[0])
-        prediction = StreamingInference(pipeline, source, args.batch_size, do_profile=False, do_plot=False,
-                                        show_progress=False)()
-        turns[str(wav)] = [[str(label), float(s.start), float(s.end)]
-                           for s, _, label in prediction.itertracks(yield_label=True)]
-        print(f"{wav.name}: {len(turns[str(wav)])} turns", file=sys.stderr)
-    args.out.write_text(json.dumps({"diart": diart.__version__ if hasattr(diart, "__version__") else "0.9",
-                                    "latency": args.latency, "delta_new": args.delta_new, "turns": turns}))
+        for latency, pipeline in pipelines.items():
+            config = pipeline.config
+            pipeline.reset()
+            padding = config.get_file_padding(wav)
+            source = src.FileAudioSource(wav, config.sample_rate, padding, config.step)
+            pipeline.set_timestamp_shift(-padding[0])
+            prediction = StreamingInference(pipeline, source, args.batch_size, do_profile=False, do_plot=False,
+                                            show_progress=False)()
+            turns[latency][str(wav)] = [[str(label), float(s.start), float(s.end)]
+                                        for s, _, label in prediction.itertracks(yield_label=True)]
+            print(f"{wav.name} @{latency:g}s: {len(turns[latency][str(wav)])} turns", file=sys.stderr, flush=True)
+        if blocks is not None:
+            for block in blocks:
+                batches["computed"] += block.computed
+                batches["reused"] += block.reused
+                block.computed = block.reused = 0
+                block.forget()
+            print(f"{wav.name}: model batches computed {batches['computed']}, reused {batches['reused']} so far",
+                  file=sys.stderr, flush=True)
+    version = diart.__version__ if hasattr(diart, "__version__") else "0.9"
+    if args.latencies:
+        result = {"diart": version, "latencies": latencies, "delta_new": args.delta_new, "model_batches": batches,
+                  "by_latency": {f"{latency:g}": turns[latency] for latency in latencies}}
+    else:
+        result = {"diart": version, "latency": args.latency, "delta_new": args.delta_new, "turns": turns[args.latency]}
+    args.out.write_text(json.dumps(result))
     return 0
 
 
