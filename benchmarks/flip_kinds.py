@@ -17,7 +17,16 @@ speaker's solo speech in one run.
 
 Per file it also counts *phantoms* (:func:`label_roles`): hypothesis labels that are no reference speaker's main
 label (the one covering most of its solo speech), i.e. labels beyond the one per voice, however little they hold;
-and *merged* reference speakers, whose main label is another speaker's main label too. With ``--composed-seeds``
+and *merged* reference speakers, whose main label is another speaker's main label too. Each flip also gets a *cause*
+(:func:`flip_causes`) from the wrong label it involves (the one that is not its speaker's main label):
+
+- ``handover``: another voice's main label, while that voice speaks within ``NEAR`` s (the previous voice's label
+  running into a turn, or the next voice's label starting early: a turn change drawn in the wrong place); for the
+  change back to the main label, "while" is when the wrong label's run began (the flip before it);
+- ``phantom``: a label that is nobody's main label (one voice split over several labels);
+- ``confusion``: another voice's main label, far from that voice's speech (an embedding taking the wrong voice).
+
+With ``--composed-seeds``
 several seed bases run in one call (a fit set and held-out sets side by side), with DER (collar 0) per dataset and
 seed; ``--set FIELD=VALUE`` overrides a ``DiarizationOptions`` field (as in :mod:`benchmarks.long_replay`).
 
@@ -40,6 +49,7 @@ import numpy as np
 
 from benchmarks.der import COMPOSED_SEED, OUT, _frame_labels, datasets, load_audio, load_reference, to_annotation
 
+NEAR = 1.0  # seconds around another voice's speech within which its label at a flip is a misplaced turn change
 HOLD = 1.0  # seconds of one speaker's solo speech a label must hold in one run to be the label it is known by
 STEP = 0.05  # the sampling of benchmarks.der.label_flips
 
@@ -82,6 +92,29 @@ def flip_events(reference: Any, hypothesis: Any, hold: float = HOLD, step: float
                 known = new
             flips.append(Flip(round(t, 3), speaker, old, new, round(run, 3), kind))
     return sorted(flips, key=lambda f: f.time)
+
+
+CAUSES = ("handover", "phantom", "confusion")
+
+
+def flip_causes(reference: Any, flips: Sequence[Flip], main: dict[str, str], near: float = NEAR) -> list[str]:
+    """The cause of each flip (module docstring): ``main`` is :func:`label_roles`'s reference speaker → main label."""
+    owners: dict[str, list[str]] = {}
+    for speaker, label in main.items():
+        owners.setdefault(label, []).append(speaker)
+    out = []
+    since: dict[str, float] = {}  # per speaker: when its current label's run began (its last flip)
+    for f in flips:
+        wrong, at = (f.old, since.get(f.speaker, f.time)) if f.new == main.get(f.speaker) else (f.new, f.time)
+        since[f.speaker] = f.time
+        others = [s for s in owners.get(wrong, []) if s != f.speaker]
+        if not others:
+            out.append("phantom")
+            continue
+        close = any(seg.start - near <= at <= seg.end + near
+                    for s in others for seg in reference.label_timeline(s))
+        out.append("handover" if close else "confusion")
+    return out
 
 
 def kinds(flips: Sequence[Flip]) -> dict[str, int]:
@@ -148,14 +181,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             hypothesis = to_annotation(run_rechka(audio, options, models.run))
             flips = flip_events(reference, hypothesis, args.hold)
             roles = label_roles(reference, hypothesis)
+            causes = flip_causes(reference, flips, roles["main"])
             scored = score(reference, hypothesis, len(audio) / SAMPLE_RATE)
             rows.append({"dataset": item.dataset, "seed": seed, "file": item.name,
                          "latency": latency, "minutes": round(len(audio) / SAMPLE_RATE / 60, 2),
                          "reference_speech": round(sum(s.duration for s, _ in reference.itertracks()), 2),
                          "der_c0": scored["der_c0"], "flips": len(flips), **kinds(flips),
+                         **{c: causes.count(c) for c in CAUSES},
                          "phantoms": len(roles["phantoms"]), "merged": len(roles["merged"]), "roles": roles,
-                         "events": [dataclasses.asdict(f) for f in flips]})
+                         "events": [{**dataclasses.asdict(f), "cause": c} for f, c in zip(flips, causes)]})
             print(f"{item.name} @{latency:g}s: DER {scored['der_c0']:.3f}, {len(flips)} flips {kinds(flips)}, "
+                  f"causes { {c: causes.count(c) for c in CAUSES} }, "
                   f"phantoms {roles['phantoms']}, merged {roles['merged']}", file=sys.stderr, flush=True)
     models.save()
     summary = summarise(rows)
@@ -167,16 +203,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per dataset, seed base and latency: minutes, flips of each kind, phantoms, merged speakers, DER (collar 0,
-    weighted by reference speech) and flips / relabels per minute."""
+    """Per dataset, seed base and latency: minutes, flips of each kind and cause, phantoms, merged speakers, DER
+    (collar 0, weighted by reference speech) and flips / relabels per minute."""
     summary: dict[str, dict[str, Any]] = {}
-    fields = ("minutes", "flips", "slip", "onset", "relabel", "phantoms", "merged")
+    fields = ("minutes", "flips", "slip", "onset", "relabel", *CAUSES, "phantoms", "merged")
     for row in rows:
         seed = f"/s{row['seed']}" if row.get("seed") is not None else ""
         key = f"{row['dataset']}{seed}@{row['latency']:g}s"
         s = summary.setdefault(key, {**{f: 0 for f in fields}, "_der": 0.0, "_speech": 0.0})
         for field in fields:
-            s[field] = round(s[field] + row[field], 2)
+            s[field] = round(s[field] + row.get(field, 0), 2)
         s["_der"] += row["der_c0"] * row["reference_speech"]
         s["_speech"] += row["reference_speech"]
     for s in summary.values():

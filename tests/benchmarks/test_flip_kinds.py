@@ -91,3 +91,26 @@ def test_the_summary_keeps_seed_sets_apart_and_weights_der_by_reference_speech()
     s400 = summary["composed-real/s400@1.5s"]
     assert s400["der_c0"] == 0.325 and s400["relabel"] == 3 and s400["phantoms"] == 2
     assert s400["relabel_per_min"] == 0.3 and summary["composed-real/s500@1.5s"]["flips"] == 0
+
+
+def test_flip_causes_tell_a_misplaced_turn_change_from_a_split_voice_and_a_confusion() -> None:
+    from benchmarks.flip_kinds import flip_causes, label_roles
+
+    reference = to_annotation([("A", 0.0, 10.0), ("B", 10.2, 20.0), ("A", 20.2, 40.0)])
+    hypothesis = to_annotation([
+        ("x", 0.0, 10.0), ("x", 10.2, 10.6), ("y", 10.6, 20.0),  # A's label runs 0.4 s into B's first turn: handover (one flip)
+        ("x", 20.2, 25.0), ("z", 25.0, 25.5), ("x", 25.5, 30.0),  # a label of nobody's inside A's turn: phantom
+        ("y", 30.0, 30.5), ("x", 30.5, 40.0)])                    # B's label 10 s after B spoke: confusion
+    flips = flip_events(reference, hypothesis)
+    roles = label_roles(reference, hypothesis)
+    assert flip_causes(reference, flips, roles["main"]) == ["handover"] + ["phantom"] * 2 + ["confusion"] * 2
+    # the same B label close to B's speech is a handover
+    assert flip_causes(reference, flips, roles["main"], near=11.0)[-2:] == ["handover", "handover"]
+    # the change back is judged where the wrong run began: B's label 0.3 s after B's turn, A's next solo sample later
+    reference = to_annotation([("A", 0.0, 10.0), ("B", 10.2, 20.0), ("A", 20.2, 20.5), ("C", 20.5, 30.0),
+                               ("A", 30.0, 40.0)])
+    hypothesis = to_annotation([("x", 0.0, 10.0), ("y", 10.2, 20.0), ("y", 20.2, 20.5), ("z", 20.5, 30.0),
+                                ("x", 30.0, 40.0)])
+    flips = flip_events(reference, hypothesis)
+    assert [(f.old, f.new) for f in flips] == [("x", "y"), ("y", "x")]
+    assert flip_causes(reference, flips, label_roles(reference, hypothesis)["main"]) == ["handover"] * 2
