@@ -5,7 +5,8 @@
 At ``budget_ratio`` 1.0 every partial window after an utterance's first one starts where the last one ended, so
 today each decodes its audio without left context (docs/benchmarks.md, cheaper partials). Here a *cached* variant
 (``PartialOptions.cached_context``) sends the same windows, but the ASR keeps one
-:class:`~server.models.asr_cache.ChunkedEncoder` per utterance:
+:class:`~server.models.asr_cache.ChunkedEncoder` per utterance (``--asr-engine onnx``/``auto``: the ONNX Runtime
+chunk graph's :class:`~server.models.asr_cache_onnx.OnnxChunkedEncoder`):
 each window's new frames attend to every earlier frame's cached keys and values, its convolutions see the cached
 left frames, and the partial text is the greedy CTC decode of all frames so far (so no word is cut at a window
 edge). The final is the ordinary whole-utterance decode, unchanged; the cache is dropped there.
@@ -73,6 +74,9 @@ class CachedAsr:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--asr-model", default="tests/assets/tiny_gigaam_ctc.ckpt")
+    p.add_argument("--asr-engine", choices=("auto", "torch", "onnx"), default="torch",
+                   help="GigaAM's engine (auto: ONNX Runtime on the CPU); the cached variants use its chunk encoder")
+    p.add_argument("--asr-quantize", choices=("auto", "none", "int8"), default="none")
     p.add_argument("--held-out", type=int, default=60, metavar="N")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--speech", action="store_true", help="the shared recordings instead of --held-out")
@@ -150,11 +154,14 @@ def variants(args: argparse.Namespace) -> Plan:
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     args = parse_args(argv)
-    from server.models.registry import load_asr
+    from server.models.registry import asr_engine_for, load_asr
     from server.models.vad import VadModel
 
     torch.set_num_threads(1)
-    asr = load_asr(args.asr_model, "cpu", 1, None, "torch")
+    engine, quantize = asr_engine_for("cpu", args.asr_engine, None if args.asr_quantize == "none" else args.asr_quantize)
+    if args.wall and engine != "torch":
+        raise SystemExit("--wall times the torch encoder; benchmarks.partials times any engine end to end")
+    asr = load_asr(args.asr_model, "cpu", 1, quantize, engine)
     asr.warmup()
     if args.wall:
         result = {"benchmark": "partial-cache-wall", "command": command_line("partial_cache"), "asr": asr.describe(),

@@ -93,7 +93,7 @@ class PartialOptions:
         turned them off at 4 streams on a busy machine, 10 of 33 finals 0.4 s later).
     cached_context: each partial encodes only audio no partial of its utterance has encoded yet, *with* left
         context: the ASR keeps the utterance's encoder state (``server/models/asr_cache.py``, GigaAM CTC on the
-        torch engine; others decode the window alone) and returns the whole utterance so far. Off by default;
+        torch and the ONNX Runtime engines, ``asr_cache_onnx.py``; RNNT decodes the window alone) and returns the whole utterance so far. Off by default;
         with ``budget_ratio=1.0, cadence=ms(1000)`` it measured confirmed share 0.734 / WER vs final 0.312 at
         ≤ 1.0 final pass for every utterance (no context 0.512 / 0.580, the defaults 0.782 / 0.244;
         docs/benchmarks.md, cached left context). ``left_context`` and ``max_window`` do not apply.

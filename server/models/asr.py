@@ -24,7 +24,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 from gigaam.encoder import ConformerEncoder
-from server.models.asr_cache import PartialCaches
+from server.models.asr_cache import ChunkedEncoder, PartialCaches
 from server.models.asr_words import WordBuilder, normalize_text
 from server.models.gigaam_compat import (
     DEFAULT_CACHE_DIR,
@@ -152,7 +152,8 @@ class GigaAmAsr:
         """One :class:`AsrResult` per request, in order. ``ValueError`` for audio that is not 1-D or over 25 s.
 
         A partial with ``cache_lookahead`` continues its utterance's encoder cache (:attr:`partial_caches`) and
-        answers with the whole utterance so far; without a cache (ONNX engine, RNNT) it is decoded alone. A final
+        answers with the whole utterance so far (one utterance at a time, not batched); without a chunked encoder
+        (RNNT, v1 on ONNX) it is decoded alone. A final
         drops its utterance's cache."""
         audios = [self._check_audio(r) for r in requests]
         caches = self.partial_caches
@@ -179,10 +180,20 @@ class GigaAmAsr:
 
     @property
     def partial_caches(self) -> Optional[PartialCaches]:
-        """The cached partials' store (``PartialOptions.cached_context``): CTC with the torch encoder only."""
-        if self._partial_caches is None and self.head_kind == "ctc" and isinstance(self.model.encoder, ConformerEncoder):
+        """The cached partials' store (``PartialOptions.cached_context``): CTC with an engine that has a chunked
+        encoder (:meth:`chunk_encoder`), else None (cached partials are then decoded alone)."""
+        if self._partial_caches is None and self.head_kind == "ctc" and self.has_chunk_encoder:
             self._partial_caches = PartialCaches(self)
         return self._partial_caches
+
+    @property
+    def has_chunk_encoder(self) -> bool:
+        """Whether :meth:`chunk_encoder` works: the torch encoder is loaded (the ONNX engine has its own)."""
+        return isinstance(self.model.encoder, ConformerEncoder)
+
+    def chunk_encoder(self, lookahead: int) -> ChunkedEncoder:
+        """A new utterance's cached chunked encoder (torch engine)."""
+        return ChunkedEncoder(self.model, lookahead)
 
     def warmup(self) -> None:
         """A ragged batch of two low-noise clips, so lazy CUDA/cuFFT initialisation happens now."""

@@ -129,6 +129,7 @@ class ChunkedEncoder:
 
     def __init__(self, net: nn.Module, lookahead: int = 0) -> None:
         self.encoder = net.encoder
+        self.head = net.head
         self.features = _Features(net.preprocessor)
         sub = self.encoder.pre_encode
         self.kind = sub.kind
@@ -179,63 +180,98 @@ class ChunkedEncoder:
             return self.encoder.pre_encode.out(x.transpose(1, 2).reshape(b, t, c * f))
         return x.transpose(1, 2)
 
+    def step(self, audio: np.ndarray, final: bool = False) -> np.ndarray:
+        """:meth:`push`, then the CTC head: log-probs ``(T, C)`` of the same frames (the engine-neutral interface
+        :class:`PartialCaches` uses; :class:`server.models.asr_cache_onnx.OnnxChunkedEncoder` has the same)."""
+        frames = self.push(audio, final)
+        if not len(frames):
+            return np.zeros((0, 0), dtype=np.float32)
+        with torch.inference_mode():
+            return self.head(encoder_output=frames.T[None])[0].float().cpu().numpy()
+
     # -- one Conformer layer on new frames ---------------------------------------------------------------------
     def _layer(self, i: int, layer: nn.Module, x: Tensor, commit: int) -> Tensor:
-        residual = x + layer.feed_forward1(layer.norm_feed_forward1(x)) * layer.fc_factor
-        residual = residual + self._attention(i, layer.self_attn, layer.norm_self_att(residual), commit)
-        residual = residual + self._convolution(i, layer.conv, layer.norm_conv(residual), commit)
-        residual = residual + layer.feed_forward2(layer.norm_feed_forward2(residual)) * layer.fc_factor
-        return layer.norm_out(residual)
-
-    def _attention(self, i: int, attn: nn.Module, x: Tensor, commit: int) -> Tensor:
-        t0, n = self.frames_out, x.shape[1]
+        t0 = self.frames_out
+        empty = x.new_zeros(x.shape[0], layer.self_attn.h, 0, layer.self_attn.d_k)
+        past_k = empty if self.keys[i] is None else self.keys[i]
+        past_v = empty if self.values[i] is None else self.values[i]
+        pad = (layer.conv.depthwise_conv.kernel_size[0] - 1) // 2
+        left = self.conv_left[i] if self.conv_left[i] is not None else x.new_zeros(x.shape[0], x.shape[2], pad)
         if self.rotary:
-            pe = self.encoder.pos_enc.pe
-            half = pe.shape[0] // 2
-            cos, sin = pe[t0:t0 + n], pe[half + t0: half + t0 + n]  # (n, 1, 1, d_k)
-            xt = x.transpose(0, 1).reshape(n, 1, attn.h, attn.d_k)
-            rotated, _ = apply_rotary_pos_emb(xt, xt, cos, sin)
-            rotated = rotated.reshape(n, 1, attn.h * attn.d_k).transpose(0, 1)
-            q, k, v = attn.forward_qkv(rotated, rotated, x)
+            out, k, v, glu = layer_step(self.encoder, layer, x, past_k, past_v, left,
+                                        torch.arange(t0, t0 + x.shape[1], device=x.device))
         else:
-            q, k, v = attn.forward_qkv(x, x, x)
-        keys = k if self.keys[i] is None else torch.cat([self.keys[i], k], dim=2)
-        values = v if self.values[i] is None else torch.cat([self.values[i], v], dim=2)
-        self.keys[i], self.values[i] = keys[:, :, : t0 + commit], values[:, :, : t0 + commit]
-        if self.rotary:
-            scores = torch.matmul(q, keys.transpose(-2, -1) / math.sqrt(attn.d_k))
-        else:
-            scores = self._rel_scores(attn, q, keys, t0)
-        return attn.forward_attention(values, scores, None)
-
-    def _rel_scores(self, attn: nn.Module, q: Tensor, keys: Tensor, t0: int) -> Tensor:
-        """Transformer-XL scores of queries at ``t0 + i`` against keys at ``j``: position ``(t0 + i) - j``."""
-        n, total = q.shape[2], keys.shape[2]
-        pe = self.encoder.pos_enc.pe  # (1, 2L - 1, D): row r is position L - 1 - r
-        length = (pe.shape[1] + 1) // 2
-        top = t0 + n - 1  # positions top .. -(n - 1)
-        rows = pe[0, length - 1 - top: length - 1 + n]
-        p = attn.linear_pos(rows).view(1, -1, attn.h, attn.d_k).transpose(1, 2)  # (1, h, R, d_k)
-        qt = q.transpose(1, 2)
-        u = (qt + attn.pos_bias_u).transpose(1, 2)
-        v = (qt + attn.pos_bias_v).transpose(1, 2)
-        ac = torch.matmul(u, keys.transpose(-2, -1))
-        raw = torch.matmul(v, p.transpose(-2, -1))  # (1, h, n, R): column r is position top - r
-        index = (top - t0) - torch.arange(n, device=q.device)[:, None] + torch.arange(total, device=q.device)[None, :]  # r = top - (t0 + i - j)
-        bd = raw.gather(3, index[None, None].expand(raw.shape[0], raw.shape[1], n, total))
-        return (ac + bd) / math.sqrt(attn.d_k)
-
-    def _convolution(self, i: int, conv: nn.Module, x: Tensor, commit: int) -> Tensor:
-        x = F.glu(conv.pointwise_conv1(x.transpose(1, 2)), dim=1)  # (1, D, n)
-        dw = conv.depthwise_conv
-        pad = (dw.kernel_size[0] - 1) // 2
-        left = self.conv_left[i] if self.conv_left[i] is not None else x.new_zeros(x.shape[0], x.shape[1], pad)
-        kept = torch.cat([left, x[:, :, :commit]], dim=2)
+            out, k, v, glu = layer_step(self.encoder, layer, x, past_k, past_v, left, None, t0)
+        self.keys[i] = torch.cat([past_k, k[:, :, :commit]], dim=2)
+        self.values[i] = torch.cat([past_v, v[:, :, :commit]], dim=2)
+        kept = torch.cat([left, glu[:, :, :commit]], dim=2)
         self.conv_left[i] = kept[:, :, kept.shape[2] - pad:]
-        ext = torch.cat([left, x, x.new_zeros(x.shape[0], x.shape[1], pad)], dim=2)
-        y = F.conv1d(ext, dw.weight, dw.bias, groups=dw.groups)
-        y = conv.pointwise_conv2(conv.activation(conv.batch_norm(y)))
-        return y.transpose(1, 2)
+        return out
+
+
+def layer_step(encoder: nn.Module, layer: nn.Module, x: Tensor, past_k: Tensor, past_v: Tensor, left: Tensor,
+               positions: Optional[Tensor], t0: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One Conformer layer on new frames ``x (1, n, D)``, stateless: attention over ``past_k``/``past_v``
+    ``(1, h, T, d_k)`` (the earlier frames' keys and values) and the new frames', the depthwise convolution over
+    ``left (1, D, pad)`` (the earlier frames' inputs), zeros after the new frames. Rotary positions: ``positions``
+    ``(n,)``, the new frames' absolute indices (traceable: the ONNX chunk graph runs this); relative positions:
+    ``positions`` None and ``t0`` the first new frame's index (torch only). Returns the layer's output, the new
+    frames' keys, values and depthwise-convolution inputs ``(1, D, n)``: the caller caches what it commits."""
+    residual = x + layer.feed_forward1(layer.norm_feed_forward1(x)) * layer.fc_factor
+    att, k, v = _attention(encoder, layer.self_attn, layer.norm_self_att(residual), past_k, past_v, positions, t0)
+    residual = residual + att
+    conv, glu = _convolution(layer.conv, layer.norm_conv(residual), left)
+    residual = residual + conv
+    residual = residual + layer.feed_forward2(layer.norm_feed_forward2(residual)) * layer.fc_factor
+    return layer.norm_out(residual), k, v, glu
+
+
+def _attention(encoder: nn.Module, attn: nn.Module, x: Tensor, past_k: Tensor, past_v: Tensor,
+               positions: Optional[Tensor], t0: int) -> tuple[Tensor, Tensor, Tensor]:
+    if positions is not None:
+        pe = encoder.pos_enc.pe  # (2L, 1, 1, d_k): cos rows, then sin rows
+        half = pe.shape[0] // 2
+        cos, sin = pe.index_select(0, positions), pe.index_select(0, positions + half)  # (n, 1, 1, d_k)
+        xt = x.transpose(0, 1).reshape(-1, 1, attn.h, attn.d_k)
+        rotated, _ = apply_rotary_pos_emb(xt, xt, cos, sin)
+        rotated = rotated.reshape(-1, 1, attn.h * attn.d_k).transpose(0, 1)
+        q, k, v = attn.forward_qkv(rotated, rotated, x)
+    else:
+        q, k, v = attn.forward_qkv(x, x, x)
+    keys = torch.cat([past_k, k], dim=2)
+    values = torch.cat([past_v, v], dim=2)
+    if positions is not None:
+        scores = torch.matmul(q, keys.transpose(-2, -1) / math.sqrt(attn.d_k))
+    else:
+        scores = _rel_scores(encoder, attn, q, keys, t0)
+    return attn.forward_attention(values, scores, None), k, v
+
+
+def _rel_scores(encoder: nn.Module, attn: nn.Module, q: Tensor, keys: Tensor, t0: int) -> Tensor:
+    """Transformer-XL scores of queries at ``t0 + i`` against keys at ``j``: position ``(t0 + i) - j``."""
+    n, total = q.shape[2], keys.shape[2]
+    pe = encoder.pos_enc.pe  # (1, 2L - 1, D): row r is position L - 1 - r
+    length = (pe.shape[1] + 1) // 2
+    top = t0 + n - 1  # positions top .. -(n - 1)
+    rows = pe[0, length - 1 - top: length - 1 + n]
+    p = attn.linear_pos(rows).view(1, -1, attn.h, attn.d_k).transpose(1, 2)  # (1, h, R, d_k)
+    qt = q.transpose(1, 2)
+    u = (qt + attn.pos_bias_u).transpose(1, 2)
+    v = (qt + attn.pos_bias_v).transpose(1, 2)
+    ac = torch.matmul(u, keys.transpose(-2, -1))
+    raw = torch.matmul(v, p.transpose(-2, -1))  # (1, h, n, R): column r is position top - r
+    index = (top - t0) - torch.arange(n, device=q.device)[:, None] + torch.arange(total, device=q.device)[None, :]  # r = top - (t0 + i - j)
+    bd = raw.gather(3, index[None, None].expand(raw.shape[0], raw.shape[1], n, total))
+    return (ac + bd) / math.sqrt(attn.d_k)
+
+
+def _convolution(conv: nn.Module, x: Tensor, left: Tensor) -> tuple[Tensor, Tensor]:
+    x = F.glu(conv.pointwise_conv1(x.transpose(1, 2)), dim=1)  # (1, D, n)
+    dw = conv.depthwise_conv
+    ext = torch.cat([left, x, torch.zeros_like(left)], dim=2)
+    y = F.conv1d(ext, dw.weight, dw.bias, groups=dw.groups)
+    y = conv.pointwise_conv2(conv.activation(conv.batch_norm(y)))
+    return y.transpose(1, 2), x
 
 
 def ctc_tokens(row: np.ndarray, blank: int) -> list[tuple[int, int, int]]:
@@ -248,8 +284,8 @@ def ctc_tokens(row: np.ndarray, blank: int) -> list[tuple[int, int, int]]:
 
 
 class _Utterance:
-    def __init__(self, net: nn.Module, utterance_id: int, start: int, lookahead: int) -> None:
-        self.encoder = ChunkedEncoder(net, lookahead)
+    def __init__(self, encoder: Any, utterance_id: int, start: int) -> None:
+        self.encoder = encoder
         self.utterance_id = utterance_id
         self.start = start  # absolute sample of the first cached sample
         self.end = start  # absolute end of the audio pushed so far
@@ -257,8 +293,9 @@ class _Utterance:
 
 
 class PartialCaches:
-    """Cached partial decodes of a CTC :class:`~server.models.asr.GigaAmAsr` (torch engine), one encoder per
-    ``(session, channel)``. Thread-safe (the finals' and the partials' lanes share the adapter).
+    """Cached partial decodes of a CTC :class:`~server.models.asr.GigaAmAsr`, one encoder per ``(session,
+    channel)``, made by the adapter's ``chunk_encoder(lookahead)`` (torch: :class:`ChunkedEncoder`; ONNX Runtime:
+    :class:`~server.models.asr_cache_onnx.OnnxChunkedEncoder`). Thread-safe (the finals' and the partials' lanes share the adapter).
 
     ``restarts``: partials that did not continue their utterance's cached audio and started a new cache (no left
     context); ``hide``: the newest frames' labels left out of the text (a measurement knob; 0 in the server).
@@ -291,17 +328,14 @@ class PartialCaches:
             utt = self._caches.pop(key, None)
             if utt is None or utt.utterance_id != request.utterance_id or utt.end != request.start:
                 self.restarts += utt is not None and utt.utterance_id == request.utterance_id
-                utt = _Utterance(self.asr.model, request.utterance_id, request.start, lookahead)
+                utt = _Utterance(self.asr.chunk_encoder(lookahead), request.utterance_id, request.start)
             self._caches[key] = utt  # most recently used last
             while len(self._caches) > self.max_caches:
                 self._caches.popitem(last=False)
         committed = utt.encoder.frames_out
-        frames = utt.encoder.push(np.asarray(request.audio, dtype=np.float32))
+        logprobs = utt.encoder.step(np.asarray(request.audio, dtype=np.float32))
         utt.end = request.start + len(request.audio)
-        labels = np.zeros(0, dtype=np.int64)
-        if len(frames):
-            with torch.inference_mode():
-                labels = self.asr.model.head(encoder_output=frames.T[None]).argmax(-1)[0].cpu().numpy()
+        labels = logprobs.argmax(-1).astype(np.int64) if len(logprobs) else np.zeros(0, dtype=np.int64)
         new = utt.encoder.frames_out - committed
         utt.labels = np.concatenate([utt.labels, labels[:new]])
         row = np.concatenate([utt.labels, labels[new:]])

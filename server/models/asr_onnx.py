@@ -23,6 +23,10 @@ precision; they are built on first use (``rechka-fetch-models --asr-engine onnx`
 committed. On CUDA the session uses the CUDA execution provider and fails rather than falling back to the CPU; the
 device audit checks the session's providers and ``/health`` shows engine, precision and
 providers.
+
+Cached partials (``PartialOptions.cached_context``) run on a second graph of the same weights, one chunk step with
+the caches as inputs and outputs (:mod:`server.models.asr_cache_onnx`), built beside this one at load for CTC
+models with rotary positions.
 """
 
 from __future__ import annotations
@@ -40,6 +44,13 @@ import numpy as np
 import torch
 
 from server.models.asr import GigaAmAsr
+from server.models.asr_cache_onnx import (
+    ChunkGeometry,
+    OnnxChunkedEncoder,
+    chunk_session,
+    ensure_chunk_graph,
+    supports_chunk_graph,
+)
 from server.models.audit import onnx_device
 from server.models.base import current_interrupt, on_spill_lane
 from server.models.cache import cache_dir
@@ -240,6 +251,12 @@ class OnnxGigaAmAsr(GigaAmAsr):
             raise RuntimeError(f"ONNX Runtime could not use {self.device} (providers {self.session.get_providers()});"
                                f" install onnxruntime-gpu for CUDA, or use --asr-engine torch")
         self._encoder_parameters = sum(p.numel() for p in self.model.encoder.parameters())
+        self.chunk_graph: Optional[Path] = None  # cached partials' chunk step (asr_cache_onnx), CTC with rotary only
+        self.chunk_session: Any = None
+        if supports_chunk_graph(self.model):
+            self.chunk_graph = ensure_chunk_graph(self.model, precision)
+            self.chunk_session = chunk_session(self.chunk_graph, self.threads, self._providers)
+            self._chunk_geometry = ChunkGeometry(self.model)
         self.model.encoder = torch.nn.Identity()  # its weights live in the graph now; keep only what still runs
 
     def set_threads(self, threads: int) -> None:
@@ -254,8 +271,18 @@ class OnnxGigaAmAsr(GigaAmAsr):
             shared = self.final_session is self.session
             self.session = ort.InferenceSession(str(self.graph), session_options(threads), providers=self._providers)
             self.threads = threads
+            if self.chunk_graph is not None:
+                self.chunk_session = chunk_session(self.chunk_graph, threads, self._providers)
             if shared:
                 self.final_session, self.final_threads = self.session, threads
+
+    @property
+    def has_chunk_encoder(self) -> bool:
+        return self.chunk_session is not None
+
+    def chunk_encoder(self, lookahead: int) -> OnnxChunkedEncoder:  # type: ignore[override]
+        """A new utterance's cached encoder on the chunk graph's session (``PartialOptions.cached_context``)."""
+        return OnnxChunkedEncoder(self.chunk_session, self._chunk_geometry, self.model.preprocessor, lookahead)
 
     def run_batch(self, requests: Sequence[AsrRequest]) -> list[AsrResult]:
         finals = all(r.kind == AsrKind.FINAL for r in requests)
@@ -281,11 +308,14 @@ class OnnxGigaAmAsr(GigaAmAsr):
         modules = {"gigaam": self.model, "onnx_encoder": self.session}
         if self.final_session is not self.session:
             modules["onnx_encoder_finals"] = self.final_session
+        if self.chunk_session is not None:
+            modules["onnx_chunk_step"] = self.chunk_session
         return modules
 
     def describe(self) -> dict[str, Any]:
         out = super().describe()
         out.update(engine="onnx", precision=self.precision, recipe=self.recipe, providers=self.session.get_providers(),
-                   graph=self.graph.name, quantize=None, final_threads=self.final_threads,
+                   graph=self.graph.name, chunk_graph=self.chunk_graph.name if self.chunk_graph else None,
+                   quantize=None, final_threads=self.final_threads,
                    parameters=out["parameters"] + self._encoder_parameters)
         return out

@@ -1,0 +1,152 @@
+"""The cached chunk step on ONNX Runtime (server/models/asr_cache_onnx.py) against the torch chunked encoder on the
+tiny trained model: fp32 log-probs within 1e-4 and the same text on held-out utterances chunk by chunk (lookahead
+included, first chunks too short for a frame); int8's cached decodes within one CER point of fp32's; the graph
+cached by the weights' hash; the ONNX adapter routes cached partials through it and leaves finals unchanged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from server.models.asr import GigaAmAsr
+from server.models.asr_cache import ChunkedEncoder
+from server.models.asr_cache_onnx import CHUNK_RECIPES, ChunkGeometry, OnnxChunkedEncoder, ensure_chunk_graph
+from server.models.asr_onnx import OnnxGigaAmAsr
+from server.models.audit import audit_model
+from streaming.work import AsrKind, AsrRequest
+from tests.server.models.test_asr import TINY_CKPT, _cer, held_out  # noqa: F401
+
+V3_CTC = Path(__file__).resolve().parents[2] / "assets" / "tiny_v3_e2e_ctc.ckpt"
+PIECES = (4000, 6400, 8000, 16000)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("rechka-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RECHKA_CACHE", str(root))
+        yield root
+
+
+@pytest.fixture(scope="module")
+def torch_asr() -> GigaAmAsr:
+    torch.set_num_threads(2)
+    return GigaAmAsr(str(TINY_CKPT), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def fp32(cache: Path) -> OnnxGigaAmAsr:
+    return OnnxGigaAmAsr(str(TINY_CKPT), device="cpu", precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def int8(cache: Path) -> OnnxGigaAmAsr:
+    return OnnxGigaAmAsr(str(TINY_CKPT), device="cpu", precision="int8")
+
+
+def _cuts(n: int, piece: int) -> list[tuple[int, int]]:
+    starts = [0, 480] + list(range(piece, n, piece))  # 30 ms first: no encoder frame yet (STFT and kernels wait)
+    starts = sorted({s for s in starts if s < n})
+    return list(zip(starts, starts[1:] + [n]))
+
+
+def _steps(encoder, audio: np.ndarray, piece: int, final: bool) -> list[np.ndarray]:
+    cuts = _cuts(len(audio), piece)
+    return [encoder.step(audio[a:b], final and b == len(audio)) for a, b in cuts]
+
+
+def _text(asr: GigaAmAsr, audio: np.ndarray, piece: int, lookahead: int = 0) -> str:
+    """The adapter's cached partials over ``audio`` in ``piece`` chunks: the last one's text (then the final)."""
+    result = None
+    for k, (a, b) in enumerate(_cuts(len(audio), piece)):
+        [result] = asr.run_batch([AsrRequest("c", k, 0, a, audio[a:b], 0, AsrKind.PARTIAL,
+                                             cache_lookahead=lookahead)])
+        assert result.whole_utterance
+    asr.run_batch([AsrRequest("c", 999, 0, 0, audio, 0, AsrKind.FINAL)])  # drops the cache
+    assert len(asr.partial_caches) == 0
+    return result.text
+
+
+@pytest.mark.parametrize("lookahead", [0, 2])
+@pytest.mark.parametrize("final", [False, True])
+def test_fp32_chunk_graph_equals_the_torch_chunked_encoder(torch_asr: GigaAmAsr, fp32: OnnxGigaAmAsr, held_out,
+                                                           lookahead: int, final: bool) -> None:
+    _, audios = held_out
+    for i, audio in enumerate(audios[:6]):
+        audio = audio.astype(np.float32)
+        piece = PIECES[i % len(PIECES)] if i else 8000
+        reference = ChunkedEncoder(torch_asr.model, lookahead)
+        want = _steps(reference, audio, piece, final)
+        onnx = fp32.chunk_encoder(lookahead)
+        got = _steps(onnx, audio, piece, final)
+        assert [w.shape[0] for w in want] == [g.shape[0] for g in got]
+        for w, g in zip(want, got):
+            if len(w):
+                assert float(np.abs(w - g).max()) <= 1e-4
+                assert np.array_equal(w.argmax(-1), g.argmax(-1))
+        assert (onnx.frames_out, onnx.frames_encoded) == (reference.frames_out, reference.frames_encoded)
+
+
+def test_v3_conv1d_subsampling_chunk_graph_equals_torch(cache: Path) -> None:
+    torch_v3 = GigaAmAsr(str(V3_CTC), device="cpu")
+    onnx_v3 = OnnxGigaAmAsr(str(V3_CTC), device="cpu", precision="fp32")
+    audio = (np.random.default_rng(1).standard_normal(30000) * 0.1).astype(np.float32)
+    want = _steps(ChunkedEncoder(torch_v3.model, 1), audio, 4000, True)
+    got = _steps(onnx_v3.chunk_encoder(1), audio, 4000, True)
+    assert sum(len(w) for w in want) > 0 and [len(w) for w in want] == [len(g) for g in got]
+    assert max(float(np.abs(w - g).max()) for w, g in zip(want, got) if len(w)) <= 1e-4
+
+
+def test_cached_partials_on_the_onnx_engine_give_the_torch_text(torch_asr: GigaAmAsr, fp32: OnnxGigaAmAsr,
+                                                                held_out) -> None:
+    _, audios = held_out
+    audios = [a.astype(np.float32) for a in audios[:8]]
+    for lookahead in (0, 1):
+        assert [_text(fp32, a, 8000, lookahead) for a in audios] == \
+               [_text(torch_asr, a, 8000, lookahead) for a in audios]
+
+
+def test_int8_cached_partials_keep_the_held_out_cer_within_one_point(fp32: OnnxGigaAmAsr, int8: OnnxGigaAmAsr,
+                                                                     held_out) -> None:
+    texts, audios = held_out
+    audios = [a.astype(np.float32) for a in audios]
+    chars = sum(len(t) for t in texts)
+    cer = {name: sum(_cer(t, _text(asr, a, 16000)) for t, a in zip(texts, audios)) / chars
+           for name, asr in (("fp32", fp32), ("int8", int8))}
+    assert cer["fp32"] <= 0.15
+    assert cer["int8"] <= cer["fp32"] + 0.01, cer
+
+
+def test_the_onnx_adapter_routes_cached_partials_and_keeps_finals(fp32: OnnxGigaAmAsr, torch_asr: GigaAmAsr,
+                                                                  held_out) -> None:
+    _, audios = held_out
+    audio = audios[0].astype(np.float32)
+    final = AsrRequest("r", 3, 0, 0, audio, 1, AsrKind.FINAL)
+    before = fp32.run_batch([final])[0]
+    plain = AsrRequest("r", 1, 0, 8000, audio[8000:], 1, AsrKind.PARTIAL)
+    first = AsrRequest("r", 2, 0, 0, audio[:8000], 1, AsrKind.PARTIAL, cache_lookahead=1)
+    [window, cached] = fp32.run_batch([plain, first])
+    assert not window.whole_utterance and cached.whole_utterance and cached.text
+    assert len(fp32.partial_caches) == 1
+    after = fp32.run_batch([final])[0]
+    assert (after.text, after.words) == (before.text, before.words) and len(fp32.partial_caches) == 0
+    assert after.text == torch_asr.run_batch([final])[0].text
+    assert "onnx_chunk_step" in fp32.modules() and audit_model("asr", fp32, "cpu").devices == ("cpu",)
+    assert fp32.describe()["chunk_graph"] == fp32.chunk_graph.name
+
+
+def test_chunk_graphs_are_cached_by_weights_and_precision(cache: Path, fp32: OnnxGigaAmAsr,
+                                                          int8: OnnxGigaAmAsr) -> None:
+    assert fp32.chunk_graph.parent == cache / "onnx" and int8.chunk_graph.parent == cache / "onnx"
+    assert CHUNK_RECIPES["fp32"] in fp32.chunk_graph.name and CHUNK_RECIPES["int8"] in int8.chunk_graph.name
+    built = fp32.chunk_graph.stat().st_mtime_ns
+    net = GigaAmAsr(str(TINY_CKPT), device="cpu").model
+    assert ensure_chunk_graph(net, "fp32") == fp32.chunk_graph and fp32.chunk_graph.stat().st_mtime_ns == built
+    with torch.no_grad():
+        net.head.decoder_layers[0].bias += 1.0  # other weights, another graph
+    assert ensure_chunk_graph(net, "fp32") != fp32.chunk_graph
+    assert not list(Path(__file__).resolve().parents[3].glob("**/gigaam-chunk-*.onnx"))
+    assert isinstance(ChunkGeometry(net).kernels, list) and isinstance(fp32.chunk_encoder(0), OnnxChunkedEncoder)
