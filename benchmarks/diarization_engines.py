@@ -8,11 +8,15 @@ Models: ``pyannet`` (the whisperx PyanNet, 5 s windows), ``seg30`` (segmentation
 and ``campplus``. A segmentation shape is ``BATCH`` windows of the model's length per call (the server batches the
 windows of concurrent streams, 2 per stream-second at the 0.5 s step); an embedding shape ``BATCHxSECONDS`` is BATCH
 requests of SECONDS each, lengths spread ±40 % around it (ragged, as the diarizer's segments are), cut from
-pyannote's ``sample.wav``. Per model and shape the engines alternate in ``--rounds`` blocks of ``--calls`` calls, so
-machine noise hits them alike; each block's process CPU time (``time.process_time``) gives CPU ms per call and per
-request, reported as the median block with the ratio torch / onnx. Accuracy: max |Δ| between the engines' outputs on
-the same calls (probabilities; embedding entries). Both engines run on one intra-op thread (``--model-threads 1``,
-the server's default). Prints JSON, writes it and a plot to ``benchmarks/out/``.
+pyannote's ``sample.wav``. ``pyannet-streams`` compares two ONNX Runtime variants of PyanNet instead of the engines:
+``whole`` (one whole-window graph) and ``reuse`` (the sinc filterbank once per stream,
+:mod:`server.models.sinc_reuse`); its shape is STREAMS, each call one window per stream, every call's windows 0.5 s
+after the last's (as the diarizer asks), so the comparison includes the per-stream reuse. Per model and shape the
+two alternate in ``--rounds`` blocks of ``--calls`` calls, so machine noise hits them alike; each block's process
+CPU time (``time.process_time``) gives CPU ms per call and per request, reported as the median block with the ratio
+first / second (torch / onnx, whole / reuse). Accuracy: max |Δ| between the two's outputs on the same calls
+(probabilities; embedding entries). Both run on one intra-op thread (``--model-threads 1``, the server's default).
+Prints JSON, writes it and a plot to ``benchmarks/out/``.
 """
 
 from __future__ import annotations
@@ -33,9 +37,10 @@ from benchmarks.common import OUT_DIR, SAMPLE_RATE, command_line, plot_panels, w
 from benchmarks.server_process import machine_info
 from benchmarks.vad_engines import sample_audio
 
-MODELS = ("pyannet", "seg30", "resemblyzer", "campplus")
+MODELS = ("pyannet", "seg30", "resemblyzer", "campplus", "pyannet-streams")
 SHAPES = {"pyannet": "1,2,4,8", "seg30": "1,2,4,8", "resemblyzer": "1x1.5,4x1.5,4x3,8x2",
-          "campplus": "1x1.5,4x1.5,4x3,8x2"}
+          "campplus": "1x1.5,4x1.5,4x3,8x2", "pyannet-streams": "1,2,4,8"}
+STEP = SAMPLE_RATE // 2  # the diarizer's default window step
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -52,8 +57,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def load(model: str) -> dict[str, Any]:
     """The torch and the onnx adapter of ``model``."""
     from server.models.cache import CAMPPLUS, EMBEDDING_DEFAULT, SEGMENTATION_3, SEGMENTATION_DEFAULT
-    from server.models.diarization_onnx import load_embedding, load_segmentation
+    from server.models.diarization_onnx import OnnxSegmentationModel, load_embedding, load_segmentation
 
+    if model == "pyannet-streams":
+        return {"whole": OnnxSegmentationModel(max_batch=64, reuse_sinc=False),
+                "reuse": OnnxSegmentationModel(max_batch=64)}
     if model in ("pyannet", "seg30"):
         name = SEGMENTATION_DEFAULT if model == "pyannet" else SEGMENTATION_3
         return {engine: load_segmentation(name, "cpu", 64, engine) for engine in ("torch", "onnx")}
@@ -66,6 +74,11 @@ def requests_for(model: str, adapter: Any, shape: str, audio: np.ndarray, call: 
     from streaming.work import EmbeddingRequest, SegmentationRequest
 
     rng = np.random.default_rng(call)
+    if model == "pyannet-streams":  # stream i reads the sample from offset i * 7.3 s on, wrapping around
+        streams, length = int(shape), adapter.window
+        span = (len(audio) - length) // STEP
+        starts = [((call + 15 * i) % span) * STEP for i in range(streams)]
+        return [SegmentationRequest(f"s{i}", i, 0, s, audio[s:s + length]) for i, s in enumerate(starts)]
     if model in ("pyannet", "seg30"):
         batch, length = int(shape), adapter.window
         starts = rng.integers(0, len(audio) - length, batch)
@@ -95,28 +108,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows = []
     for model in args.models.split(","):
         engines = load(model)
-        for shape in getattr(args, f"{model}_shapes").split(","):
+        for shape in getattr(args, f"{model.replace('-', '_')}_shapes").split(","):
             cpu: dict[str, list[float]] = {name: [] for name in engines}
             diff = 0.0
+            first, second = engines
             for name, adapter in engines.items():  # warm-up
                 adapter.run_batch(requests_for(model, adapter, shape, audio, 0))
             for round_ in range(args.rounds):
-                calls = [requests_for(model, engines["torch"], shape, audio, 1000 * round_ + c)
+                calls = [requests_for(model, engines[first], shape, audio,
+                                      1 + args.calls * round_ + c if model == "pyannet-streams" else 1000 * round_ + c)
                          for c in range(args.calls)]
                 out = {}
                 for name, adapter in engines.items():
                     seconds, out[name] = block(adapter.run_batch, calls)
                     cpu[name].append(seconds)
-                diff = max(diff, max(float(np.abs(a - b).max()) for a, b in zip(out["torch"], out["onnx"])))
+                diff = max(diff, max(float(np.abs(a - b).max()) for a, b in zip(out[first], out[second])))
             batch = int(shape.split("x")[0])
             row: dict[str, Any] = {
                 "model": model, "shape": shape, "batch": batch, "calls_per_block": args.calls,
                 "cpu_ms_per_call": {n: 1000 * statistics.median(v) / args.calls for n, v in cpu.items()},
                 "cpu_ms_per_request": {n: 1000 * statistics.median(v) / args.calls / batch for n, v in cpu.items()},
                 "max_abs_diff": diff}
-            row["torch_over_onnx"] = row["cpu_ms_per_call"]["torch"] / row["cpu_ms_per_call"]["onnx"]
-            print(f"{model:12s} {shape:8s} torch {row['cpu_ms_per_call']['torch']:8.2f} ms  onnx "
-                  f"{row['cpu_ms_per_call']['onnx']:8.2f} ms  x{row['torch_over_onnx']:.2f}  max|d| {diff:.1e}",
+            row["variants"] = [first, second]
+            row[f"{first}_over_{second}"] = row["cpu_ms_per_call"][first] / row["cpu_ms_per_call"][second]
+            print(f"{model:15s} {shape:8s} {first} {row['cpu_ms_per_call'][first]:8.2f} ms  {second} "
+                  f"{row['cpu_ms_per_call'][second]:8.2f} ms  x{row[f'{first}_over_{second}']:.2f}  max|d| {diff:.1e}",
                   file=sys.stderr, flush=True)
             rows.append(row)
     result = {"benchmark": "diarization_engines", "command": command_line("diarization_engines"),
@@ -127,7 +143,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         mine = [r for r in rows if r["model"] == model]
         panels.append({"x": list(range(len(mine))), "xlabel": f"{model}: " + " ".join(r["shape"] for r in mine),
                        "ylabel": "CPU ms per call", "series": {n: [r["cpu_ms_per_call"][n] for r in mine]
-                                                              for n in ("torch", "onnx")}})
+                                                              for n in mine[0]["variants"]}})
     plot_panels(path.with_suffix(".png"), "Diarization models: torch vs ONNX Runtime (CPU, 1 thread)", panels)
     return 0
 

@@ -3,9 +3,13 @@ same networks and weights as the torch adapters, exported once into the model ca
 
 - Segmentation (:class:`OnnxSegmentationModel`): rechka's :class:`~server.models.pyannet.PyanNet` (the whisperx
   PyanNet and segmentation-3.0 checkpoints, or any local PyanNet checkpoint) together with the adapter's activation
-  (sigmoid, or the powerset → per-speaker conversion, then the clamp to [0, 1]): ``waveforms (B, 1, samples)`` →
-  ``probabilities (B, frames, speakers)``, batch and length dynamic. Windows of equal length share a call as in torch
-  (the model normalises each waveform as a whole, so nothing is padded).
+  (sigmoid, or the powerset → per-speaker conversion, then the clamp to [0, 1]), as two graphs: the sinc filterbank
+  on raw samples, ``waveforms (B, 1, n)`` → ``filtered (B, 80, frames)``, and the rest, ``waveforms, filtered`` →
+  ``probabilities (B, frames, speakers)`` (the window's instance norm applied to the responses, see
+  :mod:`server.models.sinc_reuse`), batch and length dynamic. Consecutive windows of a stream overlap ten-fold, so
+  the filterbank runs only over the samples a stream's previous window did not cover (:class:`SincReuse`;
+  ``reuse_sinc=False``: one whole-window graph, as before). Windows of equal length share a call as in torch (the
+  model normalises each waveform as a whole, so nothing is padded).
 - resemblyzer (:class:`OnnxResemblyzerEmbedding`): the GE2E encoder (3-layer LSTM, linear, ReLU, L2 norm) on every
   1.6 s partial, ``mels (N, 160, 40)`` → ``(N, 256)``; the mel front end (one STFT over the batch, 1.7 ms of ~25) and
   the per-request mean stay in torch.
@@ -32,13 +36,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from server.models.asr_onnx import OPSET, engine_for, ensure_onnx_graph, session_options
+from server.models.asr_onnx import OPSET, atomic_build, engine_for, ensure_onnx_graph, session_options
 from server.models.audit import note_onnx_parameters
 from server.models.cache import CAMPPLUS, EMBEDDING_DEFAULT, SEGMENTATION_DEFAULT
 from server.models.campplus import CamPlusPlusEmbedding
 from server.models.embedding import ResemblyzerEmbedding, _l2_normalize, load_embedding_model
 from server.models.pyannet import PyanNet
 from server.models.segmentation import SegmentationModel
+from server.models.sinc_reuse import SincReuse
+from streaming.work import SegmentationRequest
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +67,31 @@ def export_graph(module: nn.Module, example: tuple[torch.Tensor, ...], inputs: l
     return buffer.getvalue()
 
 
-def cpu_session(path: Path, threads: int, module: nn.Module) -> Any:
+def lstm_int8(path: Path) -> Path:
+    """``path``'s graph with ONNX Runtime's dynamic int8 quantization of its LSTM nodes (QInt8 weights, activations
+    quantized per call) but the first, cached beside it as ``NAME-int8.onnx``. The first LSTM's input is left alone:
+    resemblyzer's mel powers span 0..6 with a median of 4e-5, which one 8-bit scale per tensor flattens to zero."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    target = path.with_name(f"{path.stem}-int8.onnx")
+    if not target.is_file():
+        lstms = [node.name for node in onnx.load(str(path)).graph.node if node.op_type == "LSTM"]
+        atomic_build(lambda tmp: quantize_dynamic(path, tmp, op_types_to_quantize=["LSTM"],
+                                                  weight_type=QuantType.QInt8, nodes_to_exclude=lstms[:1]), target)
+    return target
+
+
+def cpu_session(path: Path, threads: int, module: nn.Module, counted_elsewhere: Optional[nn.Module] = None) -> Any:
     """An ONNX Runtime CPU session of ``path`` (``threads`` intra-op threads, no spinning); the audit reports the
-    parameters of the ``module`` it was exported from."""
+    parameters of the ``module`` it was exported from (less those of ``counted_elsewhere``: another session's)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
-    note_onnx_parameters(session, sum(p.numel() for p in module.parameters()),
-                         sorted({str(p.dtype).removeprefix("torch.") for p in module.parameters()}))
+    other = {id(p) for p in counted_elsewhere.parameters()} if counted_elsewhere is not None else set()
+    mine = [p for p in module.parameters() if id(p) not in other]
+    note_onnx_parameters(session, sum(p.numel() for p in mine),
+                         sorted({str(p.dtype).removeprefix("torch.") for p in mine}))
     return session
 
 
@@ -90,32 +113,85 @@ class _SegmentationScores(nn.Module):
         return self.activate(self.net(waveforms))
 
 
+class _SincFilterbank(nn.Module):
+    """What is exported first: the sinc filterbank on raw samples, ``(B, 1, n)`` → ``(B, 80, frames)``."""
+
+    def __init__(self, net: PyanNet) -> None:
+        super().__init__()
+        self.conv = net.sincnet.conv1d[0]
+
+    def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
+        return self.conv(waveforms)
+
+
+class _ScoresAfterSinc(_SegmentationScores):
+    """What is exported second: the rest of :class:`_SegmentationScores` from the raw filter responses ``filtered``
+    ``(B, 80, frames)`` of ``waveforms``: the instance norm's ``k x + c`` becomes ``k filtered + c sum(filter)`` (the
+    filterbank is linear), then SincNet's later stages, the head and the activation."""
+
+    def forward(self, waveforms: torch.Tensor, filtered: torch.Tensor) -> torch.Tensor:
+        sincnet = self.net.sincnet
+        norm = sincnet.wav_norm1d
+        mean = waveforms.mean(dim=2, keepdim=True)
+        variance = ((waveforms - mean) ** 2).mean(dim=2, keepdim=True)
+        scale = norm.weight.view(1, 1, 1) / torch.sqrt(variance + norm.eps)
+        shift = norm.bias.view(1, 1, 1) - scale * mean
+        sums = sincnet.conv1d[0].filterbank().sum(dim=(1, 2)).view(1, -1, 1)
+        return self.activate(self.net.head(sincnet.after_filterbank(filtered * scale + shift * sums)))
+
+
 class OnnxSegmentationModel(SegmentationModel):
-    """The "segmentation" batch model on ONNX Runtime (PyanNet checkpoints only; CPU, ``threads`` intra-op threads)."""
+    """The "segmentation" batch model on ONNX Runtime (PyanNet checkpoints only; CPU, ``threads`` intra-op threads);
+    ``reuse_sinc``: the filterbank once per stream (:class:`SincReuse`, ``streams`` of them kept), else one graph."""
 
     def __init__(self, model: str = SEGMENTATION_DEFAULT, device: Union[str, torch.device] = "cpu",
-                 max_batch: int = 32, *, wheel: Optional[Path] = None, threads: int = 1) -> None:
+                 max_batch: int = 32, *, wheel: Optional[Path] = None, threads: int = 1, reuse_sinc: bool = True,
+                 streams: int = 32, int8: bool = False) -> None:
         _check_cpu(device, "OnnxSegmentationModel")
         super().__init__(model, "cpu", max_batch, wheel=wheel)
         if not isinstance(self.model, PyanNet):
             raise ValueError(f"segmentation model {self.checkpoint} is a {type(self.model).__name__}; the onnx "
                              "engine runs PyanNet checkpoints only (use --diarization-engine torch)")
-        self.threads = threads
-        scores = _SegmentationScores(self).eval()
-        example = (torch.zeros(2, 1, self.window),)
-        path = ensure_onnx_graph("pyannet", scores, lambda: export_graph(
-            scores, example, ["waveforms"], ["probabilities"],
-            {"waveforms": {0: "batch", 2: "samples"}, "probabilities": {0: "batch", 1: "frames"}}))
-        self.session = cpu_session(path, threads, scores)
+        self.threads, self.int8 = threads, int8
+        waveforms = torch.zeros(2, 1, self.window)
+        self.reuse: Optional[SincReuse] = None
+        if not reuse_sinc:
+            scores = _SegmentationScores(self).eval()
+            path = ensure_onnx_graph("pyannet", scores, lambda: export_graph(
+                scores, (waveforms,), ["waveforms"], ["probabilities"],
+                {"waveforms": {0: "batch", 2: "samples"}, "probabilities": {0: "batch", 1: "frames"}}))
+            self.session = cpu_session(lstm_int8(path) if int8 else path, threads, scores)
+            return
+        bank = _SincFilterbank(self.model).eval()
+        path = ensure_onnx_graph("pyannet-sinc", bank, lambda: export_graph(
+            bank, (waveforms,), ["waveforms"], ["filtered"],
+            {"waveforms": {0: "batch", 2: "samples"}, "filtered": {0: "batch", 2: "frames"}}))
+        self.sinc_session = cpu_session(path, threads, bank)
+        rest = _ScoresAfterSinc(self).eval()
+        with torch.no_grad():
+            filtered = bank(waveforms)
+        path = ensure_onnx_graph("pyannet-after-sinc", rest, lambda: export_graph(
+            rest, (waveforms, filtered), ["waveforms", "filtered"], ["probabilities"],
+            {"waveforms": {0: "batch", 2: "samples"}, "filtered": {0: "batch", 2: "frames"},
+             "probabilities": {0: "batch", 1: "frames"}}), recipe="pyannet-after-sinc")
+        self.session = cpu_session(lstm_int8(path) if int8 else path, threads, rest, counted_elsewhere=bank)
+        conv = self.model.sincnet.conv1d[0]
+        self.reuse = SincReuse(lambda batch: self.sinc_session.run(None, {"waveforms": batch})[0],
+                               conv.filterbank.taps, conv.stride, streams)
 
-    def _scores(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {"waveforms": batch})[0]
+    def _scores(self, batch: np.ndarray, requests: Optional[list[SegmentationRequest]] = None) -> np.ndarray:
+        if self.reuse is None:
+            return self.session.run(None, {"waveforms": batch})[0]
+        return self.session.run(None, {"waveforms": batch, "filtered": self.reuse.filtered(batch, requests)})[0]
 
     def modules(self) -> dict[str, Any]:
-        return {"pyannet": self.session}
+        if self.reuse is None:
+            return {"pyannet": self.session}
+        return {"pyannet_sinc": self.sinc_session, "pyannet": self.session}
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "engine": "onnx", "threads": self.threads}
+        return {**super().describe(), "engine": "onnx", "threads": self.threads, "reuse_sinc": self.reuse is not None,
+                "lstm_int8": self.int8}
 
 
 class _GE2EPartials(nn.Module):
@@ -134,15 +210,15 @@ class OnnxResemblyzerEmbedding(ResemblyzerEmbedding):
     """The "embedding" batch model with resemblyzer's GE2E encoder on ONNX Runtime (the mel front end in torch)."""
 
     def __init__(self, device: Union[str, torch.device] = "cpu", max_batch: int = 32, *, threads: int = 1,
-                 **options: Any) -> None:
+                 int8: bool = False, **options: Any) -> None:
         _check_cpu(device, "OnnxResemblyzerEmbedding")
         super().__init__("cpu", max_batch, **options)
-        self.threads = threads
+        self.threads, self.int8 = threads, int8
         partials = _GE2EPartials(self.encoder).eval()
         path = ensure_onnx_graph("ge2e", partials, lambda: export_graph(
             partials, (torch.zeros(3, 160, 40),), ["mels"], ["embeddings"],
             {"mels": {0: "partials"}, "embeddings": {0: "partials"}}))
-        self.session = cpu_session(path, threads, partials)
+        self.session = cpu_session(lstm_int8(path) if int8 else path, threads, partials)
 
     def _encode(self, mels: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.session.run(None, {"mels": mels.contiguous().numpy()})[0])
@@ -151,7 +227,7 @@ class OnnxResemblyzerEmbedding(ResemblyzerEmbedding):
         return {"voice_encoder": self.session, "mel": self.frontend}
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "engine": "onnx", "threads": self.threads}
+        return {**super().describe(), "engine": "onnx", "threads": self.threads, "lstm_int8": self.int8}
 
 
 class OnnxCamPlusPlusEmbedding(CamPlusPlusEmbedding):

@@ -179,10 +179,16 @@ class SincNet(nn.Module):
                                      for n in (SINC_FILTERS, CONV_CHANNELS, CONV_CHANNELS)])
 
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
-        outputs = self.wav_norm1d(waveforms)
+        return self.after_filterbank(self.conv1d[0](self.wav_norm1d(waveforms)))
+
+    def after_filterbank(self, filtered: torch.Tensor) -> torch.Tensor:
+        """Everything after the sinc convolution: ``(batch, 80, frames)`` filter responses of the normalised
+        waveform → features (the stage :class:`~server.models.sinc_reuse.SincReuse` resumes at)."""
+        outputs = filtered
         for stage, (conv, pool, norm) in enumerate(zip(self.conv1d, self.pool1d, self.norm1d)):
-            outputs = conv(outputs)
-            if stage == 0:
+            if stage:
+                outputs = conv(outputs)
+            else:
                 outputs = torch.abs(outputs)  # the sinc filters' responses are signed; their magnitude is the feature
             outputs = F.leaky_relu(norm(pool(outputs)))
         return outputs
@@ -211,7 +217,11 @@ class PyanNet(nn.Module):
         return self.task
 
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
-        outputs, _ = self.lstm(self.sincnet(waveforms).transpose(1, 2))
+        return self.head(self.sincnet(waveforms))
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        """SincNet's features ``(batch, 60, frames)`` → the output (LSTM, linear layers, classifier, activation)."""
+        outputs, _ = self.lstm(features.transpose(1, 2))
         for linear in self.linear:
             outputs = F.leaky_relu(linear(outputs))
         return self.activation(self.classifier(outputs))

@@ -122,15 +122,16 @@ class SegmentationModel:
             batch = np.zeros((len(rows), 1, length), np.float32)
             for slot, row in enumerate(rows):
                 batch[slot, 0, :len(audios[row])] = audios[row]
-            for slot, row_scores in enumerate(self._scores(batch)):
+            for slot, row_scores in enumerate(self._scores(batch, [requests[row] for row in rows])):
                 scores[rows[slot]] = row_scores[:max(1, self.num_frames(len(audios[rows[slot]])))]
         return [SegmentationResult(r.session_id, r.seq, np.ascontiguousarray(s), self.frame_step,
                                    self.frame_duration, self.frame_offset)
                 for r, s in zip(requests, scores)]
 
     @torch.inference_mode()
-    def _scores(self, batch: np.ndarray) -> np.ndarray:
-        """``(B, 1, samples)`` windows → ``(B, frames, speakers)`` probabilities (the engine seam)."""
+    def _scores(self, batch: np.ndarray, requests: Optional[list[SegmentationRequest]] = None) -> np.ndarray:
+        """``(B, 1, samples)`` windows (those of ``requests``) → ``(B, frames, speakers)`` probabilities (the engine
+        seam)."""
         return self.probabilities(self.model(torch.from_numpy(batch).to(self.device))).float().cpu().numpy()
 
     def probabilities(self, output: torch.Tensor) -> torch.Tensor:

@@ -101,12 +101,18 @@ def test_campplus_embeddings_equal_torch_in_ragged_batches(sample: np.ndarray) -
 
 def test_sessions_are_audited_on_the_cpu_and_the_load_line_says_what_they_are() -> None:
     real_checkpoint("whisperx")
-    for name, adapter in (("segmentation", OnnxSegmentationModel()), ("embedding", OnnxResemblyzerEmbedding())):
+    segmentation = OnnxSegmentationModel()
+    for name, adapter, sessions in (("segmentation", segmentation, "2 ONNX Runtime sessions"),
+                                    ("segmentation", OnnxSegmentationModel(reuse_sinc=False), "1 ONNX Runtime session"),
+                                    ("embedding", OnnxResemblyzerEmbedding(), "1 ONNX Runtime session")):
         report = audit_model(name, adapter, "cpu")
-        assert report.devices == ("cpu",) and report.providers == ("CPUExecutionProvider",)
+        assert report.devices == ("cpu",) and set(report.providers) == {"CPUExecutionProvider"}
         assert report.parameters > 1_000_000 and "float32" in report.dtypes
-        assert "1 ONNX Runtime session (CPUExecutionProvider)" in report.summary()
+        assert f"{sessions} (CPUExecutionProvider)" in report.summary()
         assert adapter.describe()["engine"] == "onnx" and adapter.describe()["threads"] == 1
+    # the filterbank's session and the rest's hold the network's parameters once between them
+    assert audit_model("segmentation", segmentation, "cpu").parameters == sum(
+        p.numel() for p in segmentation.model.parameters())
     from server.models.vad_onnx import OnnxVadModel
 
     vad = audit_model("vad", OnnxVadModel(), "cpu")  # rechka-fetch-models printed "0 parameters in 0 tensors"
@@ -149,7 +155,7 @@ def test_the_graphs_are_exported_once_into_the_model_cache(tmp_path, monkeypatch
     exports: list[int] = []
     real_export = module.export_graph
     monkeypatch.setattr(module, "export_graph", lambda *a, **k: exports.append(1) or real_export(*a, **k))
-    first, second = OnnxSegmentationModel(), OnnxSegmentationModel()
-    assert len(exports) == 1 and len(list((tmp_path / "onnx").glob("pyannet-*.onnx"))) == 1
+    first, second = OnnxSegmentationModel(), OnnxSegmentationModel()  # two graphs: the sinc filterbank, the rest
+    assert len(exports) == 2 and len(list((tmp_path / "onnx").glob("pyannet-*.onnx"))) == 2
     request = SegmentationRequest("s", 0, 0, 0, sample[:first.window])
     np.testing.assert_array_equal(first.run_batch([request])[0].scores, second.run_batch([request])[0].scores)
