@@ -238,6 +238,23 @@ class DiarizationOptions:
         probes held 0.43-0.65 s; 0.3 s removed no more flips, 0.5 s the same ones.
     probe_match_threshold: see ``probe_gap``. The handover's probes lay 0.21-0.23 from their voice's centroid (and
         0.53-0.54 from the previous voice's): 0.22 kept both flips, 0.25 and 0.3 scored alike everywhere.
+    pause_depth: an *acoustic pause* is a run of at least ``pause_min`` frames whose audio level lies more than this
+        many dB below the window's loud frames (the 95th percentile of its frame levels). A segment of a local speaker
+        with speech on both sides of one is also embedded piece by piece (pieces of at least ``min_segment_speech``),
+        and a piece becomes a voice of its own when its embedding lies farther than ``change_threshold`` from the
+        pieces before it *and* within ``new_speaker_threshold`` of a known speaker, every other one ``pause_margin``
+        farther, other than the one the pieces before it sound like; otherwise the segment and its own embedding
+        are used as without the option (:func:`streaming.voice_segments.refine_at_pauses`):
+        at handovers PyanNet often gives both voices one local speaker whose scores bridge the 0.15-0.25 s silence
+        between the turns (0.6-0.8 there), so no pause in the scores cuts it (held-out espeak conversations: the
+        new voice's first 0.3-0.8 s under the previous voice's label), while one voice's sentences are parted by
+        silences too (the second condition keeps them one voice). Off by default: with 25 dB, espeak flips fell by a
+        quarter to a third on the fit and held-out seed sets, AMI and the sample unchanged, but one held-out
+        real-voice set gained 3 flips (docs/benchmarks.md, "Acoustic pauses"). 0 = off.
+    pause_min: see ``pause_depth`` (150 ms: a stop closure inside a word is shorter).
+    pause_margin: see ``pause_depth``: a known speaker counts as the nearest only when every other live one lies at
+        least this much farther (cosine distance). 0.1 split one AMI voice's turn onto a second label of the same
+        voice (``ami_debug_trn06``: .182 -> .368 DER), 0.2 left every AMI file unchanged.
     history: how long final turns are kept after they end, for the speakers of finals that come later (a live
         final comes seconds after its speech); ``None`` keeps every turn: a whole file's finals may all come at its
         end (``rechka-transcribe``), and with 5 minutes most of a 30-minute file's finals had no speaker.
@@ -272,6 +289,9 @@ class DiarizationOptions:
     probe_level: float = 0.8
     probe_min_speech: int = ms(400)
     probe_match_threshold: float = 0.25
+    pause_depth: float = 0.0
+    pause_min: int = ms(150)
+    pause_margin: float = 0.2
     history: Optional[int] = ms(300_000)
 
     def __post_init__(self) -> None:
@@ -329,6 +349,12 @@ class DiarizationOptions:
                "DiarizationOptions.probe_min_speech must be between 1 sample and the window (400 ms is the default)")
         _check(0.0 < self.probe_match_threshold <= 2.0,
                "DiarizationOptions.probe_match_threshold must be in (0, 2] (0.25 is the default)")
+        _check(0.0 <= self.pause_depth <= 120.0,
+               "DiarizationOptions.pause_depth must be 0 (off) or a level in dB below the window's loud frames")
+        _check(0.0 <= self.pause_margin < 2.0,
+               "DiarizationOptions.pause_margin must be in [0, 2) (0.2 is the default)")
+        _check(ms(20) <= self.pause_min <= self.window,
+               "DiarizationOptions.pause_min must be between 20 ms and the window (150 ms is the default)")
 
 
     def with_speaker_counts(self, min_speakers: Optional[int] = None, max_speakers: Optional[int] = None,

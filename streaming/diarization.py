@@ -48,7 +48,8 @@ from streaming.config import DiarizationOptions
 from streaming.continuity import ContinuityMap
 from streaming.final_turns import FinalTurns
 from streaming.speakers import SpeakerTracker, label_of
-from streaming.voice_segments import Segment, plan_probes, plan_segments, split_by_voice, split_probes
+from streaming.voice_segments import (Segment, acoustic_pauses, nest_pieces, plan_probes, plan_segments,
+                                     refine_at_pauses, split_by_voice, split_probes)
 from streaming.windows import FrameGeometry, SampleSource, SegmentationWindows, Window
 from streaming.work import EmbeddingRequest, EmbeddingResult, Request, Result, SegmentationRequest, SegmentationResult
 
@@ -69,6 +70,7 @@ class _PendingWindow:
     active: list[int] = field(default_factory=list)               # locally active speakers
     segments: dict[int, list[Segment]] = field(default_factory=dict)  # local speaker → its embedded segments
     probes: dict[int, list[Segment]] = field(default_factory=dict)    # local speaker → its probes (after segments)
+    pieces: dict[int, dict[int, list[Segment]]] = field(default_factory=dict)  # local speaker → segment → pieces
     waiting: dict[int, tuple[int, int]] = field(default_factory=dict)  # embedding seq → (local speaker, segment)
     embeddings: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)  # (local speaker, segment) → vector
 
@@ -172,13 +174,18 @@ class StreamingDiarizer:
         hi = np.clip(hi, pending.window.pad, len(pending.audio))
         pending.active = [k for k in range(scores.shape[1]) if active[:, k].any()]
         requests: list[Request] = []
+        step = self.windows.geometry.step
+        quiet = acoustic_pauses(pending.audio, lo, hi, self.options, step)
         for k in pending.active:
-            step = self.windows.geometry.step
             segments = plan_segments(clean[:, k], active[:, k], lo, hi, self.options, step)
             pending.segments[k] = segments
             confident = clean[:, k] & (scores[:, k] > self.options.probe_level)
             pending.probes[k] = plan_probes(confident, lo, hi, self.options, step) if segments else []
-            for i, segment in enumerate(segments + pending.probes[k]):
+            pieces = plan_segments(clean[:, k], active[:, k], lo, hi, self.options, step, quiet) \
+                if segments and quiet.any() else []
+            pending.pieces[k] = nest_pieces(segments, pieces)
+            extra = [p for i in sorted(pending.pieces[k]) for p in pending.pieces[k][i]]
+            for i, segment in enumerate(segments + pending.probes[k] + extra):
                 seq = self._next_seq()
                 pending.waiting[seq] = (k, i)
                 self._by_seq[seq] = pending
@@ -206,8 +213,16 @@ class StreamingDiarizer:
         probes: list[tuple[int, Segment, np.ndarray]] = []  # (voice column it lies in, probe, its embedding)
         for k in pending.active:
             segments = pending.segments.get(k, [])
-            voices = split_by_voice(scores[:, k], segments, [pending.embeddings[(k, i)] for i in range(len(segments))],
-                                    self.options.change_threshold)
+            embeddings = [pending.embeddings[(k, i)] for i in range(len(segments))]
+            n = len(segments) + len(pending.probes.get(k, []))
+            pieces, piece_embeddings = pending.pieces.get(k, {}), {}
+            for i in sorted(pieces):
+                piece_embeddings[i] = [pending.embeddings[(k, n + j)] for j in range(len(pieces[i]))]
+                n += len(pieces[i])
+            refined, refined_embeddings = refine_at_pauses(segments, embeddings, pieces, piece_embeddings,
+                                                           self.options.change_threshold, self._sounds_like)
+            voices = split_by_voice(scores[:, k], refined, refined_embeddings, self.options.change_threshold,
+                                    self._sounds_like)
             if not voices:
                 active.append(len(columns))
                 columns.append(scores[:, k])
@@ -252,6 +267,18 @@ class StreamingDiarizer:
                          talkers=heard.sum(axis=1))
         self.continuity.remember(pending.window, mapped)
         self.candidate_voices.credit(pending.window, voices_scores, waiting, self.tracker)
+
+    def _sounds_like(self, embedding: np.ndarray) -> Optional[int]:
+        """The live speaker nearest to ``embedding`` within ``new_speaker_threshold`` when every other one lies at
+        least ``pause_margin`` farther, else ``None``."""
+        if not self.tracker.n_speakers:
+            return None
+        distances = self.tracker.distances(embedding[None, :])[0]
+        nearest, ordered = int(np.argmin(distances)), np.sort(distances)
+        if ordered[0] > self.options.new_speaker_threshold or \
+                (len(ordered) > 1 and ordered[1] - ordered[0] < self.options.pause_margin):
+            return None
+        return nearest
 
     def _merge(self, gone: int, keep: int, at: int) -> None:
         """The tracker merged speaker ``gone`` into ``keep``: what is not final yet (aggregate, open runs, turns not

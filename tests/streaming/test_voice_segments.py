@@ -176,3 +176,115 @@ def test_a_voice_that_goes_on_after_a_pause_keeps_its_label() -> None:
     assert speakers == ("S1", "S2")
     assert {t.speaker for t in final if t.end > ms(12_500)} == {"S1"}
     assert requests > _handover_run(DiarizationOptions(probe_gap=0), 0)[2]
+
+
+def test_acoustic_pauses_are_long_runs_far_below_the_windows_loud_frames() -> None:
+    from streaming.voice_segments import acoustic_pauses
+
+    rng = np.random.default_rng(0)
+    audio = rng.normal(scale=0.1, size=250 * STEP)          # speech-like level, 5 s
+    audio[100 * STEP:110 * STEP] *= 1e-3                     # 200 ms at -60 dB: a pause
+    audio[150 * STEP:154 * STEP] *= 1e-3                     # 80 ms: a stop closure, too short
+    audio[200 * STEP:215 * STEP] *= 0.1                      # 300 ms at -20 dB: quieter speech, not a pause
+    lo = np.arange(250) * STEP
+    options = DiarizationOptions(pause_depth=30.0)
+    quiet = acoustic_pauses(audio, lo, lo + STEP, options, float(STEP))
+    assert runs(quiet) == [(100, 110)]
+    assert runs(acoustic_pauses(audio, lo, lo + STEP, DiarizationOptions(pause_depth=15.0), float(STEP))) == \
+        [(100, 110), (200, 215)]
+    assert not acoustic_pauses(audio, lo, lo + STEP, OPTIONS, float(STEP)).any()  # off by default
+
+
+def test_an_acoustic_pause_inside_a_local_speakers_speech_cuts_it_into_acoustic_segments() -> None:
+    lo = np.arange(250) * STEP
+    mask = frames((0, 4000))                                  # the scores bridge everything
+    quiet = frames((1900, 2200), (3900, 4100))                # a pause inside, and one at the speech's end
+    segments = plan_segments(mask, mask, lo, lo + STEP, OPTIONS, float(STEP), quiet)
+    assert [(s.first * 20, s.stop * 20, s.acoustic) for s in segments] == [(0, 1900, False), (2200, 4000, True)]
+    assert segments[1].speech == ms(1800)                     # the edge quiet frames stay in the spans
+    # a pause in the scores as long as segment_gap is no acoustic cut, even where the audio is quiet too
+    scored = frames((0, 1900), (2200, 4000))
+    assert [s.acoustic for s in plan_segments(scored, scored, lo, lo + STEP, OPTIONS, float(STEP), quiet)] == \
+        [False, False]
+    # a piece under min_segment_speech after the cut joins its neighbour again
+    assert len(plan_segments(mask, mask, lo, lo + STEP, OPTIONS, float(STEP), frames((3000, 3300)))) == 1
+
+
+def test_an_acoustic_segment_splits_only_when_it_sounds_like_another_known_speaker() -> None:
+    lo = np.arange(250) * STEP
+    mask = frames((0, 4000))
+    segments = plan_segments(mask, mask, lo, lo + STEP, OPTIONS, float(STEP), frames((1900, 2200)))
+    scores = mask.astype(float)
+    a, b = np.eye(4)[0], np.eye(4)[1]
+    assert len(split_by_voice(scores, segments, [a, b], 0.3, lambda e: int(np.argmax(e)))) == 2
+    assert len(split_by_voice(scores, segments, [a, b], 0.3, lambda e: 0)) == 1      # one known voice's sentences
+    assert len(split_by_voice(scores, segments, [a, b], 0.3, lambda e: None)) == 1   # nobody known yet
+    assert len(split_by_voice(scores, segments, [a, b], 0.3, lambda e: 0 if e[0] > 0.5 else None)) == 1  # new
+    assert len(split_by_voice(scores, segments, [a, b], 0.3)) == 1
+
+
+class BridgingSegmentation(FakeSegmentation):
+    """Tones as local speakers, except that every window ending after ``after`` in which both tones 0 and 1 are heard
+    gives them one local speaker whose scores bridge the pause between them (0.7 there)."""
+
+    def __init__(self, after: int) -> None:
+        super().__init__()
+        self.after = after
+
+    def _one(self, request):
+        result = super()._one(request)
+        audio = np.asarray(request.audio, dtype=np.float64)
+        scores = np.array(result.scores)
+        idx = (np.arange(len(scores))[:, None] * int(result.frame_step)) + np.arange(int(result.frame_duration))
+        present = tone_amplitudes(audio[idx]) > self.threshold
+        if request.start + len(audio) > self.after and present[:, 0].any() and present[:, 1].any():
+            heard = np.flatnonzero(present[:, 0] | present[:, 1])
+            scores[:] = 0.03
+            scores[heard[0]:heard[-1] + 1, 0] = 0.7
+            scores[present[:, 0] | present[:, 1], 0] = 0.95
+        return dataclasses.replace(result, scores=scores)
+
+
+def test_a_handover_the_model_bridges_with_one_local_speaker_is_cut_at_the_silence() -> None:
+    # speakers 0 and 1 known; then speaker 0, a 0.3 s silence, speaker 1, all one local speaker with no pause in its
+    # scores: without acoustic pauses speaker 1's first words carry speaker 0's label
+    start = ms(18_800)
+    turns = [Speech(0, 0, ms(6000)), Speech(1, ms(6400), ms(12000)), Speech(0, ms(12500), ms(18500)),
+             Speech(1, start, start + ms(5000))]
+
+    def wrong(options: DiarizationOptions) -> int:
+        seq = itertools.count()
+        diarizer = StreamingDiarizer(options, "s", 0, lambda: next(seq))
+        stream(diarizer, synthesize(turns, start + ms(6000)),
+               run_fakes(BridgingSegmentation(ms(12_500)), FakeEmbedding()))
+        final = diarizer.pop_final_turns()
+        assert diarizer.speakers == ("S1", "S2")
+        return sum(max(0, min(t.end, start + ms(5000)) - max(t.start, start)) for t in final if t.speaker == "S1")
+
+    assert wrong(OPTIONS) >= ms(300)
+    assert wrong(dataclasses.replace(OPTIONS, pause_depth=25.0)) <= ms(100)
+
+
+def test_pause_options_are_validated_with_the_fix_named() -> None:
+    for bad in ({"pause_depth": -1.0}, {"pause_min": 0}, {"pause_min": ms(6000)}, {"pause_margin": -0.1}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            DiarizationOptions(**bad)
+
+
+def test_only_segments_whose_acoustic_pieces_hold_two_voices_are_replaced() -> None:
+    from streaming.voice_segments import nest_pieces, refine_at_pauses
+
+    lo = np.arange(250) * STEP
+    mask = frames((0, 4000))
+    segments = plan_segments(mask, mask, lo, lo + STEP, OPTIONS, float(STEP))
+    pieces = nest_pieces(segments, plan_segments(mask, mask, lo, lo + STEP, OPTIONS, float(STEP),
+                                                 frames((1900, 2200))))
+    assert list(pieces) == [0] and len(pieces[0]) == 2
+    whole, a, b = np.ones(4), np.eye(4)[0], np.eye(4)[1]
+    nearest = lambda e: int(np.argmax(e))  # noqa: E731
+    refined, embeddings = refine_at_pauses(segments, [whole], pieces, {0: [a, b]}, 0.3, nearest)
+    assert [(s.first * 20, s.stop * 20, s.acoustic) for s in refined] == [(0, 1900, False), (2200, 4000, True)]
+    assert np.allclose(embeddings[1], b)
+    # one voice on both sides of the silence: the segment and its own embedding, as without acoustic pauses
+    refined, embeddings = refine_at_pauses(segments, [whole], pieces, {0: [a, a]}, 0.3, nearest)
+    assert refined == segments and embeddings[0] is whole
