@@ -12,7 +12,8 @@ left frames, and the partial text is the greedy CTC decode of all frames so far 
 edge). The final is the ordinary whole-utterance decode, unchanged; the cache is dropped there.
 ``CADENCE:LOOKAHEAD``: the last LOOKAHEAD encoder frames (40 ms each) of a window are provisional and pass the layers
 again with the next window (right context, at a cost above 1.0); ``CADENCE:0:HIDE``: the newest HIDE frames' labels
-are left out of the text shown (no compute; they show with the next decode).
+are left out of the text shown (no compute; they show with the next decode); ``:LAG``: ``lookahead_lag`` in ms
+(default the option's: lookahead is budget-aware, its repeats paid by ending windows earlier).
 
 Variants (one run, interleaved per stream, the same 60 finals in all): the defaults (budget 1.5), budget 1.0
 without context at cadence 1 s and 0.5 s, and the cached ones (``--cached CADENCE[:LOOKAHEAD]``, samples and
@@ -37,7 +38,7 @@ import torch
 from benchmarks.common import OUT_DIR, command_line, summarize, write_result
 from benchmarks.partial_quality import SessionRun, final_wer, partial_quality
 from benchmarks.partials import TimedAsr, speech_inputs, speech_utterances, variant_options
-from server.models.asr_cache import ChunkedEncoder, PartialCaches
+from server.models.asr_cache import PartialCaches
 from streaming.config import PartialOptions
 from streaming.work import AsrKind, AsrRequest, AsrResult
 
@@ -82,7 +83,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--speech", action="store_true", help="the shared recordings instead of --held-out")
     p.add_argument("--speech-dir", type=Path, default=None)
     p.add_argument("--max-files", type=int, default=23)
-    p.add_argument("--cached", action="append", default=None, metavar="CADENCE_MS[:LOOKAHEAD[:HIDE]]",
+    p.add_argument("--cached", action="append", default=None, metavar="CADENCE_MS[:LOOKAHEAD[:HIDE[:LAG_MS]]]",
                    help="a cached variant at budget 1.0 (repeatable; default 500, 1000, 500:2)")
     p.add_argument("--compare", action="append", default=None, metavar="FIELD=VALUE[,...]",
                    help="an uncached variant as in benchmarks.partials (default: budget 1.0 at cadence 1 s, 0.5 s)")
@@ -95,11 +96,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def wall_times(asr: Any, seconds: float, cadences: Sequence[int], repeats: int) -> dict[str, Any]:
-    """Median wall seconds of one utterance's encoder work: the final pass; per cadence (ms) the same audio in
-    first-partial + cadence pieces as cached chunks and as context-free windows (encoder only, no decoding)."""
+    """Median wall seconds of one utterance's encoder work on the adapter's engine: the final pass; per cadence
+    (ms) the same audio in first-partial + cadence pieces as cached chunks and as context-free windows (encoder
+    only, log-mels included; the cached chunks include the CTC head)."""
     import time
-
-    from server.models.gigaam_compat import encode_batch
 
     audio = (np.random.default_rng(0).standard_normal(int(seconds * 16000)) * 0.1).astype(np.float32)
     first = PartialOptions().first_partial
@@ -109,16 +109,16 @@ def wall_times(asr: Any, seconds: float, cadences: Sequence[int], repeats: int) 
         return [audio[a:b] for a, b in zip(cuts, cuts[1:] + [len(audio)])]
 
     def final() -> None:
-        encode_batch(asr.model, [torch.from_numpy(audio)])
+        asr._encode([torch.from_numpy(audio)])
 
     def chunked(cadence: int) -> None:
-        encoder = ChunkedEncoder(asr.model)
+        encoder = asr.chunk_encoder(0)  # torch ChunkedEncoder or the ONNX chunk graph's (CTC head included)
         for piece in pieces(cadence):
-            encoder.push(piece)
+            encoder.step(piece)
 
     def windows(cadence: int) -> None:
         for piece in pieces(cadence):
-            encode_batch(asr.model, [torch.from_numpy(piece)])
+            asr._encode([torch.from_numpy(piece)])
 
     runs: dict[str, Any] = {"final": final}
     for c in cadences:
@@ -144,10 +144,12 @@ def variants(args: argparse.Namespace) -> Plan:
     for spec in args.compare or ["budget_ratio=1.0,cadence=16000", "budget_ratio=1.0,cadence=8000"]:
         out[f"no context, {spec}"] = (variant_options(spec)[0], None)
     for spec in args.cached or ["500", "1000", "500:2"]:
-        cadence, lookahead, hide = (spec.split(":") + ["0", "0"])[:3]
+        given = spec.split(":")
+        cadence, lookahead, hide, lag = given + ["1000", "0", "0", str(PartialOptions().lookahead_lag // 16)][len(given):]
         options = PartialOptions(budget_ratio=1.0, cadence=int(cadence) * 16, cached_context=True,
-                                 cached_lookahead=int(lookahead))
+                                 cached_lookahead=int(lookahead), lookahead_lag=int(lag) * 16)
         name = f"cached, budget 1.0, cadence {cadence} ms, lookahead {lookahead}" + (f", hide {hide}" if int(hide) else "")
+        name += f", lag {lag} ms" if int(lookahead) else ""
         out[name] = (options, int(hide))
     return out
 
@@ -159,8 +161,6 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     engine, quantize = asr_engine_for("cpu", args.asr_engine, None if args.asr_quantize == "none" else args.asr_quantize)
-    if args.wall and engine != "torch":
-        raise SystemExit("--wall times the torch encoder; benchmarks.partials times any engine end to end")
     asr = load_asr(args.asr_model, "cpu", 1, quantize, engine)
     asr.warmup()
     if args.wall:

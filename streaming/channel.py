@@ -323,5 +323,5 @@ class Channel:
         a, b = window
         request = AsrRequest(self.out.session_id, self.out.next_seq(), self.index, a, self.buffer.read(a, b),
                              self.open.key, AsrKind.PARTIAL,
-                             cache_lookahead=options.cached_lookahead if options.cached_context else None)
+                             cache_lookahead=self.policy.lookahead if options.cached_context else None)
         self.out.issue([request], "partial", self.index, utterance=self.open, window=window)

@@ -61,6 +61,9 @@ class VadOptions:
                "VadOptions.cut_search must be positive and shorter than max_utterance")
 
 
+ENCODER_FRAME = ms(40)  # one GigaAM encoder frame (log-mel hop 10 ms, subsampling x4): what a lookahead frame re-encodes
+
+
 @dataclass(frozen=True)
 class PartialOptions:
     """How partial transcripts are produced while an utterance is open (``streaming/partials.py``).
@@ -97,9 +100,12 @@ class PartialOptions:
         with ``budget_ratio=1.0, cadence=ms(1000)`` it measured confirmed share 0.734 / WER vs final 0.312 at
         ≤ 1.0 final pass for every utterance (no context 0.512 / 0.580, the defaults 0.782 / 0.244;
         docs/benchmarks.md, cached left context). ``left_context`` and ``max_window`` do not apply.
-    cached_lookahead: with ``cached_context``, the last this many encoder frames (40 ms each) of a partial are
-        provisional and encoded again with the next (right context, beyond one final pass: 1 frame at cadence 1 s
-        measured 0.773 / 0.261, up to 1.033 final passes).
+    cached_lookahead: with ``cached_context``, the last this many encoder frames (``ENCODER_FRAME``, 40 ms each)
+        of a partial are provisional and encoded again with the next (right context). Budget-aware: the repeat is
+        charged to ``budget_ratio``, so the next window ends that much earlier (at budget 1.0 the window end lags
+        the audio by the repeats so far), and a window gets lookahead only while that lag stays within
+        ``lookahead_lag``.
+    lookahead_lag: how far a cached window's end may fall behind the audio to pay for lookahead repeats.
     """
 
     enabled: bool = True
@@ -115,6 +121,7 @@ class PartialOptions:
     max_pending_requests: int = 8
     cached_context: bool = False
     cached_lookahead: int = 0
+    lookahead_lag: int = ms(200)
 
     def __post_init__(self) -> None:
         _check(self.first_partial >= ms(100), "PartialOptions.first_partial must be >= 100 ms")
@@ -130,6 +137,7 @@ class PartialOptions:
         _check(self.max_pending_requests >= 1, "PartialOptions.max_pending_requests must be >= 1")
         _check(0 <= self.cached_lookahead <= 25 and (self.cached_context or not self.cached_lookahead),
                "PartialOptions.cached_lookahead must be 0-25 encoder frames, and needs cached_context")
+        _check(self.lookahead_lag >= 0, "PartialOptions.lookahead_lag must be >= 0 samples")
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,13 @@ Cached context (``PartialOptions.cached_context``): each window starts where the
 and answers with the whole utterance so far (``whole``), which replaces the text. A result that is not whole (an
 engine without the cache) is taken as an ordinary context-free decode. An adopted speculation is whole too, but
 does not move where the next cached window starts (the cache never saw it).
+
+Lookahead, budget-aware (``cached_lookahead``): a cached window's last frames may be provisional and encoded again
+with the next window (right context). That repeat is charged to the budget with the next window, which therefore
+ends where the budget pays both (at budget 1.0: ``repeat`` samples before the newest audio, so the partials'
+encoder work never exceeds the audio so far, hence one final pass). Each window's lookahead is granted only while
+the window end lags the audio by at most ``lookahead_lag`` with it; past that the window commits every frame as
+computed (lookahead 0 from there on, the lag stays).
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence
 
-from streaming.config import PartialOptions
+from streaming.config import ENCODER_FRAME, PartialOptions
 from streaming.wire import WordTiming
 
 
@@ -64,6 +71,9 @@ class PartialPolicy:
         self._latest_text = ""  # the last decode's uncommitted text when it had no word timings
         self._context_free = False  # the decode in flight starts where the last one ended
         self._cached_end = utterance_start  # cached context: end of the last window this policy sent
+        self._cached_repeat = 0  # cached context: samples the next cached window encodes again (held lookahead)
+        self._window_lag = 0  # cached context: how far the window last proposed ends before the audio
+        self.lookahead = 0  # cached context: lookahead frames of the last cached window sent
 
     # ------------------------------------------------------------------------------------------------ scheduling
     def budget(self, now: int) -> int:
@@ -88,9 +98,13 @@ class PartialPolicy:
         last (or ``max_window``).
         """
         budget = self.budget(now)
-        if self.options.cached_context:
+        if self.options.cached_context:  # the budget pays the new audio and the held lookahead frames again
             a = self._cached_end
-            return (a, now) if 0 < now - a <= budget else None
+            b = min(now, a + budget - self._cached_repeat)
+            if b <= a or (b < now and b - a < self.options.cadence // 2):
+                return None  # too little budget for a useful window: it grows with the audio
+            self._window_lag = now - b
+            return a, b
         earliest = now - self.options.max_window
         a = max(self._natural_start(), earliest)
         if now - a <= budget:
@@ -111,8 +125,12 @@ class PartialPolicy:
     def start(self, window: tuple[int, int]) -> None:
         """A decode of ``window`` was sent: count it and commit what will fall out of the window's reach."""
         a, b = window
+        repeat = 0
         if self.options.cached_context and a == self._cached_end:
             self._cached_end = b
+            repeat, frames = self._cached_repeat, self.options.cached_lookahead
+            self.lookahead = frames if self._window_lag + frames * ENCODER_FRAME <= self.options.lookahead_lag else 0
+            self._cached_repeat = self.lookahead * ENCODER_FRAME
         if a > self._natural_start():  # the window starts late (max_window or budget): commit what it cannot reach
             reach = min(a + self.options.left_context, self._decoded_end)
             keep = [w for w in self._previous if (w.start + w.end) / 2 >= reach]
@@ -121,7 +139,7 @@ class PartialPolicy:
             self._previous = keep
         self._context_free = self.decodes > 0 and a >= self._decoded_end  # nothing before ``a`` is re-encoded
         self.in_flight = window
-        self.encoded += b - a
+        self.encoded += b - a + repeat
         self.decodes += 1
         self._last_end = self._decoded_end = b
 
@@ -133,9 +151,10 @@ class PartialPolicy:
         if self.in_flight is not None or b <= self._decoded_end:
             self.encoded += b - a
             return None
-        cached_end = self._cached_end
+        cached = self._cached_end, self._cached_repeat, self.lookahead
+        self._cached_end = -1  # not a cached window: start() neither moves nor charges the cache's state
         self.start(window)
-        self._cached_end = cached_end  # the encoder cache never saw this decode
+        self._cached_end, self._cached_repeat, self.lookahead = cached  # the encoder cache never saw this decode
         return self.on_result(words, text, whole=self.options.cached_context)
 
     @property

@@ -180,9 +180,9 @@ class GigaAmAsr:
 
     @property
     def partial_caches(self) -> Optional[PartialCaches]:
-        """The cached partials' store (``PartialOptions.cached_context``): CTC with an engine that has a chunked
-        encoder (:meth:`chunk_encoder`), else None (cached partials are then decoded alone)."""
-        if self._partial_caches is None and self.head_kind == "ctc" and self.has_chunk_encoder:
+        """The cached partials' store (``PartialOptions.cached_context``): an engine with a chunked encoder
+        (:meth:`chunk_encoder`; CTC and RNNT), else None (cached partials are then decoded alone)."""
+        if self._partial_caches is None and self.has_chunk_encoder:
             self._partial_caches = PartialCaches(self)
         return self._partial_caches
 
@@ -278,13 +278,29 @@ class GigaAmAsr:
             rows.append([(int(row[s]), int(s), int(e)) for s, e in zip(starts, ends) if row[s] != self.blank_id])
         return rows
 
+    def rnnt_continue(self, frames: np.ndarray, state: Any, offset: int) -> tuple[list[tuple[int, int, int]], Any]:
+        """Greedy RNN-T of one utterance's next encoder ``frames (T, D)`` from the prediction network's ``state``
+        (``None``: the start) after the frames before: its tokens (frame indices from ``offset``) and the state
+        after them. Cached partials decode committed frames once this way (exactly as one whole pass would)."""
+        if not len(frames):
+            return [], state
+        with torch.inference_mode():
+            encoded = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32)).to(self.device)[None]
+            lengths = torch.tensor([len(frames)], device=self.device)
+            [row], after = self._rnnt_rows(encoded, lengths, state)
+        return [(tok, a + offset, b + offset) for tok, a, b in row], after
+
     def _rnnt_tokens(self, encoded: torch.Tensor, lengths: torch.Tensor) -> list[list[tuple[int, int, int]]]:
         """Greedy RNN-T over all rows at once, step for step the same as gigaam's per-row ``_greedy_decode``:
         at each frame a row emits up to ``max_symbols`` tokens, feeding each back to the prediction network."""
+        return self._rnnt_rows(encoded, lengths, None)[0]
+
+    def _rnnt_rows(self, encoded: torch.Tensor, lengths: torch.Tensor,
+                   start: Any) -> tuple[list[list[tuple[int, int, int]]], Any]:
         head = self.model.head
         batch, frames, _ = encoded.shape
         max_symbols = self.model.decoding.max_symbols
-        g, state = head.decoder.predict(None, None, batch_size=batch)
+        g, state = head.decoder.predict(None, None, batch_size=batch) if start is None else start
         rows: list[list[tuple[int, int, int]]] = [[] for _ in range(batch)]
         for t in range(frames):
             pending = lengths > t
@@ -302,4 +318,4 @@ class GigaAmAsr:
                 g = torch.where(emit[:, None, None], g_new, g)
                 state = tuple(torch.where(emit[None, :, None], new, old) for new, old in zip(state_new, state))
                 pending = emit
-        return rows
+        return rows, (g, state)

@@ -129,7 +129,7 @@ class ChunkedEncoder:
 
     def __init__(self, net: nn.Module, lookahead: int = 0) -> None:
         self.encoder = net.encoder
-        self.head = net.head
+        self.head = net.head if net.spec.head == "ctc" else None  # RNNT: step() gives the frames
         self.features = _Features(net.preprocessor)
         sub = self.encoder.pre_encode
         self.kind = sub.kind
@@ -181,9 +181,11 @@ class ChunkedEncoder:
         return x.transpose(1, 2)
 
     def step(self, audio: np.ndarray, final: bool = False) -> np.ndarray:
-        """:meth:`push`, then the CTC head: log-probs ``(T, C)`` of the same frames (the engine-neutral interface
+        """:meth:`push`, then the CTC head: log-probs ``(T, C)`` of the same frames (RNNT: the frames ``(T, D)``) (the engine-neutral interface
         :class:`PartialCaches` uses; :class:`server.models.asr_cache_onnx.OnnxChunkedEncoder` has the same)."""
         frames = self.push(audio, final)
+        if self.head is None:  # RNNT: the encoder frames (the adapter's greedy decoder continues on them)
+            return frames.float().cpu().numpy()
         if not len(frames):
             return np.zeros((0, 0), dtype=np.float32)
         with torch.inference_mode():
@@ -290,10 +292,13 @@ class _Utterance:
         self.start = start  # absolute sample of the first cached sample
         self.end = start  # absolute end of the audio pushed so far
         self.labels = np.zeros(0, dtype=np.int64)  # greedy CTC labels of the committed frames
+        self.tokens: list[tuple[int, int, int]] = []  # RNNT: tokens of the committed frames
+        self.decoder_state: Any = None  # RNNT: the prediction network's state after them
 
 
 class PartialCaches:
-    """Cached partial decodes of a CTC :class:`~server.models.asr.GigaAmAsr`, one encoder per ``(session,
+    """Cached partial decodes of a :class:`~server.models.asr.GigaAmAsr` (CTC: greedy labels of every frame; RNNT:
+    greedy decoding continued from the committed frames' prediction-network state), one encoder per ``(session,
     channel)``, made by the adapter's ``chunk_encoder(lookahead)`` (torch: :class:`ChunkedEncoder`; ONNX Runtime:
     :class:`~server.models.asr_cache_onnx.OnnxChunkedEncoder`). Thread-safe (the finals' and the partials' lanes share the adapter).
 
@@ -333,14 +338,22 @@ class PartialCaches:
             while len(self._caches) > self.max_caches:
                 self._caches.popitem(last=False)
         committed = utt.encoder.frames_out
-        logprobs = utt.encoder.step(np.asarray(request.audio, dtype=np.float32))
+        utt.encoder.lookahead = lookahead  # per window: the policy grants lookahead while its budget pays for it
+        out = utt.encoder.step(np.asarray(request.audio, dtype=np.float32))
         utt.end = request.start + len(request.audio)
-        labels = logprobs.argmax(-1).astype(np.int64) if len(logprobs) else np.zeros(0, dtype=np.int64)
         new = utt.encoder.frames_out - committed
-        utt.labels = np.concatenate([utt.labels, labels[:new]])
-        row = np.concatenate([utt.labels, labels[new:]])
-        row = row[: max(len(row) - self.hide, 0)]
-        text, words = self.asr.words.build(ctc_tokens(row, self.asr.blank_id), utt.end - utt.start)
+        if self.asr.head_kind == "ctc":  # out: log-probs
+            labels = out.argmax(-1).astype(np.int64) if len(out) else np.zeros(0, dtype=np.int64)
+            utt.labels = np.concatenate([utt.labels, labels[:new]])
+            row = np.concatenate([utt.labels, labels[new:]])
+            row = row[: max(len(row) - self.hide, 0)]
+            tokens = ctc_tokens(row, self.asr.blank_id)
+        else:  # RNNT, out: encoder frames; greedy decoding continues from the committed frames' decoder state
+            done, utt.decoder_state = self.asr.rnnt_continue(out[:new], utt.decoder_state, committed)
+            utt.tokens += done
+            ahead, _ = self.asr.rnnt_continue(out[new:], utt.decoder_state, committed + new)
+            tokens = utt.tokens + ahead
+        text, words = self.asr.words.build(tokens, utt.end - utt.start)
         shift = utt.start - request.start  # the words are the utterance's; the request's audio starts later
         return AsrResult(session_id=request.session_id, seq=request.seq, text=text,
                          words=tuple(Word(w.text, w.start + shift, w.end + shift) for w in words),

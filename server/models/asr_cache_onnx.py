@@ -16,11 +16,12 @@ for int8: :mod:`server.models.conv_taps`). Inputs:
   ``conv_left (L, D, pad)``: the depthwise convolutions' inputs of the last ``pad`` committed frames;
   ``positions (n,)``: the chunk's frames' absolute indices (rotary positions).
 
-Outputs: ``logprobs (1, n, C)`` (the CTC head's), ``layer0 (1, n, D)`` (for ``held``), the new frames' ``new_keys``,
+Outputs: ``outputs``: ``(1, n, C)`` log-probs of the CTC head (RNNT: the encoder frames ``(1, n, D)``), ``layer0 (1, n, D)`` (for ``held``), the new frames' ``new_keys``,
 ``new_values (L, H, n, d_k)`` and depthwise inputs ``new_conv (L, D, n)``; :class:`OnnxChunkedEncoder` keeps what a
 chunk commits, exactly as the torch encoder does (its own state: numpy arrays), and the log-mel front end stays in
-torch, as for the default graph. Rotary positions only (v2, v3); v1's relative positions have no chunk graph. One
-utterance per run: caches of different lengths are not batched.
+torch, as for the default graph (so is RNNT's greedy decoding). Rotary positions only (v2, v3); v1's relative
+positions have no chunk graph. One utterance per run: caches of different lengths are not batched (on the CPU
+batching did not pay for GigaAM: docs/benchmarks.md, compute per stream-second).
 """
 
 from __future__ import annotations
@@ -58,9 +59,9 @@ def _valid_in_time(conv: nn.Module) -> nn.Module:
 
 
 def supports_chunk_graph(net: nn.Module) -> bool:
-    """A CTC net with rotary positions (GigaAM v2/v3) and stride-2 subsampling: what :class:`ChunkStep` covers."""
+    """A net with rotary positions (GigaAM v2/v3) and stride-2 subsampling: what :class:`ChunkStep` covers."""
     pe = getattr(getattr(net.encoder, "pos_enc", None), "pe", None)
-    return net.spec.head == "ctc" and pe is not None and pe.dim() == 4
+    return pe is not None and pe.dim() == 4
 
 
 class ChunkStep(nn.Module):
@@ -77,7 +78,7 @@ class ChunkStep(nn.Module):
         stages = nn.ModuleList(_valid_in_time(m) for m in sub.conv if isinstance(m, (nn.Conv1d, nn.Conv2d)))
         self.stages = with_tap_convs(stages) if taps else stages
         self.out = self.encoder.pre_encode.out if self.kind == "conv2d" else None
-        self.head = net.head
+        self.head = net.head if net.spec.head == "ctc" else None  # RNNT: the frames; the decoder runs in torch
 
     def forward(self, features: Tensor, held: Tensor, keys: Tensor, values: Tensor, conv_left: Tensor,
                 positions: Tensor, *masks: Tensor) -> tuple[Tensor, ...]:
@@ -96,8 +97,8 @@ class ChunkStep(nn.Module):
             new_k.append(k[0])
             new_v.append(v[0])
             new_conv.append(glu[0])
-        logprobs = self.head(encoder_output=h.transpose(1, 2))
-        return logprobs, layer0, torch.stack(new_k), torch.stack(new_v), torch.stack(new_conv)
+        outputs = h if self.head is None else self.head(encoder_output=h.transpose(1, 2))
+        return outputs, layer0, torch.stack(new_k), torch.stack(new_v), torch.stack(new_conv)
 
 
 class ChunkGeometry:
@@ -153,14 +154,14 @@ def export_chunk_step(net: nn.Module, recipe: str) -> bytes:
     names = ["features", "held", "keys", "values", "conv_left", "positions", *masks]
     axes: dict[str, dict[int, str]] = {"features": {1: "feature_frames"}, "held": {1: "held"}, "keys": {2: "cached"},
                                        "values": {2: "cached"}, "positions": {0: "frames"},
-                                       "logprobs": {1: "frames"}, "layer0": {1: "frames"}, "new_keys": {2: "frames"},
+                                       "outputs": {1: "frames"}, "layer0": {1: "frames"}, "new_keys": {2: "frames"},
                                        "new_values": {2: "frames"}, "new_conv": {2: "frames"}}
     axes.update({m: {0: f"{m}_frames"} for m in masks})
     buffer = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings about shapes and the TorchScript exporter's deprecation
         torch.onnx.export(step, example, buffer, input_names=names,
-                          output_names=["logprobs", "layer0", "new_keys", "new_values", "new_conv"],
+                          output_names=["outputs", "layer0", "new_keys", "new_values", "new_conv"],
                           opset_version=17, dynamo=False, dynamic_axes=axes)
     return buffer.getvalue()
 
@@ -210,7 +211,7 @@ class OnnxChunkedEncoder:
         self.frames_encoded = 0
 
     def step(self, audio: np.ndarray, final: bool = False) -> np.ndarray:
-        """Log-probs ``(T, C)`` of the frames from the first not yet committed one on (committed ones, then unless
+        """Log-probs ``(T, C)`` (RNNT: encoder frames ``(T, D)``) of the frames from the first not yet committed one on (committed ones, then unless
         ``final`` up to ``lookahead`` provisional ones), as :meth:`ChunkedEncoder.step` gives them."""
         g = self.geometry
         with torch.inference_mode():

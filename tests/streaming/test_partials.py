@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streaming.config import VAD_CHUNK, PartialOptions, SessionConfig, VadOptions, ms
+from streaming.config import ENCODER_FRAME, VAD_CHUNK, PartialOptions, SessionConfig, VadOptions, ms
 from streaming.partials import PartialPolicy
 from streaming.session import Session
 from streaming.vad import SpeechStart, VadEndpointer
@@ -348,6 +348,38 @@ def test_cached_partial_requests_carry_the_lookahead_and_finals_stay_ordinary() 
                                                                        cached_lookahead=2))
     drive_session(Session("s", config), run_requests_by_kind({VadRequest: FakeVad(), AsrRequest: asr}), audio)
     partials = [r for r in asr.requests if r.kind == AsrKind.PARTIAL]
-    assert len(partials) >= 3 and {r.cache_lookahead for r in partials} == {2}
+    looks = [r.cache_lookahead for r in partials]
+    assert len(partials) >= 3 and looks[0] == 2 and set(looks) == {0, 2}
+    assert looks == sorted(looks, reverse=True)  # granted while the budget's lag allows (200 ms), then off
     assert all(b.start == a.start + len(a.audio) for a, b in zip(partials, partials[1:]))
     assert {r.cache_lookahead for r in asr.requests if r.kind == AsrKind.FINAL} == {None}
+
+
+@pytest.mark.parametrize("budget", [1.0, 1.5])
+def test_lookahead_is_paid_from_the_budget_by_ending_windows_earlier(budget: float) -> None:
+    """Each lookahead frame is encoded again by the next window and charged to it: at budget 1.0 the window ends
+    that much before the audio, so partial encoding (repeats included) never exceeds the audio so far; lookahead is
+    granted only while the lag it causes stays within ``lookahead_lag``; a higher budget pays it without lag."""
+    options = PartialOptions(budget_ratio=budget, cadence=ms(1000), cached_context=True, cached_lookahead=2,
+                             lookahead_lag=ms(200))
+    policy = PartialPolicy(options, 0)
+    sent, now = [], 0
+    while now < ms(12_000):
+        now += ms(100)
+        window = policy.due(now)
+        if window is None:
+            continue
+        policy.start(window)
+        sent.append((window, policy.lookahead, now))
+        policy.on_result([], "x", whole=True)
+        assert policy.encoded <= budget * now  # windows + repeats within the budget at every send
+    assert len(sent) >= 6
+    assert all(b[0][0] == a[0][1] for a, b in zip(sent, sent[1:]))  # contiguous: the cache continues
+    lags = [now - w[1] for w, _, now in sent]
+    looks = [look for _, look, _ in sent]
+    if budget == 1.0:
+        assert looks[:2] == [2, 2] and 0 in looks and looks == sorted(looks, reverse=True)
+        assert max(lags) <= ms(200) and lags[1] == 2 * ENCODER_FRAME  # the first window's lookahead, paid by the second
+        assert policy.encoded == sent[-1][0][1] + sum(looks[:-1]) * ENCODER_FRAME
+    else:
+        assert set(looks) == {2} and max(lags) == 0

@@ -17,7 +17,7 @@ from server.models.asr_cache_onnx import CHUNK_RECIPES, ChunkGeometry, OnnxChunk
 from server.models.asr_onnx import OnnxGigaAmAsr
 from server.models.audit import audit_model
 from streaming.work import AsrKind, AsrRequest
-from tests.server.models.test_asr import TINY_CKPT, _cer, held_out  # noqa: F401
+from tests.server.models.test_asr import TINY_CKPT, _cer, held_out, rnnt_ckpt  # noqa: F401
 
 V3_CTC = Path(__file__).resolve().parents[2] / "assets" / "tiny_v3_e2e_ctc.ckpt"
 PIECES = (4000, 6400, 8000, 16000)
@@ -150,3 +150,34 @@ def test_chunk_graphs_are_cached_by_weights_and_precision(cache: Path, fp32: Onn
     assert ensure_chunk_graph(net, "fp32") != fp32.chunk_graph
     assert not list(Path(__file__).resolve().parents[3].glob("**/gigaam-chunk-*.onnx"))
     assert isinstance(ChunkGeometry(net).kernels, list) and isinstance(fp32.chunk_encoder(0), OnnxChunkedEncoder)
+
+
+def test_rnnt_decoding_continued_from_the_committed_state_equals_one_pass(rnnt_ckpt: Path, held_out) -> None:
+    asr = GigaAmAsr(str(rnnt_ckpt), device="cpu")
+    _, audios = held_out
+    with torch.inference_mode():
+        frames = ChunkedEncoder(asr.model).push(audios[0].astype(np.float32), final=True).numpy()
+    whole, _ = asr.rnnt_continue(frames, None, 0)
+    first, state = asr.rnnt_continue(frames[:17], None, 0)
+    rest, _ = asr.rnnt_continue(frames[17:], state, 17)
+    assert whole and first + rest == whole
+    assert [t[0] for t in whole] == [t[0] for t in asr._rnnt_tokens(torch.from_numpy(frames)[None],
+                                                                    torch.tensor([len(frames)]))[0]]
+
+
+def test_rnnt_cached_partials_on_both_engines(rnnt_ckpt: Path, cache: Path, held_out) -> None:
+    """RNNT has cached partials too: the ONNX chunk graph gives the torch chunked encoder's frames (the graph
+    without the CTC head), and both adapters' cached partials read the same text, close to the final's."""
+    torch_rnnt = GigaAmAsr(str(rnnt_ckpt), device="cpu")
+    onnx_rnnt = OnnxGigaAmAsr(str(rnnt_ckpt), device="cpu", precision="fp32")
+    assert torch_rnnt.partial_caches is not None and onnx_rnnt.partial_caches is not None
+    _, audios = held_out
+    audio = audios[1].astype(np.float32)
+    want = _steps(ChunkedEncoder(torch_rnnt.model, 1), audio, 8000, False)
+    got = _steps(onnx_rnnt.chunk_encoder(1), audio, 8000, False)
+    assert max(float(np.abs(w - g).max()) for w, g in zip(want, got) if len(w)) <= 1e-4
+    texts = [_text(asr, a.astype(np.float32), 8000, 1) for asr in (torch_rnnt, onnx_rnnt) for a in audios[:4]]
+    assert texts[:4] == texts[4:] and all(texts)
+    finals = [r.text for r in torch_rnnt.run_batch([AsrRequest("f", i, 0, 0, a.astype(np.float32), i, AsrKind.FINAL)
+                                                    for i, a in enumerate(audios[:4])])]
+    assert np.mean([_cer(f, t) / max(len(f), 1) for f, t in zip(finals, texts)]) <= 0.25
