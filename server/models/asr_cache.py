@@ -134,7 +134,6 @@ class ChunkedEncoder:
         sub = self.encoder.pre_encode
         self.kind = sub.kind
         self.stages = [_Strided(m) for m in sub.conv if isinstance(m, (nn.Conv1d, nn.Conv2d))]
-        self.rotary = hasattr(self.encoder.pos_enc, "pe") and self.encoder.pos_enc.pe.dim() == 4
         self.lookahead = lookahead
         n = len(self.encoder.layers)
         self.keys: list[Optional[Tensor]] = [None] * n
@@ -199,11 +198,8 @@ class ChunkedEncoder:
         past_v = empty if self.values[i] is None else self.values[i]
         pad = (layer.conv.depthwise_conv.kernel_size[0] - 1) // 2
         left = self.conv_left[i] if self.conv_left[i] is not None else x.new_zeros(x.shape[0], x.shape[2], pad)
-        if self.rotary:
-            out, k, v, glu = layer_step(self.encoder, layer, x, past_k, past_v, left,
-                                        torch.arange(t0, t0 + x.shape[1], device=x.device))
-        else:
-            out, k, v, glu = layer_step(self.encoder, layer, x, past_k, past_v, left, None, t0)
+        out, k, v, glu = layer_step(self.encoder, layer, x, past_k, past_v, left,
+                                    torch.arange(t0, t0 + x.shape[1], device=x.device))
         self.keys[i] = torch.cat([past_k, k[:, :, :commit]], dim=2)
         self.values[i] = torch.cat([past_v, v[:, :, :commit]], dim=2)
         kept = torch.cat([left, glu[:, :, :commit]], dim=2)
@@ -212,15 +208,14 @@ class ChunkedEncoder:
 
 
 def layer_step(encoder: nn.Module, layer: nn.Module, x: Tensor, past_k: Tensor, past_v: Tensor, left: Tensor,
-               positions: Optional[Tensor], t0: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+               positions: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One Conformer layer on new frames ``x (1, n, D)``, stateless: attention over ``past_k``/``past_v``
     ``(1, h, T, d_k)`` (the earlier frames' keys and values) and the new frames', the depthwise convolution over
-    ``left (1, D, pad)`` (the earlier frames' inputs), zeros after the new frames. Rotary positions: ``positions``
-    ``(n,)``, the new frames' absolute indices (traceable: the ONNX chunk graph runs this); relative positions:
-    ``positions`` None and ``t0`` the first new frame's index (torch only). Returns the layer's output, the new
+    ``left (1, D, pad)`` (the earlier frames' inputs), zeros after the new frames; ``positions (n,)``: the new
+    frames' absolute indices (rotary or relative positions; traceable: the ONNX chunk graph runs this). Returns the layer's output, the new
     frames' keys, values and depthwise-convolution inputs ``(1, D, n)``: the caller caches what it commits."""
     residual = x + layer.feed_forward1(layer.norm_feed_forward1(x)) * layer.fc_factor
-    att, k, v = _attention(encoder, layer.self_attn, layer.norm_self_att(residual), past_k, past_v, positions, t0)
+    att, k, v = _attention(encoder, layer.self_attn, layer.norm_self_att(residual), past_k, past_v, positions)
     residual = residual + att
     conv, glu = _convolution(layer.conv, layer.norm_conv(residual), left)
     residual = residual + conv
@@ -229,8 +224,9 @@ def layer_step(encoder: nn.Module, layer: nn.Module, x: Tensor, past_k: Tensor, 
 
 
 def _attention(encoder: nn.Module, attn: nn.Module, x: Tensor, past_k: Tensor, past_v: Tensor,
-               positions: Optional[Tensor], t0: int) -> tuple[Tensor, Tensor, Tensor]:
-    if positions is not None:
+               positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    rotary = encoder.pos_enc.pe.dim() == 4
+    if rotary:
         pe = encoder.pos_enc.pe  # (2L, 1, 1, d_k): cos rows, then sin rows
         half = pe.shape[0] // 2
         cos, sin = pe.index_select(0, positions), pe.index_select(0, positions + half)  # (n, 1, 1, d_k)
@@ -242,28 +238,30 @@ def _attention(encoder: nn.Module, attn: nn.Module, x: Tensor, past_k: Tensor, p
         q, k, v = attn.forward_qkv(x, x, x)
     keys = torch.cat([past_k, k], dim=2)
     values = torch.cat([past_v, v], dim=2)
-    if positions is not None:
+    if rotary:
         scores = torch.matmul(q, keys.transpose(-2, -1) / math.sqrt(attn.d_k))
     else:
-        scores = _rel_scores(encoder, attn, q, keys, t0)
+        scores = _rel_scores(encoder, attn, q, keys, positions)
     return attn.forward_attention(values, scores, None), k, v
 
 
-def _rel_scores(encoder: nn.Module, attn: nn.Module, q: Tensor, keys: Tensor, t0: int) -> Tensor:
-    """Transformer-XL scores of queries at ``t0 + i`` against keys at ``j``: position ``(t0 + i) - j``."""
-    n, total = q.shape[2], keys.shape[2]
+def _rel_scores(encoder: nn.Module, attn: nn.Module, q: Tensor, keys: Tensor, positions: Tensor) -> Tensor:
+    """Transformer-XL scores of queries at ``positions`` against keys at ``j``: relative position
+    ``positions[i] - j``. Traceable: the rows of the position table are picked by index."""
     pe = encoder.pos_enc.pe  # (1, 2L - 1, D): row r is position L - 1 - r
     length = (pe.shape[1] + 1) // 2
-    top = t0 + n - 1  # positions top .. -(n - 1)
-    rows = pe[0, length - 1 - top: length - 1 + n]
+    total = keys.shape[2]
+    top = positions[-1]  # the newest query's position: the largest relative position
+    span = torch.arange(positions.shape[0] + total - 1, device=q.device)  # positions top .. positions[0] - total + 1
+    rows = pe[0].index_select(0, (length - 1) - top + span)
     p = attn.linear_pos(rows).view(1, -1, attn.h, attn.d_k).transpose(1, 2)  # (1, h, R, d_k)
     qt = q.transpose(1, 2)
     u = (qt + attn.pos_bias_u).transpose(1, 2)
     v = (qt + attn.pos_bias_v).transpose(1, 2)
     ac = torch.matmul(u, keys.transpose(-2, -1))
-    raw = torch.matmul(v, p.transpose(-2, -1))  # (1, h, n, R): column r is position top - r
-    index = (top - t0) - torch.arange(n, device=q.device)[:, None] + torch.arange(total, device=q.device)[None, :]  # r = top - (t0 + i - j)
-    bd = raw.gather(3, index[None, None].expand(raw.shape[0], raw.shape[1], n, total))
+    raw = torch.matmul(v, p.transpose(-2, -1))  # (1, h, n, R): column c is position top - c
+    index = (top - positions)[:, None] + torch.arange(total, device=q.device)[None, :]  # c = top - (positions[i] - j)
+    bd = raw.gather(3, index[None, None].expand(raw.shape[0], raw.shape[1], -1, -1))
     return (ac + bd) / math.sqrt(attn.d_k)
 
 

@@ -14,13 +14,13 @@ for int8: :mod:`server.models.conv_taps`). Inputs:
 - ``held (1, h, D)``: layer-0 inputs of the last chunk's provisional (lookahead) frames, put before the new ones.
 - ``keys``, ``values (L, H, Tc, d_k)``: every committed frame's attention keys and values per layer;
   ``conv_left (L, D, pad)``: the depthwise convolutions' inputs of the last ``pad`` committed frames;
-  ``positions (n,)``: the chunk's frames' absolute indices (rotary positions).
+  ``positions (n,)``: the chunk's frames' absolute indices (rotary or relative positions).
 
 Outputs: ``outputs``: ``(1, n, C)`` log-probs of the CTC head (RNNT: the encoder frames ``(1, n, D)``), ``layer0 (1, n, D)`` (for ``held``), the new frames' ``new_keys``,
 ``new_values (L, H, n, d_k)`` and depthwise inputs ``new_conv (L, D, n)``; :class:`OnnxChunkedEncoder` keeps what a
 chunk commits, exactly as the torch encoder does (its own state: numpy arrays), and the log-mel front end stays in
-torch, as for the default graph (so is RNNT's greedy decoding). Rotary positions only (v2, v3); v1's relative
-positions have no chunk graph. One utterance per run: caches of different lengths are not batched (on the CPU
+torch, as for the default graph (so is RNNT's greedy decoding). Rotary (v2, v3) and relative (v1) positions. One
+utterance per run: caches of different lengths are not batched (on the CPU
 batching did not pay for GigaAM: docs/benchmarks.md, compute per stream-second).
 """
 
@@ -59,9 +59,9 @@ def _valid_in_time(conv: nn.Module) -> nn.Module:
 
 
 def supports_chunk_graph(net: nn.Module) -> bool:
-    """A net with rotary positions (GigaAM v2/v3) and stride-2 subsampling: what :class:`ChunkStep` covers."""
-    pe = getattr(getattr(net.encoder, "pos_enc", None), "pe", None)
-    return pe is not None and pe.dim() == 4
+    """A net with a position table (rotary: v2/v3; relative: v1) and stride-2 subsampling: what :class:`ChunkStep`
+    covers."""
+    return getattr(getattr(net.encoder, "pos_enc", None), "pe", None) is not None
 
 
 class ChunkStep(nn.Module):

@@ -181,3 +181,18 @@ def test_rnnt_cached_partials_on_both_engines(rnnt_ckpt: Path, cache: Path, held
     finals = [r.text for r in torch_rnnt.run_batch([AsrRequest("f", i, 0, 0, a.astype(np.float32), i, AsrKind.FINAL)
                                                     for i, a in enumerate(audios[:4])])]
     assert np.mean([_cer(f, t) / max(len(f), 1) for f, t in zip(finals, texts)]) <= 0.25
+
+
+def test_relative_positions_chunk_graph_equals_torch(torch_asr: GigaAmAsr, tmp_path: Path) -> None:
+    """v1's Transformer-XL relative positions in the chunk graph: the position table's rows picked by index."""
+    from tests.server.models.test_asr_cache import _rel_pos_net
+
+    net = _rel_pos_net(torch_asr)
+    from server.models.asr_cache_onnx import chunk_session
+
+    session = chunk_session(ensure_chunk_graph(net, "fp32", tmp_path), 1, ["CPUExecutionProvider"])
+    audio = (np.random.default_rng(2).standard_normal(30000) * 0.1).astype(np.float32)
+    want = _steps(ChunkedEncoder(net, 2), audio, 6400, True)
+    got = _steps(OnnxChunkedEncoder(session, ChunkGeometry(net), net.preprocessor, 2), audio, 6400, True)
+    assert [len(w) for w in want] == [len(g) for g in got] and sum(len(w) for w in want) > 0
+    assert max(float(np.abs(w - g).max()) for w, g in zip(want, got) if len(w)) <= 1e-4
