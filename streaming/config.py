@@ -71,21 +71,21 @@ class PartialOptions:
     first_partial: the first partial is due once the open utterance holds this much audio (default 300 ms: at once
         when the VAD opens it, since ``VadOptions.speech_pad + min_speech`` is already 350 ms), so the first
         words show ~0.3 s after speech starts.
-    cadence: minimum new audio between two later partials (default 0.5 s).
+    cadence: minimum new audio between two later partials (default 1 s; with cached context shorter windows
+        gave worse words: 0.5 s confirmed 0.70 vs 0.80 at 1 s, docs/benchmarks.md, cached partials on ONNX Runtime).
     cadence_growth: the interval grows to this fraction of the utterance's length once that is longer (0.1: 1 s
         between partials at 10 s), so long utterances get fewer, longer decodes.
-    left_context: audio re-encoded before the committed prefix's end, for acoustic context, when the budget pays
-        for it (at budget 1.0 it never does: each partial then encodes only new audio, without context).
+    left_context: without ``cached_context``: audio re-encoded before the committed prefix's end, for acoustic
+        context, when the budget pays for it (at budget 1.0 it never does: each partial then encodes only new
+        audio, without context).
     max_window: the longest audio one partial decode may encode; older words are committed.
     budget_ratio: a hard cap on partial decodes: the samples they encode for an utterance stay at most
         ``budget_ratio`` × the utterance's length so far, hence at most ``budget_ratio`` × its one final pass
-        (default 1.5); missed speculative finals are charged to the same count but bounded by
-        ``SessionConfig.speculation_budget`` on top (so with them an utterance can exceed it). Above 1
-        the spare budget buys ``left_context`` and re-decoding of uncommitted words. 1.0 keeps the encoded audio
-        under one final pass (on the CPU default engine also less wall time: partials/finals 0.90 vs 1.06 at
-        cadence 1 s; on torch fp32 more: 1.74 vs 1.25), but its partials have no left context and their text is
-        clearly worse (held-out speech: the final confirms 51 % of their words vs 78 %), so it is not the default
-        (docs/benchmarks.md, cheaper partials).
+        (default 1.0: one final pass; issue #14 point 3); missed speculative finals are charged to the same count
+        but bounded by ``SessionConfig.speculation_budget`` on top (they are the finals' cost). Left context at
+        1.0 comes from ``cached_context``; without it, above 1 the spare budget buys ``left_context`` and
+        re-decoding of uncommitted words (1.5 was the default before cached context: docs/benchmarks.md, cheaper
+        partials).
     agreement_tolerance: two consecutive decodes agree on a word when its text is equal and both its start and its
         end moved by at most this much.
     fresh_tail: words ending in the last ``fresh_tail`` samples of a decode window are never committed by
@@ -95,33 +95,36 @@ class PartialOptions:
         than this in flight (speculative finals while it has more final-ASR requests: a lagging diarization had
         turned them off at 4 streams on a busy machine, 10 of 33 finals 0.4 s later).
     cached_context: each partial encodes only audio no partial of its utterance has encoded yet, *with* left
-        context: the ASR keeps the utterance's encoder state (``server/models/asr_cache.py``, GigaAM CTC on the
-        torch and the ONNX Runtime engines, ``asr_cache_onnx.py``; RNNT decodes the window alone) and returns the whole utterance so far. Off by default;
-        with ``budget_ratio=1.0, cadence=ms(1000)`` it measured confirmed share 0.734 / WER vs final 0.312 at
-        ≤ 1.0 final pass for every utterance (no context 0.512 / 0.580, the defaults 0.782 / 0.244;
-        docs/benchmarks.md, cached left context). ``left_context`` and ``max_window`` do not apply.
+        context: the ASR keeps the utterance's encoder state (``server/models/asr_cache.py``, GigaAM CTC and RNNT,
+        v1-v3, on the torch and the ONNX Runtime engines, ``asr_cache_onnx.py``) and returns the whole utterance
+        so far; an ASR without the cache decodes each window alone (then without context). On by default: with
+        budget 1.0, cadence 1 s and ``cached_lookahead`` 2 it measured, on the CPU default engine, confirmed share
+        0.796 / WER vs final 0.226 / CER 0.072 at <= 1.0 final pass for every utterance (budget 1.5 without
+        the cache: 0.775 / 0.254 / 0.095 with 29 of 60 utterances over 1.0; docs/benchmarks.md, cached partials
+        on ONNX Runtime). ``left_context`` and ``max_window`` do not apply.
     cached_lookahead: with ``cached_context``, the last this many encoder frames (``ENCODER_FRAME``, 40 ms each)
         of a partial are provisional and encoded again with the next (right context). Budget-aware: the repeat is
         charged to ``budget_ratio``, so the next window ends that much earlier (at budget 1.0 the window end lags
         the audio by the repeats so far), and a window gets lookahead only while that lag stays within
-        ``lookahead_lag``.
-    lookahead_lag: how far a cached window's end may fall behind the audio to pay for lookahead repeats.
+        ``lookahead_lag`` (default 2 frames).
+    lookahead_lag: how far a cached window's end may fall behind the audio to pay for lookahead repeats (400 ms;
+        200 ms measured confirmed 0.778 / WER 0.243).
     """
 
     enabled: bool = True
     first_partial: int = ms(300)
-    cadence: int = ms(500)
+    cadence: int = ms(1_000)
     cadence_growth: float = 0.1
     left_context: int = ms(400)
     max_window: int = ms(4_000)
-    budget_ratio: float = 1.5
+    budget_ratio: float = 1.0
     agreement_tolerance: int = ms(200)
     fresh_tail: int = ms(500)
     max_lag: int = ms(2_000)
     max_pending_requests: int = 8
-    cached_context: bool = False
-    cached_lookahead: int = 0
-    lookahead_lag: int = ms(200)
+    cached_context: bool = True
+    cached_lookahead: int = 2
+    lookahead_lag: int = ms(400)
 
     def __post_init__(self) -> None:
         _check(self.first_partial >= ms(100), "PartialOptions.first_partial must be >= 100 ms")

@@ -3,7 +3,7 @@
 Budget (a hard cap on this policy's decodes): a partial decode is sent only while the samples encoded for the
 utterance's partials, it included, stay within ``budget_ratio`` × the utterance's length so far. A partial window
 never reaches past the utterance, so its partial decodes cost at most ``budget_ratio`` × its one final pass (default
-1.5). A speculative final whose pause ended in speech (:meth:`PartialPolicy.adopt`) is charged to the same count
+1.0). A speculative final whose pause ended in speech (:meth:`PartialPolicy.adopt`) is charged to the same count
 but was decided elsewhere: the session's speculation gate bounds it (``budget_ratio + speculation_budget`` final
 passes of the utterance so far), so with speculative finals an utterance's partial compute can exceed
 ``budget_ratio`` × its final pass — no policy here can prevent it (a miss late in a short utterance costs nearly
@@ -24,7 +24,7 @@ before the window's last ``fresh_tail`` samples join the *committed prefix*. Whe
 re-encode point (``max_window`` or the budget), the previous decode's words in front of its reach are committed as
 they are. The partial text is the committed words followed by the latest decode's uncommitted words.
 
-Cached context (``PartialOptions.cached_context``): each window starts where the last one of this policy ended
+Cached context (``PartialOptions.cached_context``, on by default): each window starts where the last one of this policy ended
 (``left_context`` and ``max_window`` do not apply), the ASR encodes it against the utterance's cached encoder state
 and answers with the whole utterance so far (``whole``), which replaces the text. A result that is not whole (an
 engine without the cache) is taken as an ordinary context-free decode. An adopted speculation is whole too, but
@@ -35,7 +35,9 @@ with the next window (right context). That repeat is charged to the budget with 
 ends where the budget pays both (at budget 1.0: ``repeat`` samples before the newest audio, so the partials'
 encoder work never exceeds the audio so far, hence one final pass). Each window's lookahead is granted only while
 the window end lags the audio by at most ``lookahead_lag`` with it; past that the window commits every frame as
-computed (lookahead 0 from there on, the lag stays).
+computed (lookahead 0 from there on, the lag stays). Adopted speculations are charged to the budget (the
+session's speculation gate reads it) but cached windows leave them out: a missed speculation is the finals' cost,
+and the next cached window catches up to the newest audio.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class PartialPolicy:
         self.committed: list[WordTiming] = []
         self.committed_end = utterance_start  # nothing before this is decoded again (except as context)
         self.encoded = 0  # samples encoded by the partials of this utterance
+        self.missed = 0  # of them: adopted speculative finals (cached windows leave them out: the finals' cost)
         self.decodes = 0
         self.in_flight: Optional[tuple[int, int]] = None
         self._last_end = utterance_start  # end of the last window sent (or skipped)
@@ -100,7 +103,7 @@ class PartialPolicy:
         budget = self.budget(now)
         if self.options.cached_context:  # the budget pays the new audio and the held lookahead frames again
             a = self._cached_end
-            b = min(now, a + budget - self._cached_repeat)
+            b = min(now, a + budget + self.missed - self._cached_repeat)
             if b <= a or (b < now and b - a < self.options.cadence // 2):
                 return None  # too little budget for a useful window: it grows with the audio
             self._window_lag = now - b
@@ -148,6 +151,7 @@ class PartialPolicy:
         charged to the budget and, unless a decode of this policy is in flight or reached further, taken as the
         latest decode. Returns the partial text, or ``None`` when it was only charged."""
         a, b = window
+        self.missed += b - a
         if self.in_flight is not None or b <= self._decoded_end:
             self.encoded += b - a
             return None

@@ -18,10 +18,10 @@ def test_the_benchmark_runs_cached_and_uncached_variants_on_the_same_finals(tmp_
     variants = result["variants"]
     assert list(variants) == ["defaults", "no context, budget_ratio=1.0,cadence=16000",
                               "cached, budget 1.0, cadence 1000 ms, lookahead 0",
-                              "cached, budget 1.0, cadence 500 ms, lookahead 2, lag 200 ms"]
+                              "cached, budget 1.0, cadence 500 ms, lookahead 2, lag 400 ms"]
     assert {v["utterances"] for v in variants.values()} == {3}
     plain, ahead = variants["cached, budget 1.0, cadence 1000 ms, lookahead 0"], \
-        variants["cached, budget 1.0, cadence 500 ms, lookahead 2, lag 200 ms"]
+        variants["cached, budget 1.0, cadence 500 ms, lookahead 2, lag 400 ms"]
     assert plain["cache_restarts"] == ahead["cache_restarts"] == 0
     assert plain["over_1"] == plain["frames_over_1"] == 0 and plain["max_encoded_frames_over_final_frames"] <= 1.0
     frames = lambda v: v["encoded_frames_over_final_frames"]["p50"]  # noqa: E731

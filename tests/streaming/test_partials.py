@@ -18,9 +18,16 @@ from streaming.work import AsrKind, AsrRequest, VadRequest
 from server.offline import drive_session, run_requests_by_kind
 from tests.fakes import FakeAsr, FakeVad, pcm16, tone_bursts
 
-SPARE = PartialOptions(budget_ratio=1.5)  # spare budget: left context, agreement and re-decoding of cut words
-TIGHT = PartialOptions(budget_ratio=1.0)  # at most one final pass: each partial encodes only new audio
-CACHED = PartialOptions(budget_ratio=1.0, cadence=ms(1000), cached_context=True)  # new audio, cached left context
+def windowed(**fields: object) -> PartialOptions:
+    """The windowed policy without the encoder cache (the defaults before cached context: budget 1.5, cadence
+    0.5 s), which most of these tests exercise; ``fields`` override."""
+    return PartialOptions(**{"budget_ratio": 1.5, "cadence": ms(500), "cached_context": False, "cached_lookahead": 0,
+                             **fields})
+
+
+SPARE = windowed(budget_ratio=1.5)  # spare budget: left context, agreement and re-decoding of cut words
+TIGHT = windowed(budget_ratio=1.0)  # at most one final pass: each partial encodes only new audio
+CACHED = windowed(budget_ratio=1.0, cadence=ms(1000), cached_context=True)  # new audio, cached left context
 
 WORD, STEP = ms(300), ms(400)  # a synthetic talker: a 300 ms word every 400 ms
 
@@ -82,7 +89,7 @@ def test_committed_prefix_follows_the_speech() -> None:
 
 
 def test_two_agreeing_decodes_commit_words_outside_the_fresh_tail() -> None:
-    opt = PartialOptions(fresh_tail=ms(500), agreement_tolerance=ms(50))
+    opt = windowed(fresh_tail=ms(500), agreement_tolerance=ms(50))
     policy = PartialPolicy(opt, 0)
     words = truth(10)
     decode = decoder(words)
@@ -96,7 +103,7 @@ def test_two_agreeing_decodes_commit_words_outside_the_fresh_tail() -> None:
 
 
 def test_the_fresh_tail_is_never_committed() -> None:
-    opt = PartialOptions(fresh_tail=ms(1_500), max_window=ms(4_000))
+    opt = windowed(fresh_tail=ms(1_500), max_window=ms(4_000))
     policy = PartialPolicy(opt, 0)
     decode = decoder(truth(10))
     for now in (ms(2_000), ms(2_000) + ms(500)):
@@ -109,7 +116,7 @@ def test_the_fresh_tail_is_never_committed() -> None:
 @pytest.mark.parametrize("change, committed", [(dict(word="other"), 0), (dict(start=ms(250)), 0),
                                                (dict(start=ms(150)), 1), (dict(end=ms(600)), 0)])
 def test_agreement_needs_same_text_and_close_times(change: dict, committed: int) -> None:
-    policy = PartialPolicy(PartialOptions(agreement_tolerance=ms(200)), 0)
+    policy = PartialPolicy(windowed(agreement_tolerance=ms(200)), 0)
     first = WordTiming("a", ms(0), ms(300))
     second = WordTiming(change.get("word", "a"), change.get("start", 0), change.get("end", ms(300)))
     for now, w in ((ms(1_500), first), (ms(2_000), second)):
@@ -119,7 +126,7 @@ def test_agreement_needs_same_text_and_close_times(change: dict, committed: int)
 
 
 def test_one_decode_in_flight_first_partial_and_cadence() -> None:
-    opt = PartialOptions(first_partial=ms(300), cadence=ms(500), budget_ratio=1.0)
+    opt = windowed(first_partial=ms(300), cadence=ms(500), budget_ratio=1.0)
     policy = PartialPolicy(opt, ms(10_000))
     assert policy.due(ms(10_200)) is None  # less than first_partial of audio
     window = policy.due(ms(10_300))
@@ -132,7 +139,7 @@ def test_one_decode_in_flight_first_partial_and_cadence() -> None:
 
 
 def test_skip_waits_another_cadence() -> None:
-    policy = PartialPolicy(PartialOptions(cadence=ms(500)), 0)
+    policy = PartialPolicy(windowed(cadence=ms(500)), 0)
     assert policy.due(ms(600)) is not None
     policy.skip(ms(600))
     assert policy.due(ms(1_000)) is None and policy.due(ms(1_100)) == (0, ms(1_100))
@@ -140,7 +147,7 @@ def test_skip_waits_another_cadence() -> None:
 
 
 def test_cadence_grows_with_the_utterance() -> None:
-    opt = PartialOptions(cadence=ms(500), cadence_growth=0.1, budget_ratio=1.0)  # no budget waits between
+    opt = windowed(cadence=ms(500), cadence_growth=0.1, budget_ratio=1.0)  # no budget waits between
     policy = PartialPolicy(opt, 0)
     windows = run_utterance(policy, decoder(truth()), ms(20_000))
     gaps = [(b2, b2 - b1) for ((_, b1), _), ((_, b2), _) in zip(windows, windows[1:])]
@@ -205,7 +212,7 @@ def test_pieces_are_joined_only_when_the_window_had_no_left_context() -> None:
 def test_the_budget_is_never_exceeded_on_any_utterance(budget: float, first: int, cadence: int, growth: float,
                                                        context: int, length: int, step: int, skips: set,
                                                        start: int) -> None:
-    opt = PartialOptions(budget_ratio=budget, first_partial=first, cadence=cadence, cadence_growth=growth,
+    opt = windowed(budget_ratio=budget, first_partial=first, cadence=cadence, cadence_growth=growth,
                          left_context=context, max_window=max(ms(4_000), context + cadence + 1))
     policy, decode = PartialPolicy(opt, start), decoder([WordTiming(w.word, w.start + start, w.end + start)
                                                          for w in truth(70)])
@@ -230,7 +237,7 @@ def test_the_budget_is_never_exceeded_on_any_utterance(budget: float, first: int
 
 def test_the_first_partial_is_due_when_the_vad_opens_the_utterance() -> None:
     """With the default VAD and partial options, the first partial request goes out at speech start + ≤ 0.5 s."""
-    vad, opt = VadOptions(), PartialOptions()
+    vad, opt = VadOptions(), windowed()
     for onset_chunk in (40, 41, 57):
         endpointer = VadEndpointer(vad)
         probs = np.zeros(200)
@@ -254,7 +261,7 @@ def test_finals_do_not_depend_on_the_partial_policy() -> None:
     """The same final requests (samples and offsets) with partials off, at budget 1.0 and at budget 1.5."""
     audio = pcm16(tone_bursts([(300 + 40 * k, 0.3) for k in range(30)], gaps=0.15, lead=0.5, tail=1.0).audio)
     finals = []
-    for partials in (PartialOptions(enabled=False), TIGHT, SPARE, CACHED):
+    for partials in (PartialOptions(enabled=False), TIGHT, SPARE, CACHED, PartialOptions()):
         asr = FakeAsr(record=True)
         config = SessionConfig(diarization=False, partials=partials)
         drive_session(Session("s", config), run_requests_by_kind({VadRequest: FakeVad(), AsrRequest: asr}), audio)
@@ -268,7 +275,7 @@ def test_finals_do_not_depend_on_the_partial_policy() -> None:
 
 
 def test_windows_that_outgrow_max_window_commit_what_falls_out() -> None:
-    opt = PartialOptions(max_window=ms(3_000), left_context=ms(1_000), cadence=ms(500), budget_ratio=10.0)
+    opt = windowed(max_window=ms(3_000), left_context=ms(1_000), cadence=ms(500), budget_ratio=10.0)
     policy = PartialPolicy(opt, 0)
     counter = iter(range(10_000))
 
@@ -285,7 +292,7 @@ def test_windows_that_outgrow_max_window_commit_what_falls_out() -> None:
 
 
 def test_text_without_word_timings_is_shown_but_never_committed() -> None:
-    policy = PartialPolicy(PartialOptions(), 0)
+    policy = PartialPolicy(windowed(), 0)
     for now in (ms(1_000), ms(2_000)):
         policy.start((0, now))
         assert policy.on_result([], "привет мир") == "привет мир"
@@ -293,7 +300,7 @@ def test_text_without_word_timings_is_shown_but_never_committed() -> None:
 
 
 def test_reset_starts_a_new_utterance() -> None:
-    policy = PartialPolicy(PartialOptions(), 0)
+    policy = PartialPolicy(windowed(), 0)
     run_utterance(policy, decoder(truth()), ms(5_000))
     policy.reset(ms(60_000))
     assert (policy.committed, policy.encoded, policy.text, policy.in_flight) == ([], 0, "", None)
@@ -303,14 +310,14 @@ def test_reset_starts_a_new_utterance() -> None:
 @pytest.mark.parametrize("kwargs", [dict(cadence=ms(50)), dict(max_window=ms(800)), dict(first_partial=ms(50)),
                                     dict(cadence_growth=1.0), dict(budget_ratio=0),
                                     dict(fresh_tail=ms(5_000)), dict(max_lag=10), dict(max_pending_requests=0),
-                                    dict(cached_lookahead=1), dict(cached_context=True, cached_lookahead=26)])
+                                    dict(cached_context=False, cached_lookahead=1), dict(cached_context=True, cached_lookahead=26)])
 def test_bad_options_name_the_field(kwargs: dict) -> None:
     with pytest.raises(ValueError, match="PartialOptions"):
         PartialOptions(**kwargs)
 
 
 def test_cached_context_windows_continue_the_last_one_and_whole_results_replace_the_text() -> None:
-    policy = PartialPolicy(PartialOptions(cached_context=True, max_window=ms(2_000)), 0)
+    policy = PartialPolicy(windowed(cached_context=True, max_window=ms(2_000)), 0)
     words = truth()
     windows = []
     for now in range(ms(100), ms(8_000) + 1, ms(100)):
@@ -327,13 +334,13 @@ def test_cached_context_windows_continue_the_last_one_and_whole_results_replace_
 
 def test_cached_context_takes_a_result_that_is_not_whole_as_a_context_free_decode() -> None:
     """An engine without the cache answers with the window's words: the text still grows as at budget 1.0."""
-    cached, tight = PartialPolicy(CACHED, 0), PartialPolicy(PartialOptions(budget_ratio=1.0, cadence=ms(1000)), 0)
+    cached, tight = PartialPolicy(CACHED, 0), PartialPolicy(windowed(budget_ratio=1.0, cadence=ms(1000)), 0)
     assert run_utterance(cached, decoder(truth()), ms(6_000)) == run_utterance(tight, decoder(truth()), ms(6_000))
     assert cached.text == tight.text and len(cached.text.split()) >= 10
 
 
 def test_an_adopted_speculation_does_not_move_the_next_cached_window() -> None:
-    policy = PartialPolicy(PartialOptions(cached_context=True, budget_ratio=3.0), 0)
+    policy = PartialPolicy(windowed(cached_context=True, budget_ratio=3.0), 0)
     policy.start(policy.due(ms(300)))
     policy.on_result(decoder(truth())((0, ms(300))), whole=True)
     text = policy.adopt((0, ms(900)), decoder(truth())((0, ms(900))))
@@ -344,7 +351,7 @@ def test_an_adopted_speculation_does_not_move_the_next_cached_window() -> None:
 def test_cached_partial_requests_carry_the_lookahead_and_finals_stay_ordinary() -> None:
     audio = pcm16(tone_bursts([(300 + 40 * k, 0.3) for k in range(12)], gaps=0.15, lead=0.5, tail=1.0).audio)
     asr = FakeAsr(record=True)
-    config = SessionConfig(diarization=False, partials=PartialOptions(budget_ratio=1.0, cached_context=True,
+    config = SessionConfig(diarization=False, partials=windowed(budget_ratio=1.0, cached_context=True,
                                                                        cached_lookahead=2))
     drive_session(Session("s", config), run_requests_by_kind({VadRequest: FakeVad(), AsrRequest: asr}), audio)
     partials = [r for r in asr.requests if r.kind == AsrKind.PARTIAL]
@@ -360,7 +367,7 @@ def test_lookahead_is_paid_from_the_budget_by_ending_windows_earlier(budget: flo
     """Each lookahead frame is encoded again by the next window and charged to it: at budget 1.0 the window ends
     that much before the audio, so partial encoding (repeats included) never exceeds the audio so far; lookahead is
     granted only while the lag it causes stays within ``lookahead_lag``; a higher budget pays it without lag."""
-    options = PartialOptions(budget_ratio=budget, cadence=ms(1000), cached_context=True, cached_lookahead=2,
+    options = windowed(budget_ratio=budget, cadence=ms(1000), cached_context=True, cached_lookahead=2,
                              lookahead_lag=ms(200))
     policy = PartialPolicy(options, 0)
     sent, now = [], 0
@@ -383,3 +390,16 @@ def test_lookahead_is_paid_from_the_budget_by_ending_windows_earlier(budget: flo
         assert policy.encoded == sent[-1][0][1] + sum(looks[:-1]) * ENCODER_FRAME
     else:
         assert set(looks) == {2} and max(lags) == 0
+
+
+def test_a_missed_speculation_does_not_shorten_the_next_cached_window() -> None:
+    """An adopted speculation is charged (the speculation gate reads it) but is the finals' cost: at budget 1.0
+    the next cached window still reaches the newest audio, and partial decodes alone stay within the audio."""
+    policy = PartialPolicy(windowed(cached_context=True, budget_ratio=1.0), 0)
+    policy.start(policy.due(ms(300)))
+    policy.on_result(decoder(truth())((0, ms(300))), whole=True)
+    assert policy.adopt((0, ms(900)), decoder(truth())((0, ms(900)))) is not None
+    assert policy.missed == ms(900) and policy.budget(ms(1_500)) < ms(1_200)  # the gate sees the miss
+    assert policy.due(ms(1_500)) == (ms(300), ms(1_500))
+    policy.start((ms(300), ms(1_500)))
+    assert policy.encoded - policy.missed == ms(1_500)

@@ -13,6 +13,7 @@ from streaming.config import AudioFormat, PartialOptions, SessionConfig, VadOpti
 from streaming.errors import InvalidAudio, InvalidState, UnsupportedFormat
 from streaming.session import Session, SessionState
 from streaming.work import AsrKind, AsrRequest, AsrResult, VadRequest, VadResult
+from tests.streaming.test_partials import windowed
 from tests.fakes import (
     FakeAsr,
     FakeVad,
@@ -124,7 +125,7 @@ def long_utterance(n: int = 26) -> tuple:
 def test_partials_converge_to_the_final_within_the_budget() -> None:
     b = long_utterance()  # budget 1.5 buys re-decoding of cut words (the default 1.0: tests/streaming/test_partials.py)
     # the partial policy alone (its 150 ms pauses would each send a speculative final: tests/streaming/test_speculative.py)
-    cfg = plain_config(partials=PartialOptions(budget_ratio=1.5), speculative_finals=False)
+    cfg = plain_config(partials=windowed(budget_ratio=1.5), speculative_finals=False)
     events, asr = run_whole(b.audio, cfg)
     (final,) = events_of(events, wire.Final)
     partials = events_of(events, wire.Partial)
@@ -194,7 +195,7 @@ def test_partials_are_skipped_while_the_vad_lags_with_one_warning() -> None:
 
 def test_partials_are_skipped_while_many_requests_are_pending() -> None:
     b = tone_bursts([(440, 0.5), (550, 0.5), (660, 0.5), (770, 3.0)], gaps=0.8)
-    h = SessionHarness(plain_config(partials=PartialOptions(max_pending_requests=2)))
+    h = SessionHarness(plain_config(partials=windowed(max_pending_requests=2)))
     h.hold = lambda r: isinstance(r, AsrRequest) and r.kind == AsrKind.FINAL
     h.feed(b.audio)
     last_start = b.spans[3][0] - PAD - 512

@@ -17,6 +17,7 @@ from streaming.partials import PartialPolicy
 from streaming.work import AsrKind, AsrRequest
 from streaming.wire import WordTiming
 from tests.fakes import SessionHarness, events_of, tone_bursts
+from tests.streaming.test_partials import windowed
 
 VAD = VadOptions()
 # pauses below speech_pad, between speech_pad and min_silence (speech resumes), and beyond min_silence (a close)
@@ -46,8 +47,8 @@ def answered_finals(h: SessionHarness) -> list[tuple[int, bytes]]:
 
 
 @pytest.mark.parametrize("asr_late", [False, True], ids=["asr-at-once", "asr-late"])
-@pytest.mark.parametrize("partials", [PartialOptions(enabled=False), PartialOptions(budget_ratio=1.0),
-                                      PartialOptions(budget_ratio=1.5)], ids=["no-partials", "budget-1.0", "budget-1.5"])
+@pytest.mark.parametrize("partials", [PartialOptions(enabled=False), windowed(budget_ratio=1.0),
+                                      windowed(budget_ratio=1.5)], ids=["no-partials", "budget-1.0", "budget-1.5"])
 def test_finals_do_not_depend_on_speculation(partials: PartialOptions, asr_late: bool) -> None:
     """Byte for byte: the same final events and the same final requests (samples and offsets) with it off and on."""
     off = run(SessionConfig(diarization=False, partials=partials, speculative_finals=False), asr_late)
@@ -83,7 +84,7 @@ def test_the_final_request_goes_out_while_the_vad_waits() -> None:
 def test_a_speculation_whose_pause_ends_in_speech_becomes_a_partial() -> None:
     b = tone_bursts([(440, 1.0), (660, 1.0)], gaps=0.3, lead=0.5, tail=1.0)
     (a1, z1), (a2, z2) = b.spans
-    cfg = SessionConfig(diarization=False, partials=PartialOptions(cadence=ms(3_000), cadence_growth=0.0))
+    cfg = SessionConfig(diarization=False, partials=windowed(cadence=ms(3_000), cadence_growth=0.0))
     h = SessionHarness(cfg)
     h.feed(b.audio[:a2 + ms(200)], chunk=0.02)  # the pause (its speculation answered at once), then speech again
     speculative = [r for r in h.sent if isinstance(r, AsrRequest) and r.kind == AsrKind.FINAL]
@@ -125,7 +126,7 @@ def test_a_speculation_still_in_flight_when_speech_resumes_is_withdrawn() -> Non
 
 
 def test_a_missed_speculation_counts_against_the_partial_budget() -> None:
-    policy = PartialPolicy(PartialOptions(budget_ratio=1.5), 0)
+    policy = PartialPolicy(windowed(budget_ratio=1.5), 0)
     words = [WordTiming("w440", ms(100), ms(900))]
     policy.start((0, ms(1_000)))
     policy.on_result(words)
@@ -141,7 +142,7 @@ def test_a_missed_speculation_counts_against_the_partial_budget() -> None:
 
 def test_no_speculation_while_the_session_is_behind() -> None:
     cfg = SessionConfig(diarization=False, interim_results=False,
-                        partials=PartialOptions(max_pending_requests=1))
+                        partials=windowed(max_pending_requests=1))
     audio = tone_bursts([(300 + 60 * k, 0.5) for k in range(6)], gaps=[0.3, 0.8] * 2 + [0.3], tail=1.0).audio
     h = SessionHarness(dataclasses.replace(cfg, speculative_finals=True))
     h.hold = lambda r: isinstance(r, AsrRequest)  # finals pile up: the channel is behind
@@ -171,7 +172,7 @@ def test_a_diarization_backlog_holds_back_partials_but_not_speculative_finals() 
     """Diarization lagging (its requests piling up in flight) skips partials; a speculative final is the final
     early and finals do not wait for diarization, so it still goes out at the pause (a final backlog stops it)."""
     fakes = pytest.importorskip("tests.fakes_diarization")
-    cfg = SessionConfig(diarization=True, partials=PartialOptions(max_pending_requests=2))
+    cfg = SessionConfig(diarization=True, partials=windowed(max_pending_requests=2))
     h = SessionHarness(cfg, extra={fakes.SegmentationRequest: fakes.FakeSegmentation(),
                             fakes.EmbeddingRequest: fakes.FakeEmbedding()})
     h.hold = lambda r: isinstance(r, (fakes.SegmentationRequest, fakes.EmbeddingRequest))  # diarization stalls
