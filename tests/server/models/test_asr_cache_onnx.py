@@ -18,17 +18,10 @@ from server.models.asr_onnx import OnnxGigaAmAsr
 from server.models.audit import audit_model
 from streaming.work import AsrKind, AsrRequest
 from tests.server.models.test_asr import TINY_CKPT, _cer, held_out, rnnt_ckpt  # noqa: F401
+from tests.server.models.test_asr_onnx import cache  # noqa: F401  (the model cache fixture, one home)
 
 V3_CTC = Path(__file__).resolve().parents[2] / "assets" / "tiny_v3_e2e_ctc.ckpt"
 PIECES = (4000, 6400, 8000, 16000)
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("rechka-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RECHKA_CACHE", str(root))
-        yield root
 
 
 @pytest.fixture(scope="module")
