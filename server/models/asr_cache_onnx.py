@@ -26,6 +26,7 @@ batching did not pay for GigaAM: docs/benchmarks.md, compute per stream-second).
 
 from __future__ import annotations
 
+import copy as _copy
 import io
 import logging
 import warnings
@@ -47,14 +48,15 @@ CHUNK_RECIPES = {"fp32": CHUNK_CONVS, "int8": CHUNK_TAPS}
 
 
 def _valid_in_time(conv: nn.Module) -> nn.Module:
-    """A copy of a subsampling convolution without padding along time (dim 2), sharing its weights."""
-    if isinstance(conv, nn.Conv2d):
-        copy = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                         padding=(0, conv.padding[1]), bias=conv.bias is not None, device="meta")
-    else:
-        copy = nn.Conv1d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, padding=0,
-                         bias=conv.bias is not None, device="meta")
-    copy.weight, copy.bias = conv.weight, conv.bias
+    """A copy of a subsampling convolution without padding along time (dim 2), sharing its weights.
+
+    A shallow copy, not a new module: constructing one (even on the meta device) runs weight initialisation, whose
+    first call imports torch's decompositions (seconds at startup)."""
+    copy = _copy.copy(conv)
+    copy._parameters = dict(conv._parameters)  # the same tensors, in a dict of the copy's own
+    copy._buffers = dict(conv._buffers)
+    copy._modules = dict(conv._modules)
+    copy.padding = (0, conv.padding[1]) if isinstance(conv, nn.Conv2d) else (0,)
     return copy
 
 
@@ -172,8 +174,9 @@ def ensure_chunk_graph(net: nn.Module, precision: str, root: Optional[Path] = No
 
     recipe = CHUNK_RECIPES[precision]
     cpu = net if next(net.parameters()).device.type == "cpu" else _cpu_copy(net)
-    step = ChunkStep(cpu, recipe)
-    fp32 = ensure_onnx_graph(f"gigaam-{recipe}-fp32", step, lambda: export_chunk_step(cpu, recipe), root,
+    # keyed by the plain step's weights and the recipe: the taps copy (rearranged weights) is built only to export
+    plain = ChunkStep(cpu, CHUNK_CONVS)
+    fp32 = ensure_onnx_graph(f"gigaam-{recipe}-fp32", plain, lambda: export_chunk_step(cpu, recipe), root,
                              recipe=recipe)
     if precision == "fp32":
         return fp32
@@ -185,9 +188,7 @@ def ensure_chunk_graph(net: nn.Module, precision: str, root: Optional[Path] = No
 
 
 def _cpu_copy(net: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(net).float().to("cpu")
+    return _copy.deepcopy(net).float().to("cpu")
 
 
 class OnnxChunkedEncoder:

@@ -145,6 +145,21 @@ def test_chunk_graphs_are_cached_by_weights_and_precision(cache: Path, fp32: Onn
     assert isinstance(ChunkGeometry(net).kernels, list) and isinstance(fp32.chunk_encoder(0), OnnxChunkedEncoder)
 
 
+def test_a_cached_chunk_graph_is_found_without_building_modules(cache: Path, int8: OnnxGigaAmAsr,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Startup: finding the cached int8 graph builds no new module (no weight initialisation, whose first call
+    imports torch's decompositions) and no taps copy; the key is the plain step's weights and the recipe."""
+    net = GigaAmAsr(str(TINY_CKPT), device="cpu").model
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a module was built to find a cached graph")
+
+    monkeypatch.setattr(torch.nn.Conv2d, "reset_parameters", refuse)
+    monkeypatch.setattr(torch.nn.Conv1d, "reset_parameters", refuse)
+    monkeypatch.setattr("server.models.asr_cache_onnx.with_tap_convs", refuse)
+    assert ensure_chunk_graph(net, "int8") == int8.chunk_graph
+
+
 def test_rnnt_decoding_continued_from_the_committed_state_equals_one_pass(rnnt_ckpt: Path, held_out) -> None:
     asr = GigaAmAsr(str(rnnt_ckpt), device="cpu")
     _, audios = held_out
