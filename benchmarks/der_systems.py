@@ -45,6 +45,9 @@ class Models:
         self.segmentation = load_segmentation(segmentation, device, 32, engine)
         self.embedding = load_embedding(embedding, device, 32, engine)
         self.cache_file = cache_file
+        # an adapter that reuses a stream's earlier partials (ResemblyzerEmbedding.reuse_partials) answers the same
+        # audio differently after other requests: its results are computed every run (cheap), never cached
+        self._uncached = {"emb"} if getattr(self.embedding, "reuse", None) is not None else set()
         self._cache: dict[tuple[str, bytes], Any] = {}
         self._computed: dict[tuple[str, bytes], Any] = {}  # what this process added: all that save() writes
         if cache_file is not None and cache_file.is_file():
@@ -68,7 +71,7 @@ class Models:
         todo: dict[str, list[Request]] = {"seg": [], "emb": []}
         for r in requests:
             kind = "seg" if isinstance(r, SegmentationRequest) else "emb"
-            hit = self._cache.get((kind, _key(r.audio)))
+            hit = None if kind in self._uncached else self._cache.get((kind, _key(r.audio)))
             if hit is None:
                 todo[kind].append(r)
             else:
@@ -78,7 +81,8 @@ class Models:
             for batch in _batches(todo[kind], model.max_batch):
                 for request, result in zip(batch, model.run_batch(batch)):
                     results[request.seq] = result
-                    self._cache[(kind, _key(request.audio))] = self._computed[(kind, _key(request.audio))] = result
+                    if kind not in self._uncached:
+                        self._cache[(kind, _key(request.audio))] = self._computed[(kind, _key(request.audio))] = result
         self.cpu_s += time.process_time() - started
         self.windows += len(todo["seg"])
         self.embeddings += len(todo["emb"])

@@ -35,6 +35,7 @@ from streaming.config import SAMPLE_RATE
 from streaming.work import EmbeddingRequest, EmbeddingResult, Request
 
 from server.models.cache import CAMPPLUS, EMBEDDING_DEFAULT, load_pyannote_model
+from server.models.partial_reuse import PartialReuse
 
 EMBEDDING_MODELS = (EMBEDDING_DEFAULT, CAMPPLUS)
 """Names ``--embedding-model`` knows; anything else is a pyannote embedding checkpoint path or HF id."""
@@ -112,15 +113,19 @@ def slaney_mel_filters(sample_rate: int = SAMPLE_RATE, n_fft: int = _N_FFT, n_me
     return weights.astype(np.float32)
 
 
-def normalize_volume(audio: np.ndarray, target_dbfs: float = TARGET_DBFS) -> np.ndarray:
-    """Raise (never lower) ``audio`` to ``target_dbfs`` RMS, as resemblyzer's preprocessing does; silence stays."""
+def volume_gain(audio: np.ndarray, target_dbfs: float = TARGET_DBFS) -> float:
+    """The factor that raises (never lowers) ``audio`` to ``target_dbfs`` RMS; 1.0 for silence."""
     rms = float(np.sqrt(np.mean((audio.astype(np.float64) * _INT16_MAX) ** 2))) if len(audio) else 0.0
     if rms == 0.0:
-        return audio
+        return 1.0
     change_db = target_dbfs - 20.0 * np.log10(rms / _INT16_MAX)
-    if change_db <= 0:
-        return audio
-    return (audio * 10.0 ** (change_db / 20.0)).astype(np.float32)
+    return 1.0 if change_db <= 0 else 10.0 ** (change_db / 20.0)  # a float64 scalar: the product is computed in it
+
+
+def normalize_volume(audio: np.ndarray, target_dbfs: float = TARGET_DBFS) -> np.ndarray:
+    """Raise (never lower) ``audio`` to ``target_dbfs`` RMS, as resemblyzer's preprocessing does; silence stays."""
+    gain = volume_gain(audio, target_dbfs)
+    return audio if gain == 1.0 else (audio * gain).astype(np.float32)
 
 
 def partial_starts(num_samples: int, rate: float = 1.3, min_coverage: float = 0.75) -> list[int]:
@@ -162,7 +167,8 @@ class ResemblyzerEmbedding:
     name = "embedding"
 
     def __init__(self, device: Union[str, torch.device] = "cpu", max_batch: int = 32, *, rate: float = 1.3,
-                 min_coverage: float = 0.75, normalize: bool = True, repeat_short: bool = True) -> None:
+                 min_coverage: float = 0.75, normalize: bool = True, repeat_short: bool = True,
+                 reuse_partials: bool = False, streams: int = 32) -> None:
         if max_batch < 1:
             raise ValueError("ResemblyzerEmbedding.max_batch must be >= 1")
         partial_starts(SAMPLE_RATE, rate, min_coverage)  # validates rate and min_coverage
@@ -175,12 +181,24 @@ class ResemblyzerEmbedding:
         frontend = MelFrontend()
         self.frontend = frontend.to(self.device)
         self.checkpoint = str(resemblyzer_weights())
+        self.reuse: Optional[PartialReuse] = None
+        if reuse_partials:
+            self.reuse = PartialReuse(self.embed_partials, volume_gain if normalize else (lambda _: 1.0),
+                                      grid=int(round(SAMPLE_RATE / rate / _HOP)) * _HOP, partial=_PARTIAL_FRAMES * _HOP,
+                                      coverage=min_coverage,
+                                      streams=streams)
 
     def run_batch(self, requests: Sequence[Request]) -> list[EmbeddingResult]:
-        audios = [self.prepare(audio) for audio in _request_audio(requests, "ResemblyzerEmbedding")]
-        if not audios:
+        raw = _request_audio(requests, "ResemblyzerEmbedding")
+        if not raw:
             return []
-        embeddings = self.embed(audios)
+        embeddings: list[Optional[np.ndarray]] = [None] * len(raw)
+        if self.reuse is not None:
+            embeddings = self.reuse.embed(requests, raw)  # type: ignore[arg-type]
+        rest = [i for i, e in enumerate(embeddings) if e is None]
+        if rest:
+            for i, e in zip(rest, self.embed([self.prepare(raw[i]) for i in rest])):
+                embeddings[i] = e
         return [EmbeddingResult(r.session_id, r.seq, e) for r, e in zip(requests, embeddings)]
 
     def prepare(self, audio: np.ndarray) -> np.ndarray:
@@ -213,6 +231,12 @@ class ResemblyzerEmbedding:
         means = sums / torch.from_numpy(np.array([len(s) for s in starts], np.float32)).to(self.device)[:, None]
         return _l2_normalize(means).cpu().numpy()
 
+    @torch.inference_mode()
+    def embed_partials(self, partials: np.ndarray) -> np.ndarray:
+        """``(N, 25600)`` float32 partials (already raised to the model's level) → ``(N, 256)`` unit embeddings."""
+        mels = self.frontend(torch.from_numpy(np.ascontiguousarray(partials, np.float32)).to(self.device))
+        return self._encode(mels[:, :_PARTIAL_FRAMES]).cpu().numpy()
+
     def _encode(self, mels: torch.Tensor) -> torch.Tensor:
         """VoiceEncoder.forward without its division by zero on silent partials."""
         _, (hidden, _) = self.encoder.lstm(mels)
@@ -228,7 +252,7 @@ class ResemblyzerEmbedding:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "checkpoint": self.checkpoint, "architecture": "resemblyzer GE2E VoiceEncoder",
                 "dimension": int(self.encoder.linear.out_features), "normalize_volume": self.normalize,
-                "repeat_short": self.repeat_short}
+                "repeat_short": self.repeat_short, "reuse_partials": self.reuse is not None}
 
 
 class PyannoteEmbedding:
