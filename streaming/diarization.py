@@ -176,6 +176,7 @@ class StreamingDiarizer:
         requests: list[Request] = []
         step = self.windows.geometry.step
         quiet = acoustic_pauses(pending.audio, lo, hi, self.options, step)
+        first_valid = int(np.argmax(valid)) if valid.any() else 0
         for k in pending.active:
             segments = plan_segments(clean[:, k], active[:, k], lo, hi, self.options, step)
             pending.segments[k] = segments
@@ -193,7 +194,8 @@ class StreamingDiarizer:
                 start = pending.window.start
                 requests.append(EmbeddingRequest(self.session_id, seq, self.channel, start + segment.spans[0][0], audio,
                                                  window_seq=pending.seq, local_speaker=k,
-                                                 spans=tuple((start + a, start + b) for a, b in segment.spans)))
+                                                 spans=tuple((start + a, start + b) for a, b in segment.spans),
+                                                 window_edge=segment.first <= first_valid))
         return requests
 
     # ------------------------------------------------------------------------------------------------ resolution

@@ -59,7 +59,8 @@ class EmbeddingRequest:
     """One speaker embedding for ``audio``: the samples of one local speaker of one window, concatenated.
 
     ``spans``: the absolute ``[a, b)`` sample ranges of the stream that ``audio`` concatenates, in order (empty when
-    the caller did not say); models ignore them, evaluation uses them (``benchmarks/oracle_embeddings.py``)."""
+    the caller did not say); models ignore them, evaluation uses them (``benchmarks/oracle_embeddings.py``);
+    ``ResemblyzerEmbedding(reuse_partials=True)`` reads them and ``window_edge``."""
 
     session_id: str
     seq: int
@@ -70,6 +71,7 @@ class EmbeddingRequest:
     local_speaker: int = -1
     priority: Priority = Priority.NORMAL
     spans: tuple[tuple[int, int], ...] = ()
+    window_edge: bool = False  # the speech starts at its window's first frame (the window cut it there)
 
 
 class AsrKind(IntEnum):

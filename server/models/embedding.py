@@ -168,7 +168,7 @@ class ResemblyzerEmbedding:
 
     def __init__(self, device: Union[str, torch.device] = "cpu", max_batch: int = 32, *, rate: float = 1.3,
                  min_coverage: float = 0.75, normalize: bool = True, repeat_short: bool = True,
-                 reuse_partials: bool = False, streams: int = 32) -> None:
+                 reuse_partials: Union[bool, str] = False, streams: int = 32) -> None:
         if max_batch < 1:
             raise ValueError("ResemblyzerEmbedding.max_batch must be >= 1")
         partial_starts(SAMPLE_RATE, rate, min_coverage)  # validates rate and min_coverage
@@ -181,11 +181,14 @@ class ResemblyzerEmbedding:
         frontend = MelFrontend()
         self.frontend = frontend.to(self.device)
         self.checkpoint = str(resemblyzer_weights())
+        if reuse_partials not in (False, True, "edge"):
+            raise ValueError("reuse_partials must be False, True or 'edge'")
+        self.reuse_mode = reuse_partials
         self.reuse: Optional[PartialReuse] = None
         if reuse_partials:
             self.reuse = PartialReuse(self.embed_partials, volume_gain if normalize else (lambda _: 1.0),
                                       grid=int(round(SAMPLE_RATE / rate / _HOP)) * _HOP, partial=_PARTIAL_FRAMES * _HOP,
-                                      coverage=min_coverage,
+                                      coverage=min_coverage, edge_only=reuse_partials == "edge",
                                       streams=streams)
 
     def run_batch(self, requests: Sequence[Request]) -> list[EmbeddingResult]:
@@ -252,7 +255,7 @@ class ResemblyzerEmbedding:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "checkpoint": self.checkpoint, "architecture": "resemblyzer GE2E VoiceEncoder",
                 "dimension": int(self.encoder.linear.out_features), "normalize_volume": self.normalize,
-                "repeat_short": self.repeat_short, "reuse_partials": self.reuse is not None}
+                "repeat_short": self.repeat_short, "reuse_partials": self.reuse_mode}
 
 
 class PyannoteEmbedding:

@@ -340,6 +340,21 @@ def test_requests_carry_session_channel_and_absolute_positions() -> None:
         np.testing.assert_array_equal(r.audio, np.concatenate([buffer.read(a, b) for a, b in r.spans]))
 
 
+def test_requests_say_whether_their_speech_starts_at_the_window_edge() -> None:
+    seq = itertools.count()
+    diarizer = StreamingDiarizer(OPTIONS, "abc", 0, lambda: next(seq))
+    buffer = ArrayBuffer()
+    buffer.append(synthesize([Speech(0, ms(2000), ms(8000))], ms(8000)))
+    requests = diarizer.on_audio(buffer)
+    windows = {r.seq: r.start for r in requests}
+    follow: list = []
+    for result in FakeSegmentation()(requests):
+        follow += diarizer.on_result(result, buffer)
+    assert {r.window_edge for r in follow} == {True, False}
+    for r in follow:  # cut by the window: the speech went on before it, so its start moves with the window
+        assert r.window_edge == (windows[r.window_seq] > ms(2000) - ms(100)), (r.start, windows[r.window_seq])
+
+
 def test_history_and_unpopped_turns_are_bounded() -> None:
     diarizer = make(dataclasses.replace(OPTIONS, history=ms(10_000)))
     stream(diarizer, synthesize(MEETING, MEETING_LENGTH), run_fakes(FakeSegmentation(), FakeEmbedding()))

@@ -129,6 +129,9 @@ def test_resemblyzer_reuses_partials_only_when_asked() -> None:
     requests = [request(audio, ((3000, 70000),)), request(audio, ((11000, 76000),), seq=1)]
     plain = ResemblyzerEmbedding("cpu")
     assert plain.reuse is None and plain.describe()["reuse_partials"] is False
+    assert ResemblyzerEmbedding("cpu", reuse_partials="edge").describe()["reuse_partials"] == "edge"
+    with pytest.raises(ValueError):
+        ResemblyzerEmbedding("cpu", reuse_partials="sometimes")
     reusing = ResemblyzerEmbedding("cpu", reuse_partials=True)
     assert reusing.describe()["reuse_partials"] is True
     ours, theirs = reusing.run_batch(requests), plain.run_batch(requests)
@@ -138,3 +141,13 @@ def test_resemblyzer_reuses_partials_only_when_asked() -> None:
         assert abs(float(np.linalg.norm(a.embedding)) - 1.0) < 1e-5
         assert float(a.embedding @ b.embedding) > 0.9  # the same audio, other partial boundaries
     assert volume_gain(np.zeros(10, np.float32)) == 1.0 and volume_gain(audio) > 1.0
+
+
+def test_edge_only_takes_just_the_requests_a_window_cut() -> None:
+    encoder = Recorder()
+    reuse = PartialReuse(encoder, lambda _: 1.0, edge_only=True)
+    audio = stream_audio()
+    inside = request(audio, ((5000, 3 * GRID),))
+    cut = EmbeddingRequest("s", 1, 0, 5000, inside.audio, spans=inside.spans, window_edge=True)
+    assert embed(reuse, [inside])[0] is None and encoder.partials == 0
+    assert embed(reuse, [cut])[0] is not None and encoder.partials > 0
