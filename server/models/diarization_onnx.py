@@ -38,7 +38,7 @@ from torch import nn
 
 from server.models.asr_onnx import OPSET, atomic_build, engine_for, ensure_onnx_graph, session_options
 from server.models.audit import note_onnx_parameters
-from server.models.cache import CAMPPLUS, EMBEDDING_DEFAULT, SEGMENTATION_DEFAULT
+from server.models.cache import CAMPPLUS, EMBEDDING_DEFAULT, EMBEDDING_REUSE, SEGMENTATION_DEFAULT, check_embedding_reuse
 from server.models.campplus import CamPlusPlusEmbedding
 from server.models.embedding import ResemblyzerEmbedding, _l2_normalize, load_embedding_model
 from server.models.pyannet import PyanNet
@@ -268,15 +268,18 @@ def load_segmentation(model: str, device: str, max_batch: int, engine: str = "au
     return SegmentationModel(model, device, max_batch, wheel=wheel)
 
 
-def load_embedding(model: str, device: str, max_batch: int, engine: str = "auto", *, threads: int = 1) -> Any:
+def load_embedding(model: str, device: str, max_batch: int, engine: str = "auto", *, threads: int = 1,
+                   reuse: str = "none") -> Any:
     """The embedding adapter on ``engine``: resemblyzer and CAM++ have an onnx engine; with ``auto`` any other
-    (pyannote) model stays on torch, with ``onnx`` it is refused."""
+    (pyannote) model stays on torch, with ``onnx`` it is refused. ``reuse``: resemblyzer's partial reuse
+    (:data:`~server.models.embedding.EMBEDDING_REUSE`)."""
+    check_embedding_reuse(model, reuse)
     if diarization_engine_for(torch.device(device).type, engine) == "onnx":
         if model == EMBEDDING_DEFAULT:
-            return OnnxResemblyzerEmbedding(device, max_batch, threads=threads)
+            return OnnxResemblyzerEmbedding(device, max_batch, threads=threads, reuse_partials=EMBEDDING_REUSE[reuse])
         if model == CAMPPLUS:
             return OnnxCamPlusPlusEmbedding(None, device, max_batch, threads=threads)
         if engine == "onnx":
             raise ValueError(f"embedding model {model!r} has no onnx engine (only {', '.join(ONNX_EMBEDDINGS)}); use "
                              "--diarization-engine torch")
-    return load_embedding_model(model, device, max_batch)
+    return load_embedding_model(model, device, max_batch, reuse)

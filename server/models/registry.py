@@ -59,7 +59,7 @@ def load_models(asr: Union["ServerConfig", str, None] = ASR_DEFAULT, segmentatio
                 warmup: bool = True, wheel: Optional["Path"] = None, asr_quantize: Optional[str] = None,
                 asr_engine: str = "torch", threads: Optional[int] = None,
                 final_threads: Optional[int] = None, vad_engine: str = "auto",
-                diarization_engine: Optional[str] = None) -> Models:
+                diarization_engine: Optional[str] = None, embedding_reuse: str = "none") -> Models:
     """Load, audit and (optionally) warm up the models.
 
     ``asr``: a GigaAM model name or checkpoint path, or ``None`` to leave ASR out (``rechka-fetch-models
@@ -75,7 +75,8 @@ def load_models(asr: Union["ServerConfig", str, None] = ASR_DEFAULT, segmentatio
     ``vad_engine``: ``"auto"``, ``"torch"`` or ``"onnx"`` (:func:`server.models.vad_onnx.vad_engine_for`).
     ``diarization_engine``: the same for segmentation and embeddings
     (:func:`server.models.diarization_onnx.diarization_engine_for`; ``auto`` keeps models without an onnx engine on
-    torch); ``None``: ``ServerConfig``'s default, its one home.
+    torch); ``None``: ``ServerConfig``'s default, its one home. ``embedding_reuse``: resemblyzer's partial reuse
+    (``ServerConfig.embedding_reuse``; :data:`server.models.embedding.EMBEDDING_REUSE`).
     """
     if asr is not None and not isinstance(asr, str):
         config = asr
@@ -83,7 +84,7 @@ def load_models(asr: Union["ServerConfig", str, None] = ASR_DEFAULT, segmentatio
         device, max_batch = config.device, config.max_batch
         asr_quantize, asr_engine, threads = config.asr_quantize, config.asr_engine, config.model_threads
         final_threads, vad_engine = config.final_threads, config.vad_engine
-        diarization_engine = config.diarization_engine
+        diarization_engine, embedding_reuse = config.diarization_engine, config.embedding_reuse
     if diarization_engine is None:
         from server.config import ServerConfig
 
@@ -107,7 +108,8 @@ def load_models(asr: Union["ServerConfig", str, None] = ASR_DEFAULT, segmentatio
         else (lambda: VadModel(name, max_batch)),
         "segmentation": lambda: load_segmentation(segmentation, name, max_batch, diarization_engine, wheel=wheel,
                                                   threads=threads or 1),
-        "embedding": lambda: load_embedding(embedding, name, max_batch, diarization_engine, threads=threads or 1),
+        "embedding": lambda: load_embedding(embedding, name, max_batch, diarization_engine, threads=threads or 1,
+                                            reuse=embedding_reuse),
     }
     if asr is not None:
         asr_engine, asr_quantize = asr_engine_for(target.type, asr_engine, asr_quantize)

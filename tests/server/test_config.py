@@ -15,6 +15,7 @@ def test_defaults_match_the_documented_ones() -> None:
     assert (config.host, config.port, config.asr_model, config.device) == ("127.0.0.1", 8000, "v2_ctc", "auto")
     assert config.tokens == frozenset() and not config.tls and not config.allow_random_weights
     assert (config.asr_engine, config.asr_quantize) == ("auto", "auto")
+    assert config.embedding_reuse == "none" and config_from_args(["--embedding-reuse", "edge"], {}).embedding_reuse == "edge"
 
 
 def test_auto_engine_is_onnx_int8_on_the_cpu_and_torch_on_cuda() -> None:
@@ -63,6 +64,9 @@ def test_an_empty_or_missing_tokens_file_is_refused(tmp_path: Path) -> None:
     (["--shutdown-grace", "-1"], "shutdown_grace must be >= 0"),
     (["--asr-engine", "tensorflow"], "asr_engine must be auto, torch or onnx"),
     (["--device", "cuda", "--asr-quantize", "int8"], "asr_quantize=int8 needs --device cpu"),
+    (["--embedding-reuse", "always"], "embedding reuse 'always' is unknown; use one of none, edge, grid"),
+    (["--embedding-model", "campplus", "--embedding-reuse", "edge"],
+     "applies to resemblyzer only; use --embedding-reuse none with --embedding-model campplus"),
 ])
 def test_bad_values_raise_a_value_error_that_names_the_fix(argv: list[str], fix: str) -> None:
     with pytest.raises(ValueError, match=fix):

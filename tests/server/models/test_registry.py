@@ -101,3 +101,14 @@ def test_threads_have_one_home_and_importing_silero_does_not_change_them() -> No
             load_models(None, device="cpu", threads=0)
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_embedding_reuse_of_the_config_reaches_the_loaded_adapter() -> None:
+    """``--embedding-reuse edge`` builds resemblyzer with its stream-grid partials; the default embeds as before."""
+    from server.config import ServerConfig
+
+    edge = load_models(ServerConfig(device="cpu", embedding_reuse="edge", asr_model=str(TINY_ASR)), warmup=False)
+    assert edge.embedding.describe()["reuse_partials"] == "edge" and edge.embedding.reuse is not None
+    assert edge.embedding.reuse.edge_only
+    plain = load_models(None, SEGMENTATION_DEFAULT, "resemblyzer", "cpu", warmup=False)
+    assert plain.embedding.describe()["reuse_partials"] is False and plain.embedding.reuse is None
