@@ -293,6 +293,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--diarization-engine", choices=("torch", "onnx", "auto"), default="torch",
                         help="the models' engine (server.models.diarization_onnx; default torch, the shared cache's); "
                              "another engine's results are cached in their own files (PAIR+ENGINE.pkl)")
+    parser.add_argument("--embedding-reuse", choices=("none", "edge", "grid"), default="none",
+                        help="resemblyzer's stream-grid partial reuse, as the server's --embedding-reuse (its "
+                             "embeddings are then computed every run, not cached)")
     parser.add_argument("--cache-dir", type=Path, default=OUT / "der-cache",
                         help="model results per model pair, reused by later runs ('none': no cache)")
     parser.add_argument("--out", type=Path, default=OUT / "der.json")
@@ -314,7 +317,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                      args.embedding_models.split(",")):
         suffix = "" if args.diarization_engine == "torch" else f"+{args.diarization_engine}"
         cache = None if str(args.cache_dir) == "none" else args.cache_dir / f"{segmentation}+{embedding}{suffix}.pkl"
-        models = Models(args.device, segmentation, embedding, cache, engine=args.diarization_engine)
+        models = Models(args.device, segmentation, embedding, cache, engine=args.diarization_engine,
+                        reuse=args.embedding_reuse)
         run_systems(args, models, items, audio, references, hypotheses, costs, notes)
         models.save()
         described[models.tag] = {"segmentation": models.segmentation.describe(),

@@ -38,12 +38,13 @@ class Models:
     """
 
     def __init__(self, device: str = "cpu", segmentation: str = SEGMENTATION_DEFAULT,
-                 embedding: str = EMBEDDING_DEFAULT, cache_file: Optional[Path] = None, engine: str = "torch") -> None:
+                 embedding: str = EMBEDDING_DEFAULT, cache_file: Optional[Path] = None, engine: str = "torch",
+                 reuse: str = "none") -> None:
         from server.models.diarization_onnx import load_embedding, load_segmentation
 
         self.names = (segmentation, embedding)
         self.segmentation = load_segmentation(segmentation, device, 32, engine)
-        self.embedding = load_embedding(embedding, device, 32, engine)
+        self.embedding = load_embedding(embedding, device, 32, engine, reuse=reuse)
         self.cache_file = cache_file
         # an adapter that reuses a stream's earlier partials (ResemblyzerEmbedding.reuse_partials) answers the same
         # audio differently after other requests: its results are computed every run (cheap), never cached

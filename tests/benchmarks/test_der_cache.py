@@ -32,3 +32,20 @@ def test_a_run_that_computed_nothing_leaves_the_file_untouched(tmp_path: Path) -
     assert not save_cache(path, {})
     assert (path.stat().st_mtime_ns, path.read_bytes()) == written != before
     assert not save_cache(tmp_path / "absent.pkl", {}) and not (tmp_path / "absent.pkl").exists()
+
+
+def test_embedding_reuse_reaches_the_adapter_and_its_results_are_never_cached() -> None:
+    """``benchmarks.der --embedding-reuse edge`` measures what the server's flag builds; such embeddings depend on
+    the stream's earlier requests, so they are computed every run."""
+    import pytest
+
+    from benchmarks.der_systems import Models
+    from server.models.cache import ModelUnavailable, fetch_segmentation_checkpoint
+
+    try:
+        fetch_segmentation_checkpoint()
+    except ModelUnavailable as exc:
+        pytest.skip(f"default segmentation weights unavailable: {exc}")
+    edge, plain = Models(reuse="edge"), Models()
+    assert edge.embedding.reuse is not None and edge.embedding.reuse.edge_only and edge._uncached == {"emb"}
+    assert plain.embedding.reuse is None and plain._uncached == set()
