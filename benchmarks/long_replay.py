@@ -102,6 +102,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--return-gap", type=float, default=120.0)
     p.add_argument("--segmentation-model", default=SEGMENTATION_DEFAULT)
     p.add_argument("--embedding-model", default=EMBEDDING_DEFAULT)
+    p.add_argument("--embedding-reuse", choices=("none", "edge", "grid"), default="none",
+                   help="resemblyzer's stream-grid partial reuse, as the server's --embedding-reuse")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="DiarizationOptions override")
     p.add_argument("--cache", type=Path, default=OUT_DIR / "long-cache", help="model results (a directory)")
     p.add_argument("--trace", type=Path, help="write every tracker call here (JSON)")
@@ -109,7 +111,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     conversation, plan = compose_long(args.minutes, args.blocks, args.seed)
     audio = (np.clip(conversation.audio * 32767, -32768, 32767).astype(np.int16) / 32768.0).astype(np.float32)
     cache = args.cache / f"{conversation.name}+{args.segmentation_model}+{args.embedding_model}.pkl"
-    models = Models("cpu", args.segmentation_model, args.embedding_model, cache)
+    models = Models("cpu", args.segmentation_model, args.embedding_model, cache, reuse=args.embedding_reuse)
     options = with_overrides(fit_diarizer(DiarizationOptions(), models.segmentation, models.embedding), args.set)
     started = time.process_time()
     trace: Optional[list] = [] if args.trace else None
