@@ -62,7 +62,8 @@ if os.environ.get("RECHKA_DER_STREAMING"):  # --baseline's child: ``streaming`` 
 
 from benchmarks.der_systems import (Models, offline_pipeline, run_diart, run_diart_latencies, run_offline,  # noqa: E402
                                     run_rechka)
-from server.models.cache import CAMPPLUS, EMBEDDING_DEFAULT, SEGMENTATION_3, SEGMENTATION_DEFAULT  # noqa: E402
+from server.models.cache import (CAMPPLUS, EMBEDDING_DEFAULT, EMBEDDING_REUSE, EMBEDDING_REUSE_DEFAULT,  # noqa: E402
+                                 SEGMENTATION_3, SEGMENTATION_DEFAULT)
 from server.models.registry import fit_diarizer  # noqa: E402
 from streaming.config import SAMPLE_RATE, DiarizationOptions, ms  # noqa: E402
 
@@ -293,7 +294,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--diarization-engine", choices=("torch", "onnx", "auto"), default="torch",
                         help="the models' engine (server.models.diarization_onnx; default torch, the shared cache's); "
                              "another engine's results are cached in their own files (PAIR+ENGINE.pkl)")
-    parser.add_argument("--embedding-reuse", choices=("none", "edge", "grid"), default="none",
+    parser.add_argument("--embedding-reuse", choices=tuple(EMBEDDING_REUSE), default=EMBEDDING_REUSE_DEFAULT,
                         help="resemblyzer's stream-grid partial reuse, as the server's --embedding-reuse (its "
                              "embeddings are then computed every run, not cached)")
     parser.add_argument("--cache-dir", type=Path, default=OUT / "der-cache",

@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from server.models.cache import EMBEDDING_DEFAULT, SEGMENTATION_3, SEGMENTATION_DEFAULT
+from server.models.cache import EMBEDDING_DEFAULT, EMBEDDING_REUSE_DEFAULT, SEGMENTATION_3, SEGMENTATION_DEFAULT
 from server.offline import drive_diarizer
 from streaming.config import SAMPLE_RATE, DiarizationOptions, ms
 from streaming.diarization import StreamingDiarizer
@@ -39,7 +39,7 @@ class Models:
 
     def __init__(self, device: str = "cpu", segmentation: str = SEGMENTATION_DEFAULT,
                  embedding: str = EMBEDDING_DEFAULT, cache_file: Optional[Path] = None, engine: str = "torch",
-                 reuse: str = "none") -> None:
+                 reuse: str = EMBEDDING_REUSE_DEFAULT) -> None:
         from server.models.diarization_onnx import load_embedding, load_segmentation
 
         self.names = (segmentation, embedding)

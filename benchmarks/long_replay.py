@@ -34,7 +34,7 @@ import numpy as np
 from benchmarks.common import OUT_DIR, SAMPLE_RATE
 from benchmarks.der_systems import Models, run_rechka
 from benchmarks.long_diarization import check, compose_long
-from server.models.cache import EMBEDDING_DEFAULT, SEGMENTATION_DEFAULT
+from server.models.cache import EMBEDDING_DEFAULT, EMBEDDING_REUSE, EMBEDDING_REUSE_DEFAULT, SEGMENTATION_DEFAULT
 from server.models.registry import fit_diarizer
 from streaming.config import DiarizationOptions
 
@@ -102,7 +102,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--return-gap", type=float, default=120.0)
     p.add_argument("--segmentation-model", default=SEGMENTATION_DEFAULT)
     p.add_argument("--embedding-model", default=EMBEDDING_DEFAULT)
-    p.add_argument("--embedding-reuse", choices=("none", "edge", "grid"), default="none",
+    p.add_argument("--embedding-reuse", choices=tuple(EMBEDDING_REUSE), default=EMBEDDING_REUSE_DEFAULT,
                    help="resemblyzer's stream-grid partial reuse, as the server's --embedding-reuse")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="DiarizationOptions override")
     p.add_argument("--cache", type=Path, default=OUT_DIR / "long-cache", help="model results (a directory)")

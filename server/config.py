@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from server.models.cache import SEGMENTATION_DEFAULT, check_embedding_reuse
+from server.models.cache import EMBEDDING_REUSE, EMBEDDING_REUSE_DEFAULT, SEGMENTATION_DEFAULT, check_embedding_reuse
 from server.models.gigaam_models import DEFAULT_MODEL, PUBLISHED
 from streaming.config import SessionConfig
 
@@ -50,7 +50,8 @@ class ServerConfig:
     embedding_reuse: ``none``, ``edge`` or ``grid``: resemblyzer's partials on one grid of the stream, reused across
         the windows that ask for the same speech (``edge``: only requests a window's first frame cut; 6.1 -> 3.5
         partials per stream-second, DER within noise on the development sets; ``grid``: every request, 2.7, but
-        ``sample.wav`` DER .145 -> .277). Off by default until held-out sets confirm ``edge``.
+        ``sample.wav`` DER .145 -> .277). Off by default: on held-out conversations ``edge`` was never worse in DER,
+        but the 60-minute replay passed through more provisional labels (docs/benchmarks.md, stop 27).
     asr_quantize: ``auto`` (``int8`` with the ONNX engine on the CPU, else ``none``), ``none`` or ``int8`` (CPU
         only: the ONNX graph's MatMuls, or torch's dynamic int8 Linear layers).
     max_sessions: concurrent streams; beyond it new connections get HTTP 503 with ``Retry-After``.
@@ -95,7 +96,7 @@ class ServerConfig:
     diarization_engine: str = "auto"
     segmentation_model: str = SEGMENTATION_DEFAULT
     embedding_model: str = "resemblyzer"
-    embedding_reuse: str = "none"
+    embedding_reuse: str = EMBEDDING_REUSE_DEFAULT
     max_sessions: int = 32
     max_message_bytes: int = 1 << 20
     idle_timeout: float = 30.0
@@ -200,8 +201,8 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("asr_quantize", str, "auto, none or int8: int8 GigaAM on the CPU (default auto: int8 with the onnx engine)"),
     ("segmentation_model", str, f"pyannote segmentation checkpoint name or path (default {SEGMENTATION_DEFAULT})"),
     ("embedding_model", str, "speaker embedding model (default resemblyzer)"),
-    ("embedding_reuse", str, "none, edge or grid: resemblyzer's partials on one grid of the stream, reused across "
-                             "windows (default none)"),
+    ("embedding_reuse", str, f"{', '.join(EMBEDDING_REUSE)}: resemblyzer's partials on one grid of the stream, "
+                             f"reused across windows (default {EMBEDDING_REUSE_DEFAULT})"),
     ("max_sessions", int, "concurrent streams before HTTP 503 (default 32)"),
     ("max_message_bytes", int, "largest websocket message in bytes (default 1048576)"),
     ("idle_timeout", float, "seconds without a client message before the stream is ended (default 30)"),

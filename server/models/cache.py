@@ -45,6 +45,8 @@ CAMPPLUS = "campplus"
 #: partials; ``edge`` embeds requests a window's edge cut on one grid of the stream, reusing earlier partials;
 #: ``grid`` does so for every request (docs/benchmarks.md, "Each second of speech embedded once").
 EMBEDDING_REUSE: dict[str, Any] = {"none": False, "edge": "edge", "grid": True}
+EMBEDDING_REUSE_DEFAULT = "none"
+"""The default ``--embedding-reuse`` (``ServerConfig.embedding_reuse`` and every loader)."""
 
 
 def check_embedding_reuse(model: str, reuse: str) -> None:

@@ -38,7 +38,8 @@ from torch import nn
 
 from server.models.asr_onnx import OPSET, atomic_build, engine_for, ensure_onnx_graph, session_options
 from server.models.audit import note_onnx_parameters
-from server.models.cache import CAMPPLUS, EMBEDDING_DEFAULT, EMBEDDING_REUSE, SEGMENTATION_DEFAULT, check_embedding_reuse
+from server.models.cache import (CAMPPLUS, EMBEDDING_DEFAULT, EMBEDDING_REUSE, EMBEDDING_REUSE_DEFAULT, SEGMENTATION_DEFAULT,
+                                 check_embedding_reuse)
 from server.models.campplus import CamPlusPlusEmbedding
 from server.models.embedding import ResemblyzerEmbedding, _l2_normalize, load_embedding_model
 from server.models.pyannet import PyanNet
@@ -269,10 +270,10 @@ def load_segmentation(model: str, device: str, max_batch: int, engine: str = "au
 
 
 def load_embedding(model: str, device: str, max_batch: int, engine: str = "auto", *, threads: int = 1,
-                   reuse: str = "none") -> Any:
+                   reuse: str = EMBEDDING_REUSE_DEFAULT) -> Any:
     """The embedding adapter on ``engine``: resemblyzer and CAM++ have an onnx engine; with ``auto`` any other
     (pyannote) model stays on torch, with ``onnx`` it is refused. ``reuse``: resemblyzer's partial reuse
-    (:data:`~server.models.embedding.EMBEDDING_REUSE`)."""
+    (:data:`~server.models.cache.EMBEDDING_REUSE`)."""
     check_embedding_reuse(model, reuse)
     if diarization_engine_for(torch.device(device).type, engine) == "onnx":
         if model == EMBEDDING_DEFAULT:

