@@ -280,6 +280,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--segmentation-models", default=f"{SEGMENTATION_DEFAULT},{SEGMENTATION_3}")
     parser.add_argument("--embedding-models", default=f"{EMBEDDING_DEFAULT},{CAMPPLUS}")
     parser.add_argument("--latencies", default="0.5,1.5,5.0", help="seconds; rechka and diart run at each")
+    parser.add_argument("--steps", default=None,
+                        help="seconds between rechka's segmentation windows, comma-separated (default: "
+                             "DiarizationOptions.step); a step other than the default is named in the system "
+                             "(rechka PAIR@1.5s/step1s); a latency below a step is skipped")
     parser.add_argument("--offline-threshold", type=float, default=None,
                         help="agglomerative clustering threshold of the offline pipeline (default: per embedding "
                              f"model, best on the development sets: {OFFLINE_THRESHOLD})")
@@ -346,6 +350,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
+def rechka_variants(base: DiarizationOptions, latencies: list[float], steps: Optional[list[float]] = None
+                    ) -> tuple[list[tuple[str, DiarizationOptions]], list[str]]:
+    """rechka's diarizer options per (latency, step) in seconds, named ``1.5s`` (``1.5s/step1s`` for a step other
+    than ``DiarizationOptions``' default), and the names skipped because the latency is below the step. Latencies
+    are capped at the window; ``steps`` None: ``base.step``."""
+    variants, skipped = [], []
+    for latency, step_s in itertools.product(latencies, steps or [base.step / SAMPLE_RATE]):
+        step = int(round(step_s * SAMPLE_RATE))
+        name = f"{latency:g}s" + ("" if step == DiarizationOptions.step else f"/step{step_s:g}s")
+        latency_samples = min(base.window, int(round(latency * SAMPLE_RATE)))
+        if latency_samples < step:
+            skipped.append(name)
+            continue
+        variants.append((name, dataclasses.replace(base, step=step, latency=latency_samples)))
+    return variants, skipped
+
+
 def run_systems(args: argparse.Namespace, models: Models, items: list[Item], audio: dict[Path, np.ndarray],
                 references: dict[Path, Any], hypotheses: dict[tuple[str, Path], list[tuple[str, float, float]]],
                 costs: dict[str, dict[str, float]], notes: list[str]) -> None:
@@ -355,10 +376,12 @@ def run_systems(args: argparse.Namespace, models: Models, items: list[Item], aud
     base = fit_diarizer(DiarizationOptions(), models.segmentation, models.embedding)
     total_audio = sum(len(a) for a in audio.values()) / SAMPLE_RATE
     tag = models.tag
+    steps = None if args.steps is None else [float(x) for x in args.steps.split(",")]
     if "rechka" in systems:
-        for latency in latencies:
-            name = f"rechka {tag}@{latency:g}s"
-            options = dataclasses.replace(base, latency=min(base.window, int(round(latency * SAMPLE_RATE))))
+        variants, skipped = rechka_variants(base, latencies, steps)
+        notes += [f"rechka {tag}@{v}: skipped, the latency is below the step" for v in skipped]
+        for variant, options in variants:
+            name = f"rechka {tag}@{variant}"
             models.reset_counters()
             started = time.process_time()
             for item in items:

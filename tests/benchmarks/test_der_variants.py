@@ -1,0 +1,30 @@
+"""benchmarks/der.py's rechka variants: one options set per (latency, step), named so that old tables keep their
+names at the default step, a latency below a step skipped (the diarizer refuses it)."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.der import rechka_variants
+from streaming.config import SAMPLE_RATE, DiarizationOptions
+
+
+def test_steps_other_than_the_default_are_named_and_a_latency_below_a_step_is_skipped() -> None:
+    base = DiarizationOptions()
+    default, other = base.step / SAMPLE_RATE, 2 * base.step / SAMPLE_RATE
+    variants, skipped = rechka_variants(base, [default, 1.5 * other, 9.0], [default, other])
+    named = dict(variants)
+    assert list(named) == [f"{default:g}s", f"{1.5 * other:g}s", f"{1.5 * other:g}s/step{other:g}s", "9s",
+                           f"9s/step{other:g}s"]
+    assert skipped == [f"{default:g}s/step{other:g}s"]
+    assert named[f"{1.5 * other:g}s"].step == base.step
+    assert named[f"{1.5 * other:g}s/step{other:g}s"].step == 2 * base.step
+    assert named[f"{1.5 * other:g}s/step{other:g}s"].latency == int(1.5 * other * SAMPLE_RATE)
+    assert named["9s"].latency == named[f"9s/step{other:g}s"].latency == base.window  # capped at the window
+
+
+def test_without_steps_the_base_step_is_kept() -> None:
+    variants, skipped = rechka_variants(DiarizationOptions(), [1.5])
+    assert [n for n, _ in variants] == ["1.5s"] and not skipped
+    with pytest.raises(ValueError):  # what the skip avoids: the diarizer refuses a latency below its step
+        DiarizationOptions(step=SAMPLE_RATE, latency=SAMPLE_RATE // 2)
