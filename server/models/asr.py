@@ -152,18 +152,22 @@ class GigaAmAsr:
         """One :class:`AsrResult` per request, in order. ``ValueError`` for audio that is not 1-D or over 25 s.
 
         A partial with ``cache_lookahead`` continues its utterance's encoder cache (:attr:`partial_caches`) and
-        answers with the whole utterance so far (one utterance at a time, not batched); without a chunked encoder
+        answers with the whole utterance so far (the batch's cached partials in one chunk-graph run on the ONNX
+        engine, one after another on torch); without a chunked encoder
         (RNNT, v1 on ONNX) it is decoded alone. A final
         drops its utterance's cache."""
         audios = [self._check_audio(r) for r in requests]
         caches = self.partial_caches
         cached: dict[int, AsrResult] = {}
         if caches is not None:
-            for i, r in enumerate(requests):
+            continued = [i for i, r in enumerate(requests) if r.kind != AsrKind.FINAL and r.cache_lookahead is not None]
+            if continued:  # one chunk-graph run for all of them on the ONNX engine
+                found = caches.decode_batch([requests[i] for i in continued],
+                                            [requests[i].cache_lookahead for i in continued])
+                cached = dict(zip(continued, found))
+            for r in requests:  # after the partials: a final's utterance keeps no cache
                 if r.kind == AsrKind.FINAL:
                     caches.finished(r)
-                elif r.cache_lookahead is not None:
-                    cached[i] = caches.decode(r, r.cache_lookahead)
         decoded: list[tuple[str, tuple[Word, ...]]] = [("", ())] * len(requests)
         shortest = self.spec.frontend.min_samples
         order = sorted((i for i, a in enumerate(audios) if len(a) >= shortest and i not in cached),

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -190,6 +190,11 @@ class ChunkedEncoder:
         with torch.inference_mode():
             return self.head(encoder_output=frames.T[None])[0].float().cpu().numpy()
 
+    @staticmethod
+    def step_many(encoders: list["ChunkedEncoder"], audios: list[np.ndarray], finals: list[bool]) -> list[np.ndarray]:
+        """:meth:`step` of several utterances' encoders (one after another: the torch engine runs one row)."""
+        return [e.step(a, f) for e, a, f in zip(encoders, audios, finals)]
+
     # -- one Conformer layer on new frames ---------------------------------------------------------------------
     def _layer(self, i: int, layer: nn.Module, x: Tensor, commit: int) -> Tensor:
         t0 = self.frames_out
@@ -208,31 +213,40 @@ class ChunkedEncoder:
 
 
 def layer_step(encoder: nn.Module, layer: nn.Module, x: Tensor, past_k: Tensor, past_v: Tensor, left: Tensor,
-               positions: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """One Conformer layer on new frames ``x (1, n, D)``, stateless: attention over ``past_k``/``past_v``
-    ``(1, h, T, d_k)`` (the earlier frames' keys and values) and the new frames', the depthwise convolution over
-    ``left (1, D, pad)`` (the earlier frames' inputs), zeros after the new frames; ``positions (n,)``: the new
-    frames' absolute indices (rotary or relative positions; traceable: the ONNX chunk graph runs this). Returns the layer's output, the new
-    frames' keys, values and depthwise-convolution inputs ``(1, D, n)``: the caller caches what it commits."""
+               positions: Tensor, key_mask: Optional[Tensor] = None,
+               valid: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One Conformer layer on new frames ``x (B, n, D)``, stateless: attention over ``past_k``/``past_v``
+    ``(B, h, T, d_k)`` (the earlier frames' keys and values) and the new frames', the depthwise convolution over
+    ``left (B, D, pad)`` (the earlier frames' inputs), zeros after the new frames; ``positions``: the new frames'
+    absolute indices, ``(n,)`` or per row ``(B, n)`` (rotary or relative positions; relative ones one row only;
+    traceable: the ONNX chunk graph runs this). Rows of different lengths (the chunk graph's batch): ``key_mask
+    (B, T + n)`` true for the keys a row has (its cached frames first, then its new ones), ``valid (B, n)`` 1 for
+    its new frames (the rest are padding, zeroed before the depthwise convolution). Returns the layer's output, the
+    new frames' keys, values and depthwise-convolution inputs ``(B, D, n)``: the caller caches what it commits."""
     residual = x + layer.feed_forward1(layer.norm_feed_forward1(x)) * layer.fc_factor
-    att, k, v = _attention(encoder, layer.self_attn, layer.norm_self_att(residual), past_k, past_v, positions)
+    att, k, v = _attention(encoder, layer.self_attn, layer.norm_self_att(residual), past_k, past_v, positions,
+                           key_mask)
     residual = residual + att
-    conv, glu = _convolution(layer.conv, layer.norm_conv(residual), left)
+    conv, glu = _convolution(layer.conv, layer.norm_conv(residual), left, valid)
     residual = residual + conv
     residual = residual + layer.feed_forward2(layer.norm_feed_forward2(residual)) * layer.fc_factor
     return layer.norm_out(residual), k, v, glu
 
 
 def _attention(encoder: nn.Module, attn: nn.Module, x: Tensor, past_k: Tensor, past_v: Tensor,
-               positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+               positions: Tensor, key_mask: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
     rotary = encoder.pos_enc.pe.dim() == 4
     if rotary:
         pe = encoder.pos_enc.pe  # (2L, 1, 1, d_k): cos rows, then sin rows
         half = pe.shape[0] // 2
-        cos, sin = pe.index_select(0, positions), pe.index_select(0, positions + half)  # (n, 1, 1, d_k)
-        xt = x.transpose(0, 1).reshape(-1, 1, attn.h, attn.d_k)
+        index = positions.transpose(0, 1).reshape(-1) if positions.dim() == 2 else positions  # time-major
+        cos, sin = pe.index_select(0, index), pe.index_select(0, index + half)  # (n [* B], 1, 1, d_k)
+        xt = x.transpose(0, 1).reshape(x.shape[1], x.shape[0], attn.h, attn.d_k)  # (n, B, h, d_k)
+        if positions.dim() == 2:
+            cos = cos.reshape(x.shape[1], x.shape[0], 1, attn.d_k)
+            sin = sin.reshape(x.shape[1], x.shape[0], 1, attn.d_k)
         rotated, _ = apply_rotary_pos_emb(xt, xt, cos, sin)
-        rotated = rotated.reshape(-1, 1, attn.h * attn.d_k).transpose(0, 1)
+        rotated = rotated.reshape(x.shape[1], x.shape[0], attn.h * attn.d_k).transpose(0, 1)
         q, k, v = attn.forward_qkv(rotated, rotated, x)
     else:
         q, k, v = attn.forward_qkv(x, x, x)
@@ -241,8 +255,9 @@ def _attention(encoder: nn.Module, attn: nn.Module, x: Tensor, past_k: Tensor, p
     if rotary:
         scores = torch.matmul(q, keys.transpose(-2, -1) / math.sqrt(attn.d_k))
     else:
-        scores = _rel_scores(encoder, attn, q, keys, positions)
-    return attn.forward_attention(values, scores, None), k, v
+        scores = _rel_scores(encoder, attn, q, keys, positions.reshape(-1))
+    masked = None if key_mask is None else ~key_mask[:, None, :]  # forward_attention adds the head axis
+    return attn.forward_attention(values, scores, masked), k, v
 
 
 def _rel_scores(encoder: nn.Module, attn: nn.Module, q: Tensor, keys: Tensor, positions: Tensor) -> Tensor:
@@ -265,8 +280,10 @@ def _rel_scores(encoder: nn.Module, attn: nn.Module, q: Tensor, keys: Tensor, po
     return (ac + bd) / math.sqrt(attn.d_k)
 
 
-def _convolution(conv: nn.Module, x: Tensor, left: Tensor) -> tuple[Tensor, Tensor]:
-    x = F.glu(conv.pointwise_conv1(x.transpose(1, 2)), dim=1)  # (1, D, n)
+def _convolution(conv: nn.Module, x: Tensor, left: Tensor, valid: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    x = F.glu(conv.pointwise_conv1(x.transpose(1, 2)), dim=1)  # (B, D, n)
+    if valid is not None:  # a shorter row's padding: zeros after its frames, as after an utterance's end
+        x = x * valid[:, None, :]
     dw = conv.depthwise_conv
     ext = torch.cat([left, x, torch.zeros_like(left)], dim=2)
     y = F.conv1d(ext, dw.weight, dw.bias, groups=dw.groups)
@@ -325,6 +342,42 @@ class PartialCaches:
 
     def decode(self, request: AsrRequest, lookahead: int = 0) -> AsrResult:
         """The utterance so far, its new audio (``request.audio``) encoded against the cache."""
+        return self.decode_batch([request], [lookahead])[0]
+
+    def decode_batch(self, requests: Sequence[AsrRequest], lookaheads: Sequence[int]) -> list[AsrResult]:
+        """:meth:`decode` of several partial requests, their encoders stepped together, at most the adapter's
+        ``chunk_rows`` per ``step_many`` (ONNX engine: rows of one chunk-graph run); two requests of one stream
+        channel in a batch are stepped in turn."""
+        results: list[Optional[AsrResult]] = [None] * len(requests)
+        pending = list(range(len(requests)))
+        while pending:
+            keys, now, later = set(), [], []
+            for i in pending:
+                key = (requests[i].session_id, requests[i].channel)
+                (later if key in keys else now).append(i)
+                keys.add(key)
+            utterances = [self._take(requests[i], lookaheads[i]) for i in now]
+            committed = [u.encoder.frames_out for u in utterances]
+            encoders = [u.encoder for u in utterances]
+            outs: list[Optional[np.ndarray]] = [None] * len(now)
+            rows = max(int(getattr(self.asr, "chunk_rows", 1)), 1)
+            for kind in {type(e) for e in encoders}:  # one engine in practice
+                same = [j for j, e in enumerate(encoders) if type(e) is kind]
+                for g in range(0, len(same), rows):
+                    picked = same[g:g + rows]
+                    stepped = kind.step_many([encoders[j] for j in picked],
+                                             [np.asarray(requests[now[j]].audio, dtype=np.float32) for j in picked],
+                                             [False] * len(picked))
+                    for j, out in zip(picked, stepped):
+                        outs[j] = out
+            for j, i in enumerate(now):
+                results[i] = self._result(requests[i], utterances[j], outs[j], committed[j])
+            pending = later
+        return results  # type: ignore[return-value]
+
+    def _take(self, request: AsrRequest, lookahead: int) -> _Utterance:
+        """The request's utterance cache (a new one unless the request continues the cached audio), marked most
+        recently used; the least recently used beyond ``max_caches`` are dropped."""
         assert request.kind == AsrKind.PARTIAL
         key = (request.session_id, request.channel)
         with self._lock:
@@ -335,9 +388,10 @@ class PartialCaches:
             self._caches[key] = utt  # most recently used last
             while len(self._caches) > self.max_caches:
                 self._caches.popitem(last=False)
-        committed = utt.encoder.frames_out
         utt.encoder.lookahead = lookahead  # per window: the policy grants lookahead while its budget pays for it
-        out = utt.encoder.step(np.asarray(request.audio, dtype=np.float32))
+        return utt
+
+    def _result(self, request: AsrRequest, utt: _Utterance, out: np.ndarray, committed: int) -> AsrResult:
         utt.end = request.start + len(request.audio)
         new = utt.encoder.frames_out - committed
         if self.asr.head_kind == "ctc":  # out: log-probs

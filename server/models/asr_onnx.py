@@ -257,6 +257,9 @@ class OnnxGigaAmAsr(GigaAmAsr):
             self.chunk_graph = ensure_chunk_graph(self.model, precision)
             self.chunk_session = chunk_session(self.chunk_graph, self.threads, self._providers)
             self._chunk_geometry = ChunkGeometry(self.model)
+        # cached partials per chunk-graph run: on the CPU rows of several streams did not run faster than one run
+        # each (benchmarks/partial_rows.py: 0.96-1.05x at 1-4 rows, 1.2x at 8), so one; on CUDA a batch's worth
+        self.chunk_rows = 1 if self.device.type == "cpu" else max_batch
         self.model.encoder = torch.nn.Identity()  # its weights live in the graph now; keep only what still runs
 
     def set_threads(self, threads: int) -> None:

@@ -204,3 +204,90 @@ def test_relative_positions_chunk_graph_equals_torch(torch_asr: GigaAmAsr, tmp_p
     got = _steps(OnnxChunkedEncoder(session, ChunkGeometry(net), net.preprocessor, 2), audio, 6400, True)
     assert [len(w) for w in want] == [len(g) for g in got] and sum(len(w) for w in want) > 0
     assert max(float(np.abs(w - g).max()) for w, g in zip(want, got) if len(w)) <= 1e-4
+
+
+class _CountingSession:
+    """An ONNX Runtime session that counts its runs and the rows of each."""
+
+    def __init__(self, session) -> None:
+        self.session, self.rows = session, []
+
+    def run(self, names, feeds):
+        self.rows.append(feeds["features"].shape[0])
+        return self.session.run(names, feeds)
+
+
+@pytest.mark.parametrize("lookahead", [0, 2])
+def test_chunks_of_several_utterances_in_one_run_equal_each_run_alone(fp32: OnnxGigaAmAsr, held_out,
+                                                                      lookahead: int) -> None:
+    """Rows of different lengths (features, held frames, cached frames, new frames) padded into one run of the
+    chunk graph give each utterance what its own run gives, chunk after chunk, and the same caches."""
+    _, audios = held_out
+    audios = [a.astype(np.float32) for a in audios[:4]]
+    pieces = [4000, 6400, 8000, 16000]  # each utterance its own chunk size: every row a different shape
+    cuts = [_cuts(len(a), p) for a, p in zip(audios, pieces)]
+    alone = [fp32.chunk_encoder(lookahead) for _ in audios]
+    together = [fp32.chunk_encoder(lookahead) for _ in audios]
+    counting = _CountingSession(fp32.chunk_session)
+    for e in together:
+        e.session = counting
+    for k in range(max(len(c) for c in cuts)):
+        live = [i for i, c in enumerate(cuts) if k < len(c)]
+        chunks = [audios[i][slice(*cuts[i][k])] for i in live]
+        finals = [k == len(cuts[i]) - 1 for i in live]
+        want = [alone[i].step(a, f) for i, a, f in zip(live, chunks, finals)]
+        got = OnnxChunkedEncoder.step_many([together[i] for i in live], chunks, finals)
+        for w, g in zip(want, got):
+            assert w.shape == g.shape
+            if len(w):
+                assert float(np.abs(w - g).max()) <= 1e-4
+                assert np.array_equal(w.argmax(-1), g.argmax(-1))
+    for a, t in zip(alone, together):
+        assert (a.frames_out, a.frames_encoded) == (t.frames_out, t.frames_encoded)
+        assert float(np.abs(a.keys - t.keys).max()) <= 1e-4
+    assert max(counting.rows) == 4  # the rows did share runs
+
+
+def test_the_adapter_runs_a_batch_of_cached_partials_in_one_chunk_run(fp32: OnnxGigaAmAsr, held_out) -> None:
+    """Cached partials of several streams in one batch: one chunk-graph run of up to ``chunk_rows`` rows (one on
+    the CPU), the texts and words each stream gets alone; two partials of one stream channel in a batch are
+    stepped in turn, in order."""
+    _, audios = held_out
+    audios = [a.astype(np.float32) for a in audios[:3]]
+
+    def requests(k: int) -> list[AsrRequest]:
+        return [AsrRequest(f"s{i}", k, 0, k * 8000, a[k * 8000:(k + 1) * 8000], 5, AsrKind.PARTIAL,
+                           cache_lookahead=2) for i, a in enumerate(audios) if (k + 1) * 8000 <= len(a)]
+
+    alone = [[fp32.run_batch([r])[0] for r in requests(k)] for k in range(3)]
+    for r in requests(0):
+        fp32.run_batch([AsrRequest(r.session_id, 99, 0, 0, r.audio, 5, AsrKind.FINAL)])
+    assert len(fp32.partial_caches) == 0
+    counting = _CountingSession(fp32.chunk_session)
+    real, fp32.chunk_session = fp32.chunk_session, counting
+    assert fp32.chunk_rows == 1  # the CPU default: one row per run (rows did not pay there)
+    fp32.chunk_rows = 8  # as on CUDA: a batch's worth of rows per run
+    try:
+        together = [fp32.run_batch(requests(k)) for k in range(3)]
+        assert counting.rows == [len(requests(k)) for k in range(3)]
+        texts = lambda results: [(r.text, r.words) for r in results]  # noqa: E731
+        assert [texts(t) for t in together] == [texts(a) for a in alone]
+        # one stream's two windows in one batch: the second continues the first, as in two batches
+        a = audios[0]
+        pair = [AsrRequest("p", 1, 0, 0, a[:4000], 6, AsrKind.PARTIAL, cache_lookahead=2),
+                AsrRequest("p", 2, 0, 4000, a[4000:8000], 6, AsrKind.PARTIAL, cache_lookahead=2)]
+        restarts = fp32.partial_caches.restarts
+        both = fp32.run_batch(pair)
+        assert counting.rows[-2:] == [1, 1] and fp32.partial_caches.restarts == restarts
+        fp32.run_batch([AsrRequest("p", 3, 0, 0, a[:8000], 6, AsrKind.FINAL)])
+        one_by_one = [fp32.run_batch([r])[0] for r in pair]
+        assert texts(both) == texts(one_by_one) and both[1].whole_utterance
+        fp32.run_batch([AsrRequest("p", 3, 0, 0, a[:8000], 6, AsrKind.FINAL)])
+        fp32.chunk_rows = 1
+        fp32.run_batch([AsrRequest(r.session_id, 98, 0, 0, r.audio, 5, AsrKind.FINAL) for r in requests(0)])
+        before = len(counting.rows)
+        assert texts([fp32.run_batch(requests(0))][0]) == texts(alone[0])
+        assert counting.rows[before:] == [1] * len(requests(0))
+    finally:
+        fp32.chunk_session, fp32.chunk_rows = real, 1
+        fp32.run_batch([AsrRequest(f"s{i}", 99, 0, 0, a, 5, AsrKind.FINAL) for i, a in enumerate(audios)])
