@@ -38,13 +38,13 @@ import torch
 from benchmarks.common import OUT_DIR, command_line, summarize, write_result
 from benchmarks.partial_quality import SessionRun, final_wer, partial_quality
 from benchmarks.partials import TimedAsr, speech_inputs, speech_utterances, variant_options
-from server.models.asr_cache import PartialCaches
+from server.models.asr_partials import PartialCaches
 from streaming.config import PartialOptions
 from streaming.work import AsrKind, AsrRequest, AsrResult
 
 
 class CachedAsr:
-    """What ``GigaAmAsr.run_batch`` does with cached partials (:class:`~server.models.asr_cache.PartialCaches`,
+    """What ``GigaAmAsr.run_batch`` does with cached partials (:class:`~server.models.asr_partials.PartialCaches`,
     one chunked encoder per utterance; finals through ``asr`` unchanged), counting each utterance's frames. ``frames``: per finished utterance, ``(Conformer frames encoded by
     its partials, frames of its final)``."""
 

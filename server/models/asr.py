@@ -24,7 +24,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 from gigaam.encoder import ConformerEncoder
-from server.models.asr_cache import ChunkedEncoder, PartialCaches
+from server.models.asr_cache import ChunkedEncoder
+from server.models.asr_partials import PartialCaches
 from server.models.asr_words import WordBuilder, normalize_text
 from server.models.gigaam_compat import (
     DEFAULT_CACHE_DIR,

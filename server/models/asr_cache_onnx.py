@@ -215,7 +215,7 @@ class _Chunk:
 
 class OnnxChunkedEncoder:
     """One utterance's cached encoder on an ONNX Runtime session of the chunk graph: the interface of
-    :class:`~server.models.asr_cache.ChunkedEncoder` that :class:`~server.models.asr_cache.PartialCaches` uses
+    :class:`~server.models.asr_cache.ChunkedEncoder` that :class:`~server.models.asr_partials.PartialCaches` uses
     (:meth:`step` → log-probs, ``frames_out``, ``frames_encoded``), the same results within float rounding.
     :func:`step_encoders` runs the chunks of several utterances in one call (rows padded and masked)."""
 
