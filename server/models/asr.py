@@ -153,8 +153,9 @@ class GigaAmAsr:
         """One :class:`AsrResult` per request, in order. ``ValueError`` for audio that is not 1-D or over 25 s.
 
         A partial with ``cache_lookahead`` continues its utterance's encoder cache (:attr:`partial_caches`) and
-        answers with the whole utterance so far (the batch's cached partials in one chunk-graph run on the ONNX
-        engine, one after another on torch); without a chunked encoder
+        answers with the whole utterance so far (the batch's cached partials stepped together: up to the adapter's
+        ``chunk_rows`` per chunk-graph run on the ONNX engine, one on the CPU; one after another on torch); without
+        a chunked encoder
         (RNNT, v1 on ONNX) it is decoded alone. A final
         drops its utterance's cache."""
         audios = [self._check_audio(r) for r in requests]
@@ -162,7 +163,7 @@ class GigaAmAsr:
         cached: dict[int, AsrResult] = {}
         if caches is not None:
             continued = [i for i, r in enumerate(requests) if r.kind != AsrKind.FINAL and r.cache_lookahead is not None]
-            if continued:  # one chunk-graph run for all of them on the ONNX engine
+            if continued:
                 found = caches.decode_batch([requests[i] for i in continued],
                                             [requests[i].cache_lookahead for i in continued])
                 cached = dict(zip(continued, found))
