@@ -353,8 +353,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def rechka_variants(base: DiarizationOptions, latencies: list[float], steps: Optional[list[float]] = None
                     ) -> tuple[list[tuple[str, DiarizationOptions]], list[str]]:
     """rechka's diarizer options per (latency, step) in seconds, named ``1.5s`` (``1.5s/step1s`` for a step other
-    than ``DiarizationOptions``' default), and the names skipped because the latency is below the step. Latencies
-    are capped at the window; ``steps`` None: ``base.step``."""
+    than ``DiarizationOptions``' default; its counts scaled by ``DiarizationOptions.at_step``, as the server's
+    ``--diarization-step`` does), and the names skipped because the latency is below the step. Latencies are capped
+    at the window; ``steps`` None: ``base.step``."""
     variants, skipped = [], []
     for latency, step_s in itertools.product(latencies, steps or [base.step / SAMPLE_RATE]):
         step = int(round(step_s * SAMPLE_RATE))
@@ -363,7 +364,7 @@ def rechka_variants(base: DiarizationOptions, latencies: list[float], steps: Opt
         if latency_samples < step:
             skipped.append(name)
             continue
-        variants.append((name, dataclasses.replace(base, step=step, latency=latency_samples)))
+        variants.append((name, dataclasses.replace(base.at_step(step), latency=latency_samples)))
     return variants, skipped
 
 

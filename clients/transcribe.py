@@ -106,8 +106,7 @@ def session_config(models: Any, diarization: bool = True, max_speakers: Optional
     if max_speakers is not None:
         diarizer = dataclasses.replace(diarizer, max_speakers=max_speakers)
     if step is not None:
-        samples = ms(1000 * step)
-        diarizer = dataclasses.replace(diarizer, step=samples, latency=max(diarizer.latency, samples))
+        diarizer = diarizer.at_step(ms(1000 * step))
     return dataclasses.replace(base, diarizer=diarizer)
 
 

@@ -52,6 +52,10 @@ class ServerConfig:
         partials per stream-second, DER within noise on the development sets; ``grid``: every request, 2.7, but
         ``sample.wav`` DER .145 -> .277). Off by default: on held-out conversations ``edge`` was never worse in DER,
         but the 60-minute replay passed through more provisional labels (docs/benchmarks.md, stop 27).
+    diarization_step: seconds between the segmentation windows of a live stream (``None``: the diarizer's default,
+        0.5 s; :meth:`streaming.config.DiarizationOptions.at_step`). 1.0 halves diarization's CPU (4 streams:
+        0.097-0.099 -> 0.050-0.057 CPU-s per stream-second) at a cost in DER on the short, overlapped AMI snippets
+        and pyannote's sample (docs/benchmarks.md, "A 1 s step"); a step longer than the latency raises the latency.
     asr_quantize: ``auto`` (``int8`` with the ONNX engine on the CPU, else ``none``), ``none`` or ``int8`` (CPU
         only: the ONNX graph's MatMuls, or torch's dynamic int8 Linear layers).
     max_sessions: concurrent streams; beyond it new connections get HTTP 503 with ``Retry-After``.
@@ -97,6 +101,7 @@ class ServerConfig:
     segmentation_model: str = SEGMENTATION_DEFAULT
     embedding_model: str = "resemblyzer"
     embedding_reuse: str = EMBEDDING_REUSE_DEFAULT
+    diarization_step: Optional[float] = None
     max_sessions: int = 32
     max_message_bytes: int = 1 << 20
     idle_timeout: float = 30.0
@@ -142,6 +147,9 @@ class ServerConfig:
             check_embedding_reuse(self.embedding_model, self.embedding_reuse)
         except ValueError as error:
             raise ValueError(f"ServerConfig.{error}") from None
+        _check(self.diarization_step is None or 0.1 <= self.diarization_step <= 30.0,
+               "ServerConfig.diarization_step must be 0.1-30 seconds and at most the segmentation window "
+               "(default: 0.5; 1.0 halves diarization's compute)")
         _check(self.asr_quantize != "int8" or self.device == "cpu",
                "ServerConfig.asr_quantize=int8 needs --device cpu (on CUDA GigaAM runs fp16)")
         _check(1 <= self.cpu_inference_threads <= 64, "ServerConfig.cpu_inference_threads must be 1-64 (default 2)")
@@ -203,6 +211,8 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("embedding_model", str, "speaker embedding model (default resemblyzer)"),
     ("embedding_reuse", str, f"{', '.join(EMBEDDING_REUSE)}: resemblyzer's partials on one grid of the stream, "
                              f"reused across windows (default {EMBEDDING_REUSE_DEFAULT})"),
+    ("diarization_step", float, "seconds between a live stream's segmentation windows (default 0.5; 1.0 halves "
+                                "diarization's CPU at some DER)"),
     ("max_sessions", int, "concurrent streams before HTTP 503 (default 32)"),
     ("max_message_bytes", int, "largest websocket message in bytes (default 1048576)"),
     ("idle_timeout", float, "seconds without a client message before the stream is ended (default 30)"),

@@ -149,7 +149,8 @@ class DiarizationOptions:
 
     window: segmentation window: the segmentation model's training duration (PyanNet 5 s, segmentation-3.0 10 s;
         the server takes it from the loaded model, ``server.models.registry.fit_diarizer``). step: a new window
-        every step.
+        every step (change it with :meth:`at_step`, which rescales the counts tied to it; 1 s halves diarization's
+        compute, docs/benchmarks.md "A 1 s step").
     latency: how far behind the newest audio a speaker turn becomes final (between step and window).
     tau_active: a local speaker is active in a frame when its score exceeds this.
     min_embedding_speech: a local speaker needs this much clean speech (frames where only it is active) in a window
@@ -198,7 +199,8 @@ class DiarizationOptions:
         ``tests/server/test_diarization_real.py`` (0.02 finds it). 0 = off.
     borderline_windows: see ``borderline_margin`` (6: 3 s of windows; the waiting voice's frames stay open for it,
         at most a window).
-    borderline_count: see ``borderline_margin`` (30 embeddings; 60 left AMI's DER unchanged, 30 lowered it).
+    borderline_count: see ``borderline_margin`` (30 embeddings at the 0.5 s step; 60 left AMI's DER unchanged, 30
+        lowered it; :meth:`at_step` scales it with the step).
     merge_distance: two live speakers whose centroids have come within this cosine distance are merged (the one
         with more embeddings keeps its label; the other's label is retired, later speech gets the kept one, and a
         ``speaker_merge`` event tells clients to relabel what they already received). A voice whose embeddings spread widely (one real voice of the hour-long check:
@@ -207,7 +209,8 @@ class DiarizationOptions:
         merged two real voices there. 0 = never merge.
     merge_count: a merge also needs the larger of the two speakers to hold at least this many embeddings (a
         well-estimated centroid): on the 30-60 s AMI files, young centroids of two real speakers come within 0.2
-        (merging at 45 raised their DER .260 -> .299; 50 and up left every development set unchanged).
+        (merging at 45 raised their DER .260 -> .299; 50 and up left every development set unchanged); counted at
+        the 0.5 s step (:meth:`at_step` scales it).
     merge_apart: two live speakers that no window ever heard as two local speakers at once also merge when their
         centroids come within ``merge_distance`` before either holds ``merge_count`` embeddings: the segmentation
         model rarely splits one voice into two local speakers of a window, while two people in one conversation
@@ -367,6 +370,20 @@ class DiarizationOptions:
         _check(ms(20) <= self.pause_min <= self.window,
                "DiarizationOptions.pause_min must be between 20 ms and the window (150 ms is the default)")
 
+
+    def at_step(self, step: int) -> "DiarizationOptions":
+        """These options with a window every ``step`` samples: ``latency`` raised to at least the step, and the
+        counts of embeddings (``borderline_count``, ``merge_count``; a voice gets about one per window) scaled by
+        the old step over the new one, so a centroid matures after as much speech as before. ``new_speaker_windows``
+        is capped at ``window / step``. Raises ``ValueError`` for a step outside 100 ms to the window."""
+        _check(ms(100) <= step <= self.window,
+               f"the diarization step must be between 0.1 s and the window ({self.window / SAMPLE_RATE:g} s)")
+        scale = self.step / step
+        return dataclasses.replace(
+            self, step=step, latency=min(self.window, max(self.latency, step)),
+            new_speaker_windows=min(self.new_speaker_windows, self.window // step),
+            borderline_count=max(1, round(self.borderline_count * scale)),
+            merge_count=max(1, round(self.merge_count * scale)))
 
     def with_speaker_counts(self, min_speakers: Optional[int] = None, max_speakers: Optional[int] = None,
                             num_speakers: Optional[int] = None) -> "DiarizationOptions":

@@ -18,6 +18,7 @@ from server.models.base import BatchModel
 from server.models.cache import EMBEDDING_DEFAULT, SEGMENTATION_DEFAULT, ModelUnavailable
 from server.models.device import resolve_device
 from server.models.gigaam_models import DEFAULT_MODEL
+from streaming.config import SAMPLE_RATE
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -150,8 +151,11 @@ def fit_diarizer(options: "DiarizationOptions", segmentation: Any, embedding: An
 
 
 def fit_session(config: "ServerConfig", models: dict[str, BatchModel]) -> "ServerConfig":
-    """The server config whose session diarizer fits the loaded models (see :func:`fit_diarizer`)."""
+    """The server config whose session diarizer fits the loaded models (see :func:`fit_diarizer`) and has the
+    configured step (``ServerConfig.diarization_step``; ``DiarizationOptions.at_step``)."""
     diarizer = fit_diarizer(config.session.diarizer, models["segmentation"], models["embedding"])
+    if config.diarization_step is not None:
+        diarizer = diarizer.at_step(int(round(config.diarization_step * SAMPLE_RATE)))
     return dataclasses.replace(config, session=dataclasses.replace(config.session, diarizer=diarizer))
 
 

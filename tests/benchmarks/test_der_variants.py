@@ -28,3 +28,11 @@ def test_without_steps_the_base_step_is_kept() -> None:
     assert [n for n, _ in variants] == ["1.5s"] and not skipped
     with pytest.raises(ValueError):  # what the skip avoids: the diarizer refuses a latency below its step
         DiarizationOptions(step=SAMPLE_RATE, latency=SAMPLE_RATE // 2)
+
+
+def test_a_longer_step_scales_the_counts_of_embeddings_as_the_server_does() -> None:
+    base = DiarizationOptions()
+    named = dict(rechka_variants(base, [1.5], [2 * base.step / SAMPLE_RATE])[0])
+    (options,) = named.values()
+    assert options.step == 2 * base.step
+    assert options.borderline_count == base.borderline_count // 2 and options.merge_count == base.merge_count // 2

@@ -92,3 +92,22 @@ def test_the_config_is_frozen_and_static_serving_can_be_disabled() -> None:
     assert config.static_dir is None
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.port = 1  # type: ignore[misc]
+
+
+def test_the_diarization_step_flag_is_validated_and_fitted_to_the_session() -> None:
+    from server.models.registry import fit_session
+
+    class Model:  # what fit_session reads of the loaded models
+        window = 5 * 16000
+
+    assert config_from_args([], {}).diarization_step is None
+    config = config_from_args(["--diarization-step", "1"], {"RECHKA_DIARIZATION_STEP": "2"})
+    assert config.diarization_step == 1.0
+    fitted = fit_session(config, {"segmentation": Model(), "embedding": Model()}).session.diarizer
+    assert fitted == config.session.diarizer.at_step(16000)
+    assert fit_session(config_from_args([], {}), {"segmentation": Model(), "embedding": Model()}).session.diarizer \
+        == config.session.diarizer
+    with pytest.raises(ValueError, match="diarization_step must be 0.1-30 seconds"):
+        ServerConfig(diarization_step=0.05)
+    with pytest.raises(ValueError, match="between 0.1 s and the window"):  # longer than PyanNet's 5 s window
+        fit_session(ServerConfig(diarization_step=6.0), {"segmentation": Model(), "embedding": Model()})

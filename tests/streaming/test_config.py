@@ -64,3 +64,17 @@ def test_speaker_count_hints_are_validated_and_combined() -> None:
             base.with_speaker_counts(**kwargs)
     with pytest.raises(ValueError, match="DiarizationOptions.min_speakers"):
         DiarizationOptions(min_speakers=3, max_speakers=2)
+
+
+def test_at_step_scales_the_counts_of_embeddings_and_keeps_the_latency_valid() -> None:
+    base = DiarizationOptions()
+    slower = base.at_step(2 * base.step)
+    assert slower.step == 2 * base.step and slower.latency == base.latency  # 1.5 s >= 1 s: kept
+    assert (slower.borderline_count, slower.merge_count) == (base.borderline_count // 2, base.merge_count // 2)
+    assert base.at_step(base.step) == base
+    assert slower.at_step(base.step) == base  # back again: the counts are restored
+    longest = base.at_step(base.window)
+    assert longest.latency == base.window and longest.new_speaker_windows == 1  # window / step = 1
+    for step in (ms(50), base.window + 1):
+        with pytest.raises(ValueError, match="diarization step must be between 0.1 s and the window"):
+            base.at_step(step)
