@@ -301,6 +301,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--embedding-reuse", choices=tuple(EMBEDDING_REUSE), default=EMBEDDING_REUSE_DEFAULT,
                         help="resemblyzer's stream-grid partial reuse, as the server's --embedding-reuse (its "
                              "embeddings are then computed every run, not cached)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="DiarizationOptions override for the rechka systems (repeat; VALUE as JSON), applied "
+                             "at the default step before --steps scales the counts")
     parser.add_argument("--cache-dir", type=Path, default=OUT / "der-cache",
                         help="model results per model pair, reused by later runs ('none': no cache)")
     parser.add_argument("--out", type=Path, default=OUT / "der.json")
@@ -350,6 +353,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
+def rechka_base(models: Any, assignments: Sequence[str] = ()) -> DiarizationOptions:
+    """rechka's diarizer options for a model pair: fitted to the models as the server fits them, then the ``--set``
+    ``FIELD=VALUE`` overrides (:func:`benchmarks.long_replay.with_overrides`)."""
+    from benchmarks.long_replay import with_overrides
+
+    return with_overrides(fit_diarizer(DiarizationOptions(), models.segmentation, models.embedding), assignments)
+
+
 def rechka_variants(base: DiarizationOptions, latencies: list[float], steps: Optional[list[float]] = None
                     ) -> tuple[list[tuple[str, DiarizationOptions]], list[str]]:
     """rechka's diarizer options per (latency, step) in seconds, named ``1.5s`` (``1.5s/step1s`` for a step other
@@ -374,7 +385,7 @@ def run_systems(args: argparse.Namespace, models: Models, items: list[Item], aud
     """Every requested system on one (segmentation, embedding) pair; system names carry the pair's tag."""
     systems = args.systems.split(",")
     latencies = [float(x) for x in args.latencies.split(",")]
-    base = fit_diarizer(DiarizationOptions(), models.segmentation, models.embedding)
+    base = rechka_base(models, args.set)
     total_audio = sum(len(a) for a in audio.values()) / SAMPLE_RATE
     tag = models.tag
     steps = None if args.steps is None else [float(x) for x in args.steps.split(",")]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.der import rechka_variants
+from benchmarks.der import rechka_base, rechka_variants
 from streaming.config import SAMPLE_RATE, DiarizationOptions
 
 
@@ -36,3 +36,22 @@ def test_a_longer_step_scales_the_counts_of_embeddings_as_the_server_does() -> N
     (options,) = named.values()
     assert options.step == 2 * base.step
     assert options.borderline_count == base.borderline_count // 2 and options.merge_count == base.merge_count // 2
+
+
+def test_set_overrides_come_after_the_models_tracking_and_are_scaled_with_the_step() -> None:
+    class Segmentation:
+        window = 10 * SAMPLE_RATE  # segmentation-3.0's
+
+    class Embedding:
+        tracking = {"new_speaker_threshold": 0.55, "probe_gap": 0}  # CAM++'s kind of preset
+
+    class Pair:
+        segmentation, embedding = Segmentation(), Embedding()
+
+    base = rechka_base(Pair(), ["borderline_count=40", "probe_gap=8000", "fresh_evidence=false"])
+    assert base.window == 10 * SAMPLE_RATE and base.new_speaker_threshold == base.update_threshold == 0.55
+    assert (base.borderline_count, base.probe_gap, base.fresh_evidence) == (40, 8000, False)
+    (options,) = dict(rechka_variants(base, [1.5], [2 * base.step / SAMPLE_RATE])[0]).values()
+    assert options.borderline_count == 20 and options.fresh_evidence is False
+    with pytest.raises(ValueError, match="no_such_field"):
+        rechka_base(Pair(), ["no_such_field=1"])
