@@ -105,7 +105,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_CANNOT_START
     from server.models.registry import fit_session
 
-    config = fit_session(config, models)  # the diarizer's window and thresholds follow the loaded models
+    try:
+        config = fit_session(config, models)  # the diarizer's window and thresholds follow the loaded models
+    except ValueError as exc:  # e.g. a --diarization-step longer than the segmentation model's window
+        print(f"\nrechka-server cannot start:\n\n{exc}\n", file=sys.stderr)
+        return EXIT_CANNOT_START
     import uvloop
 
     try:

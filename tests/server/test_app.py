@@ -227,6 +227,17 @@ def test_a_missing_model_prints_its_paragraph_and_exits_2(monkeypatch: pytest.Mo
     assert "Run rechka-fetch-models to get them." in err and "Traceback" not in err
 
 
+def test_a_diarization_step_longer_than_the_models_window_exits_2(monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import server.models.registry as registry
+
+    models = fake_models()
+    monkeypatch.setattr(registry, "load_models", lambda config: (models, {name: {"device": "cpu"} for name in models}))
+    assert main(["--port", "0", "--allow-random-weights", "--diarization-step", "6"]) == 2
+    err = capsys.readouterr().err
+    assert "diarization step must be between 0.1 s and the window (5 s)" in err and "Traceback" not in err
+
+
 def test_a_bad_option_exits_2_naming_the_fix(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--max-sessions", "0"]) == 2
     assert "max_sessions must be >= 1" in capsys.readouterr().err
