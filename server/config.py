@@ -54,7 +54,7 @@ class ServerConfig:
         but the 60-minute replay passed through more provisional labels (docs/benchmarks.md, stop 27).
     diarization_step: seconds between the segmentation windows of a live stream (``None``: the diarizer's default,
         0.5 s; :meth:`streaming.config.DiarizationOptions.at_step`). 1.0 halves diarization's CPU (4 streams:
-        0.097-0.099 -> 0.050-0.057 CPU-s per stream-second) at a cost in DER on the short, overlapped AMI snippets
+        0.078 -> 0.041 CPU-s per stream-second; 8 streams keep up on 2 cores instead of 5) at a cost in DER on the short, overlapped AMI snippets
         and pyannote's sample (docs/benchmarks.md, "A 1 s step"); a step longer than the latency raises the latency.
     asr_quantize: ``auto`` (``int8`` with the ONNX engine on the CPU, else ``none``), ``none`` or ``int8`` (CPU
         only: the ONNX graph's MatMuls, or torch's dynamic int8 Linear layers).

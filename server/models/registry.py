@@ -18,7 +18,7 @@ from server.models.base import BatchModel
 from server.models.cache import EMBEDDING_DEFAULT, SEGMENTATION_DEFAULT, ModelUnavailable
 from server.models.device import resolve_device
 from server.models.gigaam_models import DEFAULT_MODEL
-from streaming.config import SAMPLE_RATE
+from streaming.config import ms
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -155,7 +155,7 @@ def fit_session(config: "ServerConfig", models: dict[str, BatchModel]) -> "Serve
     configured step (``ServerConfig.diarization_step``; ``DiarizationOptions.at_step``)."""
     diarizer = fit_diarizer(config.session.diarizer, models["segmentation"], models["embedding"])
     if config.diarization_step is not None:
-        diarizer = diarizer.at_step(int(round(config.diarization_step * SAMPLE_RATE)))
+        diarizer = diarizer.at_step(ms(1000 * config.diarization_step))
     return dataclasses.replace(config, session=dataclasses.replace(config.session, diarizer=diarizer))
 
 
