@@ -2,7 +2,8 @@
 
 Each recording of the development sets of ``benchmarks/der.py`` (pyannote's sample, the AMI snippets and the 60 s
 AMI excerpt, conversations composed from real voices) is streamed through a :class:`~streaming.session.Session` at
-the defaults (Silero VAD, PyanNet segmentation, resemblyzer embeddings: the real models) with every request answered
+the defaults (Silero VAD, PyanNet segmentation, resemblyzer embeddings: the real models; the CPU server's
+diarization step, ``--diarization-step``) with every request answered
 at once, in 100 ms chunks, except final decodes: their results come back ``--asr-delay-ms`` of audio later (0: the
 moment the utterance closes, the earliest any server could send the final, so its speakers are the least settled
 they can be; a real server's GigaAM takes 0.2-0.5 s). ASR is not what is measured: a stand-in gives every
@@ -16,6 +17,7 @@ words whose speaker a revision changed / words in finals.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -28,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.der import OUT, datasets, load_audio  # noqa: E402
+from server.config import CPU_DIARIZATION_STEP  # noqa: E402
 from server.offline import run_requests_by_kind  # noqa: E402
 from streaming import wire  # noqa: E402
 from streaming.config import SAMPLE_RATE, SessionConfig, ms  # noqa: E402
@@ -121,10 +124,11 @@ def drive_with_asr_delay(session: Session, run: Any, pcm: bytes, delay: int, chu
     return events
 
 
-def run_item(wav: Path, models: dict[type, Any], word: int, delay: int) -> dict[str, Any]:
+def run_item(wav: Path, models: dict[type, Any], word: int, delay: int, step: int) -> dict[str, Any]:
     audio = load_audio(wav)
     pcm = (audio.clip(-1, 1) * 32767).astype("<i2").tobytes()
-    session = Session("revisions", SessionConfig(interim_results=False))
+    config = SessionConfig(interim_results=False)
+    session = Session("revisions", dataclasses.replace(config, diarizer=config.diarizer.at_step(step)))
     started = time.perf_counter()
     emitted_at: list[int] = []
     events = drive_with_asr_delay(session, run_requests_by_kind(models), pcm, delay, emitted_at=emitted_at)
@@ -140,6 +144,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--limit", type=int, default=0, help="at most this many recordings per dataset (0 = all)")
     p.add_argument("--word-ms", type=float, default=400.0, help="stand-in word length (default 400 ms)")
     p.add_argument("--asr-delay-ms", type=float, default=0.0, help="audio fed before a final decode is back")
+    p.add_argument("--diarization-step", type=float, default=CPU_DIARIZATION_STEP,
+                   help=f"seconds between segmentation windows (default {CPU_DIARIZATION_STEP:g}: the CPU server's)")
     p.add_argument("--out", type=Path, default=OUT / "revisions.json")
     args = p.parse_args(argv)
 
@@ -157,7 +163,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         counts[item.dataset] = counts.get(item.dataset, 0) + 1
         if args.limit and counts[item.dataset] > args.limit:
             continue
-        row = {"dataset": item.dataset, "name": item.name, **run_item(item.wav, models, ms(args.word_ms), ms(args.asr_delay_ms))}
+        row = {"dataset": item.dataset, "name": item.name, **run_item(item.wav, models, ms(args.word_ms), ms(args.asr_delay_ms),
+                                                                 ms(1000 * args.diarization_step))}
         rows.append(row)
         print(json.dumps(row), flush=True)
     totals: dict[str, dict[str, Any]] = {}
@@ -173,7 +180,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         t["final_after_end_s"] = ({q: round(float(np.percentile(after, v)), 3) for q, v in
                                    (("p50", 50), ("p95", 95), ("max", 100))} if after.size else {})
     result = {"command": " ".join(["python -m benchmarks.revisions", *(argv or sys.argv[1:])]),
-              "word_ms": args.word_ms, "asr_delay_ms": args.asr_delay_ms, "rows": rows, "totals": totals}
+              "word_ms": args.word_ms, "asr_delay_ms": args.asr_delay_ms, "diarization_step_s": args.diarization_step,
+              "rows": rows, "totals": totals}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print("| dataset | recordings | words | revised words | share | final after end p50 / p95 / max |\n"

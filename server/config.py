@@ -21,6 +21,7 @@ from streaming.config import SessionConfig
 
 DEFAULT_STATIC_DIR = Path(__file__).resolve().parent.parent / "clients" / "web"
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+CPU_DIARIZATION_STEP = 1.0  # seconds: the diarization step when the segmentation model runs on the CPU (#15 point 6)
 
 
 def _check(cond: bool, message: str) -> None:
@@ -52,10 +53,12 @@ class ServerConfig:
         partials per stream-second, DER within noise on the development sets; ``grid``: every request, 2.7, but
         ``sample.wav`` DER .145 -> .277). Off by default: on held-out conversations ``edge`` was never worse in DER,
         but the 60-minute replay passed through more provisional labels (docs/benchmarks.md, stop 27).
-    diarization_step: seconds between the segmentation windows of a live stream (``None``: the diarizer's default,
-        0.5 s; :meth:`streaming.config.DiarizationOptions.at_step`). 1.0 halves diarization's CPU (4 streams:
-        0.078 -> 0.041 CPU-s per stream-second; 8 streams keep up on 2 cores instead of 5) at a cost in DER on the short, overlapped AMI snippets
-        and pyannote's sample (docs/benchmarks.md, "A 1 s step"); a step longer than the latency raises the latency.
+    diarization_step: seconds between the segmentation windows of a live stream
+        (:meth:`streaming.config.DiarizationOptions.at_step`; a step longer than the latency raises the latency).
+        ``None`` (auto): ``CPU_DIARIZATION_STEP`` (1 s) when the segmentation model runs on the CPU, the diarizer's
+        0.5 s on CUDA. On the CPU 1 s halves diarization's compute (4 streams: 0.078 -> 0.041 CPU-s per
+        stream-second, within #15's 0.05; 8 streams keep up on 2 cores instead of 5) for AMI DER .252 -> .258 and
+        pyannote's sample .145 -> .223 (docs/benchmarks.md, "The CPU default: a 1 s step"); 0.5 keeps the finer one.
     asr_quantize: ``auto`` (``int8`` with the ONNX engine on the CPU, else ``none``), ``none`` or ``int8`` (CPU
         only: the ONNX graph's MatMuls, or torch's dynamic int8 Linear layers).
     max_sessions: concurrent streams; beyond it new connections get HTTP 503 with ``Retry-After``.
@@ -211,8 +214,9 @@ _FLAGS: list[tuple[str, type, str]] = [
     ("embedding_model", str, "speaker embedding model (default resemblyzer)"),
     ("embedding_reuse", str, f"{', '.join(EMBEDDING_REUSE)}: resemblyzer's partials on one grid of the stream, "
                              f"reused across windows (default {EMBEDDING_REUSE_DEFAULT})"),
-    ("diarization_step", float, "seconds between a live stream's segmentation windows (default 0.5; 1.0 halves "
-                                "diarization's CPU at some DER)"),
+    ("diarization_step", float, "seconds between a live stream's segmentation windows (default: 1 with the "
+                                "segmentation model on the CPU, 0.5 on CUDA; 0.5 on the CPU costs twice the "
+                                "diarization CPU for a little less DER)"),
     ("max_sessions", int, "concurrent streams before HTTP 503 (default 32)"),
     ("max_message_bytes", int, "largest websocket message in bytes (default 1048576)"),
     ("idle_timeout", float, "seconds without a client message before the stream is ended (default 30)"),

@@ -143,6 +143,15 @@ class PartialOptions:
         _check(self.lookahead_lag >= 0, "PartialOptions.lookahead_lag must be >= 0 samples")
 
 
+# ``DiarizationOptions.fresh_evidence`` applies only at steps shorter than this. At the 0.5 s step it stops a
+# mixture re-embedded by two windows over the same audio from founding a phantom. At 1 s a short turn ends at the
+# same sample in every window that holds it, so the rule leaves one piece of evidence, and such voices never found
+# a speaker: at 1 s AMI DER is .282 with it and .258 without (speakers miscounted: 17 and 11). The price is on the
+# held-out real-voice conversations: 5 speakers miscounted without it, 1 with it, 6 at the 0.5 s step with it. The
+# 60-minute replay passes either way (docs/benchmarks.md, "The CPU default: a 1 s step").
+FRESH_EVIDENCE_BELOW = ms(1_000)
+
+
 @dataclass(frozen=True)
 class DiarizationOptions:
     """Windowed segmentation + embedding tracking.
@@ -187,7 +196,7 @@ class DiarizationOptions:
         end of one voice's turn and, after a 1.8 s pause, 0.5 s of the next voice's (both short, so one segment);
         the mixture lay 0.28-0.37 from both voices in two windows ending 0.5 s apart over the same audio and founded a
         phantom that took 0.5 s of speech. With the rule it waits for more speech and expires. False: every window
-        counts.
+        counts. The rule applies only at steps below ``FRESH_EVIDENCE_BELOW`` (1 s; :attr:`applies_fresh_evidence`).
     borderline_margin: a candidate new speaker whose mean lies within ``new_speaker_threshold + borderline_margin``
         of a mature live speaker (one holding ``borderline_count`` embeddings) needs ``borderline_windows`` windows
         of confirmation instead of ``new_speaker_windows``: on the composed real 5-voice conversation one voice's
@@ -370,6 +379,11 @@ class DiarizationOptions:
         _check(ms(20) <= self.pause_min <= self.window,
                "DiarizationOptions.pause_min must be between 20 ms and the window (150 ms is the default)")
 
+
+    @property
+    def applies_fresh_evidence(self) -> bool:
+        """Whether the tracker applies ``fresh_evidence``: it is on and the step is below ``FRESH_EVIDENCE_BELOW``."""
+        return self.fresh_evidence and self.step < FRESH_EVIDENCE_BELOW
 
     def at_step(self, step: int) -> "DiarizationOptions":
         """These options with a window every ``step`` samples: ``latency`` raised to at least the step, and the

@@ -11,8 +11,9 @@ total cosine distance. Thresholds (all in :class:`~streaming.config.DiarizationO
 - ``new_speaker_threshold``: a local speaker farther than this from every centroid is a *candidate* new speaker.
   Candidates close to each other (within the same threshold) from ``new_speaker_windows`` windows, each within
   ``window`` samples of the previous one, become a new global speaker (while fewer than ``max_speakers`` exist;
-  with ``fresh_evidence`` a window counts only when the voice's speech runs at least ``step / 2`` past the speech
-  that last counted, see ``speech_ends``: overlapping windows re-embedding the same audio are one piece of evidence);
+  with ``fresh_evidence``, at steps below 1 s, a window counts only when the voice's speech runs at least ``step / 2``
+  past the speech that last counted, see ``speech_ends``: overlapping windows re-embedding the same audio are one
+  piece of evidence);
   until then the local speaker is unassigned (``None``); after each call, :attr:`SpeakerTracker.joined` says which
   candidate each embedding joined and :attr:`SpeakerTracker.promoted` which candidates became speakers, so the
   caller can credit a confirmed speaker with the windows that waited for it. A local speaker within the threshold
@@ -220,7 +221,7 @@ class SpeakerTracker:
         else:
             candidate.total = candidate.total + embedding
             candidate.last_seen = at
-            if not self.options.fresh_evidence or fresh - candidate.heard_until >= self.options.step // 2:
+            if not self.options.applies_fresh_evidence or fresh - candidate.heard_until >= self.options.step // 2:
                 candidate.count += 1
                 candidate.heard_until = max(candidate.heard_until, fresh)
         joined.add(id(candidate))

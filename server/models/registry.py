@@ -150,12 +150,26 @@ def fit_diarizer(options: "DiarizationOptions", segmentation: Any, embedding: An
     return dataclasses.replace(options, window=window, latency=latency, **tracking)
 
 
+def diarization_step_for(device_type: str, step: Optional[float] = None) -> Optional[float]:
+    """``ServerConfig.diarization_step`` resolved for the segmentation model's device: ``None`` (auto) is
+    :data:`~server.config.CPU_DIARIZATION_STEP` on the CPU and stays ``None`` (the diarizer's own 0.5 s) on CUDA."""
+    from server.config import CPU_DIARIZATION_STEP
+
+    if step is None and device_type == "cpu":
+        return CPU_DIARIZATION_STEP
+    return step
+
+
 def fit_session(config: "ServerConfig", models: dict[str, BatchModel]) -> "ServerConfig":
     """The server config whose session diarizer fits the loaded models (see :func:`fit_diarizer`) and has the
-    configured step (``ServerConfig.diarization_step``; ``DiarizationOptions.at_step``)."""
-    diarizer = fit_diarizer(config.session.diarizer, models["segmentation"], models["embedding"])
-    if config.diarization_step is not None:
-        diarizer = diarizer.at_step(ms(1000 * config.diarization_step))
+    configured step (``ServerConfig.diarization_step``, :func:`diarization_step_for` the segmentation model's
+    device; ``DiarizationOptions.at_step``)."""
+    segmentation = models["segmentation"]
+    diarizer = fit_diarizer(config.session.diarizer, segmentation, models["embedding"])
+    device_type = str(getattr(segmentation, "device", "cpu")).split(":")[0]
+    step = diarization_step_for(device_type, config.diarization_step)
+    if step is not None:
+        diarizer = diarizer.at_step(ms(1000 * step))
     return dataclasses.replace(config, session=dataclasses.replace(config.session, diarizer=diarizer))
 
 

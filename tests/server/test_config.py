@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from server.config import ServerConfig, config_from_args, read_tokens
+from server.config import CPU_DIARIZATION_STEP, ServerConfig, config_from_args, read_tokens
+from streaming.config import DiarizationOptions, ms
 
 
 def test_defaults_match_the_documented_ones() -> None:
@@ -100,13 +101,22 @@ def test_the_diarization_step_flag_is_validated_and_fitted_to_the_session() -> N
     class Model:  # what fit_session reads of the loaded models
         window = 5 * 16000
 
-    assert config_from_args([], {}).diarization_step is None
-    config = config_from_args(["--diarization-step", "1"], {"RECHKA_DIARIZATION_STEP": "2"})
-    assert config.diarization_step == 1.0
-    fitted = fit_session(config, {"segmentation": Model(), "embedding": Model()}).session.diarizer
-    assert fitted == config.session.diarizer.at_step(16000)
-    assert fit_session(config_from_args([], {}), {"segmentation": Model(), "embedding": Model()}).session.diarizer \
-        == config.session.diarizer
+        def __init__(self, device: str = "cpu") -> None:
+            self.device = device
+
+    def fitted(config: ServerConfig, device: str = "cpu") -> DiarizationOptions:
+        return fit_session(config, {"segmentation": Model(device), "embedding": Model(device)}).session.diarizer
+
+    default = config_from_args([], {})
+    assert default.diarization_step is None  # auto
+    base = default.session.diarizer
+    assert fitted(default) == base.at_step(ms(1000 * CPU_DIARIZATION_STEP)) and base.step == ms(500)
+    assert fitted(default).step == ms(1000)  # the CPU default: a 1 s step
+    assert fitted(default, "cuda:0") == base  # on CUDA the diarizer's own 0.5 s
+    config = config_from_args(["--diarization-step", "0.5"], {"RECHKA_DIARIZATION_STEP": "2"})
+    assert config.diarization_step == 0.5
+    assert fitted(config) == base and fitted(config, "cuda") == base
+    assert fitted(config_from_args([], {"RECHKA_DIARIZATION_STEP": "2"}), "cuda").step == ms(2000)
     with pytest.raises(ValueError, match="diarization_step must be 0.1-30 seconds"):
         ServerConfig(diarization_step=0.05)
     with pytest.raises(ValueError, match="between 0.1 s and the window"):  # longer than PyanNet's 5 s window

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from streaming.config import DiarizationOptions, ms
+from streaming.config import FRESH_EVIDENCE_BELOW, DiarizationOptions, ms
 from streaming.speakers import SpeakerTracker, label_of, unit
 
 DIM = 32
@@ -127,6 +127,24 @@ def test_windows_that_embed_the_same_speech_again_are_one_piece_of_evidence() ->
     assert sightings(tracker(new_speaker_windows=2, fresh_evidence=False), [4.0, 4.0]) == [None, 0]
     plain = tracker(new_speaker_windows=2)
     assert [step(plain, w, 4)[0] for w in range(2)] == [None, 0]
+
+
+def test_at_a_step_of_one_second_every_window_is_evidence() -> None:
+    """At steps of ``FRESH_EVIDENCE_BELOW`` (1 s) and more, the rule is not applied: a short turn that every window
+    holds whole (its speech ends at one sample) is confirmed by two windows, as with the rule off."""
+    def sightings(options: DiarizationOptions, ends_s: list[float]) -> list:
+        t = SpeakerTracker(options)
+        return [t.assign([voice(4)], at=w * options.step, speech_ends=[int(e * ms(1000))])[0]
+                for w, e in enumerate(ends_s)]
+
+    base = DiarizationOptions(new_speaker_threshold=0.3, new_speaker_windows=2)
+    assert base.applies_fresh_evidence and sightings(base, [4.0, 4.0]) == [None, None]
+    for step_ms in (750, 999):  # below 1 s the rule stands
+        assert sightings(base.at_step(ms(step_ms)), [4.0, 4.0]) == [None, None]
+    one_second = base.at_step(FRESH_EVIDENCE_BELOW)
+    assert one_second.fresh_evidence and not one_second.applies_fresh_evidence
+    assert sightings(one_second, [4.0, 4.0]) == [None, 0]
+    assert sightings(base.at_step(ms(2000)), [4.0, 4.0]) == [None, 0]
 
 
 def test_unconfirmed_candidates_expire_after_a_window_length() -> None:
