@@ -15,6 +15,7 @@ from typing import Any, Mapping, Optional, Sequence
 from server.app import RechkaServer
 from server.config import ServerConfig, config_from_args
 from server.models.base import BatchModel
+from streaming.config import SAMPLE_RATE
 
 log = logging.getLogger("rechka.server")
 
@@ -110,6 +111,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as exc:  # e.g. a --diarization-step longer than the segmentation model's window
         print(f"\nrechka-server cannot start:\n\n{exc}\n", file=sys.stderr)
         return EXIT_CANNOT_START
+    diarizer = config.session.diarizer  # what --diarization-step auto and the loaded models made of it
+    print(f"  {'diarizer':22s} {diarizer.window / SAMPLE_RATE:g} s windows every {diarizer.step / SAMPLE_RATE:g} s, "
+          f"latency {diarizer.latency / SAMPLE_RATE:g} s", file=sys.stderr)
     import uvloop
 
     try:

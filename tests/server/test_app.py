@@ -238,6 +238,22 @@ def test_a_diarization_step_longer_than_the_models_window_exits_2(monkeypatch: p
     assert "diarization step must be between 0.1 s and the window (5 s)" in err and "Traceback" not in err
 
 
+def test_the_server_prints_the_diarization_step_it_resolved(monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """``--diarization-step`` auto is 1 s with the segmentation model on the CPU; the start-up lines say so."""
+    import uvloop
+
+    import server.models.registry as registry
+
+    models = fake_models()
+    monkeypatch.setattr(registry, "load_models", lambda config: (models, {name: {"device": "cpu"} for name in models}))
+    monkeypatch.setattr(uvloop, "run", lambda coroutine: coroutine.close())  # resolved and printed; not served
+    assert main(["--port", "0", "--allow-random-weights"]) == 0
+    assert "5 s windows every 1 s, latency 1.5 s" in capsys.readouterr().err
+    assert main(["--port", "0", "--allow-random-weights", "--diarization-step", "0.5"]) == 0
+    assert "5 s windows every 0.5 s, latency 1.5 s" in capsys.readouterr().err
+
+
 def test_a_bad_option_exits_2_naming_the_fix(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--max-sessions", "0"]) == 2
     assert "max_sessions must be >= 1" in capsys.readouterr().err
