@@ -34,9 +34,11 @@ from server.models.gigaam_models import DEFAULT_MODEL
 __all__ = ["main", "build_parser", "thread_plan", "transcribe"]
 
 MAX_PARALLEL = 4  # files decoded and driven side by side (their audio is held in memory)
-# Seconds between diarization windows of a whole file: twice the live step. On a composed 30-minute conversation of
-# 5 real voices (docs/benchmarks.md, whole-file mode) it cut the process's CPU time by 20 % with the same 6 labels,
-# DER .328 vs .326 (collar 0), confusion .0018 vs .0024 and 11 flips instead of 19; --diarization-step 0.5 is live's.
+# Seconds between diarization windows of a whole file, on any device: twice the diarizer's 0.5 s (a live server's
+# step on CUDA; a CPU server's default is 1 s too, server.config.CPU_DIARIZATION_STEP). On a composed 30-minute
+# conversation of 5 real voices (docs/benchmarks.md, whole-file mode) it cut the process's CPU time by 20 % with the
+# same 6 labels, DER .328 vs .326 (collar 0), confusion .0018 vs .0024 and 11 flips instead of 19;
+# --diarization-step 0.5 is the finer step.
 WHOLE_FILE_STEP = 1.0
 
 
