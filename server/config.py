@@ -56,8 +56,8 @@ class ServerConfig:
     diarization_step: seconds between the segmentation windows of a live stream
         (:meth:`streaming.config.DiarizationOptions.at_step`; a step longer than the latency raises the latency).
         ``None`` (auto): ``CPU_DIARIZATION_STEP`` (1 s) when the segmentation model runs on the CPU, the diarizer's
-        0.5 s on CUDA. On the CPU 1 s halves diarization's compute (4 streams: 0.078 -> 0.041 CPU-s per
-        stream-second, within #15's 0.05; 8 streams keep up on 2 cores instead of 5) for AMI DER .252 -> .258 and
+        0.5 s on CUDA. On the CPU 1 s halves diarization's compute (4 streams: 0.078-0.092 -> 0.041-0.048 CPU-s per
+        stream-second in stops 29-30, within #15's 0.05; 8 streams keep up on 2 cores instead of 5) for AMI DER .252 -> .258 and
         pyannote's sample .145 -> .223 (docs/benchmarks.md, "The CPU default: a 1 s step"); 0.5 keeps the finer one.
     asr_quantize: ``auto`` (``int8`` with the ONNX engine on the CPU, else ``none``), ``none`` or ``int8`` (CPU
         only: the ONNX graph's MatMuls, or torch's dynamic int8 Linear layers).

@@ -379,7 +379,6 @@ class DiarizationOptions:
         _check(ms(20) <= self.pause_min <= self.window,
                "DiarizationOptions.pause_min must be between 20 ms and the window (150 ms is the default)")
 
-
     @property
     def applies_fresh_evidence(self) -> bool:
         """Whether the tracker applies ``fresh_evidence``: it is on and the step is below ``FRESH_EVIDENCE_BELOW``."""
