@@ -227,12 +227,17 @@ def test_a_missing_model_prints_its_paragraph_and_exits_2(monkeypatch: pytest.Mo
     assert "Run rechka-fetch-models to get them." in err and "Traceback" not in err
 
 
-def test_a_diarization_step_longer_than_the_models_window_exits_2(monkeypatch: pytest.MonkeyPatch,
-                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def serve_fake_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``main`` loads :func:`fake_models` (placed on the CPU) instead of the real ones."""
     import server.models.registry as registry
 
     models = fake_models()
     monkeypatch.setattr(registry, "load_models", lambda config: (models, {name: {"device": "cpu"} for name in models}))
+
+
+def test_a_diarization_step_longer_than_the_models_window_exits_2(monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    serve_fake_models(monkeypatch)
     assert main(["--port", "0", "--allow-random-weights", "--diarization-step", "6"]) == 2
     err = capsys.readouterr().err
     assert "diarization step must be between 0.1 s and the window (5 s)" in err and "Traceback" not in err
@@ -243,10 +248,7 @@ def test_the_server_prints_the_diarization_step_it_resolved(monkeypatch: pytest.
     """``--diarization-step`` auto is 1 s with the segmentation model on the CPU; the start-up lines say so."""
     import uvloop
 
-    import server.models.registry as registry
-
-    models = fake_models()
-    monkeypatch.setattr(registry, "load_models", lambda config: (models, {name: {"device": "cpu"} for name in models}))
+    serve_fake_models(monkeypatch)
     monkeypatch.setattr(uvloop, "run", lambda coroutine: coroutine.close())  # resolved and printed; not served
     assert main(["--port", "0", "--allow-random-weights"]) == 0
     assert "5 s windows every 1 s, latency 1.5 s" in capsys.readouterr().err
