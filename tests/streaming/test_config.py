@@ -1,4 +1,4 @@
-"""streaming/config.py: defaults, derived values and validation messages that name the fix."""
+"""streaming/config/: defaults, derived values and validation messages that name the fix."""
 
 from __future__ import annotations
 

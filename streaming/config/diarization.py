@@ -1,8 +1,4 @@
-"""Frozen option dataclasses for the streaming core, validated at construction.
-
-Every duration is in samples at 16 kHz (``SAMPLE_RATE``); use :func:`ms` to write them readably. A bad value raises
-``ValueError`` with a message that names the field and the fix. The server's CLI only fills these in.
-"""
+"""Diarization options: :class:`DiarizationOptions` and the step below which ``fresh_evidence`` applies."""
 
 from __future__ import annotations
 
@@ -10,137 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
-SAMPLE_RATE = 16000
-VAD_CHUNK = 512  # Silero VAD's chunk at 16 kHz (32 ms)
-MAX_SPEAKERS = 32  # the most global speakers one channel may have (and the bound when max_speakers is None)
-
-
-def ms(milliseconds: float) -> int:
-    """Milliseconds → samples at 16 kHz."""
-    return int(round(milliseconds * SAMPLE_RATE / 1000))
-
-
-def _check(cond: bool, message: str) -> None:
-    if not cond:
-        raise ValueError(message)
-
-
-@dataclass(frozen=True)
-class VadOptions:
-    """Endpointing on Silero VAD probabilities (one per 512-sample chunk).
-
-    threshold: speech starts when a chunk's probability reaches it.
-    neg_threshold: speech ends only after probabilities stay below it (hysteresis); default ``threshold - 0.15``.
-    min_speech: shorter bursts are discarded as noise.
-    min_silence: this much silence closes an utterance (about 500 ms: shorter pauses stay inside it).
-    speech_pad: padding added on both sides of an utterance (never beyond neighbouring audio).
-    max_utterance: longer speech is cut at the quietest point of its last ``cut_search`` samples
-        (GigaAM refuses more than 25 s).
-    """
-
-    threshold: float = 0.5
-    neg_threshold: Optional[float] = None
-    min_speech: int = ms(250)
-    min_silence: int = ms(500)
-    speech_pad: int = ms(100)
-    max_utterance: int = ms(20_000)
-    cut_search: int = ms(3_000)
-
-    def __post_init__(self) -> None:
-        _check(0.0 < self.threshold < 1.0, "VadOptions.threshold must be in (0, 1); 0.5 is a good default")
-        if self.neg_threshold is None:
-            object.__setattr__(self, "neg_threshold", max(0.01, self.threshold - 0.15))
-        _check(0.0 < self.neg_threshold <= self.threshold,  # type: ignore[operator]
-               "VadOptions.neg_threshold must be in (0, threshold]; leave it unset for threshold - 0.15")
-        _check(self.min_speech >= 0, "VadOptions.min_speech must be >= 0 samples")
-        _check(self.min_silence >= VAD_CHUNK, f"VadOptions.min_silence must be >= {VAD_CHUNK} samples (32 ms)")
-        _check(self.speech_pad >= 0, "VadOptions.speech_pad must be >= 0 samples")
-        _check(ms(1_000) <= self.max_utterance <= ms(25_000),
-               "VadOptions.max_utterance must be between 1 s and 25 s (GigaAM refuses longer input)")
-        _check(0 < self.cut_search < self.max_utterance,
-               "VadOptions.cut_search must be positive and shorter than max_utterance")
-
-
-ENCODER_FRAME = ms(40)  # one GigaAM encoder frame (log-mel hop 10 ms, subsampling x4): what a lookahead frame re-encodes
-
-
-@dataclass(frozen=True)
-class PartialOptions:
-    """How partial transcripts are produced while an utterance is open (``streaming/partials.py``).
-
-    first_partial: the first partial is due once the open utterance holds this much audio (default 300 ms: at once
-        when the VAD opens it, since ``VadOptions.speech_pad + min_speech`` is already 350 ms), so the first
-        words show ~0.3 s after speech starts.
-    cadence: minimum new audio between two later partials (default 1 s; with cached context shorter windows
-        gave worse words: 0.5 s confirmed 0.70 vs 0.80 at 1 s, docs/benchmarks.md, cached partials on ONNX Runtime).
-    cadence_growth: the interval grows to this fraction of the utterance's length once that is longer (0.1: 1 s
-        between partials at 10 s), so long utterances get fewer, longer decodes.
-    left_context: without ``cached_context``: audio re-encoded before the committed prefix's end, for acoustic
-        context, when the budget pays for it (at budget 1.0 it never does: each partial then encodes only new
-        audio, without context).
-    max_window: the longest audio one partial decode may encode; older words are committed.
-    budget_ratio: a hard cap on partial decodes: the samples they encode for an utterance stay at most
-        ``budget_ratio`` × the utterance's length so far, hence at most ``budget_ratio`` × its one final pass
-        (default 1.0: one final pass; issue #14 point 3); missed speculative finals are charged to the same count
-        but bounded by ``SessionConfig.speculation_budget`` on top (they are the finals' cost). Left context at
-        1.0 comes from ``cached_context``; without it, above 1 the spare budget buys ``left_context`` and
-        re-decoding of uncommitted words (1.5 was the default before cached context: docs/benchmarks.md, cheaper
-        partials).
-    agreement_tolerance: two consecutive decodes agree on a word when its text is equal and both its start and its
-        end moved by at most this much.
-    fresh_tail: words ending in the last ``fresh_tail`` samples of a decode window are never committed by
-        agreement (the audio may cut them off).
-    max_lag: partials are skipped while more audio than this waits for the VAD (the session is behind).
-    max_pending_requests: partials are also skipped while a channel has more final-ASR and diarization requests
-        than this in flight (speculative finals while it has more final-ASR requests: a lagging diarization had
-        turned them off at 4 streams on a busy machine, 10 of 33 finals 0.4 s later).
-    cached_context: each partial encodes only audio no partial of its utterance has encoded yet, *with* left
-        context: the ASR keeps the utterance's encoder state (``server/models/asr_cache.py``, GigaAM CTC and RNNT,
-        v1-v3, on the torch and the ONNX Runtime engines, ``asr_cache_onnx.py``) and returns the whole utterance
-        so far; an ASR without the cache decodes each window alone (then without context). On by default: with
-        budget 1.0, cadence 1 s and ``cached_lookahead`` 2 it measured, on the CPU default engine, confirmed share
-        0.796 / WER vs final 0.226 / CER 0.072 at <= 1.0 final pass for every utterance (budget 1.5 without
-        the cache: 0.775 / 0.254 / 0.095 with 29 of 60 utterances over 1.0; docs/benchmarks.md, cached partials
-        on ONNX Runtime). ``left_context`` and ``max_window`` do not apply.
-    cached_lookahead: with ``cached_context``, the last this many encoder frames (``ENCODER_FRAME``, 40 ms each)
-        of a partial are provisional and encoded again with the next (right context). Budget-aware: the repeat is
-        charged to ``budget_ratio``, so the next window ends that much earlier (at budget 1.0 the window end lags
-        the audio by the repeats so far), and a window gets lookahead only while that lag stays within
-        ``lookahead_lag`` (default 2 frames).
-    lookahead_lag: how far a cached window's end may fall behind the audio to pay for lookahead repeats (400 ms;
-        200 ms measured confirmed 0.778 / WER 0.243).
-    """
-
-    enabled: bool = True
-    first_partial: int = ms(300)
-    cadence: int = ms(1_000)
-    cadence_growth: float = 0.1
-    left_context: int = ms(400)
-    max_window: int = ms(4_000)
-    budget_ratio: float = 1.0
-    agreement_tolerance: int = ms(200)
-    fresh_tail: int = ms(500)
-    max_lag: int = ms(2_000)
-    max_pending_requests: int = 8
-    cached_context: bool = True
-    cached_lookahead: int = 2
-    lookahead_lag: int = ms(400)
-
-    def __post_init__(self) -> None:
-        _check(self.first_partial >= ms(100), "PartialOptions.first_partial must be >= 100 ms")
-        _check(self.cadence >= ms(100), "PartialOptions.cadence must be >= 100 ms")
-        _check(0 <= self.cadence_growth < 1, "PartialOptions.cadence_growth must be in [0, 1); 0 keeps the cadence fixed")
-        _check(self.left_context >= 0, "PartialOptions.left_context must be >= 0")
-        _check(self.max_window > self.left_context + self.cadence,
-               "PartialOptions.max_window must exceed left_context + cadence")
-        _check(self.budget_ratio > 0, "PartialOptions.budget_ratio must be > 0 (1.0 keeps partials under one final pass)")
-        _check(self.agreement_tolerance >= 0, "PartialOptions.agreement_tolerance must be >= 0 samples")
-        _check(0 <= self.fresh_tail < self.max_window, "PartialOptions.fresh_tail must be >= 0 and below max_window")
-        _check(self.max_lag >= VAD_CHUNK, f"PartialOptions.max_lag must be >= {VAD_CHUNK} samples (one VAD chunk)")
-        _check(self.max_pending_requests >= 1, "PartialOptions.max_pending_requests must be >= 1")
-        _check(0 <= self.cached_lookahead <= 25 and (self.cached_context or not self.cached_lookahead),
-               "PartialOptions.cached_lookahead must be 0-25 encoder frames, and needs cached_context")
-        _check(self.lookahead_lag >= 0, "PartialOptions.lookahead_lag must be >= 0 samples")
+from streaming.config.units import MAX_SPEAKERS, SAMPLE_RATE, ms, require
 
 
 # ``DiarizationOptions.fresh_evidence`` applies only at steps shorter than this. At the 0.5 s step it stops a
@@ -320,63 +186,63 @@ class DiarizationOptions:
     def __post_init__(self) -> None:
         if self.update_threshold is None:
             object.__setattr__(self, "update_threshold", self.new_speaker_threshold)
-        _check(ms(500) <= self.window <= ms(30_000), "DiarizationOptions.window must be 0.5-30 s (PyanNet: 5 s)")
-        _check(ms(100) <= self.step <= self.window, "DiarizationOptions.step must be >= 100 ms and <= window")
-        _check(self.step <= self.latency <= self.window,
+        require(ms(500) <= self.window <= ms(30_000), "DiarizationOptions.window must be 0.5-30 s (PyanNet: 5 s)")
+        require(ms(100) <= self.step <= self.window, "DiarizationOptions.step must be >= 100 ms and <= window")
+        require(self.step <= self.latency <= self.window,
                "DiarizationOptions.latency must be between step and window (1.5 s is a good default)")
-        _check(0.0 < self.tau_active < 1.0, "DiarizationOptions.tau_active must be in (0, 1)")
-        _check(self.min_embedding_speech >= 0, "DiarizationOptions.min_embedding_speech must be >= 0")
-        _check(0.0 < self.new_speaker_threshold < 2.0, "DiarizationOptions.new_speaker_threshold must be in (0, 2)")
-        _check(0.0 <= self.centroid_rate < 1.0, "DiarizationOptions.centroid_rate must be in [0, 1)")
-        _check(self.max_speakers is None or 1 <= self.max_speakers <= MAX_SPEAKERS,
+        require(0.0 < self.tau_active < 1.0, "DiarizationOptions.tau_active must be in (0, 1)")
+        require(self.min_embedding_speech >= 0, "DiarizationOptions.min_embedding_speech must be >= 0")
+        require(0.0 < self.new_speaker_threshold < 2.0, "DiarizationOptions.new_speaker_threshold must be in (0, 2)")
+        require(0.0 <= self.centroid_rate < 1.0, "DiarizationOptions.centroid_rate must be in [0, 1)")
+        require(self.max_speakers is None or 1 <= self.max_speakers <= MAX_SPEAKERS,
                f"DiarizationOptions.max_speakers must be 1-{MAX_SPEAKERS} or None")
-        _check(self.min_speakers is None or 1 <= self.min_speakers <= (self.max_speakers or MAX_SPEAKERS),
+        require(self.min_speakers is None or 1 <= self.min_speakers <= (self.max_speakers or MAX_SPEAKERS),
                "DiarizationOptions.min_speakers must be None or between 1 and max_speakers")
-        _check(1 <= self.new_speaker_windows <= self.window // self.step,
+        require(1 <= self.new_speaker_windows <= self.window // self.step,
                "DiarizationOptions.new_speaker_windows must be between 1 and window / step (2 is a good default)")
-        _check(0.0 <= self.borderline_margin < 2.0,
+        require(0.0 <= self.borderline_margin < 2.0,
                "DiarizationOptions.borderline_margin must be in [0, 2); 0 turns the borderline rule off (0.02 is the "
                "default)")
-        _check(self.borderline_windows >= 1,
+        require(self.borderline_windows >= 1,
                "DiarizationOptions.borderline_windows must be >= 1 (6 is the default; more than window / step "
                "counts as window / step)")
-        _check(self.borderline_count >= 1, "DiarizationOptions.borderline_count must be >= 1 (30 is the default)")
-        _check(0.0 <= self.merge_distance < 2.0,
+        require(self.borderline_count >= 1, "DiarizationOptions.borderline_count must be >= 1 (30 is the default)")
+        require(0.0 <= self.merge_distance < 2.0,
                "DiarizationOptions.merge_distance must be in [0, 2); 0 never merges speakers (0.2 is the default)")
-        _check(self.merge_count >= 1, "DiarizationOptions.merge_count must be >= 1 (60 is the default)")
-        _check(self.aggregation in ("hamming", "mean"),
+        require(self.merge_count >= 1, "DiarizationOptions.merge_count must be >= 1 (60 is the default)")
+        require(self.aggregation in ("hamming", "mean"),
                "DiarizationOptions.aggregation must be 'hamming' (the default) or 'mean'")
-        _check(0.0 < self.update_threshold <= 2.0,  # type: ignore[operator]
+        require(0.0 < self.update_threshold <= 2.0,  # type: ignore[operator]
                "DiarizationOptions.update_threshold must be in (0, 2]; leave it unset for new_speaker_threshold")
-        _check(self.binarization in ("count", "threshold"),
+        require(self.binarization in ("count", "threshold"),
                "DiarizationOptions.binarization must be 'count' (the default) or 'threshold'")
-        _check(0.0 < self.continuity_threshold <= 1.0,
+        require(0.0 < self.continuity_threshold <= 1.0,
                "DiarizationOptions.continuity_threshold must be in (0, 1]; 0.5 means most of the activity agrees")
-        _check(self.history is None or self.history >= self.window,
+        require(self.history is None or self.history >= self.window,
                "DiarizationOptions.history must be None (keep every turn) or at least the window (5 min is live's)")
-        _check(ms(20) <= self.segment_gap <= self.window,
+        require(ms(20) <= self.segment_gap <= self.window,
                "DiarizationOptions.segment_gap must be between 20 ms and the window (200 ms is a good default)")
-        _check(0 <= self.min_segment_speech <= self.window,
+        require(0 <= self.min_segment_speech <= self.window,
                "DiarizationOptions.min_segment_speech must be between 0 and the window (1 s is a good default)")
-        _check(0.0 < self.change_threshold <= 2.0,
+        require(0.0 < self.change_threshold <= 2.0,
                "DiarizationOptions.change_threshold must be in (0, 2]; 2 never splits a local speaker")
-        _check(0.0 < self.overlap_match_threshold <= 2.0,
+        require(0.0 < self.overlap_match_threshold <= 2.0,
                "DiarizationOptions.overlap_match_threshold must be in (0, 2]")
-        _check(0 <= self.probe_gap <= self.window,
+        require(0 <= self.probe_gap <= self.window,
                "DiarizationOptions.probe_gap must be 0 (off) or at most the window (400 ms is the default; below "
                "segment_gap every short edge segment is probed)")
-        _check(0.0 < self.probe_level < 1.0,
+        require(0.0 < self.probe_level < 1.0,
                "DiarizationOptions.probe_level must be in (0, 1) (0.8 is the default; tau_active or less: pauses as "
                "segments see them)")
-        _check(0 < self.probe_min_speech <= self.window,
+        require(0 < self.probe_min_speech <= self.window,
                "DiarizationOptions.probe_min_speech must be between 1 sample and the window (400 ms is the default)")
-        _check(0.0 < self.probe_match_threshold <= 2.0,
+        require(0.0 < self.probe_match_threshold <= 2.0,
                "DiarizationOptions.probe_match_threshold must be in (0, 2] (0.25 is the default)")
-        _check(0.0 <= self.pause_depth <= 120.0,
+        require(0.0 <= self.pause_depth <= 120.0,
                "DiarizationOptions.pause_depth must be 0 (off) or a level in dB below the window's loud frames")
-        _check(0.0 <= self.pause_margin < 2.0,
+        require(0.0 <= self.pause_margin < 2.0,
                "DiarizationOptions.pause_margin must be in [0, 2) (0.2 is the default)")
-        _check(ms(20) <= self.pause_min <= self.window,
+        require(ms(20) <= self.pause_min <= self.window,
                "DiarizationOptions.pause_min must be between 20 ms and the window (150 ms is the default)")
 
     @property
@@ -389,7 +255,7 @@ class DiarizationOptions:
         counts of embeddings (``borderline_count``, ``merge_count``; a voice gets about one per window) scaled by
         the old step over the new one, so a centroid matures after as much speech as before. ``new_speaker_windows``
         is capped at ``window / step``. Raises ``ValueError`` for a step outside 100 ms to the window."""
-        _check(ms(100) <= step <= self.window,
+        require(ms(100) <= step <= self.window,
                f"the diarization step must be between 0.1 s and the window ({self.window / SAMPLE_RATE:g} s)")
         scale = self.step / step
         return dataclasses.replace(
@@ -416,53 +282,3 @@ class DiarizationOptions:
         if low is not None and high is not None and low > high:
             raise ValueError(f"field 'min_speakers' ({low}) must not exceed 'max_speakers' ({high})")
         return dataclasses.replace(self, min_speakers=low, max_speakers=high)
-
-
-@dataclass(frozen=True)
-class AudioFormat:
-    """What the client sends. Validated by ``streaming.audio`` (raises ``UnsupportedFormat``)."""
-
-    encoding: str = "pcm_s16le"
-    sample_rate: int = SAMPLE_RATE
-    channels: int = 1
-
-
-@dataclass(frozen=True)
-class SessionConfig:
-    """Everything one :class:`~streaming.session.Session` needs.
-
-    multichannel: transcribe each channel on its own, labelled ``ch0``, ``ch1``…; no diarization compute.
-    settled_speakers: a final waits until diarization has settled the speakers of its words (never revised, about
-        ``DiarizationOptions.latency`` later); by default it goes out as soon as its words are decoded, with the
-        speakers diarization holds then, and a ``SpeakerRevision`` follows if the settled speakers differ.
-    speculative_finals: send an utterance's final decode as soon as its audio is complete (a pause has lasted
-        ``VadOptions.speech_pad``) instead of when the VAD closes it (the pause reaches ``min_silence``), so the
-        decode runs while the VAD waits. When the VAD then closes the utterance at that end, the final is that
-        decode's result (the identical request: finals are unchanged); when speech resumes, the result is used as
-        a partial and its samples are charged to the partial budget (``PartialOptions.budget_ratio``). On the
-        shared recordings (``benchmarks/speculative.py``) final latency fell 0.73 → 0.43 s p50, 0.98 → 0.60 s p95
-        for +5-7 % ASR compute.
-    speculation_budget: a speculation is sent only while the utterance's partial compute (partial decodes plus
-        missed speculations, this one counted) stays within ``budget_ratio + speculation_budget`` final passes of
-        the utterance so far; 2.0 let all but a few pauses of real speech speculate (1.0 raised p95 to 0.75 s),
-        and bounds the cost of speech with many short pauses.
-    max_pending_audio: bound on audio received but not yet through VAD (backpressure); beyond it the oldest
-        audio is dropped and the client is warned with the dropped seconds.
-    """
-
-    audio: AudioFormat = field(default_factory=AudioFormat)
-    multichannel: bool = False
-    diarization: bool = True
-    interim_results: bool = True
-    speaker_turns: bool = False
-    settled_speakers: bool = False
-    speculative_finals: bool = True
-    speculation_budget: float = 2.0
-    vad: VadOptions = field(default_factory=VadOptions)
-    partials: PartialOptions = field(default_factory=PartialOptions)
-    diarizer: DiarizationOptions = field(default_factory=DiarizationOptions)
-    max_pending_audio: int = ms(30_000)
-
-    def __post_init__(self) -> None:
-        _check(self.max_pending_audio >= ms(1_000), "SessionConfig.max_pending_audio must be >= 1 s")
-        _check(self.speculation_budget >= 0, "SessionConfig.speculation_budget must be >= 0 final passes (default 2)")
