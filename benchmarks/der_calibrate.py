@@ -28,8 +28,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.der import (OUT, Item, datasets, load_audio, load_reference, score, summarise,  # noqa: E402
-                            to_annotation)
+from benchmarks.der import OUT, Item, datasets, load_audio, summarise  # noqa: E402
+from benchmarks.der_scoring import load_reference, score, to_annotation  # noqa: E402
 from benchmarks.der_systems import Models, run_rechka  # noqa: E402
 from server.models.cache import CAMPPLUS, SEGMENTATION_3, SEGMENTATION_DEFAULT  # noqa: E402
 from server.models.registry import fit_diarizer  # noqa: E402

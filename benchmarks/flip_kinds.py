@@ -1,4 +1,4 @@
-"""What each label flip of :func:`benchmarks.der.label_flips` is: a boundary slip, a new voice's late start, or a
+"""What each label flip of :func:`benchmarks.der_scoring.label_flips` is: a boundary slip, a new voice's late start, or a
 speaker taking another label.
 
 ``label_flips`` counts every change of the hypothesis label along one reference speaker's solo speech, sampled
@@ -47,11 +47,12 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from benchmarks.der import COMPOSED_SEED, OUT, _frame_labels, datasets, load_audio, load_reference, to_annotation
+from benchmarks.der import COMPOSED_SEED, OUT, datasets, load_audio
+from benchmarks.der_scoring import frame_labels, load_reference, to_annotation
 
 NEAR = 1.0  # seconds around another voice's speech within which its label at a flip is a misplaced turn change
 HOLD = 1.0  # seconds of one speaker's solo speech a label must hold in one run to be the label it is known by
-STEP = 0.05  # the sampling of benchmarks.der.label_flips
+STEP = 0.05  # the sampling of benchmarks.der_scoring.label_flips
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +73,7 @@ def flip_events(reference: Any, hypothesis: Any, hold: float = HOLD, step: float
     end = max([s.end for s in reference.get_timeline()] + [s.end for s in hypothesis.get_timeline()] + [0.0])
     times = np.arange(0.0, end, step) + step / 2
     runs: dict[str, list[list]] = {}  # per reference speaker: [label, first time, samples] in order
-    for t, r, h in zip(times, _frame_labels(reference, times), _frame_labels(hypothesis, times)):
+    for t, r, h in zip(times, frame_labels(reference, times), frame_labels(hypothesis, times)):
         if r is None or h is None:
             continue
         speaker_runs = runs.setdefault(r, [])
@@ -129,7 +130,7 @@ def label_roles(reference: Any, hypothesis: Any, step: float = STEP) -> dict[str
     end = max([s.end for s in reference.get_timeline()] + [s.end for s in hypothesis.get_timeline()] + [0.0])
     times = np.arange(0.0, end, step) + step / 2
     counts: dict[str, dict[str, int]] = {}
-    for r, h in zip(_frame_labels(reference, times), _frame_labels(hypothesis, times)):
+    for r, h in zip(frame_labels(reference, times), frame_labels(hypothesis, times)):
         if r is not None and h is not None:
             per = counts.setdefault(r, {})
             per[h] = per.get(h, 0) + 1
@@ -140,7 +141,7 @@ def label_roles(reference: Any, hypothesis: Any, step: float = STEP) -> dict[str
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from benchmarks.der import score
+    from benchmarks.der_scoring import score
     from benchmarks.der_systems import Models, run_rechka
     from benchmarks.long_replay import with_overrides
     from server.models.cache import EMBEDDING_DEFAULT, SEGMENTATION_DEFAULT

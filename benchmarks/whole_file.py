@@ -166,7 +166,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import torch
 
     from benchmarks.compose import OUT_DIR as COMPOSED, compose
-    from benchmarks.der import load_reference, score, to_annotation
+    from benchmarks.der_scoring import load_reference, score, to_annotation
     from clients.transcribe import session_config
     from server.models.registry import load_models
 

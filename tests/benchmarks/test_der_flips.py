@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks.der import label_flips, to_annotation
+from benchmarks.der_scoring import label_flips, to_annotation
 
 
 def test_a_speaker_split_into_two_labels_flips_twice_and_one_label_throughout_never() -> None:

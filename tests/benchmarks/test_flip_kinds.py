@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks.der import label_flips, to_annotation
+from benchmarks.der_scoring import label_flips, to_annotation
 from benchmarks.flip_kinds import flip_events, kinds
 
 

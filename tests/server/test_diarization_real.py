@@ -92,7 +92,7 @@ def test_voice_split_keeps_voices_apart_on_a_composed_conversation(models: tuple
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed")
     from benchmarks.compose import compose
-    from benchmarks.der import score, to_annotation
+    from benchmarks.der_scoring import score, to_annotation
 
     conversation = compose(3, minutes=1.5, seed=8)
     reference = to_annotation([(s, a / SAMPLE_RATE, b / SAMPLE_RATE) for s, a, b in conversation.reference])
