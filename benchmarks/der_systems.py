@@ -22,7 +22,7 @@ from server.models.cache import EMBEDDING_DEFAULT, EMBEDDING_REUSE_DEFAULT, SEGM
 from server.offline import drive_diarizer
 from streaming.config import SAMPLE_RATE, DiarizationOptions, ms
 from streaming.diarization import StreamingDiarizer
-from streaming.work import EmbeddingRequest, Request, Result, SegmentationRequest
+from streaming.work import Request, Result, SegmentationRequest
 
 ROOT = Path(__file__).resolve().parent.parent
 CHUNK = SAMPLE_RATE  # audio is fed to the diarizer in 1 s chunks

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 from streaming.config.units import MAX_SPEAKERS, SAMPLE_RATE, ms, require

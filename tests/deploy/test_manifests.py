@@ -4,7 +4,6 @@ drain, and the autoscaler's metric is one the app's /metrics really exports."""
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import dataclasses
 import json

@@ -19,7 +19,7 @@ from websockets.asyncio.client import connect
 from server.batcher_pool import BatcherPool
 from streaming.work import Request, VadRequest, VadResult
 from tests.server.conftest import Received, exchange, http_get, read_all, run, serving, stream, tones_audio
-from tests.server.fake_models import FakeAdapter, fake_models
+from tests.server.fake_models import fake_models
 
 START = {"type": "start", "diarization": False}
 

@@ -9,7 +9,7 @@ import soxr
 from server.offline import drive_session, run_requests_by_kind
 from streaming import wire
 from streaming.audio import MULAW_TABLE
-from streaming.config import AudioFormat, PartialOptions, SessionConfig, VadOptions, ms
+from streaming.config import AudioFormat, SessionConfig, VadOptions, ms
 from streaming.errors import InvalidAudio, InvalidState, UnsupportedFormat
 from streaming.session import Session, SessionState
 from streaming.work import AsrKind, AsrRequest, AsrResult, VadRequest, VadResult

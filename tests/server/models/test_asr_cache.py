@@ -14,7 +14,7 @@ import torch
 
 from server.models.asr import GigaAmAsr
 from server.models.asr_cache import ChunkedEncoder
-from server.models.gigaam_compat import encode_batch, encode_features, features_batch
+from server.models.gigaam_compat import encode_batch, features_batch
 from server.models.gigaam_net import GigaAmNet
 from server.models.gigaam_spec import EncoderSpec
 from streaming.work import AsrKind, AsrRequest
