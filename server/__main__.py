@@ -107,7 +107,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from server.models.registry import fit_session
 
     try:
-        config = fit_session(config, models)  # the diarizer's window and thresholds follow the loaded models
+        config = fit_session(config, models, placement["segmentation"]["device"])  # window, thresholds, step
     except ValueError as exc:  # e.g. a --diarization-step longer than the segmentation model's window
         print(f"\nrechka-server cannot start:\n\n{exc}\n", file=sys.stderr)
         return EXIT_CANNOT_START

@@ -160,14 +160,12 @@ def diarization_step_for(device_type: str, step: Optional[float] = None) -> Opti
     return step
 
 
-def fit_session(config: "ServerConfig", models: dict[str, BatchModel]) -> "ServerConfig":
+def fit_session(config: "ServerConfig", models: dict[str, BatchModel], segmentation_device: str) -> "ServerConfig":
     """The server config whose session diarizer fits the loaded models (see :func:`fit_diarizer`) and has the
-    configured step (``ServerConfig.diarization_step``, :func:`diarization_step_for` the segmentation model's
-    device; ``DiarizationOptions.at_step``)."""
-    segmentation = models["segmentation"]
-    diarizer = fit_diarizer(config.session.diarizer, segmentation, models["embedding"])
-    device_type = str(getattr(segmentation, "device", "cpu")).split(":")[0]
-    step = diarization_step_for(device_type, config.diarization_step)
+    configured step (``ServerConfig.diarization_step``, :func:`diarization_step_for` the device the audit found the
+    segmentation model on, e.g. ``cpu`` or ``cuda:0``; ``DiarizationOptions.at_step``)."""
+    diarizer = fit_diarizer(config.session.diarizer, models["segmentation"], models["embedding"])
+    step = diarization_step_for(segmentation_device.split(":")[0], config.diarization_step)
     if step is not None:
         diarizer = diarizer.at_step(ms(1000 * step))
     return dataclasses.replace(config, session=dataclasses.replace(config.session, diarizer=diarizer))

@@ -101,11 +101,8 @@ def test_the_diarization_step_flag_is_validated_and_fitted_to_the_session() -> N
     class Model:  # what fit_session reads of the loaded models
         window = 5 * 16000
 
-        def __init__(self, device: str = "cpu") -> None:
-            self.device = device
-
     def fitted(config: ServerConfig, device: str = "cpu") -> DiarizationOptions:
-        return fit_session(config, {"segmentation": Model(device), "embedding": Model(device)}).session.diarizer
+        return fit_session(config, {"segmentation": Model(), "embedding": Model()}, device).session.diarizer
 
     default = config_from_args([], {})
     assert default.diarization_step is None  # auto
@@ -120,4 +117,4 @@ def test_the_diarization_step_flag_is_validated_and_fitted_to_the_session() -> N
     with pytest.raises(ValueError, match="diarization_step must be 0.1-30 seconds"):
         ServerConfig(diarization_step=0.05)
     with pytest.raises(ValueError, match="between 0.1 s and the window"):  # longer than PyanNet's 5 s window
-        fit_session(ServerConfig(diarization_step=6.0), {"segmentation": Model(), "embedding": Model()})
+        fit_session(ServerConfig(diarization_step=6.0), {"segmentation": Model(), "embedding": Model()}, "cpu")

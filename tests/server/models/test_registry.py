@@ -71,9 +71,8 @@ def test_the_diarizer_fits_the_loaded_models() -> None:
     assert (fitted.new_speaker_threshold, fitted.update_threshold, fitted.change_threshold) == (0.5, 0.5, 0.6)
     plain = fit_diarizer(base, SimpleNamespace(window=ms(5_000)), SimpleNamespace())
     assert plain == base  # resemblyzer's calibration is the options' defaults
-    on_cuda = SimpleNamespace(window=ms(10_000), device="cuda:0")
-    assert fit_session(ServerConfig(), {"segmentation": on_cuda, "embedding": preset}).session.diarizer == fitted
-    on_cpu = fit_session(ServerConfig(), {"segmentation": seg30, "embedding": preset}).session.diarizer
+    assert fit_session(ServerConfig(), {"segmentation": seg30, "embedding": preset}, "cuda:0").session.diarizer == fitted
+    on_cpu = fit_session(ServerConfig(), {"segmentation": seg30, "embedding": preset}, "cpu").session.diarizer
     assert on_cpu == fitted.at_step(ms(1_000))  # the CPU's default step (ServerConfig.diarization_step auto)
 
 
